@@ -1,0 +1,1 @@
+"""Runners apply stage functions: local (DuckDB/Polars, all cores) and beam (any Beam runner)."""

@@ -1,0 +1,258 @@
+"""The biocorpus record: defined once here; the Arrow schema and validation are derived from it.
+
+Field names are Darwin Core terms in snake_case (``decimal_latitude`` for ``decimalLatitude``);
+the DwC term, where one exists, is kept in each field's metadata (``dwc``) for exports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from typing import Literal, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0.0"
+
+RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+MATCH_TYPES: tuple[str, ...] = ("exact", "synonym", "fuzzy", "higher_rank", "non_living", "none")
+
+
+def _f(dwc: str | None = None, required: bool = False, **kw):
+    extra = {"required": required}
+    if dwc:
+        extra["dwc"] = dwc
+    return Field(default=None, json_schema_extra=extra, **kw)
+
+
+class Record(BaseModel):
+    """One image with its occurrence, taxon and context. ``None`` means unknown."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="forbid")
+
+    # identity
+    record_id: Optional[str] = _f(required=True, description="stable dot-free hash of source + media id")
+    source: Optional[str] = _f(required=True, description="connector name: gbif, inaturalist, eol, ecotaxa, ifcb, folders")
+    source_dataset: Optional[str] = _f("datasetKey")
+    occurrence_id: Optional[str] = _f("occurrenceID")
+    media_id: Optional[str] = _f("identifier")
+    photo_key: Optional[str] = _f(description="same photo across sources, e.g. inat-photo-123; used by dedup")
+    # media
+    identifier: Optional[str] = _f("accessURI", required=True, description="URL or local URI (file://, zip://, ifcb://) of the image")
+    format: Optional[str] = _f("format")
+    license: Optional[str] = _f("license", description="normalised code: cc0-1.0, cc-by-4.0, ... or 'unknown'")
+    license_raw: Optional[str] = _f(description="licence exactly as the source gave it")
+    rights_holder: Optional[str] = _f("rightsHolder")
+    creator: Optional[str] = _f("creator")
+    references: Optional[str] = _f("references")
+    # taxon as given by the source
+    verbatim_name: Optional[str] = _f("verbatimScientificName")
+    verbatim_rank: Optional[str] = _f("verbatimTaxonRank")
+    verbatim_kingdom: Optional[str] = _f("kingdom")
+    verbatim_phylum: Optional[str] = _f("phylum")
+    verbatim_class: Optional[str] = _f("class")
+    verbatim_order: Optional[str] = _f("order")
+    verbatim_family: Optional[str] = _f("family")
+    verbatim_genus: Optional[str] = _f("genus")
+    verbatim_lineage: Optional[str] = _f("higherClassification", description="source hierarchy, '|'-separated, root first")
+    source_taxon_id: Optional[str] = _f("taxonID")
+    # resolved against the backbone
+    taxon_id: Optional[str] = _f("taxonID")
+    kingdom: Optional[str] = _f("kingdom")
+    phylum: Optional[str] = _f("phylum")
+    class_: Optional[str] = _f("class", alias="class")
+    order: Optional[str] = _f("order")
+    family: Optional[str] = _f("family")
+    genus: Optional[str] = _f("genus")
+    species: Optional[str] = _f("specificEpithet", description="full binomial, never the epithet alone")
+    taxon_rank: Optional[str] = _f("taxonRank")
+    accepted_name: Optional[str] = _f("acceptedNameUsage")
+    match_type: Optional[Literal[MATCH_TYPES]] = _f()  # type: ignore[valid-type]
+    match_score: Optional[float] = _f(ge=0.0, le=1.0)
+    match_note: Optional[str] = _f(description="evidence: synonym of, homonym settled by, fallback reason")
+    vernacular_name: Optional[str] = _f("vernacularName")
+    vernacular_rank: Optional[str] = _f()
+    backbone: Optional[str] = _f()
+    backbone_version: Optional[str] = _f()
+    living: Optional[bool] = _f(description="false for detritus, bubbles, artefacts")
+    non_living_class: Optional[str] = _f()
+    qualifier: Optional[str] = _f(description="part or life stage from the label, e.g. tail, egg")
+    # context
+    decimal_latitude: Optional[float] = _f("decimalLatitude", ge=-90.0, le=90.0)
+    decimal_longitude: Optional[float] = _f("decimalLongitude", ge=-180.0, le=180.0)
+    coordinate_uncertainty_m: Optional[float] = _f("coordinateUncertaintyInMeters", ge=0.0)
+    depth_min_m: Optional[float] = _f("minimumDepthInMeters")
+    depth_max_m: Optional[float] = _f("maximumDepthInMeters")
+    event_date: Optional[str] = _f("eventDate", description="ISO 8601, possibly partial")
+    country_code: Optional[str] = _f("countryCode")
+    basis_of_record: Optional[str] = _f("basisOfRecord")
+    life_stage: Optional[str] = _f("lifeStage")
+    sex: Optional[str] = _f("sex")
+    instrument: Optional[str] = _f()
+    annotation_status: Optional[str] = _f(description="EcoTaxa: validated / predicted / dubious")
+    quality_grade: Optional[str] = _f(description="iNaturalist: research / needs_id / casual")
+    width: Optional[int] = _f(ge=0, description="image width in pixels when known before download")
+    height: Optional[int] = _f(ge=0)
+    extra: Optional[str] = _f("dynamicProperties", description="JSON object of source-specific leftovers")
+
+
+_PY_TO_ARROW = {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
+
+
+def _arrow_type(annotation) -> pa.DataType:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    if typing.get_origin(base) is Literal or isinstance(base, types.GenericAlias):
+        return pa.string()
+    return _PY_TO_ARROW[base]
+
+
+def _column_name(name: str, info) -> str:
+    return info.alias or name
+
+
+def _derive_schema() -> pa.Schema:
+    fields = []
+    for name, info in Record.model_fields.items():
+        extra = info.json_schema_extra or {}
+        meta = {"description": info.description or ""}
+        if "dwc" in extra:
+            meta["dwc"] = extra["dwc"]
+        fields.append(
+            pa.field(_column_name(name, info), _arrow_type(info.annotation),
+                     nullable=not extra.get("required"), metadata=meta)
+        )
+    return pa.schema(fields, metadata={"biocorpus.schema_version": SCHEMA_VERSION})
+
+
+RECORD_SCHEMA: pa.Schema = _derive_schema()
+REQUIRED: tuple[str, ...] = tuple(f.name for f in RECORD_SCHEMA if not f.nullable)
+
+
+def _bounds() -> dict[str, tuple[float | None, float | None]]:
+    out = {}
+    for name, info in Record.model_fields.items():
+        lo = hi = None
+        for m in info.metadata:
+            lo = getattr(m, "ge", lo)
+            hi = getattr(m, "le", hi)
+        if lo is not None or hi is not None:
+            out[_column_name(name, info)] = (lo, hi)
+    return out
+
+
+BOUNDS = _bounds()
+ENUMS = {"match_type": MATCH_TYPES}
+
+
+def make_record_id(source: str, media_id: str) -> str:
+    """A stable, dot-free id (webdataset splits keys on dots): ``<source>-<16 hex>``."""
+    digest = hashlib.blake2b(f"{source}\x1f{media_id}".encode(), digest_size=8).hexdigest()
+    return f"{source}-{digest}"
+
+
+def make_record_ids(source: str, media_ids: Iterable[str]) -> list[str]:
+    return [make_record_id(source, m) for m in media_ids]
+
+
+def empty_records() -> pa.Table:
+    return RECORD_SCHEMA.empty_table()
+
+
+def extra_json(values: dict) -> str | None:
+    """Serialise source leftovers for the ``extra`` column (drops empty values)."""
+    kept = {k: v for k, v in values.items() if v not in (None, "")}
+    return json.dumps(kept, sort_keys=True, ensure_ascii=False, default=str) if kept else None
+
+
+def from_rows(rows: Sequence[dict]) -> pa.Table:
+    """Build a record table from plain dicts keyed by column name; unknown keys are an error."""
+    unknown = {k for r in rows for k in r} - set(RECORD_SCHEMA.names)
+    if unknown:
+        raise KeyError(f"not record columns: {sorted(unknown)}")
+    cols = {f.name: [r.get(f.name) for r in rows] for f in RECORD_SCHEMA}
+    return pa.table(cols, schema=_nullable_schema())
+
+
+def _nullable_schema() -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in RECORD_SCHEMA], metadata=RECORD_SCHEMA.metadata)
+
+
+def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
+    """Cast ``table`` to the record schema; rows that break it become reject rows.
+
+    Missing columns are added as nulls, extra columns are an error (they belong in ``extra``).
+    Returns ``(records, rejects)`` with ``len(records) + len(rejects) == len(table)``.
+    """
+    from schemas.rejects import Reason, make_rejects
+
+    unknown = set(table.column_names) - set(RECORD_SCHEMA.names)
+    if unknown:
+        raise KeyError(f"not record columns (put source leftovers in 'extra'): {sorted(unknown)}")
+    n = table.num_rows
+    bad = pa.array([False] * n, pa.bool_())
+    details: list[str | None] = [None] * n
+    cols = []
+
+    def flag(mask: pa.Array, what: str) -> None:
+        nonlocal bad
+        mask = pc.fill_null(mask, False)
+        for i in pc.indices_nonzero(mask).to_pylist():
+            if details[i] is None:
+                details[i] = what
+        bad = pc.or_(bad, mask)
+
+    for field in RECORD_SCHEMA:
+        if field.name not in table.column_names:
+            cols.append(pa.nulls(n, field.type))
+            continue
+        col = table.column(field.name).combine_chunks() if n else pa.array([], field.type)
+        if col.type != field.type:
+            try:
+                col = pc.cast(col, field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                casted = []
+                for v in col.to_pylist():
+                    try:
+                        casted.append(pa.scalar(v).cast(field.type).as_py() if v is not None else None)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                        casted.append("\x00bad")
+                mask = pa.array([v == "\x00bad" for v in casted])
+                flag(mask, f"{field.name}: not a {field.type}")
+                col = pa.array([None if v == "\x00bad" else v for v in casted], field.type)
+        if field.type == pa.float64():
+            col = pc.if_else(pc.is_nan(col), pa.scalar(None, pa.float64()), col)
+        cols.append(col)
+        if not field.nullable:
+            empty = pc.or_(pc.is_null(col), pc.equal(pc.utf8_length(col), 0)) if field.type == pa.string() \
+                else pc.is_null(col)
+            flag(empty, f"{field.name}: required")
+        if field.name in BOUNDS:
+            lo, hi = BOUNDS[field.name]
+            out = pa.array([False] * n)
+            if lo is not None:
+                out = pc.or_(out, pc.less(col, lo))
+            if hi is not None:
+                out = pc.or_(out, pc.greater(col, hi))
+            flag(out, f"{field.name}: out of range [{lo}, {hi}]")
+        if field.name in ENUMS:
+            flag(pc.invert(pc.is_in(col, pa.array(ENUMS[field.name]))), f"{field.name}: not one of {ENUMS[field.name]}")
+        if field.name == "record_id":
+            flag(pc.match_substring(col, "."), "record_id: contains a dot")
+    full = pa.Table.from_arrays(cols, schema=_nullable_schema())
+    good = full.filter(pc.invert(bad))
+    good = good.cast(RECORD_SCHEMA)
+    bad_rows = full.filter(bad)
+    rid = bad_rows.column("record_id").to_pylist()
+    rejects = make_rejects(
+        [r if r else f"row-{i}" for r, i in zip(rid, pc.indices_nonzero(bad).to_pylist())],
+        stage=stage,
+        reason=Reason.INVALID_RECORD,
+        detail=[d for d in details if d is not None],
+    )
+    return good, rejects

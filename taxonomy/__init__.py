@@ -1,0 +1,1 @@
+"""Taxonomy: backbone loaders, name normalisation, the resolver, vernacular names, non-living classes."""
