@@ -222,7 +222,7 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
                         casted.append(pa.scalar(v).cast(field.type).as_py() if v is not None else None)
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
                         casted.append("\x00bad")
-                mask = pa.array([v == "\x00bad" for v in casted])
+                mask = pa.array([v == "\x00bad" for v in casted], pa.bool_())
                 flag(mask, f"{field.name}: not a {field.type}")
                 col = pa.array([None if v == "\x00bad" else v for v in casted], field.type)
         if field.type == pa.float64():
@@ -234,14 +234,14 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
             flag(empty, f"{field.name}: required")
         if field.name in BOUNDS:
             lo, hi = BOUNDS[field.name]
-            out = pa.array([False] * n)
+            out = pa.array([False] * n, pa.bool_())
             if lo is not None:
                 out = pc.or_(out, pc.less(col, lo))
             if hi is not None:
                 out = pc.or_(out, pc.greater(col, hi))
             flag(out, f"{field.name}: out of range [{lo}, {hi}]")
         if field.name in ENUMS:
-            flag(pc.invert(pc.is_in(col, pa.array(ENUMS[field.name]))), f"{field.name}: not one of {ENUMS[field.name]}")
+            flag(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, pa.array(ENUMS[field.name])))), f"{field.name}: not one of {ENUMS[field.name]}")
         if field.name == "record_id":
             flag(pc.match_substring(col, "."), "record_id: contains a dot")
     full = pa.Table.from_arrays(cols, schema=_nullable_schema())

@@ -1,0 +1,250 @@
+"""The ``biocorpus`` command line: one subcommand per stage, each a thin call into pipeline/."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import ConfigError, default_config_toml, load_config
+
+app = typer.Typer(
+    help="Build unified biodiversity image corpora: ingest → resolve → curate → download → train → report.\n\n"
+    "Every stage reads and writes Parquet under the data root (--data, default data/) that DuckDB can query.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (see `biocorpus config`)")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="data root (overrides the config's `data`)")]
+RunnerOpt = Annotated[Optional[str], typer.Option("--runner", help="local (default) or beam")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="redo the stage even if it is already complete")]
+BEAM_HELP = "Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P --region=R`."
+
+
+def _config(config: Path | None, data: str | None, runner: str | None, extra_args: list[str] | None = None,
+            overrides: dict | None = None):
+    ov = {"data": data, "runner.name": runner, **(overrides or {})}
+    if extra_args:
+        ov["runner.beam_args"] = list(extra_args)
+    try:
+        return load_config(config, ov)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(msg: str, code: int = 2):
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _runner(cfg):
+    from pipeline.runners import make_runner
+
+    return make_runner(cfg.runner.name, cfg.runner.workers, tuple(cfg.runner.beam_args))
+
+
+def _print_stats(result) -> None:
+    typer.echo(json.dumps(result.stats, indent=2, sort_keys=True))
+
+
+def _dataset_slug(source: str, input: str | None, options) -> str:
+    if input:
+        name = Path(input.rstrip("/")).name or "input"
+        name = re.sub(r"\.(zip|tsv|csv|gz|json|txt)$", "", name, flags=re.I)
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:60] or "input"
+    from pipeline.config import config_hash
+
+    return f"query-{config_hash(options)[:10]}"
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+def ingest(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="gbif, inaturalist, eol, ecotaxa, ifcb, ifcb_dashboard, folders")],
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="file, folder or URL to read; "
+                                                  "omit for the source's API query from the config")] = None,
+    config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None, force: ForceOpt = False,
+):
+    """Read a source into records: raw/source=<name>/dataset=<input>/."""
+    from pipeline.execute import run_ingest
+    from sources import get_connector
+
+    cfg = _config(config, data, runner, ctx.args)
+    try:
+        connector = get_connector(source)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    options = getattr(cfg.sources, source)
+    if input and "://" not in input and not Path(input).exists():
+        _fail(f"input {input} does not exist")
+    try:
+        result = run_ingest(connector, options, input, Path(cfg.data), _runner(cfg),
+                            _dataset_slug(source, input, options), cfg, force)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _print_stats(result)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+def resolve(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
+            force: ForceOpt = False):
+    """Resolve every record's name to a 7-rank lineage: raw/ → resolved/."""
+    from pipeline.stages.resolve import run_resolve
+
+    cfg = _config(config, data, runner, ctx.args)
+    try:
+        result = run_resolve(cfg, _runner(cfg), force)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    _print_stats(result)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+def curate(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
+           force: ForceOpt = False):
+    """Filter, deduplicate, balance, split, caption and chunk: resolved/ → curated/."""
+    from pipeline.stages.curate_run import run_curate
+
+    cfg = _config(config, data, runner, ctx.args)
+    try:
+        stats = run_curate(cfg, _runner(cfg), force)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(stats, indent=2, sort_keys=True))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+def download(
+    ctx: typer.Context,
+    urls: Annotated[Optional[Path], typer.Option("--urls", help="plain URL list (Parquet or CSV with `url`, "
+                                                 "optional `caption`, `key`) instead of curated/")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="shards folder (default <data>/shards)")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="retry only images that failed")] = False,
+    config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
+):
+    """Fetch images politely into webdataset shards: curated/ → shards/."""
+    from pipeline.stages.download_run import run_download_stage
+
+    cfg = _config(config, data, runner, ctx.args)
+    try:
+        stats = run_download_stage(cfg, urls, output, retry_failed)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(stats, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def train(
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="continue from the last checkpoint")] = None,
+    config: ConfigOpt = None, data: DataOpt = None,
+):
+    """Train the hierarchical taxonomic classifier on the shards: shards/ → train/."""
+    from pipeline.stages.train_run import run_train_stage
+
+    overrides = {"train.device": device, "train.epochs": epochs, "train.resume": resume}
+    cfg = _config(config, data, None, None, overrides)
+    try:
+        metrics = run_train_stage(cfg)
+    except (FileNotFoundError, ImportError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the views records, resolved, curated, taxa, rejects, "
+                                       "downloads, shards, runs")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet:PATH")] = "table",
+    config: ConfigOpt = None, data: DataOpt = None,
+):
+    """Query the data root with DuckDB, e.g. `SELECT family, count(*) FROM records GROUP BY 1`."""
+    from pipeline.query import run_query
+
+    cfg = _config(config, data, None)
+    try:
+        run_query(Path(cfg.data), sql, fmt)
+    except Exception as exc:  # duckdb raises many error types; all are the user's SQL or data root
+        _fail(f"{exc}")
+
+
+@app.command()
+def report(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="folder (default <data>/report)")] = None,
+    config: ConfigOpt = None, data: DataOpt = None,
+):
+    """Write the corpus report (HTML with plots), dataset card and Croissant metadata."""
+    from pipeline.stages.report import run_report
+
+    cfg = _config(config, data, None)
+    out = run_report(cfg, output)
+    typer.echo(f"report written to {out}")
+
+
+@app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog=BEAM_HELP)
+def run_all(
+    ctx: typer.Context,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="TOML [[ingest]] list of {source, input}")] = None,
+    skip_train: Annotated[bool, typer.Option("--skip-train", help="stop after the shards")] = False,
+    config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
+):
+    """Run every stage in order (ingest each input, resolve, curate, download, train, report)."""
+    from pipeline.stages.all import run_everything
+
+    cfg = _config(config, data, runner, ctx.args)
+    summary = run_everything(cfg, _runner(cfg), plan, skip_train=skip_train)
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+@app.command(name="config")
+def show_config(config: ConfigOpt = None):
+    """Print every config key with its default (or the values of --config), as TOML."""
+    if config is not None:
+        cfg = _config(config, None, None)
+        typer.echo(json.dumps(cfg.model_dump(mode="json", by_alias=True), indent=2))
+    else:
+        typer.echo(default_config_toml())
+
+
+@app.command()
+def backbone(
+    kind: Annotated[str, typer.Argument(help="gbif, col or inaturalist")],
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="backbone archive/folder or URL")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="version label stored with it")] = None,
+    config: ConfigOpt = None, data: DataOpt = None,
+):
+    """Load a taxonomic backbone (GBIF, Catalogue of Life, iNaturalist) into versioned Parquet."""
+    from taxonomy.cli import build_backbone_cli
+
+    cfg = _config(config, data, None)
+    try:
+        out = build_backbone_cli(kind, input, Path(cfg.data), version)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"backbone written to {out}")
+
+
+def _mount_names() -> None:
+    try:
+        from taxonomy.cli import names_app
+    except ImportError:
+        return
+    app.add_typer(names_app, name="names", help="Parse or resolve name lists (one a line) to TSV.")
+
+
+_mount_names()
+
+
+def main() -> None:  # pragma: no cover - console entry
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Curation pieces (filters, dedup, balance, splits, captions) as pure functions over Arrow tables."""

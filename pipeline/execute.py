@@ -1,0 +1,105 @@
+"""Runs one stage end to end: skip if done, stage, run tasks, check counts, move into place, record."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import config_hash
+from pipeline.io import (
+    StagedOutput,
+    files_identity,
+    fingerprint,
+    new_run_id,
+    parquet_files,
+    write_run_record,
+)
+from pipeline.runners import tasks
+from pipeline.stage import GlobalStage, MapStage, StageContext
+
+
+@dataclass
+class StageResult:
+    stage: str
+    stats: dict
+    skipped: bool
+    out_dir: Path
+    run_id: str | None = None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _finish(staged: StagedOutput, runner, stage_name: str, counts: list[dict], expected_in: int | None,
+            started: float, config: Any, inputs: list[str], extra: dict | None = None) -> StageResult:
+    stats = tasks.summarise(stage_name, counts, expected_in)
+    stats.update(extra or {})
+    stats["runner"] = runner.name
+    stats["seconds"] = round(time.time() - started, 3)
+    run_id = new_run_id(stage_name.replace(" ", "-"))
+    stats["run_id"] = run_id
+    staged.finalise(stats)
+    write_run_record(staged.root, run_id, {
+        "stage": stage_name, "runner": runner.name, "inputs": inputs,
+        "output": str(staged.out_dir), "rejects": str(staged.rejects_dir),
+        "config": config.model_dump(mode="json") if config is not None else None,
+        "counts": stats,
+    })
+    _say(f"{stage_name}: {stats['in']} in -> {stats['out']} out + {stats['rejected']} rejected"
+         f" ({stats['seconds']} s, run {run_id})")
+    return StageResult(stage_name, stats, False, staged.out_dir, run_id)
+
+
+def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, input_dir: Path,
+                    out_dir: Path, runner, config: Any = None, key: str | None = None,
+                    force: bool = False) -> StageResult:
+    """Apply a map or global stage to the Parquet dataset ``input_dir``, writing ``out_dir``."""
+    inputs = parquet_files(input_dir)
+    if not inputs and not input_dir.exists():
+        raise FileNotFoundError(f"{stage.name}: input {input_dir} does not exist; run the previous stage first")
+    key = key or stage.name
+    fp = fingerprint(key, config_hash(options), files_identity(inputs), type(stage).__name__)
+    staged = StagedOutput(root, key, out_dir, root / "rejects" / f"stage={key}", fp)
+    done = staged.finished()
+    if done and not force:
+        _say(f"{key}: already complete for these inputs and options (run {done.get('run_id')}); nothing to do")
+        return StageResult(key, done, True, out_dir, done.get("run_id"))
+    started = time.time()
+    staged.open()
+    ctx = StageContext(stage=stage.name, options=options)
+    if isinstance(stage, MapStage):
+        counts = runner.run_map(stage, ctx, inputs, staged)
+    else:
+        counts = runner.run_global(stage, ctx, inputs, staged)
+    return _finish(staged, runner, key, counts, tasks.expected_rows(inputs), started, config,
+                   [str(f) for f in inputs])
+
+
+def run_ingest(connector, options: Any, input: str | None, root: Path, runner, dataset: str,
+               config: Any = None, force: bool = False) -> StageResult:
+    """Ingest one source input into ``raw/source=<name>/dataset=<dataset>/``."""
+    task_list = connector.tasks(input, options)
+    ident = []
+    for t in task_list:
+        p = Path(t.split("::")[0])
+        ident.append(files_identity([p])[0] if p.exists() else t)
+    fp = fingerprint("ingest", connector.name, config_hash(options), ident)
+    key = f"ingest-{connector.name}-{dataset}"
+    out_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"
+    staged = StagedOutput(root, key, out_dir,
+                          root / "rejects" / "stage=ingest" / f"source={connector.name}" / f"dataset={dataset}", fp)
+    done = staged.finished()
+    if done and not force:
+        _say(f"ingest {connector.name}: already complete for {input} (run {done.get('run_id')}); nothing to do")
+        return StageResult(key, done, True, out_dir, done.get("run_id"))
+    started = time.time()
+    staged.open()
+    counts = runner.run_ingest(connector, options, task_list, staged)
+    if len(counts) != len(task_list):
+        raise RuntimeError(f"ingest {connector.name}: {len(counts)} of {len(task_list)} tasks finished")
+    return _finish(staged, runner, f"ingest-{connector.name}", counts, None, started, config,
+                   task_list, {"source": connector.name, "dataset": dataset})

@@ -1,0 +1,199 @@
+"""Parquet datasets on disk: atomic part files, staged stage outputs, fingerprints and run records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import REJECT_SCHEMA, SCHEMA_VERSION
+
+SUCCESS = "_SUCCESS"
+STATS = "_stats.json"
+# Parquet settings that make a rerun byte-identical (no timestamps, fixed row groups)
+_PARQUET = dict(compression="zstd", row_group_size=128 * 1024, write_statistics=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, **_PARQUET)
+    os.replace(tmp, path)
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The data files of a dataset folder (recursive, sorted; hidden and ``_`` files skipped)."""
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        return []
+    return sorted(
+        p for p in path.rglob("*.parquet")
+        if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+    )
+
+
+def read_dataset(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+    files = parquet_files(path)
+    if not files:
+        return schema.empty_table() if schema is not None else pa.table({})
+    tables = [pq.read_table(f) for f in files]
+    if schema is not None:
+        tables = [t.select(schema.names).cast(schema) for t in tables]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def count_rows(path: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of the stage name, its options hash and its input files' identities."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:20]
+
+
+def files_identity(files: list[Path]) -> list[tuple[str, int, int]]:
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append((str(f), st.st_size, st.st_mtime_ns))
+    return out
+
+
+@dataclass
+class StagedOutput:
+    """A stage's output being built in ``<root>/.staging/<key>/`` and moved into place when done.
+
+    Parts are committed one task at a time (part files first, then the task's manifest), so a
+    kill at any point leaves either a committed task or debris that the rerun overwrites.
+    """
+
+    root: Path
+    key: str
+    out_dir: Path
+    rejects_dir: Path
+    fp: str
+
+    @property
+    def staging(self) -> Path:
+        return self.root / ".staging" / self.key
+
+    @property
+    def staged_out(self) -> Path:
+        return self.staging / "out"
+
+    @property
+    def staged_rejects(self) -> Path:
+        return self.staging / "rejects"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.staging / "_tasks"
+
+    def finished(self) -> dict | None:
+        """The stats of a previous complete run with the same fingerprint, else None."""
+        marker = self.out_dir / SUCCESS
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            if info.get("fingerprint") == self.fp:
+                return info
+        return None
+
+    def open(self) -> None:
+        """Create the staging folder, or keep it if it belongs to this fingerprint (resume)."""
+        fp_file = self.staging / "_fingerprint"
+        if self.staging.exists() and (not fp_file.is_file() or fp_file.read_text() != self.fp):
+            shutil.rmtree(self.staging)
+        if (self.staging / "_moving").exists():
+            return  # killed while moving into place: finalise() completes the move
+        for d in (self.staged_out, self.staged_rejects, self.tasks_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if not fp_file.is_file():
+            atomic_write_bytes(fp_file, self.fp.encode())
+
+    def task_done(self, task_id: str) -> dict | None:
+        f = self.tasks_dir / f"{task_id}.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def commit_task(self, task_id: str, outs: list[pa.Table], rejects: pa.Table, counts: dict) -> None:
+        """Write a task's parts, then its manifest: the manifest is the task's commit point."""
+        outs = [t for t in outs if t.num_rows]
+        for j, out in enumerate(outs):
+            suffix = f"-{j:04d}" if len(outs) > 1 else ""
+            atomic_write_parquet(out, self.staged_out / f"part-{task_id}{suffix}.parquet")
+        if rejects.num_rows:
+            atomic_write_parquet(rejects.cast(REJECT_SCHEMA), self.staged_rejects / f"part-{task_id}.parquet")
+        atomic_write_json(self.tasks_dir / f"{task_id}.json", counts)
+
+    def task_counts(self) -> list[dict]:
+        return [json.loads(f.read_text()) for f in sorted(self.tasks_dir.glob("*.json"))]
+
+    def finalise(self, stats: dict) -> None:
+        """Move the staged output into place, then write the success marker (the commit point).
+
+        A ``_moving`` marker makes the move resumable: a folder already moved is not staged any
+        more and is left where it is.
+        """
+        atomic_write_bytes(self.staging / "_moving", b"")
+        for staged, final in ((self.staged_rejects, self.rejects_dir), (self.staged_out, self.out_dir)):
+            if not staged.exists():
+                continue
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+        atomic_write_json(self.out_dir / STATS, stats)
+        atomic_write_json(self.out_dir / SUCCESS, {"fingerprint": self.fp, **stats})
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def new_run_id(stage: str) -> str:
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{now}-{stage}-{uuid.uuid4().hex[:6]}"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "schema": SCHEMA_VERSION}
+    for pkg in ("biocorpus", "pyarrow", "polars", "duckdb", "apache-beam", "pillow", "webdataset", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_run_record(root: Path, run_id: str, record: dict) -> Path:
+    path = root / "runs" / run_id / "run.json"
+    atomic_write_json(path, {"run_id": run_id, "versions": versions(), "host": platform.node(), **record})
+    return path

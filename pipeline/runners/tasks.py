@@ -1,0 +1,144 @@
+"""Units of work shared by both runners: each reads its input, applies a stage function, commits.
+
+The local runner calls these from a process pool, the Beam runner from DoFns; because both call
+the same functions with the same task ids, their outputs are the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import config_hash
+from pipeline.io import StagedOutput, atomic_write_parquet, count_rows
+from pipeline.stage import GlobalStage, MapStage, StageContext, check_accounting
+from schemas import REJECT_SCHEMA, conform, empty_rejects
+
+_RESOURCES: dict[tuple[str, str], Any] = {}
+
+
+def resources_for(stage: MapStage | GlobalStage, ctx: StageContext) -> StageContext:
+    """``ctx`` with the stage's resources loaded, once per process (a backbone, a model)."""
+    if stage.setup is None or ctx.resources:
+        return ctx
+    key = (stage.name, config_hash(ctx.options) if hasattr(ctx.options, "model_dump") else repr(ctx.options))
+    if key not in _RESOURCES:
+        _RESOURCES[key] = stage.setup(ctx)
+    return StageContext(stage=ctx.stage, options=ctx.options, resources=_RESOURCES[key])
+
+
+def _rejects(table: pa.Table) -> pa.Table:
+    return table.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA) if table.num_rows else empty_rejects()
+
+
+def map_task(stage: MapStage, ctx: StageContext, task_id: str, input_file: str, staged: StagedOutput) -> dict:
+    """Apply a map stage to one input file and commit its output and rejects."""
+    ctx = resources_for(stage, ctx)
+    batch = pq.read_table(input_file)
+    result = stage.fn(batch, ctx)
+    rejects = _rejects(result.rejects)
+    check_accounting(f"{stage.name}[{task_id}]", batch.num_rows, result.out.num_rows, rejects.num_rows)
+    counts = _counts(task_id, batch.num_rows, result.out.num_rows, rejects)
+    staged.commit_task(task_id, [result.out], rejects, counts)
+    for name, side in result.side.items():
+        atomic_write_parquet(side, staged.staging / "side" / name / f"part-{task_id}.parquet")
+    return counts
+
+
+def bucket_of(keys: pa.Array, buckets: int) -> list[int]:
+    """Stable bucket per key (crc32: identical in every process and on every worker)."""
+    return [zlib.crc32(k.encode()) % buckets if k is not None else 0 for k in keys.to_pylist()]
+
+
+def route_table(stage: GlobalStage, ctx: StageContext, table: pa.Table) -> dict[int, pa.Table]:
+    """Split a table by the bucket of each row's key."""
+    ctx = resources_for(stage, ctx)
+    keys = stage.key_fn(table, ctx)
+    if len(keys) != table.num_rows:
+        raise ValueError(f"{stage.name}: key_fn returned {len(keys)} keys for {table.num_rows} rows")
+    buckets = pa.array(bucket_of(keys, stage.buckets), pa.int32())
+    out = {}
+    for b in pc.unique(buckets).to_pylist():
+        out[b] = table.filter(pc.equal(buckets, b))
+    return out
+
+
+def decide_task(stage: GlobalStage, ctx: StageContext, bucket: int, group: pa.Table, staged: StagedOutput) -> dict:
+    """Decide one bucket of a global stage and commit it as ``part-b<bucket>``."""
+    ctx = resources_for(stage, ctx)
+    task_id = f"b{bucket:05d}"
+    result = stage.decide_fn(group, ctx)
+    rejects = _rejects(result.rejects)
+    check_accounting(f"{stage.name}[{task_id}]", group.num_rows, result.out.num_rows, rejects.num_rows)
+    counts = _counts(task_id, group.num_rows, result.out.num_rows, rejects)
+    staged.commit_task(task_id, [result.out], rejects, counts)
+    return counts
+
+
+def ingest_task(connector, options, task_index: int, task: str, staged: StagedOutput) -> dict:
+    """Read one connector task, conform its records to the schema and commit them."""
+    task_id = f"{task_index:05d}"
+    outs, rejects, skipped = [], [], Counter()
+    n_in = 0
+    for batch in connector.read(task, options):
+        n_in += batch.records.num_rows + batch.rejects.num_rows
+        good, bad = conform(batch.records, stage="ingest")
+        outs.append(good)
+        rejects += [_rejects(batch.rejects), bad]
+        skipped.update(batch.skipped)
+    rej = pa.concat_tables(rejects) if rejects else empty_rejects()
+    n_out = sum(t.num_rows for t in outs)
+    check_accounting(f"ingest[{connector.name}:{task}]", n_in, n_out, rej.num_rows)
+    counts = _counts(task_id, n_in, n_out, rej)
+    counts["task"] = task
+    counts["skipped"] = dict(skipped)
+    staged.commit_task(task_id, outs, rej, counts)
+    return counts
+
+
+def _counts(task_id: str, n_in: int, n_out: int, rejects: pa.Table) -> dict:
+    reasons = Counter(rejects.column("reason").to_pylist()) if rejects.num_rows else Counter()
+    return {"task_id": task_id, "in": n_in, "out": n_out, "rejected": rejects.num_rows,
+            "rejected_by_reason": dict(sorted(reasons.items()))}
+
+
+def summarise(stage_name: str, task_counts: list[dict], expected_in: int | None = None) -> dict:
+    """Merge per-task counts into stage stats and check nothing was lost overall."""
+    total_in = sum(c["in"] for c in task_counts)
+    total_out = sum(c["out"] for c in task_counts)
+    total_rej = sum(c["rejected"] for c in task_counts)
+    if expected_in is not None and expected_in != total_in:
+        check_accounting(stage_name, expected_in, total_out, total_rej)
+    check_accounting(stage_name, total_in, total_out, total_rej)
+    reasons: Counter = Counter()
+    skipped: Counter = Counter()
+    for c in task_counts:
+        reasons.update(c["rejected_by_reason"])
+        skipped.update(c.get("skipped", {}))
+    stats = {"stage": stage_name, "in": total_in, "out": total_out, "rejected": total_rej,
+             "rejected_by_reason": dict(sorted(reasons.items())), "tasks": len(task_counts)}
+    if skipped:
+        stats["skipped"] = dict(sorted(skipped.items()))
+    return stats
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def ipc_to_table(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def expected_rows(inputs: list[Path]) -> int:
+    return sum(count_rows(f) for f in inputs)

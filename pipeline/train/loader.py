@@ -1,0 +1,437 @@
+"""Streaming training input: per-rank class maps from the curated taxa, Pillow/numpy augmentations and
+webdataset loaders (shuffle buffer, workers, shard resampling) that yield batches of tensors.
+
+Everything above ``make_train_loader`` works without torch (the benchmark's plain loop and the
+class-map code use it); torch and the DataLoader are imported inside the loader builders.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from schemas import RANKS, Reason
+
+IMAGE_MEMBERS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+# ImageNet statistics: the usual choice for a CNN trained from scratch on natural images too
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IGNORE = -1
+
+
+class ShardFormatError(ValueError):
+    """A shard folder or a shard's contents cannot be used for training."""
+
+
+# ---------------------------------------------------------------------------------------------
+# shards and class maps
+
+
+def discover_shards(shards_dir: str | Path) -> dict[str, list[str]]:
+    """Map split name -> sorted shard paths for the ``{split}-{n:06d}.tar`` files in ``shards_dir``."""
+    root = Path(shards_dir)
+    if not root.is_dir():
+        raise ShardFormatError(f"shard folder {root} does not exist")
+    splits: dict[str, list[str]] = {}
+    for path in sorted(root.glob("*.tar")):
+        split, sep, number = path.stem.rpartition("-")
+        if not sep or not number.isdigit():
+            continue
+        splits.setdefault(split, []).append(str(path))
+    return splits
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def rank_values(record: Mapping) -> list[str | None]:
+    """The 7 rank names of a shard ``.json`` record (``class`` may also be spelt ``class_``); blanks are None."""
+    values = []
+    for rank in RANKS:
+        value = record.get(rank, record.get("class_")) if rank == "class" else record.get(rank)
+        values.append(None if _blank(value) else str(value).strip())
+    return values
+
+
+def lineage_keys(values: Sequence[str | None]) -> list[str | None]:
+    """Class key per rank: the lineage from kingdom down to that rank joined by ``|``, None where unknown.
+
+    Keying on the lineage rather than the bare name keeps homonyms (a genus name used in two
+    kingdoms) apart as two classes.
+    """
+    keys: list[str | None] = []
+    for i, value in enumerate(values):
+        keys.append(None if value is None else "|".join(v or "" for v in values[: i + 1]))
+    return keys
+
+
+@dataclass(frozen=True)
+class ClassMaps:
+    """Per-rank class lists; a class index is a position in its rank's sorted tuple of lineage keys."""
+
+    classes: dict[str, tuple[str, ...]]
+    _index: dict[str, dict[str, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_index", {r: {k: i for i, k in enumerate(self.classes[r])} for r in RANKS})
+
+    @classmethod
+    def from_lineages(cls, lineages: Iterable[Sequence[str | None]]) -> ClassMaps:
+        found: dict[str, set[str]] = {rank: set() for rank in RANKS}
+        for values in lineages:
+            for rank, key in zip(RANKS, lineage_keys(values), strict=True):
+                if key is not None:
+                    found[rank].add(key)
+        return cls({rank: tuple(sorted(keys)) for rank, keys in found.items()})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Sequence[str]]) -> ClassMaps:
+        return cls({rank: tuple(data.get(rank, ())) for rank in RANKS})
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {rank: list(keys) for rank, keys in self.classes.items()}
+
+    def num_classes(self) -> dict[str, int]:
+        return {rank: len(self.classes[rank]) for rank in RANKS}
+
+    def targets(self, record: Mapping) -> list[int]:
+        """Class index per rank for one record; -1 (ignored by the loss) where the rank is unknown."""
+        keys = lineage_keys(rank_values(record))
+        return [IGNORE if key is None else self._index[rank].get(key, IGNORE) for rank, key in zip(RANKS, keys, strict=True)]
+
+    def name(self, rank: str, index: int) -> str:
+        """The taxon name (last lineage element) of a class."""
+        return self.classes[rank][index].rsplit("|", 1)[-1]
+
+
+@dataclass
+class ShardScan:
+    """What one pass over the shards' ``.json`` members found: sample counts and lineages."""
+
+    samples: dict[str, int]
+    lineages: set[tuple[str | None, ...]]
+    bad_json: list[tuple[str, str]]
+
+
+def _sample_key(member_name: str) -> tuple[str, str]:
+    # webdataset convention: the key ends at the first dot of the file name
+    directory, _, base = member_name.rpartition("/")
+    key, _, suffix = base.partition(".")
+    return (f"{directory}/{key}" if directory else key), suffix.lower()
+
+
+def scan_shards(shards: Mapping[str, Sequence[str]]) -> ShardScan:
+    """Count samples per split and collect every lineage from the ``.json`` members (images are skipped, not read)."""
+    samples: dict[str, int] = {}
+    lineages: set[tuple[str | None, ...]] = set()
+    bad: list[tuple[str, str]] = []
+    for split, paths in shards.items():
+        count = 0
+        for path in paths:
+            keys: set[str] = set()
+            try:
+                with tarfile.open(path) as tar:
+                    for member in tar:
+                        if not member.isfile():
+                            continue
+                        key, suffix = _sample_key(member.name)
+                        keys.add(key)
+                        if suffix != "json":
+                            continue
+                        try:
+                            record = json.loads(tar.extractfile(member).read())
+                        except (ValueError, UnicodeDecodeError) as exc:
+                            bad.append((key, f"{path}: {exc}"))
+                            continue
+                        if isinstance(record, dict):
+                            lineages.add(tuple(rank_values(record)))
+                        else:
+                            bad.append((key, f"{path}: .json member is not an object"))
+            except tarfile.TarError as exc:
+                raise ShardFormatError(f"{path}: not a readable tar file ({exc})") from exc
+            count += len(keys)
+        samples[split] = count
+    return ShardScan(samples, lineages, bad)
+
+
+def class_maps_from_taxa(path: str | Path) -> ClassMaps:
+    """Class maps from a taxa table (Parquet or CSV) with the 7 rank columns, e.g. the curated taxa."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    table = pacsv.read_csv(path) if path.suffix.lower() in (".csv", ".tsv") else pq.read_table(path)
+    if "class" not in table.column_names and "class_" in table.column_names:
+        table = table.rename_columns(["class" if c == "class_" else c for c in table.column_names])
+    missing = [rank for rank in RANKS if rank not in table.column_names]
+    if missing:
+        raise ShardFormatError(f"taxa table {path} lacks rank columns {missing}")
+    rows = table.select(list(RANKS)).to_pylist()
+    return ClassMaps.from_lineages(rank_values(row) for row in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# images and augmentations (Pillow + numpy: there is no CPU torchvision here)
+
+
+def open_image(data: bytes, min_side: int) -> Image.Image:
+    """Decode to RGB; JPEGs decode in draft mode at the smallest 1/2^k scale that keeps ``min_side``."""
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG":
+        # draft keeps both sides >= the requested size, so a crop of the shorter side still has min_side pixels
+        img.draft("RGB", (min_side, min_side))
+    return img.convert("RGB")
+
+
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.35, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[float, float, float, float]:
+    """A crop box (x0, y0, x1, y1) inside the image covering ``scale`` of its area at an aspect in ``ratio``.
+
+    Falls back to the largest centred box of the clamped aspect after 10 tries, like torchvision.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = math.sqrt(target * aspect)
+        h = math.sqrt(target / aspect)
+        if 0 < w <= width and 0 < h <= height:
+            x0 = rng.uniform(0, width - w)
+            y0 = rng.uniform(0, height - h)
+            return (x0, y0, x0 + w, y0 + h)
+    aspect = min(max(width / height, ratio[0]), ratio[1])
+    w, h = (width, width / aspect) if width / height < aspect else (height * aspect, height)
+    w, h = min(w, width), min(h, height)
+    x0, y0 = (width - w) / 2, (height - h) / 2
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def center_square_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The centred square of side min(width, height)."""
+    side = min(width, height)
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def colour_jitter(pixels: np.ndarray, rng: np.random.Generator, strength: float = 0.2) -> np.ndarray:
+    """Light brightness, contrast and saturation jitter (each factor in 1 ± strength) on float RGB in [0, 255]."""
+    brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
+    pixels = pixels * brightness
+    gray = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    pixels = (pixels - gray.mean()) * contrast + gray.mean()
+    gray = (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    pixels = (pixels - gray) * saturation + gray
+    return np.clip(pixels, 0.0, 255.0)
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """HWC RGB in [0, 255] -> CHW float32 standardised with the ImageNet mean and std."""
+    out = (np.asarray(pixels, dtype=np.float32) / 255.0 - MEAN) / STD
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def train_transform(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random resized crop, horizontal flip, light colour jitter, normalise -> CHW float32."""
+    box = random_resized_crop_box(img.width, img.height, rng)
+    pixels = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.float32)
+    if rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    return normalise(colour_jitter(pixels, rng))
+
+
+def eval_transform(img: Image.Image, size: int) -> np.ndarray:
+    """Centre square crop resized to ``size``, normalise -> CHW float32 (deterministic)."""
+    box = center_square_box(img.width, img.height)
+    return normalise(np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box)))
+
+
+# ---------------------------------------------------------------------------------------------
+# webdataset pipeline stages
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample the loader could not use, carried to the training loop to become a reject row."""
+
+    key: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SampleDecoder:
+    """Turn a raw webdataset sample (member bytes by suffix) into (key, CHW image, per-rank targets)."""
+
+    class_maps: ClassMaps
+    image_size: int
+    augment: bool
+
+    def __call__(self, sample: Mapping, rng: np.random.Generator):
+        key = sample.get("__key__", "?")
+        where = f"{sample.get('__url__', '?')}:{key}"
+        data = next((sample[m] for m in IMAGE_MEMBERS if m in sample), None)
+        if data is None:
+            return Skipped(key, Reason.NO_IMAGE, f"{where}: no image member ({'/'.join(IMAGE_MEMBERS)})")
+        if "json" not in sample:
+            return Skipped(key, Reason.MALFORMED_ROW, f"{where}: no .json member with the taxon")
+        try:
+            record = json.loads(sample["json"])
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Skipped(key, Reason.MALFORMED_ROW, f"{where}: bad .json member ({exc})")
+        try:
+            img = open_image(data, self.image_size * 2 if self.augment else self.image_size)
+            pixels = train_transform(img, self.image_size, rng) if self.augment else eval_transform(img, self.image_size)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return Skipped(key, Reason.CORRUPT_IMAGE, f"{where}: {exc}")
+        return key, pixels, np.asarray(self.class_maps.targets(record), dtype=np.int64)
+
+
+def _worker_seed() -> int:
+    import webdataset as wds
+
+    return wds.utils.pytorch_worker_seed()
+
+
+def _mix(*values: int) -> int:
+    import webdataset as wds
+
+    return wds.utils.make_seed(*values)
+
+
+def buffer_shuffle(src: Iterator, bufsize: int, seed: int) -> Iterator:
+    """Streaming shuffle through a buffer of ``bufsize`` samples, seeded per worker and epoch."""
+    rng = random.Random(_mix(seed, _worker_seed()))
+    buf: list = []
+    for sample in src:
+        if len(buf) < bufsize:
+            buf.append(sample)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], sample = sample, buf[i]
+        yield sample
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode_samples(src: Iterator, decoder: SampleDecoder, seed: int) -> Iterator:
+    """Apply ``decoder`` with one augmentation generator per worker and epoch (deterministic order)."""
+    rng = np.random.default_rng([seed & 0x7FFFFFFF, _worker_seed()])
+    for sample in src:
+        yield decoder(sample, rng)
+
+
+def batch_samples(src: Iterator, batch_size: int) -> Iterator[dict]:
+    """Group decoded samples into batches of ``batch_size`` images; skipped samples ride along in ``skipped``."""
+    keys: list[str] = []
+    images: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    skipped: list[Skipped] = []
+    for item in src:
+        if isinstance(item, Skipped):
+            skipped.append(item)
+            continue
+        keys.append(item[0])
+        images.append(item[1])
+        targets.append(item[2])
+        if len(images) == batch_size:
+            yield _collate(keys, images, targets, skipped)
+            keys, images, targets, skipped = [], [], [], []
+    if images or skipped:
+        yield _collate(keys, images, targets, skipped)
+
+
+def _collate(keys, images, targets, skipped) -> dict:
+    import torch
+
+    if images:
+        image_tensor = torch.from_numpy(np.stack(images))
+        target_tensor = torch.from_numpy(np.stack(targets))
+    else:
+        image_tensor = torch.empty(0)
+        target_tensor = torch.empty((0, len(RANKS)), dtype=torch.int64)
+    return {"keys": keys, "images": image_tensor, "targets": target_tensor, "skipped": skipped}
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """The loader-relevant subset of the stage options."""
+
+    batch_size: int
+    image_size: int
+    shuffle_buffer: int = 1000
+    workers: int = 2
+    augment: bool = True
+    seed: int = 0
+    pin_memory: bool = False
+
+
+def _web_loader(pipeline, workers: int, settings: LoaderSettings):
+    import torch
+    import webdataset as wds
+
+    extra = {"prefetch_factor": 4} if workers > 0 else {}
+    return wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=settings.pin_memory,
+        generator=torch.Generator().manual_seed(settings.seed),
+        **extra,
+    )
+
+
+def make_train_loader(urls: Sequence[str], class_maps: ClassMaps, settings: LoaderSettings, epoch: int, batches: int):
+    """An epoch of ``batches`` batches, resampling shards with replacement (seeded by seed and epoch).
+
+    Each worker draws its own shard sequence, so an epoch sees about one train split's worth of
+    samples; a new loader per epoch keeps every epoch's order reproducible.
+    """
+    import webdataset as wds
+
+    seed = _mix(settings.seed, epoch)
+    decoder = SampleDecoder(class_maps, settings.image_size, settings.augment)
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(list(urls), seed=seed, worker_seed=_worker_seed, deterministic=True),
+        wds.tarfile_to_samples(handler=wds.reraise_exception),
+        wds.pipelinefilter(buffer_shuffle)(settings.shuffle_buffer, seed),
+        wds.pipelinefilter(decode_samples)(decoder, seed),
+        wds.pipelinefilter(batch_samples)(settings.batch_size),
+    )
+    return _web_loader(pipeline, settings.workers, settings).with_epoch(batches)
+
+
+def make_eval_loader(urls: Sequence[str], class_maps: ClassMaps, settings: LoaderSettings):
+    """Every sample of ``urls`` exactly once, untransformed but for the centre crop (shards split by worker)."""
+    import webdataset as wds
+
+    decoder = SampleDecoder(class_maps, settings.image_size, augment=False)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(list(urls)),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=wds.reraise_exception),
+        wds.pipelinefilter(decode_samples)(decoder, settings.seed),
+        wds.pipelinefilter(batch_samples)(settings.batch_size),
+    )
+    return _web_loader(pipeline, min(settings.workers, len(urls)), settings)

@@ -1,0 +1,483 @@
+"""Streaming Darwin Core Archive reader: meta.xml decides files and columns; rows come in batches.
+
+Members are read straight from the zip (never unpacked), with pyarrow's CSV reader as the fast
+path and a Python line parser for what it cannot take (multi-character delimiters). Bad rows
+(wrong field count, bytes that do not decode) come back as :class:`BadRow` with the row's id where
+it can be read; a broken archive (not a zip, truncated, no or wrong meta.xml, a delimiter that
+does not match the file) raises :class:`DwcaError` with what was wrong.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+DEFAULT_BATCH_ROWS = 100_000
+_ESCAPES = {"\\t": "\t", "\\n": "\n", "\\r": "\r", "\\r\\n": "\r\n", "\\\\": "\\", "\\|": "|"}
+
+
+class DwcaError(ValueError):
+    """The archive cannot be read as a Darwin Core Archive; the message says why."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One ``<field>`` of meta.xml: a column index (or none, for a constant) and its term."""
+
+    term: str
+    index: int | None
+    default: str | None = None
+
+    @property
+    def name(self) -> str:
+        return local_name(self.term)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One data file (core or extension) as meta.xml describes it."""
+
+    location: str
+    row_type: str
+    columns: tuple[Column, ...]
+    id_index: int | None
+    delimiter: str = "\t"
+    quote: str = ""
+    encoding: str = "UTF-8"
+    ignore_header_lines: int = 0
+    is_core: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        seen: list[str] = []
+        for c in self.columns:
+            if c.name not in seen:
+                seen.append(c.name)
+        return seen
+
+    def column(self, name: str) -> Column | None:
+        """The first column whose term's local name (or full term) is ``name``."""
+        for c in self.columns:
+            if c.name == name or c.term == name:
+                return c
+        return None
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A Darwin Core Archive: where it is and what its meta.xml says."""
+
+    path: Path
+    core: FileSpec
+    extensions: tuple[FileSpec, ...] = ()
+
+    def extension(self, row_type: str) -> FileSpec | None:
+        """The extension whose rowType ends with ``row_type`` (e.g. ``Multimedia``)."""
+        for ext in self.extensions:
+            if ext.row_type.rstrip("/").endswith(row_type):
+                return ext
+        return None
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that could not be read: its id if one could be cut from it, a reason and details."""
+
+    row_id: str | None
+    reason: str  # a schemas.Reason value
+    detail: str
+
+
+@dataclass
+class DwcaBatch:
+    """Up to ``batch_rows`` rows as string columns named by term local name, and the bad rows."""
+
+    table: pa.Table
+    bad: list[BadRow] = field(default_factory=list)
+
+
+def local_name(term: str) -> str:
+    return term.rstrip("/").rsplit("/", 1)[-1].rsplit("#", 1)[-1]
+
+
+def _unescape(value: str | None, default: str) -> str:
+    if value is None:
+        return default
+    return _ESCAPES.get(value, value)
+
+
+def _parse_spec(el: ElementTree.Element, ns: str, is_core: bool) -> FileSpec:
+    loc = el.find(f"{ns}files/{ns}location")
+    if loc is None or not (loc.text or "").strip():
+        raise DwcaError(f"meta.xml: <{'core' if is_core else 'extension'}> has no <files><location>")
+    id_el = el.find(f"{ns}id" if is_core else f"{ns}coreid")
+    id_index = int(id_el.get("index")) if id_el is not None and id_el.get("index") is not None else None
+    columns = []
+    for f in el.findall(f"{ns}field"):
+        term = f.get("term")
+        if not term:
+            raise DwcaError("meta.xml: a <field> has no term")
+        idx = f.get("index")
+        try:
+            columns.append(Column(term, int(idx) if idx is not None else None, f.get("default")))
+        except ValueError as exc:
+            raise DwcaError(f"meta.xml: field {term} has a non-numeric index {idx!r}") from exc
+    try:
+        header_lines = int(el.get("ignoreHeaderLines", "0") or 0)
+    except ValueError as exc:
+        raise DwcaError(f"meta.xml: ignoreHeaderLines={el.get('ignoreHeaderLines')!r}") from exc
+    return FileSpec(
+        location=loc.text.strip(),
+        row_type=el.get("rowType", ""),
+        columns=tuple(columns),
+        id_index=id_index,
+        delimiter=_unescape(el.get("fieldsTerminatedBy"), ","),
+        quote=_unescape(el.get("fieldsEnclosedBy"), '"') if el.get("fieldsEnclosedBy") is not None else '"',
+        encoding=el.get("encoding") or "UTF-8",
+        ignore_header_lines=header_lines,
+        is_core=is_core,
+    )
+
+
+def parse_meta(xml: bytes | str) -> tuple[FileSpec, tuple[FileSpec, ...]]:
+    """Core and extension specs from meta.xml text (defaults as in the DwC text guide)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise DwcaError(f"meta.xml is not well-formed XML: {exc}") from exc
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag != f"{ns}archive":
+        raise DwcaError(f"meta.xml: root element is <{root.tag}>, expected <archive>")
+    core_el = root.find(f"{ns}core")
+    if core_el is None:
+        raise DwcaError("meta.xml has no <core> element")
+    core = _parse_spec(core_el, ns, True)
+    exts = tuple(_parse_spec(e, ns, False) for e in root.findall(f"{ns}extension"))
+    return core, exts
+
+
+class _Source:
+    """Opens archive members from a zip file or an unpacked folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip: zipfile.ZipFile | None = None
+        if path.is_dir():
+            return
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise DwcaError(f"{path}: not a zip archive or truncated ({exc})") from exc
+
+    def names(self) -> list[str]:
+        if self.zip is not None:
+            return self.zip.namelist()
+        return [str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file()]
+
+    def find(self, location: str) -> str | None:
+        names = self.names()
+        if location in names:
+            return location
+        # some archives put everything under one top folder; never match __MACOSX junk
+        for n in names:
+            if n.endswith("/" + location) and not n.startswith("__MACOSX/"):
+                return n
+        return None
+
+    def open(self, name: str):
+        if self.zip is not None:
+            return self.zip.open(name)
+        return open(self.path / name, "rb")
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def open_archive(path: str | Path) -> Archive:
+    """Read meta.xml and check that every file it names is in the archive."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such archive: {path}")
+    src = _Source(path)
+    try:
+        meta_name = src.find("meta.xml")
+        if meta_name is None:
+            raise DwcaError(f"{path}: no meta.xml in the archive (members: {src.names()[:10]})")
+        try:
+            with src.open(meta_name) as fh:
+                core, exts = parse_meta(fh.read())
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise DwcaError(f"{path}: meta.xml is corrupt ({exc})") from exc
+        for spec in (core, *exts):
+            if src.find(spec.location) is None:
+                raise DwcaError(f"{path}: meta.xml names {spec.location!r}, which is not in the archive")
+    finally:
+        src.close()
+    return Archive(path, core, exts)
+
+
+def parse_line(line: str, delimiter: str = "\t", quote: str = "") -> list[str]:
+    """Split one line into fields; with ``quote``, CSV rules (doubled quote = literal quote)."""
+    line = line.rstrip("\r\n")
+    if not quote:
+        return line.split(delimiter)
+    fields: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(line)
+    dl, ql = len(delimiter), len(quote)
+    at_start = True
+    in_quotes = False
+    while i < n:
+        if in_quotes:
+            if line.startswith(quote, i):
+                if line.startswith(quote, i + ql):
+                    buf.append(quote)
+                    i += 2 * ql
+                    continue
+                in_quotes = False
+                i += ql
+                continue
+            buf.append(line[i])
+            i += 1
+            continue
+        if at_start and line.startswith(quote, i):
+            in_quotes = True
+            at_start = False
+            i += ql
+            continue
+        if line.startswith(delimiter, i):
+            fields.append("".join(buf))
+            buf = []
+            at_start = True
+            i += dl
+            continue
+        buf.append(line[i])
+        at_start = False
+        i += 1
+    fields.append("".join(buf))
+    return fields
+
+
+def format_line(fields: list[str], delimiter: str = "\t", quote: str = "") -> str:
+    """Inverse of :func:`parse_line` (quotes only the fields that need it)."""
+    if not quote:
+        return delimiter.join(fields)
+    out = []
+    for f in fields:
+        if delimiter in f or quote in f or "\n" in f or "\r" in f:
+            f = quote + f.replace(quote, quote + quote) + quote
+        out.append(f)
+    return delimiter.join(out)
+
+
+def _first_line(src: _Source, name: str, encoding: str) -> str:
+    with src.open(name) as fh:
+        raw = fh.readline(1 << 22)
+    return raw.decode(encoding, errors="replace").lstrip("\ufeff")
+
+
+def _expected_width(spec: FileSpec, first: str) -> int:
+    indexed = [c.index for c in spec.columns if c.index is not None]
+    if spec.id_index is not None:
+        indexed.append(spec.id_index)
+    need = max(indexed) + 1 if indexed else 1
+    got = len(parse_line(first, spec.delimiter, spec.quote)) if first.strip() else need
+    if got < need:
+        others = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}
+        guess = [name for d, name in others.items() if d != spec.delimiter and first.count(d) >= need - 1]
+        hint = f"; the file looks {guess[0]}-separated" if guess else ""
+        raise DwcaError(
+            f"{spec.location}: meta.xml says fields are separated by {spec.delimiter!r} and there are "
+            f"{need} of them, but the first line splits into {got}{hint}"
+        )
+    return got
+
+
+def _row_id(text: str | None, spec: FileSpec) -> str | None:
+    if text is None or spec.id_index is None:
+        return None
+    parts = parse_line(text, spec.delimiter, spec.quote)
+    return parts[spec.id_index] if len(parts) > spec.id_index and parts[spec.id_index] else None
+
+
+def _decode_columns(batch: pa.RecordBatch, spec: FileSpec, id_col: str | None) -> tuple[pa.Table, list[BadRow]]:
+    """Binary columns to strings; rows with bytes that are not valid UTF-8 become bad rows."""
+    try:
+        return pa.Table.from_batches([batch.cast(pa.schema([(n, pa.string()) for n in batch.schema.names]))]), []
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        pass
+    bad_rows: set[int] = set()
+    details: dict[int, str] = {}
+    for name in batch.schema.names:
+        col = batch.column(name)
+        try:
+            col.cast(pa.string())
+            continue
+        except pa.ArrowInvalid:
+            pass
+        for i, v in enumerate(col.to_pylist()):
+            if v is None:
+                continue
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad_rows.add(i)
+                details.setdefault(i, f"column {name}: {exc.reason} at byte {exc.start} of {v[:40]!r}")
+    keep = [i for i in range(batch.num_rows) if i not in bad_rows]
+    good = pa.Table.from_batches([batch]).take(pa.array(keep, pa.int64()))
+    good = good.cast(pa.schema([(n, pa.string()) for n in good.schema.names]))
+    bad = []
+    for i in sorted(bad_rows):
+        rid = None
+        if id_col is not None:
+            raw = batch.column(id_col)[i].as_py()
+            rid = raw.decode("utf-8", errors="replace") if raw else None
+        bad.append(BadRow(rid, "undecodable_text", f"{spec.location}: {details[i]}"))
+    return good, bad
+
+
+def _finish(table: pa.Table, spec: FileSpec, wanted: list[str], index_of: dict[str, int | None]) -> pa.Table:
+    cols, names = [], []
+    n = table.num_rows
+    for name in wanted:
+        idx = index_of.get(name)
+        if idx is not None and f"c{idx}" in table.column_names:
+            cols.append(table.column(f"c{idx}"))
+        else:
+            col = spec.column(name)
+            default = col.default if col is not None else None
+            cols.append(pa.array([default] * n, pa.string()))
+        names.append(name)
+    return pa.table(cols, names=names)
+
+
+def read_file(
+    archive: Archive,
+    spec: FileSpec,
+    columns: list[str] | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    block_bytes: int = 8 << 20,
+) -> Iterator[DwcaBatch]:
+    """Stream ``spec``'s rows in batches of at most ``batch_rows``.
+
+    ``columns`` are term local names (or full terms); ``None`` means all. The core's or
+    extension's id column is always included under the name ``_id``. Missing columns come back
+    as nulls (or the meta.xml default). Empty strings stay empty strings: callers decide.
+    """
+    src = _Source(archive.path)
+    try:
+        member = src.find(spec.location)
+        if member is None:
+            raise DwcaError(f"{spec.location} is not in {archive.path}")
+        first = _first_line(src, member, spec.encoding)
+        width = _expected_width(spec, first)
+        wanted = list(columns) if columns is not None else spec.names
+        index_of: dict[str, int | None] = {}
+        for name in wanted:
+            col = spec.column(name)
+            index_of[name] = col.index if col is not None else None
+        wanted = ["_id", *[w for w in wanted if w != "_id"]]
+        index_of["_id"] = spec.id_index
+        if len(spec.delimiter) != 1 or len(spec.quote) > 1:
+            yield from _read_python(src, member, spec, wanted, index_of, batch_rows)
+        else:
+            yield from _read_arrow(src, member, spec, width, wanted, index_of, batch_rows, block_bytes)
+    finally:
+        src.close()
+
+
+def _read_arrow(src, member, spec, width, wanted, index_of, batch_rows, block_bytes) -> Iterator[DwcaBatch]:
+    names = [f"c{i}" for i in range(width)]
+    include = sorted({f"c{i}" for i in index_of.values() if i is not None and i < width},
+                     key=lambda c: int(c[1:]))
+    invalid: list[BadRow] = []
+
+    def on_invalid(row) -> str:
+        invalid.append(BadRow(_row_id(row.text, spec), "malformed_row",
+                              f"{spec.location}: expected {row.expected_columns} fields, got "
+                              f"{row.actual_columns}" + (f" (line {row.number})" if row.number else "")))
+        return "skip"
+
+    read_opts = pacsv.ReadOptions(column_names=names, skip_rows=spec.ignore_header_lines,
+                                  block_size=block_bytes, encoding=_arrow_encoding(spec.encoding))
+    parse_opts = pacsv.ParseOptions(delimiter=spec.delimiter, quote_char=spec.quote or False,
+                                    double_quote=True, newlines_in_values=bool(spec.quote),
+                                    invalid_row_handler=on_invalid)
+    conv_opts = pacsv.ConvertOptions(include_columns=include, column_types={c: pa.binary() for c in include},
+                                     strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                     null_values=[])
+    id_col = f"c{spec.id_index}" if spec.id_index is not None else None
+    rows = 0
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    try:
+        stream = src.open(member)
+        reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
+                                convert_options=conv_opts)
+        for batch in reader:
+            table, bad = _decode_columns(batch, spec, id_col)
+            invalid.extend(bad)
+            rows += batch.num_rows
+            pending.append(table)
+            pending_rows += table.num_rows
+            while pending_rows >= batch_rows:
+                whole = pa.concat_tables(pending)
+                out, rest = whole.slice(0, batch_rows), whole.slice(batch_rows)
+                yield DwcaBatch(_finish(out, spec, wanted, index_of), invalid)
+                invalid = []
+                pending, pending_rows = [rest], rest.num_rows
+        if pending_rows or invalid or not rows:
+            whole = pa.concat_tables(pending) if pending else pa.table({c: pa.array([], pa.string()) for c in include})
+            yield DwcaBatch(_finish(whole, spec, wanted, index_of), invalid)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DwcaError(f"{member}: corrupt or truncated after {rows} rows ({exc})") from exc
+    except pa.ArrowInvalid as exc:
+        raise DwcaError(f"{member}: unreadable after {rows} rows ({exc})") from exc
+
+
+def _arrow_encoding(encoding: str) -> str:
+    return "utf8" if encoding.lower().replace("-", "").replace("_", "") == "utf8" else encoding
+
+
+def _read_python(src, member, spec, wanted, index_of, batch_rows) -> Iterator[DwcaBatch]:
+    cols: dict[str, list[str | None]] = {w: [] for w in wanted}
+    bad: list[BadRow] = []
+    need = max([i for i in index_of.values() if i is not None], default=0) + 1
+    encoding = "utf-8" if _arrow_encoding(spec.encoding) == "utf8" else spec.encoding
+    try:
+        with src.open(member) as raw:
+            lineno = 0
+            for line in raw:
+                lineno += 1
+                if lineno <= spec.ignore_header_lines or not line.strip(b"\r\n"):
+                    continue
+                try:
+                    s = line.decode(encoding)
+                except UnicodeDecodeError as exc:
+                    rid = _row_id(line.decode(encoding, errors="replace"), spec)
+                    bad.append(BadRow(rid, "undecodable_text", f"{spec.location} line {lineno}: {exc.reason}"))
+                    continue
+                parts = parse_line(s, spec.delimiter, spec.quote)
+                if len(parts) < need:
+                    bad.append(BadRow(_row_id(s, spec), "malformed_row",
+                                      f"{spec.location} line {lineno}: expected {need} fields, got {len(parts)}"))
+                    continue
+                for w in wanted:
+                    i = index_of[w]
+                    cols[w].append(parts[i] if i is not None else (spec.column(w).default if spec.column(w) else None))
+                if len(cols[wanted[0]]) >= batch_rows:
+                    yield DwcaBatch(pa.table({w: pa.array(v, pa.string()) for w, v in cols.items()}), bad)
+                    cols, bad = {w: [] for w in wanted}, []
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DwcaError(f"{member}: corrupt or truncated ({exc})") from exc
+    yield DwcaBatch(pa.table({w: pa.array(v, pa.string()) for w, v in cols.items()}), bad)

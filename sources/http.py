@@ -1,0 +1,219 @@
+"""A small polite HTTP client shared by the API connectors: rate limit, retries, resumable fetch.
+
+Transient failures (HTTP 429 and 5xx, timeouts, dropped connections) are retried here with
+exponential backoff and full jitter, honouring ``Retry-After``; anything else is raised at once.
+The clock, the sleep and the random source are injectable so tests run without waiting.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "biocorpus/0.1 (biodiversity image corpus builder; +https://github.com/biocorpus/biocorpus)"
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+T = TypeVar("T")
+
+
+class HttpError(RuntimeError):
+    """A request that failed for good (a non-retryable status, or retries exhausted)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class TokenBucket:
+    """Token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        if rate <= 0:
+            raise ValueError("rate must be > 0 requests per second")
+        self.rate, self.burst = float(rate), max(1.0, float(burst))
+        self.clock, self.sleep = clock, sleep
+        self.tokens = self.burst
+        self.stamp = clock()
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until one is available; returns the seconds slept."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        wait = (1.0 - self.tokens) / self.rate
+        self.sleep(wait)
+        self.stamp = self.clock()
+        self.tokens = 0.0
+        return wait
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), if any."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    wall = time.time() if now is None else now
+    return max(0.0, when.timestamp() - wall)
+
+
+class HttpClient:
+    """requests.Session with a base URL, a token-bucket rate, retries with backoff and jitter."""
+
+    def __init__(
+        self,
+        base_url: str = "",
+        rate: float = 1.0,
+        burst: float = 1.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        timeout_s: float = 30.0,
+        user_agent: str = USER_AGENT,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        session: requests.Session | None = None,
+    ):
+        self.base_url = base_url.rstrip("/") + "/" if base_url else ""
+        self.bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
+        self.max_retries, self.backoff_s, self.backoff_max_s = max_retries, backoff_s, backoff_max_s
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = user_agent
+        self.retries = 0  # total retries made, for stats
+
+    def url(self, path_or_url: str) -> str:
+        if "://" in path_or_url or not self.base_url:
+            return path_or_url
+        return self.base_url + path_or_url.lstrip("/")
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Delay before retry ``attempt`` (0-based): Retry-After if given, else full jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max_s)
+        cap = min(self.backoff_max_s, self.backoff_s * (2 ** attempt))
+        return self.rng.uniform(0, cap)
+
+    def call(self, fn: Callable[[], T], what: str = "request") -> T:
+        """Run ``fn`` (which does one HTTP exchange) under the rate limit, retrying transient errors.
+
+        ``fn`` may return a ``requests.Response`` (a retryable status is retried, another error
+        status raises :class:`HttpError`) or raise ``requests`` exceptions (as pygbif does).
+        """
+        attempt = 0
+        while True:
+            self.bucket.acquire()
+            retry_after: float | None = None
+            try:
+                result = fn()
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                reason = f"{type(exc).__name__}"
+            except requests.HTTPError as exc:
+                resp = exc.response
+                status = resp.status_code if resp is not None else None
+                if status not in RETRY_STATUS:
+                    raise HttpError(f"{what}: HTTP {status}", status) from exc
+                reason = f"HTTP {status}"
+                retry_after = parse_retry_after(resp.headers.get("Retry-After")) if resp is not None else None
+            else:
+                if not isinstance(result, requests.Response):
+                    return result
+                if result.status_code < 400:
+                    return result  # type: ignore[return-value]
+                if result.status_code not in RETRY_STATUS:
+                    raise HttpError(f"{what}: HTTP {result.status_code}", result.status_code)
+                reason = f"HTTP {result.status_code}"
+                retry_after = parse_retry_after(result.headers.get("Retry-After"))
+                result.close()
+            if attempt >= self.max_retries:
+                raise HttpError(f"{what}: gave up after {attempt + 1} attempts ({reason})")
+            delay = self.backoff(attempt, retry_after)
+            log.info("%s: %s, retry %d in %.1fs", what, reason, attempt + 1, delay)
+            self.retries += 1
+            self.sleep(delay)
+            attempt += 1
+
+    def request(self, method: str, path_or_url: str, **kw: Any) -> requests.Response:
+        url = self.url(path_or_url)
+        kw.setdefault("timeout", self.timeout_s)
+        return self.call(lambda: self.session.request(method, url, **kw), what=f"{method} {url.split('?')[0]}")
+
+    def get(self, path_or_url: str, **kw: Any) -> requests.Response:
+        return self.request("GET", path_or_url, **kw)
+
+    def post(self, path_or_url: str, **kw: Any) -> requests.Response:
+        return self.request("POST", path_or_url, **kw)
+
+    def get_json(self, path_or_url: str, **kw: Any) -> Any:
+        return self.get(path_or_url, **kw).json()
+
+    def fetch(self, path_or_url: str, dest: Path, chunk_bytes: int = 1 << 20, **kw: Any) -> Path:
+        """Download to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request.
+
+        The file appears at ``dest`` only when complete (rename from ``.part``); a server that
+        ignores Range (status 200) restarts the download from zero.
+        """
+        dest = Path(dest)
+        if dest.exists():
+            return dest
+        part = dest.with_name(dest.name + ".part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        url = self.url(path_or_url)
+        attempt = 0
+        while True:
+            have = part.stat().st_size if part.exists() else 0
+            headers = dict(kw.pop("headers", {}) or {})
+            if have:
+                headers["Range"] = f"bytes={have}-"
+            resp = self.call(
+                lambda: self.session.get(url, headers=headers, stream=True, timeout=self.timeout_s, **kw),
+                what=f"GET {url.split('?')[0]}",
+            )
+            if resp.status_code == 416 and have:
+                resp.close()
+                break  # the part already holds the whole body
+            mode = "ab" if have and resp.status_code == 206 else "wb"
+            expected = resp.headers.get("Content-Length")
+            try:
+                with open(part, mode) as fh:
+                    for chunk in resp.iter_content(chunk_bytes):
+                        fh.write(chunk)
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                # an interrupted body: keep what arrived and resume from there
+                if attempt >= self.max_retries:
+                    raise HttpError(f"GET {url}: body interrupted {attempt + 1} times ({exc})") from exc
+                self.sleep(self.backoff(attempt, None))
+                attempt += 1
+                continue
+            finally:
+                resp.close()
+            written = part.stat().st_size - (have if mode == "ab" else 0)
+            if expected is not None and written < int(expected):
+                if attempt >= self.max_retries:
+                    raise HttpError(f"GET {url}: body short by {int(expected) - written} bytes")
+                self.sleep(self.backoff(attempt, None))
+                attempt += 1
+                continue
+            break
+        part.replace(dest)
+        return dest

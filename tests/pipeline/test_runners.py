@@ -1,0 +1,139 @@
+"""The stage contract as run by both runners: parity, idempotence, resume after SIGKILL, accounting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.execute import run_table_stage
+from pipeline.io import atomic_write_parquet, parquet_files, read_dataset
+from pipeline.runners import make_runner
+from pipeline.stage import AccountingError, MapStage, StageOutput
+from schemas.record import from_rows, make_record_id
+from tests.pipeline.toystages import TOY_GLOBAL, TOY_MAP
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _inputs(root: Path, files: int = 4, rows: int = 25) -> None:
+    for i in range(files):
+        recs = [dict(record_id=make_record_id("t", f"{i}-{j}"), source="t",
+                     identifier=("bad" if j % 7 == 0 else "http://x/") + str(j), photo_key=f"p{(i * rows + j) % 9}")
+                for j in range(rows)]
+        atomic_write_parquet(from_rows(recs), root / "in" / f"part-{i}.parquet")
+
+
+def _parts(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in parquet_files(path)}
+
+
+def _run_both(root: Path, stage, src: str, runner: str, **kw):
+    return run_table_stage(stage, None, root, root / src, root / f"{stage.name}-{runner}",
+                           make_runner(runner, workers=2), key=f"{stage.name}-{runner}", **kw)
+
+
+@pytest.mark.beam
+def test_local_and_beam_give_identical_output(tmp_path):
+    _inputs(tmp_path)
+    for runner in ("local", "beam"):
+        m = _run_both(tmp_path, TOY_MAP, "in", runner)
+        assert m.stats["in"] == 100 and m.stats["out"] + m.stats["rejected"] == 100
+        g = run_table_stage(TOY_GLOBAL, None, tmp_path, tmp_path / f"toymap-{runner}",
+                            tmp_path / f"toyglobal-{runner}", make_runner(runner), key=f"toyglobal-{runner}")
+        assert g.stats["out"] == 9  # one survivor per photo key
+    assert _parts(tmp_path / "toymap-local") == _parts(tmp_path / "toymap-beam")
+    assert _parts(tmp_path / "toyglobal-local") == _parts(tmp_path / "toyglobal-beam")
+    assert _parts(tmp_path / "rejects" / "stage=toyglobal-local") == _parts(tmp_path / "rejects" / "stage=toyglobal-beam")
+
+
+def test_rerun_does_nothing_and_output_is_identical(tmp_path, capsys):
+    _inputs(tmp_path)
+    first = _run_both(tmp_path, TOY_MAP, "in", "local")
+    before = _parts(first.out_dir)
+    mtimes = {p: p.stat().st_mtime_ns for p in parquet_files(first.out_dir)}
+    second = _run_both(tmp_path, TOY_MAP, "in", "local")
+    assert second.skipped and "nothing to do" in capsys.readouterr().err
+    assert _parts(second.out_dir) == before
+    assert {p: p.stat().st_mtime_ns for p in parquet_files(first.out_dir)} == mtimes
+    forced = _run_both(tmp_path, TOY_MAP, "in", "local", force=True)
+    assert not forced.skipped and _parts(forced.out_dir) == before
+
+
+def test_changed_input_reruns(tmp_path):
+    _inputs(tmp_path)
+    _run_both(tmp_path, TOY_MAP, "in", "local")
+    _inputs(tmp_path, files=5)
+    again = _run_both(tmp_path, TOY_MAP, "in", "local")
+    assert not again.skipped and again.stats["in"] == 125
+
+
+def test_rejects_and_stats_are_written(tmp_path):
+    _inputs(tmp_path)
+    res = _run_both(tmp_path, TOY_MAP, "in", "local")
+    rejects = read_dataset(tmp_path / "rejects" / "stage=toymap-local")
+    assert rejects.num_rows == res.stats["rejected"] == 16
+    assert set(rejects.column("reason").to_pylist()) == {"image_type"}
+    assert res.stats["rejected_by_reason"] == {"image_type": 16}
+    run_json = tmp_path / "runs" / res.run_id / "run.json"
+    assert run_json.is_file() and '"counts"' in run_json.read_text()
+    assert read_dataset(res.out_dir).column("source").unique().to_pylist() == ["T"]
+
+
+def _lossy(batch: pa.Table, ctx) -> StageOutput:
+    return StageOutput(batch.slice(1))
+
+
+LOSSY = MapStage("lossy", _lossy)
+
+
+def test_a_stage_that_loses_records_fails(tmp_path):
+    _inputs(tmp_path, files=1)
+    with pytest.raises(AccountingError, match="lost records"):
+        run_table_stage(LOSSY, None, tmp_path, tmp_path / "in", tmp_path / "out", make_runner("local", 1))
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("runner", ["local", pytest.param("beam", marks=pytest.mark.beam)])
+def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path, runner):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for root in (clean, killed):
+        _inputs(root, files=8)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "tests.pipeline.killable", str(clean), runner], env=env, check=True,
+                   cwd=REPO, capture_output=True, timeout=120)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.pipeline.killable", str(killed), runner], cwd=REPO,
+                            env={**env, "TOY_STAGE_SLEEP": "0.4"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    tasks_dir = killed / ".staging" / "toymap" / "_tasks"
+    while time.time() < deadline and len(list(tasks_dir.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    committed = len(list(tasks_dir.glob("*.json")))
+    assert 0 < committed < 8, "the kill should land mid-stage"
+    assert not (killed / "out" / "_SUCCESS").exists()
+    subprocess.run([sys.executable, "-m", "tests.pipeline.killable", str(killed), runner], env=env, check=True,
+                   cwd=REPO, capture_output=True, timeout=120)
+    assert _parts(killed / "out") == _parts(clean / "out")
+    assert _parts(killed / "rejects" / "stage=toymap") == _parts(clean / "rejects" / "stage=toymap")
+    out = read_dataset(killed / "out")
+    assert out.num_rows == len(set(out.column("record_id").to_pylist())) == 8 * 25 - 8 * 4
+
+
+def test_parquet_output_is_queryable_by_duckdb(tmp_path):
+    import duckdb
+
+    _inputs(tmp_path)
+    res = _run_both(tmp_path, TOY_MAP, "in", "local")
+    con = duckdb.connect()
+    n = con.execute(f"SELECT count(*) FROM read_parquet('{res.out_dir}/*.parquet')").fetchone()[0]
+    assert n == res.stats["out"] == sum(pq.read_metadata(f).num_rows for f in parquet_files(res.out_dir))

@@ -1,0 +1,64 @@
+"""The record is defined once; the Arrow schema and validation follow from it."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas import RANKS, RECORD_SCHEMA, Record, conform, make_record_id
+from schemas.record import REQUIRED, from_rows
+
+
+def test_arrow_schema_is_derived_from_the_model():
+    names = [f.alias or n for n, f in Record.model_fields.items()]
+    assert RECORD_SCHEMA.names == names
+    assert set(RANKS) <= set(RECORD_SCHEMA.names)
+    assert RECORD_SCHEMA.field("decimal_latitude").type == pa.float64()
+    assert RECORD_SCHEMA.field("living").type == pa.bool_()
+    assert RECORD_SCHEMA.field("decimal_latitude").metadata[b"dwc"] == b"decimalLatitude"
+    assert REQUIRED == ("record_id", "source", "identifier")
+
+
+@given(st.text(), st.text())
+def test_record_ids_are_stable_and_dot_free(source, media):
+    rid = make_record_id(source, media)
+    assert "." not in rid[len(source):] and rid == make_record_id(source, media)
+
+
+def _row(**kw):
+    return {"record_id": "t-1", "source": "t", "identifier": "http://x/1.jpg", **kw}
+
+
+def test_conform_keeps_good_rows_and_rejects_bad_ones_with_a_reason():
+    rows = [
+        _row(),
+        _row(record_id="t-2", decimal_latitude=91.0),
+        _row(record_id="t-3", identifier=""),
+        _row(record_id="t.4"),
+        _row(record_id="t-5", match_type="guess"),
+        _row(record_id="t-6", decimal_longitude=-180.0, match_score=1.0),
+    ]
+    good, rejects = conform(from_rows(rows), "ingest")
+    assert good.column("record_id").to_pylist() == ["t-1", "t-6"]
+    assert good.schema == RECORD_SCHEMA
+    by_id = {r["record_id"]: r["detail"] for r in rejects.to_pylist()}
+    assert set(by_id) == {"t-2", "t-3", "t.4", "t-5"}
+    assert "decimal_latitude" in by_id["t-2"] and "identifier: required" in by_id["t-3"]
+    assert set(rejects.column("reason").to_pylist()) == {"invalid_record"}
+
+
+def test_conform_casts_text_numbers_and_rejects_garbage():
+    t = pa.table({"record_id": ["a-1", "a-2"], "source": ["s", "s"], "identifier": ["u", "u"],
+                  "decimal_latitude": ["12.5", "north"]})
+    good, rejects = conform(t, "ingest")
+    assert good.column("decimal_latitude").to_pylist() == [12.5]
+    assert rejects.column("record_id").to_pylist() == ["a-2"]
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=30))
+def test_conform_accounts_for_every_row(lats):
+    rows = [_row(record_id=f"t-{i}", decimal_latitude=v) for i, v in enumerate(lats)]
+    good, rejects = conform(from_rows(rows) if rows else from_rows([_row()]).slice(0, 0), "ingest")
+    assert good.num_rows + rejects.num_rows == len(lats)
+    assert all(-90 <= v <= 90 for v in good.column("decimal_latitude").to_pylist() if v is not None)
