@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,16 +52,6 @@ def _print_stats(result) -> None:
     typer.echo(json.dumps(result.stats, indent=2, sort_keys=True))
 
 
-def _dataset_slug(source: str, input: str | None, options) -> str:
-    if input:
-        name = Path(input.rstrip("/")).name or "input"
-        name = re.sub(r"\.(zip|tsv|csv|gz|json|txt)$", "", name, flags=re.I)
-        return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:60] or "input"
-    from pipeline.config import config_hash
-
-    return f"query-{config_hash(options)[:10]}"
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
 def ingest(
     ctx: typer.Context,
@@ -72,20 +61,19 @@ def ingest(
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None, force: ForceOpt = False,
 ):
     """Read a source into records: raw/source=<name>/dataset=<input>/."""
-    from pipeline.execute import run_ingest
+    from pipeline import jobs
     from sources import get_connector
 
     cfg = _config(config, data, runner, ctx.args)
     try:
-        connector = get_connector(source)
+        get_connector(source)
     except KeyError as exc:
         _fail(str(exc.args[0]))
-    options = getattr(cfg.sources, source)
     if input and "://" not in input and not Path(input).exists():
         _fail(f"input {input} does not exist")
+    options = getattr(cfg.sources, source)
     try:
-        result = run_ingest(connector, options, input, Path(cfg.data), _runner(cfg),
-                            _dataset_slug(source, input, options), cfg, force)
+        result = jobs.ingest(cfg, _runner(cfg), source, input, jobs.dataset_slug(input, options), force)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _print_stats(result)
@@ -95,11 +83,11 @@ def ingest(
 def resolve(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
             force: ForceOpt = False):
     """Resolve every record's name to a 7-rank lineage: raw/ → resolved/."""
-    from pipeline.stages.resolve import run_resolve
+    from pipeline import jobs
 
     cfg = _config(config, data, runner, ctx.args)
     try:
-        result = run_resolve(cfg, _runner(cfg), force)
+        result = jobs.resolve(cfg, _runner(cfg), force)
     except FileNotFoundError as exc:
         _fail(str(exc))
     _print_stats(result)
@@ -109,11 +97,11 @@ def resolve(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, 
 def curate(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
            force: ForceOpt = False):
     """Filter, deduplicate, balance, split, caption and chunk: resolved/ → curated/."""
-    from pipeline.stages.curate_run import run_curate
+    from pipeline import jobs
 
     cfg = _config(config, data, runner, ctx.args)
     try:
-        stats = run_curate(cfg, _runner(cfg), force)
+        stats = jobs.curate(cfg, _runner(cfg), force)
     except FileNotFoundError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2, sort_keys=True))
@@ -129,11 +117,11 @@ def download(
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
     """Fetch images politely into webdataset shards: curated/ → shards/."""
-    from pipeline.stages.download_run import run_download_stage
+    from pipeline import jobs
 
     cfg = _config(config, data, runner, ctx.args)
     try:
-        stats = run_download_stage(cfg, urls, output, retry_failed)
+        stats = jobs.download(cfg, urls, output, retry_failed)
     except FileNotFoundError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2, sort_keys=True, default=str))
@@ -143,16 +131,17 @@ def download(
 def train(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume/--no-resume", help="continue from the last checkpoint")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="auto (continue from the last checkpoint), "
+                                                  "never, or a checkpoint path")] = None,
     config: ConfigOpt = None, data: DataOpt = None,
 ):
     """Train the hierarchical taxonomic classifier on the shards: shards/ → train/."""
-    from pipeline.stages.train_run import run_train_stage
+    from pipeline import jobs
 
     overrides = {"train.device": device, "train.epochs": epochs, "train.resume": resume}
     cfg = _config(config, data, None, None, overrides)
     try:
-        metrics = run_train_stage(cfg)
+        metrics = jobs.train(cfg)
     except (FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
@@ -181,10 +170,10 @@ def report(
     config: ConfigOpt = None, data: DataOpt = None,
 ):
     """Write the corpus report (HTML with plots), dataset card and Croissant metadata."""
-    from pipeline.stages.report import run_report
+    from pipeline import jobs
 
     cfg = _config(config, data, None)
-    out = run_report(cfg, output)
+    out = jobs.report(cfg, output)
     typer.echo(f"report written to {out}")
 
 
@@ -197,10 +186,15 @@ def run_all(
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
     """Run every stage in order (ingest each input, resolve, curate, download, train, report)."""
-    from pipeline.stages.all import run_everything
+    from pipeline import jobs
 
     cfg = _config(config, data, runner, ctx.args)
-    summary = run_everything(cfg, _runner(cfg), plan, skip_train=skip_train)
+    if plan is None:
+        _fail("--plan PATH is required: a TOML file of [[ingest]] entries with `source` and `input`")
+    try:
+        summary = jobs.everything(cfg, _runner(cfg), jobs.load_plan(plan), skip_train=skip_train)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -243,8 +237,14 @@ def _mount_names() -> None:
 _mount_names()
 
 
-def main() -> None:  # pragma: no cover - console entry
+def main() -> None:
+    """Console entry: a stage whose module is not built yet says so instead of a traceback."""
     try:
         app()
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(("pipeline.", "sources.", "taxonomy.", "shards.")):
+            typer.secho(f"error: {exc.name} is not built yet in this version of biocorpus", fg="red", err=True)
+            sys.exit(3)
+        raise
     except KeyboardInterrupt:
         sys.exit(130)

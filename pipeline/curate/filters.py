@@ -33,7 +33,8 @@ FORMAT_ALIASES = {
     "png": "image/png", "gif": "image/gif", "tif": "image/tiff", "tiff": "image/tiff",
     "image/tif": "image/tiff", "webp": "image/webp", "bmp": "image/bmp", "image/x-ms-bmp": "image/bmp",
 }
-_LICENSE_FAMILY = r"^(cc0|pdm|cc-by(?:-nc)?(?:-sa|-nd)?)(?:-[0-9].*)?$"
+# the vocabulary of sources/licenses.py: cc0-1.0, cc-by[-nc][-sa|-nd][-<version>], public-domain, ...
+_LICENSE_FAMILY = r"^(cc0|public-domain|all-rights-reserved|cc-by(?:-nc)?(?:-sa|-nd)?)(?:-[0-9].*)?$"
 
 
 @dataclass(frozen=True)

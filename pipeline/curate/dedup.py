@@ -1,0 +1,427 @@
+"""Deduplication in three layers: same source record, same photo across sources, same or near-same bytes.
+
+Layers 1 and 2 run before download as global steps (``key_fn`` + ``decide_fn``); layer 3 runs on
+the downloader's sidecar columns (``record_id, sha256, phash``) and also removes images that
+appear in evaluation sets (decontamination). Every decision is independent of row order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.curate.hashing import hash_strings
+from pipeline.stage import StageContext, StageOutput
+from schemas import Reason, empty_rejects, make_rejects
+
+if TYPE_CHECKING:
+    from pipeline.stages.curate import Options
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_NO_PHOTO_KEY = "\x00record:"
+
+
+# --- layers 1 and 2: keep the richest row of each key --------------------------------------------
+
+def record_keys(batch: pa.Table, ctx: StageContext | None = None) -> pa.Array:
+    """Layer 1 key: the record id (``source`` + source media id, hashed by the connector)."""
+    return pc.fill_null(_column(batch, "record_id"), "")
+
+
+def photo_keys(batch: pa.Table, ctx: StageContext | None = None) -> pa.Array:
+    """Layer 2 key: the cross-source photo key; rows without one are their own group."""
+    rid = pc.fill_null(_column(batch, "record_id"), "")
+    return pc.coalesce(_column(batch, "photo_key"), pc.binary_join_element_wise(_NO_PHOTO_KEY, rid, ""))
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, pa.string())
+    col = table.column(name)
+    return col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+
+
+def richness(table: pa.Table) -> np.ndarray:
+    """Number of non-null, non-empty fields per row: the measure of the "richest" record."""
+    score = np.zeros(table.num_rows, np.int64)
+    for name in table.column_names:
+        col = _column(table, name)
+        valid = pc.is_valid(col)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            valid = pc.and_(valid, pc.greater(pc.utf8_length(pc.fill_null(col, "")), 0))
+        score += np.asarray(valid.to_numpy(zero_copy_only=False), np.int64)
+    return score
+
+
+def _fingerprint(table: pa.Table) -> np.ndarray:
+    """A content hash of each row, the last tie-break between equally rich rows with equal ids."""
+    texts = [pc.fill_null(pc.cast(_column(table, n), pa.string()), "\x00") for n in table.column_names]
+    return hash_strings(pc.binary_join_element_wise(*texts, "\x1f"), seed="row")
+
+
+def keep_richest(
+    table: pa.Table, keys: pa.Array, stage: str, reason: Reason, merge_provenance: bool
+) -> StageOutput:
+    """Keep one row per key: most non-null fields, then smallest ``record_id``, then row content.
+
+    Rejected rows get ``reason`` with ``kept <record_id>`` in ``detail``; with ``merge_provenance``
+    the kept row's ``extra`` JSON lists the sources and record ids it absorbed under ``merged_from``.
+    """
+    n = table.num_rows
+    if n == 0:
+        return StageOutput(table, empty_rejects())
+    work = pa.table({
+        "k": keys, "rich": pa.array(richness(table)), "rid": pc.fill_null(_column(table, "record_id"), ""),
+        "fp": pa.array(_fingerprint(table)), "i": pa.array(np.arange(n)),
+    })
+    order = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"),
+                          ("fp", "ascending")]).column("i").to_numpy()
+    sorted_keys = pc.take(keys, pa.array(order)).to_numpy(zero_copy_only=False)
+    first = np.ones(n, bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    group = np.cumsum(first) - 1
+    leader = order[np.nonzero(first)[0]][group]  # for each sorted position, the kept row
+    kept_rows, dup_rows, dup_leaders = order[first], order[~first], leader[~first]
+    rids = work.column("rid").to_numpy(zero_copy_only=False)
+    rejects = make_rejects(rids[dup_rows].tolist(), stage, reason,
+                           [f"kept {r}" for r in rids[dup_leaders].tolist()]) if dup_rows.size else empty_rejects()
+    out = table.take(pa.array(kept_rows))
+    if merge_provenance and dup_rows.size:
+        out = _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders)
+    return StageOutput(out, rejects)
+
+
+def _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders) -> pa.Table:
+    src = _column(table, "source").to_pylist()
+    rid = _column(table, "record_id").to_pylist()
+    ident = _column(table, "identifier").to_pylist()
+    absorbed: dict[int, list[dict]] = {}
+    for d, lead in zip(dup_rows.tolist(), dup_leaders.tolist(), strict=True):
+        absorbed.setdefault(lead, []).append({"record_id": rid[d], "source": src[d], "identifier": ident[d]})
+    extras = _column(out, "extra").to_pylist()
+    for pos, row in enumerate(kept_rows.tolist()):
+        if row not in absorbed:
+            continue
+        merged = _load_extra(extras[pos])
+        merged.setdefault("merged_from", [])
+        merged["merged_from"] = sorted(merged["merged_from"] + absorbed[row], key=lambda m: m["record_id"] or "")
+        extras[pos] = json.dumps(merged, sort_keys=True, ensure_ascii=False)
+    idx = out.column_names.index("extra")
+    return out.set_column(idx, out.schema.field("extra"), pa.array(extras, pa.string()))
+
+
+def _load_extra(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"extra_raw": text}
+    return value if isinstance(value, dict) else {"extra_raw": value}
+
+
+def decide_records(group: pa.Table, ctx: StageContext) -> StageOutput:
+    """Layer 1: one row per record id (a re-ingested or twice-listed record)."""
+    return keep_richest(group, record_keys(group), ctx.stage, Reason.DUPLICATE_RECORD, merge_provenance=False)
+
+
+def decide_photos(group: pa.Table, ctx: StageContext) -> StageOutput:
+    """Layer 2: one row per photo key, the richest, with the others' provenance merged in."""
+    return keep_richest(group, photo_keys(group), ctx.stage, Reason.DUPLICATE_PHOTO, merge_provenance=True)
+
+
+# --- layer 3: bytes and perceptual hashes ---------------------------------------------------------
+
+def phash_values(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Perceptual hashes as ``uint64`` plus a validity mask; accepts uint64/int64 or hex strings."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    valid = np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), bool)
+    if pa.types.is_integer(col.type):
+        raw = np.asarray(pc.fill_null(col, 0).to_numpy(zero_copy_only=False))
+        # signed 64-bit columns (Parquet has no unsigned default) hold the same bits
+        return (raw.astype(np.int64).view(np.uint64) if raw.dtype.kind == "i" else raw.astype(np.uint64)), valid
+    values = np.zeros(len(col), np.uint64)
+    for i, h in enumerate(col.to_pylist()):
+        if h is None:
+            continue
+        try:
+            values[i] = np.uint64(int(h, 16))
+        except (ValueError, OverflowError):
+            valid[i] = False
+    return values, valid
+
+
+def _blocks(threshold: int) -> list[tuple[int, int]]:
+    """(shift, width) of ``threshold + 1`` disjoint bit blocks covering 64 bits."""
+    m = min(threshold + 1, 64)
+    widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+    out, shift = [], 0
+    for w in widths:
+        out.append((shift, w))
+        shift += w
+    return out
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x)
+
+
+def find_near_pairs(
+    hashes: np.ndarray, threshold: int, others: np.ndarray | None = None, chunk: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs within Hamming distance ``threshold``, without comparing all pairs.
+
+    Pigeonhole on ``threshold + 1`` disjoint bit blocks: two hashes that differ in at most
+    ``threshold`` bits agree exactly on at least one block, so only hashes sharing a block value
+    are compared (sorted block keys + binary search), then the full distance is verified.
+    Without ``others``: pairs ``i < j`` within ``hashes``. With ``others``: pairs
+    ``(i, j)`` with ``hashes[i]`` near ``others[j]``. Returns ``(i, j, distance)`` sorted by (i, j).
+    """
+    hashes = np.asarray(hashes, np.uint64)
+    self_join = others is None
+    index = hashes if self_join else np.asarray(others, np.uint64)
+    found_i, found_j = [], []
+    for shift, width in _blocks(threshold):
+        mask = np.uint64((1 << width) - 1)
+        qkey = (hashes >> np.uint64(shift)) & mask
+        ikey = (index >> np.uint64(shift)) & mask
+        order = np.argsort(ikey, kind="stable")
+        skey = ikey[order]
+        for start in range(0, len(hashes), chunk):
+            q = np.arange(start, min(start + chunk, len(hashes)))
+            lo = np.searchsorted(skey, qkey[q], "left")
+            hi = np.searchsorted(skey, qkey[q], "right")
+            counts = hi - lo
+            total = int(counts.sum())
+            if total == 0:
+                continue
+            starts = np.repeat(lo - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+            j = order[np.arange(total) + starts]
+            i = np.repeat(q, counts)
+            keep = i < j if self_join else np.ones(total, bool)
+            i, j = i[keep], j[keep]
+            close = _popcount(hashes[i] ^ index[j]) <= threshold
+            found_i.append(i[close])
+            found_j.append(j[close])
+    if not found_i:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    i = np.concatenate(found_i).astype(np.int64)
+    j = np.concatenate(found_j).astype(np.int64)
+    pair = np.unique(np.stack([i, j], axis=1), axis=0) if i.size else np.zeros((0, 2), np.int64)
+    i, j = pair[:, 0], pair[:, 1]
+    return i, j, _popcount(hashes[i] ^ index[j]).astype(np.int64)
+
+
+def brute_force_near_pairs(hashes: np.ndarray, threshold: int) -> set[tuple[int, int]]:
+    """Reference all-pairs search (for tests and small inputs)."""
+    h = np.asarray(hashes, np.uint64)
+    d = _popcount(h[:, None] ^ h[None, :])
+    i, j = np.nonzero(np.triu(d <= threshold, k=1))
+    return set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def dedup_downloaded(
+    table: pa.Table, options: Options, eval_hashes: pa.Table | None = None, stage: str = "curate"
+) -> StageOutput:
+    """Layer 3 over ``record_id, sha256, phash``: evaluation-set matches, same bytes, near duplicates.
+
+    In that order, each row rejected once: ``EVAL_CONTAMINATION`` (same sha256 as, or within
+    ``eval_hamming_threshold`` of, an evaluation image), ``DUPLICATE_BYTES`` (same sha256 as a kept
+    row; the smallest record id is kept) and ``NEAR_DUPLICATE`` (within ``hamming_threshold`` of a
+    kept row; rows are visited by record id and kept unless near an already kept one). Rows without
+    hashes (failed downloads) pass through.
+    """
+    n = table.num_rows
+    rid = np.asarray(pc.fill_null(_column(table, "record_id"), "").to_numpy(zero_copy_only=False), object)
+    sha = _column(table, "sha256")
+    sha_np = np.asarray(pc.fill_null(sha, "").to_numpy(zero_copy_only=False), object)
+    ph, ph_valid = phash_values(table.column("phash")) if "phash" in table.column_names else (
+        np.zeros(n, np.uint64), np.zeros(n, bool))
+    rejected = np.zeros(n, bool)
+    reasons: list[tuple[int, Reason, str]] = []
+
+    def reject(i: int, reason: Reason, detail: str) -> None:
+        rejected[i] = True
+        reasons.append((i, reason, detail))
+
+    if eval_hashes is not None and eval_hashes.num_rows:
+        _decontaminate(sha_np, ph, ph_valid, eval_hashes, options, reject)
+
+    # same bytes: visit rows by record id so the smallest id of each sha256 is kept
+    order = sorted(range(n), key=lambda i: rid[i])
+    kept_sha: dict[str, str] = {}
+    for i in order:
+        if rejected[i] or not sha_np[i]:
+            continue
+        if sha_np[i] in kept_sha:
+            reject(i, Reason.DUPLICATE_BYTES, f"kept {kept_sha[sha_np[i]]}")
+        else:
+            kept_sha[sha_np[i]] = rid[i]
+
+    if options.near_duplicates:
+        live = np.nonzero(ph_valid & ~rejected)[0]
+        live = live[np.argsort(rid[live], kind="stable")]
+        for i, kept in _greedy_near(ph[live], rid[live], options.hamming_threshold):
+            reject(int(live[i]), Reason.NEAR_DUPLICATE, f"kept {kept}")
+
+    keep = ~rejected
+    rej = make_rejects([rid[i] for i, _, _ in reasons], stage, [r for _, r, _ in reasons],
+                       [d for _, _, d in reasons]) if reasons else empty_rejects()
+    return StageOutput(table.filter(pa.array(keep)), rej)
+
+
+def _greedy_near(values: np.ndarray, ids: np.ndarray, threshold: int) -> Iterator[tuple[int, str]]:
+    """Yield ``(position, kept id)`` for rows near an earlier kept row; rows are in priority order."""
+    uniq, inverse = np.unique(values, return_inverse=True)
+    pi, pj, _ = find_near_pairs(uniq, threshold)
+    neighbours: dict[int, list[int]] = {}
+    for a, b in zip(pi.tolist(), pj.tolist(), strict=True):
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    multiplicity = np.bincount(inverse, minlength=len(uniq))
+    kept_by_value: dict[int, str] = {}
+    for pos in range(len(values)):
+        v = int(inverse[pos])
+        if multiplicity[v] == 1 and v not in neighbours:
+            continue
+        if v in kept_by_value:
+            yield pos, kept_by_value[v]
+            continue
+        near = [kept_by_value[w] for w in sorted(neighbours.get(v, ())) if w in kept_by_value]
+        if near:
+            yield pos, min(near)
+        else:
+            kept_by_value[v] = ids[pos]
+
+
+def _decontaminate(sha_np, ph, ph_valid, eval_hashes: pa.Table, options: Options, reject) -> None:
+    eval_ids = _column(eval_hashes, "eval_id").to_pylist()
+    eval_sha = {}
+    for s, e in zip(_column(eval_hashes, "sha256").to_pylist(), eval_ids, strict=True):
+        if s:
+            eval_sha.setdefault(s, e)
+    hit = np.zeros(len(sha_np), bool)
+    for i, s in enumerate(sha_np):
+        if s and s in eval_sha:
+            reject(i, Reason.EVAL_CONTAMINATION, f"same bytes as {eval_sha[s]}")
+            hit[i] = True
+    if "phash" not in eval_hashes.column_names:
+        return
+    eph, evalid = phash_values(eval_hashes.column("phash"))
+    candidates = np.nonzero(ph_valid & ~hit)[0]
+    targets = np.nonzero(evalid)[0]
+    if not candidates.size or not targets.size:
+        return
+    qi, ej, dist = find_near_pairs(ph[candidates], options.eval_hamming_threshold, others=eph[targets])
+    seen = set()
+    for q, e, d in zip(qi.tolist(), ej.tolist(), dist.tolist(), strict=True):
+        i = int(candidates[q])
+        if i not in seen:
+            seen.add(i)
+            reject(i, Reason.EVAL_CONTAMINATION, f"near {eval_ids[targets[e]]} (hamming {d})")
+
+
+# --- hashing images, the same way as the downloader -----------------------------------------------
+
+def _dct_rows(rows: int, n: int) -> np.ndarray:
+    k = np.arange(rows)[:, None]
+    x = np.arange(n)[None, :]
+    return np.cos(np.pi * (2 * x + 1) * k / (2 * n))
+
+
+_DCT8x32 = _dct_rows(8, 32)
+
+
+def perceptual_hash(data: bytes) -> int:
+    """64-bit pHash of encoded image bytes, the downloader's construction (``shards.image.phash``):
+    32x32 bilinear greyscale, the 8x8 lowest DCT frequencies against their median (DC excluded),
+    bits row-major, first bit most significant."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        grey = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR), np.float64)
+    coeffs = (_DCT8x32 @ grey @ _DCT8x32.T).ravel()
+    bits = coeffs > np.median(coeffs[1:])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def image_hashes(data: bytes) -> tuple[str, int]:
+    """``(sha256 hex, 64-bit perceptual hash)`` of encoded image bytes, as the downloader hashes.
+
+    Calls ``shards.image.phash`` when that module is importable, so evaluation images are hashed
+    by the very function that hashed the downloads; otherwise the same construction here.
+    """
+    sha = hashlib.sha256(data).hexdigest()
+    shared = _downloader_phash()
+    if shared is None:
+        return sha, perceptual_hash(data)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return sha, int(shared(im), 16)
+
+
+def _downloader_phash():
+    try:
+        from shards import image as downloader
+    except ImportError:
+        return None
+    fn = getattr(downloader, "phash", None)
+    return fn if callable(fn) else None
+
+
+def _iter_eval_images(path: Path) -> Iterator[tuple[str, bytes]]:
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                yield str(p), p.read_bytes()
+            elif p.suffix.lower() == ".tar" and p.is_file():
+                yield from _iter_tar(p)
+    elif path.suffix.lower() == ".tar":
+        yield from _iter_tar(path)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        yield str(path), path.read_bytes()
+    else:
+        raise ValueError(f"evaluation set {path}: not an image folder, image or webdataset .tar shard")
+
+
+def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                f = tar.extractfile(member)
+                if f is not None:
+                    yield f"{path}:{member.name}", f.read()
+
+
+def hash_eval_sets(paths: Iterable[str | Path]) -> pa.Table:
+    """Hash every image of the evaluation sets (folders, images or shards): ``eval_id, sha256, phash``.
+
+    Undecodable members keep their sha256 (exact matches still count) with a null phash.
+    """
+    ids, shas, phs = [], [], []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise FileNotFoundError(f"evaluation set {path} does not exist")
+        for eval_id, data in _iter_eval_images(path):
+            try:
+                s, h = image_hashes(data)
+            except (OSError, ValueError, SyntaxError):
+                s, h = hashlib.sha256(data).hexdigest(), None
+            ids.append(eval_id)
+            shas.append(s)
+            phs.append(None if h is None else np.uint64(h))
+    return pa.table({"eval_id": pa.array(ids, pa.string()), "sha256": pa.array(shas, pa.string()),
+                     "phash": pa.array(phs, pa.uint64())})

@@ -1,0 +1,111 @@
+"""Splits, class indices and shuffled fixed-size chunks of the curated records.
+
+Split membership is a hash of the occurrence (so every image of one occurrence lands in one split
+and a record never moves when others are added); the unseen-taxa split holds whole taxa out, also
+by hash. Chunk order is a seeded hash of the record id: deterministic, independent of input order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.curate.balance import taxon_keys
+from pipeline.curate.hashing import hash_strings, unit_interval
+
+if TYPE_CHECKING:
+    from pipeline.stages.curate import Options
+
+UNSEEN_SPLIT = "unseen"
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, pa.string())
+    col = table.column(name)
+    return col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+
+
+def occurrence_keys(table: pa.Table) -> pa.Array:
+    """The occurrence of each row: ``occurrence_id``, or the record itself when it has none."""
+    occ = _column(table, "occurrence_id")
+    occ = pc.if_else(pc.equal(pc.utf8_trim_whitespace(occ), ""), pa.scalar(None, pa.string()), occ)
+    return pc.coalesce(occ, pc.binary_join_element_wise("record:", pc.fill_null(_column(table, "record_id"), ""), ""))
+
+
+def unseen_taxa_mask(table: pa.Table, options: Options) -> np.ndarray:
+    if options.unseen_fraction <= 0:
+        return np.zeros(table.num_rows, bool)
+    u = unit_interval(hash_strings(taxon_keys(table), seed=f"unseen:{options.seed}"))
+    return u < options.unseen_fraction
+
+
+def assign_splits(table: pa.Table, options: Options) -> pa.Array:
+    """Split name per row from the occurrence hash and the cumulative split fractions."""
+    names = list(options.splits)
+    bounds = np.cumsum([options.splits[s] for s in names])
+    bounds[-1] = 1.0  # float rounding must not leave a sliver of rows without a split
+    u = unit_interval(hash_strings(occurrence_keys(table), seed=f"split:{options.seed}"))
+    idx = np.searchsorted(bounds, u, side="right")
+    labels = np.asarray(names, dtype=object)[np.minimum(idx, len(names) - 1)]
+    labels[unseen_taxa_mask(table, options)] = UNSEEN_SPLIT
+    return pa.array(labels.tolist(), pa.string())
+
+
+def class_list(tables: list[pa.Table]) -> list[str]:
+    """Sorted distinct taxon keys over all splits: position = class index (stable for a taxon set)."""
+    keys = [pc.unique(taxon_keys(t)) for t in tables if t.num_rows]
+    if not keys:
+        return []
+    return sorted(set(pa.concat_arrays(keys).to_pylist()))
+
+
+def assign_classes(table: pa.Table, classes: list[str]) -> pa.Array:
+    idx = pc.index_in(taxon_keys(table), pa.array(classes, pa.string()))
+    if idx.null_count:
+        raise ValueError("a taxon of the table is missing from the class list")
+    return idx.cast(pa.int64())
+
+
+def shuffle_order(table: pa.Table, seed: int) -> np.ndarray:
+    """Row order of the shuffled chunks: by ``hash(seed, record_id)``, record id breaking ties."""
+    rid = pc.fill_null(_column(table, "record_id"), "")
+    h = hash_strings(rid, seed=f"chunk:{seed}")
+    rid_rank = np.asarray(pc.rank(rid, sort_keys="ascending", tiebreaker="dense").to_numpy(), np.int64)
+    return np.lexsort((rid_rank, h))
+
+
+def make_chunks(table: pa.Table, options: Options) -> list[pa.Table]:
+    """Shuffle ``table`` (one split) by seed and cut it into chunks of ``chunk_size`` rows."""
+    if table.num_rows == 0:
+        return []
+    shuffled = table.take(pa.array(shuffle_order(table, options.seed)))
+    size = options.chunk_size
+    return [shuffled.slice(i, size) for i in range(0, shuffled.num_rows, size)]
+
+
+def chunk_path(split: str, index: int) -> str:
+    return f"split={split}/chunk-{index:05d}.parquet"
+
+
+def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, options: Options) -> list[str]:
+    """Write each split's shuffled chunks under ``root`` (``split=<s>/chunk-<n>.parquet``), each
+    file written to a temporary name and renamed, so a reader never sees a partial chunk."""
+    root = Path(root)
+    written = []
+    for split in sorted(curated_by_split):
+        for n, chunk in enumerate(make_chunks(curated_by_split[split], options)):
+            path = root / chunk_path(split, n)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            pq.write_table(chunk, tmp)
+            os.replace(tmp, path)
+            written.append(str(path))
+    return written

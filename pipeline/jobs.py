@@ -1,0 +1,135 @@
+"""Stage jobs: where each stage reads and writes under the data root, called by the CLI and the demo."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pipeline.execute import StageResult, run_ingest, run_table_stage
+from pipeline.io import atomic_write_json
+
+
+def _root(cfg) -> Path:
+    return Path(cfg.data)
+
+
+def dataset_slug(input: str | None, options) -> str:
+    """The ``dataset=`` folder of an ingest: the input's base name, or a hash of the API query."""
+    if input:
+        name = Path(input.rstrip("/")).name or "input"
+        name = re.sub(r"\.(zip|tsv|csv|gz|json|txt)$", "", name, flags=re.I)
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:60] or "input"
+    from pipeline.config import config_hash
+
+    return f"query-{config_hash(options)[:10]}"
+
+
+def ingest(cfg, runner, source: str, input: str | None, dataset: str, force: bool = False) -> StageResult:
+    from sources import get_connector
+
+    connector = get_connector(source)
+    return run_ingest(connector, getattr(cfg.sources, source), input, _root(cfg), runner, dataset, cfg, force)
+
+
+def resolve(cfg, runner, force: bool = False) -> StageResult:
+    """raw/ → resolved/: every record gets its lineage and evidence (unresolved ones keep match_type none)."""
+    from pipeline.stages.resolve import STAGE, unresolved_report
+
+    root = _root(cfg)
+    result = run_table_stage(STAGE, cfg.resolve, root, root / "raw", root / "resolved", runner, cfg, force=force)
+    if not result.skipped:
+        from pipeline.io import atomic_write_parquet, read_dataset
+
+        report = unresolved_report(read_dataset(root / "resolved"))
+        atomic_write_parquet(report, root / "reports" / "unresolved.parquet")
+        result.stats["unresolved_names"] = report.num_rows
+    return result
+
+
+def curate(cfg, runner, force: bool = False) -> dict:
+    """resolved/ → curated/split=<s>/chunk-<n>.parquet through filter, dedup and balance stages."""
+    from pipeline.stages import curate as c
+
+    root = _root(cfg)
+    work = root / "work" / "curate"
+    steps = [("curate-filter", c.FILTER_STAGE, root / "resolved", work / "filtered"),
+             ("curate-dedup-record", c.DEDUP_RECORD_STAGE, work / "filtered", work / "dedup-record"),
+             ("curate-dedup-photo", c.DEDUP_PHOTO_STAGE, work / "dedup-record", work / "dedup-photo"),
+             ("curate-balance", c.BALANCE_STAGE, work / "dedup-photo", work / "balanced")]
+    stats: dict[str, Any] = {}
+    for key, stage, src, dst in steps:
+        res = run_table_stage(stage, cfg.curate, root, src, dst, runner, cfg, key=key, force=force)
+        stats[key] = res.stats
+        force = force or not res.skipped  # a redone step invalidates the ones after it
+    stats["curate-split"] = c.write_splits(work / "balanced", root / "curated", cfg.curate, force=force)
+    atomic_write_json(root / "curated" / "_curate_stats.json", stats)
+    return stats
+
+
+def download(cfg, urls: Path | None = None, output: Path | None = None, retry_failed: bool = False) -> dict:
+    """curated/ (or a URL list) → shards/{split}-{n:06d}.tar + sidecar Parquet per shard."""
+    from pipeline.stages.download import run_download
+
+    root = _root(cfg)
+    options = cfg.download.model_copy(update={"retry_failed": retry_failed}) if retry_failed else cfg.download
+    source = urls if urls is not None else root / "curated"
+    if not Path(source).exists():
+        raise FileNotFoundError(f"download: {source} does not exist; run `biocorpus curate` first or pass --urls")
+    out = output or root / "shards"
+    if cfg.runner.name == "beam":
+        from pipeline.stages.download import download_beam
+
+        return download_beam(source, out, options, list(cfg.runner.beam_args))
+    return run_download(source, out, options, progress=sys.stderr.isatty())
+
+
+def train(cfg) -> dict:
+    """shards/ → train/: checkpoints and metrics.json of the hierarchical classifier."""
+    from pipeline.stages.train import run_train
+
+    root = _root(cfg)
+    if not (root / "shards").exists():
+        raise FileNotFoundError(f"train: {root / 'shards'} does not exist; run `biocorpus download` first")
+    return run_train(root / "shards", root / "train", cfg.train)
+
+
+def report(cfg, output: Path | None = None) -> Path:
+    from pipeline.stages.report import run_report
+
+    return run_report(cfg, output)
+
+
+def load_plan(path: Path) -> list[dict]:
+    """A plan file lists the inputs to ingest: ``[[ingest]] source = "gbif"  input = "..."``."""
+    try:
+        plan = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"plan {path}: {exc}") from exc
+    items = plan.get("ingest", [])
+    for i, item in enumerate(items):
+        if "source" not in item:
+            raise ValueError(f"plan {path}: [[ingest]] entry {i + 1} has no `source`")
+        unknown = set(item) - {"source", "input", "dataset"}
+        if unknown:
+            raise ValueError(f"plan {path}: [[ingest]] entry {i + 1} has unknown keys {sorted(unknown)}")
+    return items
+
+
+def everything(cfg, runner, plan: list[dict], skip_train: bool = False) -> dict:
+    """Every stage in order; each skips itself when already complete."""
+    summary: dict[str, Any] = {"ingest": {}}
+    for item in plan:
+        src, inp = item["source"], item.get("input")
+        options = getattr(cfg.sources, src)
+        res = ingest(cfg, runner, src, inp, item.get("dataset") or dataset_slug(inp, options))
+        summary["ingest"][res.stage] = res.stats
+    summary["resolve"] = resolve(cfg, runner).stats
+    summary["curate"] = curate(cfg, runner)
+    summary["download"] = download(cfg)
+    if not skip_train:
+        summary["train"] = train(cfg)
+    summary["report"] = str(report(cfg))
+    return summary

@@ -1,0 +1,114 @@
+"""DuckDB over the data root: one view per table every stage writes, for `biocorpus query` and the report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# view -> (glob under the data root, extra SQL select list applied on top)
+VIEWS: dict[str, str] = {
+    "raw": "raw/**/part-*.parquet",
+    "resolved": "resolved/**/part-*.parquet",
+    "curated": "curated/**/*.parquet",
+    "rejects": "rejects/**/part-*.parquet",
+    "downloads": "shards/**/*.parquet",
+}
+VIEW_HELP = {
+    "raw": "every ingested record (hive columns: source, dataset)",
+    "resolved": "records with the resolved lineage and evidence",
+    "records": "the resolved records (falls back to raw before `resolve` has run)",
+    "curated": "the training tables (hive column: split)",
+    "taxa": "one row per resolved taxon with its lineage and record count",
+    "rejects": "every rejected record: record_id, stage, reason, detail",
+    "downloads": "one row per attempted image (sidecar Parquet of each shard)",
+    "shards": "one row per shard: images ok / failed",
+    "runs": "one row per stage run (run.json)",
+}
+
+
+def _has(root: Path, pattern: str) -> bool:
+    return any(root.glob(pattern))
+
+
+def connect(root: Path):
+    """A DuckDB connection with the views that exist under ``root`` (empty views are left out)."""
+    import duckdb
+
+    con = duckdb.connect()
+    root = Path(root)
+    for name, pattern in VIEWS.items():
+        if _has(root, pattern):
+            path = (root / pattern).as_posix()
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}', hive_partitioning = true, "
+                f"union_by_name = true)"
+            )
+    have = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    base = "resolved" if "resolved" in have else "raw" if "raw" in have else None
+    if base:
+        con.execute(f"CREATE VIEW records AS SELECT * FROM {base}")
+    if "resolved" in have:
+        con.execute(
+            'CREATE VIEW taxa AS SELECT taxon_id, taxon_rank, kingdom, phylum, "class", "order", family, genus, '
+            "species, any_value(accepted_name) AS accepted_name, any_value(vernacular_name) AS vernacular_name, "
+            "count(*) AS records FROM resolved WHERE taxon_id IS NOT NULL GROUP BY ALL"
+        )
+    if "downloads" in have:
+        con.execute(
+            "CREATE VIEW shards AS SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1) AS shard, count(*) AS "
+            "attempted, count(*) FILTER (WHERE status = 'ok') AS ok, count(*) FILTER (WHERE status <> 'ok') AS failed "
+            f"FROM read_parquet('{(root / VIEWS['downloads']).as_posix()}', filename = true, union_by_name = true) "
+            "GROUP BY 1 ORDER BY 1"
+        )
+    if _has(root, "runs/*/run.json"):
+        con.execute(
+            f"CREATE VIEW runs AS SELECT * FROM read_json_auto('{(root / 'runs/*/run.json').as_posix()}', "
+            "union_by_name = true, maximum_object_size = 67108864)"
+        )
+    return con
+
+
+def run_query(root: Path, sql: str, fmt: str = "table", out=sys.stdout) -> None:
+    """Run ``sql`` and print the result as a table, CSV or JSON, or write it to Parquet."""
+    con = connect(root)
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if not views:
+        raise FileNotFoundError(f"no tables under {root}: run a stage first (e.g. `make demo`)")
+    try:
+        rel = con.sql(sql)
+    except Exception as exc:
+        known = ", ".join(sorted(views))
+        raise type(exc)(f"{exc}\nviews here: {known}") from None
+    if rel is None:
+        return
+    if fmt.startswith("parquet:"):
+        rel.write_parquet(fmt.split(":", 1)[1])
+        return
+    table = rel.to_arrow_table()
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pcsv
+
+        buf = io.BytesIO()
+        pcsv.write_csv(table, buf)
+        out.write(buf.getvalue().decode())
+    elif fmt == "json":
+        import json
+
+        for row in table.to_pylist():
+            out.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+    else:
+        out.write(_format_table(table) + "\n")
+
+
+def _format_table(table, max_rows: int = 100) -> str:
+    cols = table.column_names
+    rows = [[("" if v is None else str(v)) for v in r.values()] for r in table.slice(0, max_rows).to_pylist()]
+    widths = [min(60, max([len(c)] + [len(r[i]) for r in rows])) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v[:60].ljust(w) for v, w in zip(r, widths)) for r in rows]
+    if table.num_rows > max_rows:
+        out.append(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
+    return "\n".join(out)

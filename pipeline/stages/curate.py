@@ -1,0 +1,215 @@
+"""The curate stage: resolved records -> filtered, deduplicated, balanced, split, captioned chunks.
+
+Pieces (in ``pipeline/curate/``) are pure functions over Arrow tables; this module holds the
+options, the stage objects the runners apply (``FILTER_STAGE``, ``DEDUP_RECORD_STAGE``,
+``DEDUP_PHOTO_STAGE``, ``BALANCE_STAGE``, ``LABEL_STAGE``, in that order: ``STAGES``) and
+``curate_table``, the in-memory reference that composes them and that the runners must match.
+Layer-3 dedup (bytes / perceptual hash / evaluation sets) runs after download:
+``dedup_downloaded``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.curate import balance as balance_mod
+from pipeline.curate import dedup as dedup_mod
+from pipeline.curate import splits as splits_mod
+from pipeline.curate.captions import CAPTION_TYPES, add_captions
+from pipeline.curate.filters import apply_filters, filter_names
+from pipeline.stage import GlobalStage, MapStage, StageContext, StageOutput, check_accounting
+from schemas import RANKS, empty_rejects
+
+STAGE = "curate"
+Rank = Literal["kingdom", "phylum", "class", "order", "family", "genus", "species"]
+CaptionType = Literal[tuple(CAPTION_TYPES)]  # type: ignore[valid-type]
+
+
+class Options(BaseModel):
+    """``[curate]`` in the config: every threshold of filtering, dedup, balance, splits, captions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # filters
+    licenses: tuple[str, ...] = Field(
+        ("cc0", "public-domain", "cc-by", "cc-by-sa"),
+        description="licence families allowed (code without version: cc0, public-domain, cc-by, cc-by-sa, ...); "
+                    "'unknown' and missing licences are always refused")
+    allow_nc: bool = Field(False, description="also allow the NonCommercial variants of the allowed families")
+    allow_nd: bool = Field(False, description="also allow the NoDerivatives variants of the allowed families")
+    keep_specimens: bool = Field(True, description="keep PRESERVED_SPECIMEN records (museum photos)")
+    exclude_basis: tuple[str, ...] = Field(
+        (), description="further basisOfRecord values to refuse (FOSSIL_SPECIMEN and MATERIAL_CITATION always are)")
+    min_rank: Rank = Field("species", description="the most specific rank a record must be resolved to")
+    require_all_ranks: bool = Field(
+        False, description="require every rank from kingdom to min_rank (else kingdom and min_rank only)")
+    keep_non_living: bool = Field(
+        True, description="keep non-living plankton classes (detritus, bubbles...) as classes of their own")
+    drop_zero_coordinates: bool = Field(True, description="refuse records at exactly 0,0 (a null island)")
+    require_coordinates: bool = Field(False, description="refuse records without coordinates")
+    annotation_statuses: tuple[str, ...] | None = Field(
+        ("validated",), description="EcoTaxa annotation statuses allowed (records without one pass); null = any")
+    quality_grades: tuple[str, ...] | None = Field(
+        ("research",), description="iNaturalist quality grades allowed (records without one pass); null = any")
+    image_formats: tuple[str, ...] = Field(
+        ("image/jpeg", "image/png", "image/webp", "image/tiff", "image/gif", "image/bmp"),
+        description="MIME types allowed when the source gives a format")
+    min_width: int = Field(16, ge=0, description="minimum image width in pixels, when known before download")
+    min_height: int = Field(16, ge=0, description="minimum image height in pixels, when known before download")
+    disabled_filters: tuple[str, ...] = Field((), description=f"filters to skip, from {filter_names()}")
+    # dedup
+    dedup_records: bool = Field(True, description="layer 1: one row per record id")
+    dedup_photos: bool = Field(True, description="layer 2: one row per photo key across sources")
+    near_duplicates: bool = Field(True, description="layer 3: drop perceptual near-duplicates after download")
+    hamming_threshold: int = Field(4, ge=0, le=16, description="max pHash Hamming distance of near-duplicates")
+    eval_hamming_threshold: int = Field(
+        6, ge=0, le=16, description="max pHash Hamming distance to an evaluation image (decontamination)")
+    eval_sets: tuple[str, ...] = Field(
+        (), description="evaluation sets to decontaminate against: image folders, images or webdataset .tar shards")
+    # balance
+    min_per_taxon: int = Field(1, ge=0, description="taxa with fewer records are dropped (rare_taxon)")
+    max_per_taxon: int | None = Field(None, ge=1, description="taxa with more records are capped (taxon_cap); null = no cap")
+    seed: int = Field(0, description="seed of the cap sampling, splits, unseen taxa and chunk shuffle")
+    # splits and chunks
+    splits: dict[str, float] = Field(
+        {"train": 0.9, "val": 0.05, "test": 0.05}, description="split name -> fraction of occurrences (sum 1)")
+    unseen_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of taxa held out whole in the 'unseen' split")
+    chunk_size: int = Field(10_000, ge=1, description="rows per shuffled chunk file")
+    # captions
+    caption_type: CaptionType = Field(
+        "taxonomic+common", description=f"the text type written to 'caption', one of {list(CAPTION_TYPES)}")
+
+    @model_validator(mode="after")
+    def _check(self) -> Options:
+        if not self.splits:
+            raise ValueError("splits: give at least one split")
+        if abs(sum(self.splits.values()) - 1.0) > 1e-6 or any(v < 0 for v in self.splits.values()):
+            raise ValueError(f"splits: fractions must be >= 0 and sum to 1, got {self.splits}")
+        for name in self.splits:
+            if not name or any(c in name for c in "=/\\. ") or name == splits_mod.UNSEEN_SPLIT:
+                raise ValueError(f"splits: {name!r} is not a usable split name")
+        if self.max_per_taxon is not None and self.max_per_taxon < self.min_per_taxon:
+            raise ValueError("max_per_taxon must be >= min_per_taxon")
+        unknown = set(self.disabled_filters) - set(filter_names())
+        if unknown:
+            raise ValueError(f"disabled_filters: unknown {sorted(unknown)}, known {filter_names()}")
+        if self.min_rank not in RANKS:
+            raise ValueError(f"min_rank must be one of {RANKS}")
+        return self
+
+
+# --- stage functions (the runners call these) -----------------------------------------------------
+
+def filter_batch(batch: pa.Table, ctx: StageContext) -> StageOutput:
+    kept, rejects = apply_filters(batch, ctx.options, ctx.stage)
+    return StageOutput(kept, rejects)
+
+
+def label_batch(batch: pa.Table, ctx: StageContext) -> StageOutput:
+    """Add ``split``, the name columns and every caption column (per row, no global state)."""
+    out = batch.append_column("split", splits_mod.assign_splits(batch, ctx.options)) \
+        if "split" not in batch.column_names else batch
+    return StageOutput(add_captions(out, ctx.options.caption_type))
+
+
+def _pass_through(batch: pa.Table, ctx: StageContext) -> StageOutput:
+    return StageOutput(batch)
+
+
+def _decide_records(group: pa.Table, ctx: StageContext) -> StageOutput:
+    return dedup_mod.decide_records(group, ctx) if ctx.options.dedup_records else _pass_through(group, ctx)
+
+
+def _decide_photos(group: pa.Table, ctx: StageContext) -> StageOutput:
+    return dedup_mod.decide_photos(group, ctx) if ctx.options.dedup_photos else _pass_through(group, ctx)
+
+
+FILTER_STAGE = MapStage("curate_filter", filter_batch)
+DEDUP_RECORD_STAGE = GlobalStage("curate_dedup_record", dedup_mod.record_keys, _decide_records)
+DEDUP_PHOTO_STAGE = GlobalStage("curate_dedup_photo", dedup_mod.photo_keys, _decide_photos)
+DEDUP_STAGES = (DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE)
+BALANCE_STAGE = GlobalStage("curate_balance", balance_mod.taxon_keys, balance_mod.decide_balance)
+LABEL_STAGE = MapStage("curate_label", label_batch)
+STAGES = (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE, LABEL_STAGE)
+
+
+def finalize_splits(labelled: pa.Table, options: Options, classes: list[str] | None = None) -> dict[str, pa.Table]:
+    """Add ``cls`` (index into the sorted taxon keys) and return each split's rows in chunk order."""
+    classes = splits_mod.class_list([labelled]) if classes is None else classes
+    labelled = labelled.append_column("cls", splits_mod.assign_classes(labelled, classes))
+    out = {}
+    split_col = labelled.column("split")
+    for split in sorted(pc.unique(split_col).to_pylist()):
+        rows = labelled.filter(pc.equal(split_col, split))
+        out[split] = rows.take(pa.array(splits_mod.shuffle_order(rows, options.seed)))
+    return out
+
+
+def curate_table(table: pa.Table, options: Options | None = None) -> tuple[dict[str, pa.Table], pa.Table, dict]:
+    """The whole stage in memory: filters -> dedup 1 -> dedup 2 -> balance -> splits -> captions -> chunks.
+
+    Returns ``(curated_by_split, rejects, stats)``. Each split's table is in shuffled chunk order
+    (``make_chunks``/``write_chunks`` cut it); ``len(table) == sum(out) + len(rejects)``.
+    """
+    options = options or Options()
+    ctx = StageContext(STAGE, options)
+    n_in = table.num_rows
+    rejects = []
+    current = table
+    steps = {}
+    for stage in (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE):
+        before = current.num_rows
+        fn = stage.fn if isinstance(stage, MapStage) else stage.decide_fn
+        result = fn(current, ctx)
+        check_accounting(stage.name, before, result.out.num_rows, result.rejects.num_rows)
+        current = result.out
+        rejects.append(result.rejects)
+        steps[stage.name] = {"in": before, "out": current.num_rows, "rejected": result.rejects.num_rows}
+    labelled = label_batch(current, ctx).out
+    curated = finalize_splits(labelled, options)
+    all_rejects = pa.concat_tables(rejects) if rejects else empty_rejects()
+    n_out = sum(t.num_rows for t in curated.values())
+    check_accounting(STAGE, n_in, n_out, all_rejects.num_rows)
+    return curated, all_rejects, curate_stats(n_in, curated, all_rejects, steps, options)
+
+
+def curate_stats(n_in: int, curated: dict[str, pa.Table], rejects: pa.Table, steps: dict, options: Options) -> dict:
+    """Counts per reason, per split and per step, chunk counts, and the taxa capped or dropped."""
+    reasons = Counter(rejects.column("reason").to_pylist())
+    taxa = set()
+    for t in curated.values():
+        taxa.update(pc.unique(t.column("cls")).to_pylist())
+    report = balance_mod.balance_report(rejects)
+    return {
+        "in": n_in,
+        "out": sum(t.num_rows for t in curated.values()),
+        "rejected": dict(sorted(reasons.items())),
+        "splits": {s: t.num_rows for s, t in curated.items()},
+        "chunks": {s: -(-t.num_rows // options.chunk_size) for s, t in curated.items()},
+        "taxa": len(taxa),
+        "steps": steps,
+        "taxa_dropped_rare": len(report["rare_taxon"]),
+        "taxa_capped": len(report["taxon_cap"]),
+        "balance": report,
+    }
+
+
+def dedup_downloaded(table: pa.Table, options: Options | None = None, eval_hashes: pa.Table | None = None) -> StageOutput:
+    """Layer 3 after download over ``record_id, sha256, phash``; evaluation sets from
+    ``options.eval_sets`` are hashed when ``eval_hashes`` is not given."""
+    options = options or Options()
+    if eval_hashes is None and options.eval_sets:
+        eval_hashes = dedup_mod.hash_eval_sets(options.eval_sets)
+    out = dedup_mod.dedup_downloaded(table, options, eval_hashes, stage=STAGE)
+    check_accounting("curate_dedup_bytes", table.num_rows, out.out.num_rows, out.rejects.num_rows)
+    return out
+
+
+write_chunks = splits_mod.write_chunks
+make_chunks = splits_mod.make_chunks

@@ -1,0 +1,635 @@
+"""The download stage: curated records (or a plain URL list) -> webdataset shards with sidecars.
+
+Rows are planned into shards deterministically (``{split}-{n:06d}`` over rows sorted by key), so a
+rerun, a resumed run and the Beam run agree on which image lands in which shard. Every planned
+image ends in exactly one sidecar row (ok, or failed with a reason from ``shards.status``):
+attempted = ok + failed. Finished shards are skipped; an unfinished one resumes per image from
+its spool; ``retry_failed`` redoes only the failed images of finished shards and rewrites them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.record import make_record_id
+from shards import status
+from shards.fetch import DEFAULT_USER_AGENT, Fetcher, FetchOptions, HostLimit, host_of
+from shards.image import ImageOptions, process_image
+from shards.writer import (
+    ShardSpool,
+    read_shard,
+    read_status,
+    safe_key,
+    sample_members,
+    shard_finished,
+    shard_name,
+    write_shard,
+)
+
+STAGE = "download"
+
+
+class HostOptions(BaseModel):
+    """Politeness for one host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    concurrency: int = Field(8, ge=1, description="simultaneous requests to this host")
+    rate: float = Field(20.0, ge=0, description="requests per second (0 = unlimited)")
+    burst: float | None = Field(None, gt=0, description="token-bucket size; default = rate")
+
+
+class Options(BaseModel):
+    """The ``[download]`` table of the config."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(256, ge=1, description="target side in pixels for resize_mode")
+    resize_mode: Literal["longest", "shortest", "center_crop", "none"] = Field(
+        "longest", description="longest/shortest side to `size` (never upscaled), center_crop to size x size, or none")
+    quality: int = Field(90, ge=1, le=100, description="JPEG quality of re-encoded images")
+    keep_original: bool = Field(True, description="store the original JPEG/PNG bytes when already small enough")
+    shard_size: int = Field(1000, ge=1, description="images per shard")
+    host_concurrency: int = Field(8, ge=1, description="default simultaneous requests per host")
+    host_rate: float = Field(20.0, ge=0, description="default requests per second per host (0 = unlimited)")
+    hosts: dict[str, HostOptions] = Field(default_factory=dict, description="per-host overrides, keyed by host name")
+    total_concurrency: int = Field(256, ge=1, description="open connections over all hosts")
+    max_in_flight: int = Field(512, ge=1, description="images in progress at once (bounds memory)")
+    timeout: float = Field(30.0, gt=0, description="seconds per request attempt, headers and body")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to connect")
+    retries: int = Field(3, ge=0, description="extra attempts after a transient failure")
+    backoff_base: float = Field(0.5, ge=0, description="first backoff in seconds (doubles, with jitter)")
+    backoff_max: float = Field(30.0, ge=0, description="longest backoff in seconds")
+    retry_after_max: float = Field(120.0, ge=0, description="longest Retry-After honoured, seconds")
+    user_agent: str = Field(DEFAULT_USER_AGENT, description="User-Agent header; add a contact address")
+    allow_private: bool = Field(False, description="allow private and link-local addresses")
+    allow_loopback: bool = Field(False, description="allow 127.0.0.0/8 and ::1 (tests, local mirrors)")
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest body accepted, bytes")
+    max_pixels: int = Field(89_478_485, ge=1, description="largest width*height decoded (bombs above)")
+    max_redirects: int = Field(5, ge=0, description="redirects followed per request")
+    processes: int | None = Field(None, ge=0, description="decode processes (default: CPU count; 0 = threads)")
+    caption_column: str = Field("caption", description="input column written as {key}.txt")
+    cls_column: str = Field("cls", description="input column written as {key}.cls")
+    url_column: str = Field("url", description="URL column of a plain URL list")
+    key_column: str = Field("key", description="key column of a plain URL list (optional)")
+    default_split: str = Field("train", description="split of rows without one (URL lists)")
+    retry_failed: bool = Field(False, description="redo only the failed images of finished shards")
+    beam_workers_per_host: int = Field(1, ge=1, description="Beam: groups per host; each gets rate/n")
+    seed: int = Field(0, description="seed of the backoff jitter")
+
+    def fetch_options(self, split_hosts: int = 1) -> FetchOptions:
+        def limit(concurrency: int, rate: float, burst: float | None) -> HostLimit:
+            return HostLimit(max(1, concurrency // split_hosts), rate / split_hosts, burst)
+
+        return FetchOptions(
+            user_agent=self.user_agent,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            retries=self.retries,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            retry_after_max=self.retry_after_max,
+            max_bytes=self.max_bytes,
+            max_redirects=self.max_redirects,
+            allow_private=self.allow_private,
+            allow_loopback=self.allow_loopback,
+            default_host=limit(self.host_concurrency, self.host_rate, None),
+            hosts={h: limit(o.concurrency, o.rate, o.burst) for h, o in self.hosts.items()},
+            total_concurrency=self.total_concurrency,
+            seed=self.seed,
+        )
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(self.size, self.resize_mode, self.max_pixels, self.quality, self.keep_original)
+
+
+# ---------------------------------------------------------------- input and plan
+
+
+def _read_table(path: str, options: Options) -> pa.Table:
+    fs, local = fsspec.core.url_to_fs(path)
+    lower = local.lower()
+    if fs.isfile(local) and lower.endswith((".csv", ".tsv")):
+        with fs.open(local, "rb") as f:
+            parse = pacsv.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",")
+            # every column as text: keys like 000123 must not become integers
+            header = pacsv.read_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema
+        with fs.open(local, "rb") as f:
+            types = {n: pa.string() for n in header.names}
+            if options.cls_column in types:
+                types[options.cls_column] = pa.int64()
+            return pacsv.read_csv(f, parse_options=parse, convert_options=pacsv.ConvertOptions(column_types=types))
+    if fs.isfile(local) and lower.endswith(".txt"):
+        with fs.open(local, "rb") as f:
+            urls = [u.strip() for u in f.read().decode().splitlines() if u.strip()]
+        return pa.table({options.url_column: pa.array(urls, pa.string())})
+    dataset = pads.dataset(local, filesystem=fs, format="parquet", partitioning="hive")
+    table = dataset.to_table()
+    return table.cast(pa.schema([
+        f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]))
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def read_rows(path: str, options: Options) -> list[dict]:
+    """Input rows as ``key, url, split, caption, cls, record`` (record: JSON text of the row's
+    non-null columns). Curated records are recognised by ``identifier``; anything with
+    ``options.url_column`` is a URL list."""
+    table = _read_table(path, options)
+    names = set(table.column_names)
+    if "identifier" in names:
+        url_col, key_col = "identifier", "record_id"
+    elif options.url_column in names:
+        url_col, key_col = options.url_column, options.key_column
+    else:
+        raise ValueError(
+            f"{path}: neither a record table (column 'identifier') nor a URL list "
+            f"(column {options.url_column!r}); columns are {sorted(names)}")
+    rows = []
+    for row in table.to_pylist():
+        url = row.get(url_col)
+        url = str(url).strip() if url is not None else ""
+        raw_key = row.get(key_col)
+        key = safe_key(raw_key) if raw_key not in (None, "") else make_record_id("url", url)
+        split = row.get("split")
+        split = safe_key(split) if split not in (None, "") else options.default_split
+        caption = row.get(options.caption_column)
+        cls = row.get(options.cls_column)
+        record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
+        rows.append({
+            "key": key,
+            "url": url,
+            "split": split,
+            "caption": None if caption is None else str(caption),
+            "cls": None if cls is None else int(cls),
+            "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str),
+        })
+    return rows
+
+
+@dataclass
+class PlannedShard:
+    split: str
+    n: int
+    items: list[dict]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.n)
+
+
+def plan_shards(rows: Iterable[dict], shard_size: int) -> list[PlannedShard]:
+    """Sort rows by (split, key, url) and cut each split into shards of ``shard_size``.
+
+    A key seen again gets ``{key}-dup{i}`` and is marked ``dup`` (recorded as ``duplicate_key``,
+    never fetched), so no sample overwrites another and none disappears."""
+    ordered = sorted(rows, key=lambda r: (r["split"], r["key"], r["url"]))
+    seen: collections.Counter[str] = collections.Counter()
+    by_split: dict[str, list[dict]] = collections.defaultdict(list)
+    for row in ordered:
+        base = row["key"]
+        seen[base] += 1
+        item = dict(row, dup=seen[base] > 1)
+        if item["dup"]:
+            item["key"] = f"{base}-dup{seen[base] - 1}"
+        by_split[row["split"]].append(item)
+    shards = []
+    for split in sorted(by_split):
+        items = by_split[split]
+        for n, start in enumerate(range(0, len(items), shard_size)):
+            chunk = items[start : start + shard_size]
+            for item in chunk:
+                item["shard"] = shard_name(split, n)
+            shards.append(PlannedShard(split, n, chunk))
+    return shards
+
+
+# ---------------------------------------------------------------- one image
+
+
+def _status_row(item: dict, **fields) -> dict:
+    return {
+        "key": item["key"],
+        "url": item["url"],
+        "split": item["split"],
+        "shard": item["shard"],
+        "host": host_of(item["url"]) or None,
+        **fields,
+    }
+
+
+async def download_item(
+    item: dict,
+    fetcher: Fetcher,
+    decode: Callable[[bytes], Any],
+) -> tuple[dict, dict[str, bytes] | None]:
+    """Fetch, check and convert one planned image: ``(status row, shard members or None)``."""
+    if item.get("dup"):
+        return _status_row(item, status=status.FAILED, reason=status.DUPLICATE_KEY, attempts=0), None
+    fetched = await fetcher.fetch(item["url"])
+    common = {"http_status": fetched.http_status, "attempts": fetched.attempts}
+    if not fetched.ok:
+        return _status_row(item, status=status.FAILED, reason=fetched.reason, **common), None
+    result = await decode(fetched.data)
+    del fetched
+    info = {k: result.get(k) for k in ("sha256", "width", "height", "bytes", "format")}
+    if not result["ok"]:
+        return _status_row(item, status=status.FAILED, reason=result["reason"], **common, **info), None
+    record = json.loads(item["record"])
+    record["download"] = {
+        "sha256": result["sha256"],
+        "phash": result["phash"],
+        "original_width": result["width"],
+        "original_height": result["height"],
+        "width": result["stored_width"],
+        "height": result["stored_height"],
+    }
+    members = sample_members(item["key"], result["data"], result["ext"], record, item["caption"], item["cls"])
+    row = _status_row(
+        item,
+        status=status.OK,
+        reason=None,
+        **common,
+        **info,
+        phash=result["phash"],
+        stored_width=result["stored_width"],
+        stored_height=result["stored_height"],
+        stored_bytes=result["stored_bytes"],
+    )
+    return row, members
+
+
+class _Decoder:
+    """Runs ``process_image`` in a process pool (or threads), with a bounded queue in front."""
+
+    def __init__(self, options: Options):
+        self.image_options = options.image_options()
+        workers = options.processes if options.processes is not None else (os.cpu_count() or 1)
+        if workers == 0:
+            # Pillow releases the GIL while decoding and resizing, so threads still overlap.
+            self.pool: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1)
+            slots = 2 * (os.cpu_count() or 1)
+        else:
+            # forkserver: forking the event-loop process (with its resolver threads) can deadlock
+            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+            slots = 2 * workers
+        self.slots = asyncio.Semaphore(slots)
+
+    async def __call__(self, data: bytes) -> dict:
+        async with self.slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, process_image, data, self.image_options)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- local runner
+
+
+def _join(root: str, name: str) -> str:
+    return root.rstrip("/") + "/" + name
+
+
+def _spool_root(out_dir: str) -> Path:
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        return Path(path) / "_partial"
+    digest = zlib.crc32(out_dir.encode())
+    return Path(tempfile.gettempdir()) / f"biocorpus-spool-{digest:08x}"
+
+
+def _prepare_spool(shard: PlannedShard, tar_url: str, spool_dir: Path, retry_failed: bool) -> ShardSpool | None:
+    """The spool to finish ``shard`` in, or ``None`` when the shard needs no work."""
+    finished = shard_finished(tar_url)
+    if finished and not retry_failed:
+        if spool_dir.exists():  # killed after the sidecar was renamed, before the spool was removed
+            shutil.rmtree(spool_dir, ignore_errors=True)
+        return None
+    if spool_dir.exists() or not finished:
+        return ShardSpool(spool_dir)
+    old_rows = read_status(tar_url)
+    if all(r["status"] == status.OK for r in old_rows):
+        return None
+    old_members = read_shard(tar_url)
+    spool = ShardSpool(spool_dir)
+    for row in old_rows:
+        if row["status"] == status.OK and row["key"] in old_members:
+            spool.add(row, old_members[row["key"]])
+    return spool
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", disable=not enabled, smoothing=0.05, dynamic_ncols=True)
+        self.failures: collections.Counter[str] = collections.Counter()
+        self._shown = 0.0
+
+    def update(self, row: dict) -> None:
+        if row["status"] != status.OK:
+            self.failures[row["reason"]] += 1
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._shown > 0.5:
+            self._shown = now
+            self.bar.set_postfix(ok=self.bar.n - sum(self.failures.values()), **dict(self.failures.most_common(6)))
+
+    def close(self) -> None:
+        self.bar.set_postfix(ok=self.bar.n - sum(self.failures.values()), **dict(self.failures.most_common(6)))
+        self.bar.close()
+
+
+async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options, progress: bool) -> int:
+    spool_root = _spool_root(out_dir)
+    work: list[tuple[PlannedShard, str, ShardSpool, list[dict]]] = []
+    for shard in shards:
+        tar_url = _join(out_dir, shard.name + ".tar")
+        spool = _prepare_spool(shard, tar_url, spool_root / shard.name, options.retry_failed)
+        if spool is None:
+            continue
+        pending = [item for item in shard.items if item["key"] not in spool.done]
+        work.append((shard, tar_url, spool, pending))
+    total = sum(len(p) for *_, p in work)
+    bar = _Progress(total, progress)
+    decoder = _Decoder(options) if total else None
+    remaining = {shard.name: len(pending) for shard, _, _, pending in work}
+    try:
+        async with Fetcher(options.fetch_options()) as fetcher:
+            for _, tar_url, spool, pending in work:
+                if not pending:
+                    await asyncio.to_thread(spool.finalise, tar_url)
+            targets = {shard.name: (tar_url, spool) for shard, tar_url, spool, pending in work if pending}
+
+            async def handle(item: dict) -> None:
+                row, members = await download_item(item, fetcher, decoder)
+                tar_url, spool = targets[item["shard"]]
+                spool.add(row, members)
+                bar.update(row)
+                remaining[item["shard"]] -= 1
+                if remaining[item["shard"]] == 0:
+                    await asyncio.to_thread(spool.finalise, tar_url)
+
+            items = [item for *_, pending in work for item in pending]
+            await _schedule(items, handle, options, fetcher)
+    finally:
+        bar.close()
+        if decoder is not None:
+            decoder.close()
+    return total
+
+
+async def _schedule(items: list[dict], handle, options: Options, fetcher: Fetcher) -> None:
+    """Run ``handle`` over ``items`` with at most ``max_in_flight`` at once and at most twice a
+    host's concurrency waiting on that host, so a slow host cannot fill the window while the
+    others idle; deferred items of a host start as its earlier ones finish."""
+    window = asyncio.Semaphore(options.max_in_flight)
+    running: collections.Counter[str] = collections.Counter()
+    deferred: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+    tasks: set[asyncio.Task] = set()
+    errors: list[BaseException] = []
+
+    def cap(host: str) -> int:
+        return 2 * fetcher.opts.hosts.get(host, fetcher.opts.default_host).concurrency
+
+    def start(item: dict, host: str) -> None:
+        running[host] += 1
+        task = asyncio.create_task(run(item, host))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def run(item: dict, host: str) -> None:
+        try:
+            await handle(item)
+        except BaseException as exc:  # a bug: stop the run so the shard stays unfinished
+            errors.append(exc)
+        finally:
+            running[host] -= 1
+            if deferred[host] and not errors:
+                start(deferred[host].popleft(), host)  # hands its window slot on
+            else:
+                window.release()
+
+    for item in items:
+        if errors:
+            break
+        host = host_of(item["url"])
+        if running[host] >= cap(host):
+            deferred[host].append(item)
+            continue
+        await window.acquire()
+        start(item, host)
+    while tasks or any(deferred.values()):
+        if errors:
+            break
+        if tasks:
+            await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+        for host, queue in deferred.items():
+            # a host whose tasks all finished before its items were deferred
+            while queue and running[host] < cap(host) and not errors:
+                await window.acquire()
+                start(queue.popleft(), host)
+    for task in list(tasks):
+        task.cancel()
+    if errors:
+        raise errors[0]
+
+
+def collect_stats(out_dir: str, shards: list[PlannedShard]) -> dict:
+    """Counts over every planned shard's sidecar: attempted, ok, failed by reason."""
+    failed: collections.Counter[str] = collections.Counter()
+    ok = attempted = written = 0
+    for shard in shards:
+        tar_url = _join(out_dir, shard.name + ".tar")
+        if not shard_finished(tar_url):
+            continue
+        written += 1
+        rows = read_status(tar_url)
+        attempted += len(rows)
+        for row in rows:
+            if row["status"] == status.OK:
+                ok += 1
+            else:
+                failed[row["reason"]] += 1
+    return {
+        "attempted": attempted,
+        "ok": ok,
+        "failed": dict(sorted(failed.items())),
+        "failed_total": sum(failed.values()),
+        "shards": written,
+        "planned": sum(len(s.items) for s in shards),
+    }
+
+
+def _write_stats(out_dir: str, stats: dict) -> None:
+    fs, path = fsspec.core.url_to_fs(_join(out_dir, "_stats.json"))
+    with fs.open(path + ".tmp", "w") as f:
+        json.dump(stats, f, indent=2, sort_keys=True)
+    fs.mv(path + ".tmp", path)
+
+
+def _finish(out_dir: str, shards: list[PlannedShard], processed: int, seconds: float) -> dict:
+    from pipeline.stage import check_accounting
+
+    stats = collect_stats(out_dir, shards)
+    check_accounting(STAGE, stats["planned"], stats["ok"], stats["failed_total"])
+    stats["processed_this_run"] = processed
+    stats["seconds"] = round(seconds, 3)
+    _write_stats(out_dir, {k: v for k, v in stats.items() if k != "seconds"})
+    return stats
+
+
+def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | None = None, progress: bool = True) -> dict:
+    """Download every image of ``input_dir`` (records Parquet dataset, or a URL list: Parquet,
+    CSV/TSV or one URL per line .txt) into webdataset shards under ``out_dir``.
+
+    Returns stats: ``attempted`` (= ``ok`` + ``failed_total``), ``ok``, ``failed`` by reason,
+    ``shards``, ``planned``, ``processed_this_run``, ``seconds``; also written to
+    ``out_dir/_stats.json``. Raises ``AccountingError`` if an image is missing from the sidecars."""
+    options = options or Options()
+    started = time.monotonic()
+    out_dir = str(out_dir)
+    shards = plan_shards(read_rows(str(input_dir), options), options.shard_size)
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    fs.makedirs(path, exist_ok=True)
+    processed = asyncio.run(_run_local(shards, out_dir, options, progress))
+    return _finish(out_dir, shards, processed, time.monotonic() - started)
+
+
+def failed_rejects(out_dir: str | Path):
+    """Reject rows (``schemas.REJECT_SCHEMA``) for every failed image of the finished shards:
+    reason ``download_failed``, detail = the download reason (``shards.status``)."""
+    from schemas import Reason, make_rejects
+
+    fs, path = fsspec.core.url_to_fs(str(out_dir))
+    keys, details = [], []
+    for side in sorted(fs.glob(path.rstrip("/") + "/*.parquet")):
+        table = pads.dataset(side, filesystem=fs, format="parquet").to_table(columns=["key", "status", "reason"])
+        table = table.filter(pc.equal(table["status"], status.FAILED))
+        keys += table["key"].to_pylist()
+        details += table["reason"].to_pylist()
+    return make_rejects(keys, STAGE, Reason.DOWNLOAD_FAILED, details)
+
+
+# ---------------------------------------------------------------- Beam runner
+
+
+def _host_group(item: dict, splits: int) -> str:
+    host = host_of(item["url"])
+    if splits <= 1:
+        return host
+    return f"{host}#{zlib.crc32(item['key'].encode()) % splits}"
+
+
+def _fetch_group(items: list[dict], options: Options) -> list[tuple[dict, dict[str, bytes] | None]]:
+    """Download one host group's items in this worker (its own event loop and thread pool)."""
+
+    async def run() -> list:
+        threads = concurrent.futures.ThreadPoolExecutor(max(1, options.processes or os.cpu_count() or 1))
+        image_options = options.image_options()
+        loop = asyncio.get_running_loop()
+
+        async def decode(data: bytes) -> dict:
+            return await loop.run_in_executor(threads, process_image, data, image_options)
+
+        window = asyncio.Semaphore(options.max_in_flight)
+
+        async def one(item: dict):
+            async with window:
+                return await download_item(item, fetcher, decode)
+
+        try:
+            async with Fetcher(options.fetch_options(options.beam_workers_per_host)) as fetcher:
+                return await asyncio.gather(*(one(i) for i in sorted(items, key=lambda i: i["key"])))
+        finally:
+            threads.shutdown(wait=True)
+
+    return asyncio.run(run())
+
+
+def _write_group(shard: str, results: Iterable[tuple[dict, dict | None]], out_dir: str) -> dict:
+    tar_url = _join(out_dir, shard + ".tar")
+    rows: dict[str, dict] = {}
+    samples: dict[str, dict[str, bytes]] = {}
+    if shard_finished(tar_url):  # retry_failed: keep the images that were fine
+        old_members = read_shard(tar_url)
+        for row in read_status(tar_url):
+            if row["status"] == status.OK and row["key"] in old_members:
+                rows[row["key"]] = row
+                samples[row["key"]] = old_members[row["key"]]
+    for row, members in results:
+        rows[row["key"]] = row
+        if members:
+            samples[row["key"]] = members
+    write_shard(tar_url, samples, rows.values())
+    return {"shard": shard, "images": len(rows)}
+
+
+def download_beam(
+    input_dir: str | Path,
+    out_dir: str,
+    options: Options | None = None,
+    pipeline_args: list[str] | None = None,
+) -> dict:
+    """The same download on Apache Beam: rows keyed by host (``GroupByKey``) so one worker holds
+    each host group and its limits hold across the cluster (``beam_workers_per_host`` > 1 splits
+    a big host into that many groups, each at 1/n of its rate and concurrency), then grouped by
+    shard and written to any fsspec path (local, gs://, s3://). Same shards as ``run_download``.
+
+    ``pipeline_args`` are Beam pipeline options; ``--runner=FnApiRunner`` is the default (the
+    DirectRunner downloads Prism). Returns the same stats as ``run_download``."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = options or Options()
+    started = time.monotonic()
+    out_dir = str(out_dir)
+    shards = plan_shards(read_rows(str(input_dir), options), options.shard_size)
+    todo: list[dict] = []
+    for shard in shards:
+        tar_url = _join(out_dir, shard.name + ".tar")
+        if not shard_finished(tar_url):
+            todo += shard.items
+        elif options.retry_failed:
+            failed = {r["key"] for r in read_status(tar_url) if r["status"] != status.OK}
+            todo += [i for i in shard.items if i["key"] in failed]
+    args = list(pipeline_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=FnApiRunner")
+    splits = options.beam_workers_per_host
+    if todo:
+        with beam.Pipeline(options=PipelineOptions(args)) as p:
+            _ = (
+                p
+                | "Plan" >> beam.Create(todo, reshuffle=False)
+                | "KeyByHost" >> beam.Map(lambda item: (_host_group(item, splits), item))
+                | "GroupByHost" >> beam.GroupByKey()
+                | "Fetch" >> beam.FlatMap(lambda kv: _fetch_group(list(kv[1]), options))
+                | "KeyByShard" >> beam.Map(lambda rm: (rm[0]["shard"], rm))
+                | "GroupByShard" >> beam.GroupByKey()
+                | "Write" >> beam.MapTuple(lambda shard, results: _write_group(shard, results, out_dir))
+            )
+    return _finish(out_dir, shards, len(todo), time.monotonic() - started)

@@ -1,0 +1,336 @@
+"""EcoTaxa exports (TSV files, or zip archives holding TSVs and their images) read into records.
+
+An EcoTaxa TSV has one row per image of an object. Its first line names the columns; an optional
+second line gives each column's type, ``[t]`` text or ``[f]`` float, and is used to type values
+(``nan`` and empty become null). ``object_annotation_category`` is the label, kept verbatim
+(``detritus``, ``badfocus<artefact``, ``tail<Appendicularia``); ``object_annotation_hierarchy``
+is the lineage, root first. Only ``validated`` rows are kept by default: ``predicted`` and
+``dubious`` rows are rejected ``not_validated`` with their status. ``sample_``, ``acq_`` and
+``process_`` columns go to ``extra``. The image is ``img_file_name`` resolved beside the TSV
+(``file://``) or inside the zip (``zip://``), see ``sources.localuri``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import posixpath
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from pydantic import Field
+
+from schemas import Reason, make_record_id, make_rejects
+from schemas.record import extra_json
+from sources.base import IngestBatch, SourceOptions
+from sources.localuri import file_uri, zip_uri
+
+SOURCE = "ecotaxa"
+STAGE = "ingest"
+ANNOTATION_STATUSES: tuple[str, ...] = ("validated", "predicted", "dubious")
+EXTRA_PREFIXES: tuple[str, ...] = ("sample_", "acq_", "process_")
+# object_ columns that are about the annotation, not the object's measured features.
+ANNOTATION_COLUMNS: tuple[str, ...] = (
+    "object_annotation_person_name", "object_annotation_date",
+    "object_annotation_time", "object_aphiaid", "object_annotation_category_id", "img_rank",
+)
+MAPPED_COLUMNS = frozenset({
+    "img_file_name", "object_id", "object_lat", "object_lon", "object_date", "object_time",
+    "object_depth_min", "object_depth_max", "object_annotation_category", "object_annotation_hierarchy",
+    "object_annotation_status", "object_annotation_category_id", "object_link", "acq_instrument",
+    # annotators' e-mail addresses are personal data with no use in a corpus: not carried over.
+    "object_annotation_person_email",
+})
+_TYPE_CELL = re.compile(r"^\[(t|f)\]$", re.IGNORECASE)
+_INT_TEXT = re.compile(r"^[+-]?\d+$")
+_NULLS = frozenset({"", "nan", "na", "null", "none"})
+_MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "tif": "image/tiff",
+         "tiff": "image/tiff", "bmp": "image/bmp", "gif": "image/gif", "webp": "image/webp"}
+
+
+def is_type_row(cells: Iterable[str]) -> bool:
+    """True when every cell is ``[t]`` or ``[f]`` (EcoTaxa's second header line)."""
+    cells = list(cells)
+    return bool(cells) and all(_TYPE_CELL.match(c.strip()) for c in cells)
+
+
+def parse_type_row(cells: Iterable[str]) -> list[str]:
+    """Column types from a type row: ``"t"`` (text) or ``"f"`` (float) per cell."""
+    out = []
+    for c in cells:
+        m = _TYPE_CELL.match(c.strip())
+        if not m:
+            raise ValueError(f"not an EcoTaxa type cell: {c!r}")
+        out.append(m.group(1).lower())
+    return out
+
+
+def typed_value(raw: str | None, kind: str) -> str | float | None:
+    """One cell typed by its column kind; null for empty/``nan``; ``ValueError`` for a bad float."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if value.lower() in _NULLS:
+        return None
+    if kind == "f":
+        f = float(value)
+        if math.isnan(f) or math.isinf(f):
+            return None
+        # ids and counts typed [f] (object_aphiaid, img_rank) stay integers when written as such.
+        return int(value) if _INT_TEXT.match(value) else f
+    return value
+
+
+def event_date(date: str | None, time: str | None) -> str | None:
+    """ISO 8601 from EcoTaxa ``object_date`` (YYYYMMDD) and ``object_time`` (HHMMSS, leading zeros often lost)."""
+    if not date:
+        return None
+    d = str(date).strip().split(".")[0]
+    if not re.fullmatch(r"\d{8}", d):
+        raise ValueError(f"object_date {date!r} is not YYYYMMDD")
+    mo, dd = int(d[4:6]), int(d[6:])
+    if not (1 <= mo <= 12 and 1 <= dd <= 31):
+        raise ValueError(f"object_date {date!r} is not a calendar date")
+    iso = f"{d[:4]}-{d[4:6]}-{d[6:]}"
+    if not time:
+        return iso
+    t = str(time).strip().split(".")[0]
+    if not re.fullmatch(r"\d{1,6}", t):
+        raise ValueError(f"object_time {time!r} is not HHMMSS")
+    t = t.zfill(6)
+    hh, mm, ss = int(t[:2]), int(t[2:4]), int(t[4:])
+    if hh > 23 or mm > 59 or ss > 59:
+        raise ValueError(f"object_time {time!r} is not a time of day")
+    return f"{iso}T{t[:2]}:{t[2:4]}:{t[4:]}"
+
+
+def lineage(hierarchy: str | None) -> str | None:
+    """EcoTaxa hierarchy (``>`` or ``|`` separated, root first) as ``|``-separated."""
+    if not hierarchy:
+        return None
+    parts = [p.strip() for p in re.split(r"[>|]", hierarchy) if p.strip()]
+    return "|".join(parts) or None
+
+
+@dataclass
+class Table:
+    """Header, column kinds and the data rows of one TSV (row numbers are 1-based file lines)."""
+
+    header: list[str]
+    kinds: list[str]
+    rows: list[tuple[int, list[str]]]
+
+
+def read_table(text: str) -> Table:
+    """Split an EcoTaxa TSV into header, kinds (``t`` when there is no type row) and rows."""
+    reader = csv.reader(io.StringIO(text), delimiter="\t")
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return Table([], [], [])
+    rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+    kinds = ["t"] * len(header)
+    if rows and is_type_row(rows[0][1]):
+        kinds = parse_type_row(rows[0][1])
+        rows = rows[1:]
+        if len(kinds) < len(header):
+            kinds += ["t"] * (len(header) - len(kinds))
+    return Table(header, kinds[:len(header)], rows)
+
+
+class EcoTaxaOptions(SourceOptions):
+    """``[sources.ecotaxa]``: reading EcoTaxa export TSVs and zips."""
+
+    license: str = Field("unknown", description="licence code for every record (the export's licence, see PROVENANCE)")
+    statuses: tuple[str, ...] = Field(("validated",), description="annotation statuses kept; others are rejected not_validated")
+    require_image: bool = Field(True, description="reject rows whose image is not beside the TSV / in the zip (no_image)")
+    instrument: str | None = Field(None, description="instrument when the export has no acq_instrument column")
+    dataset: str | None = Field(None, description="source_dataset of every record; default: the export's file name")
+    keep_object_features: bool = Field(False, description="also keep the object_ feature columns (area, esd...) in extra")
+    batch_size: int = Field(50_000, gt=0, description="records per yielded batch")
+
+
+def _task_text(task: str) -> tuple[str, str, zipfile.ZipFile | None, str]:
+    """``(tsv text, dataset name, open zip or None, tsv member dir)`` for a task."""
+    if "!/" in task:
+        archive, _, member = task.partition("!/")
+        zf = zipfile.ZipFile(archive)
+        text = zf.read(member).decode("utf-8-sig", errors="replace")
+        return text, Path(archive).stem, zf, posixpath.dirname(member)
+    return Path(task).read_text(encoding="utf-8-sig", errors="replace"), Path(task).stem, None, ""
+
+
+class EcoTaxaConnector:
+    """Connector for EcoTaxa exports: one task per TSV (on disk or inside a zip)."""
+
+    name = SOURCE
+    Options = EcoTaxaOptions
+
+    def tasks(self, input: str | None, options: EcoTaxaOptions) -> list[str]:
+        """TSVs and zip members ``archive.zip!/member.tsv`` under ``input``, sorted."""
+        if not input:
+            raise ValueError("the ecotaxa source needs INPUT: a TSV, an export zip, or a folder of them")
+        root = Path(input)
+        if not root.exists():
+            raise FileNotFoundError(f"EcoTaxa input {input!r} does not exist")
+        files = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".tsv", ".zip"))
+        out: list[str] = []
+        for f in files:
+            if f.suffix.lower() == ".zip":
+                with zipfile.ZipFile(f) as zf:
+                    out += [f"{f.resolve()}!/{m}" for m in sorted(zf.namelist())
+                            if m.lower().endswith(".tsv") and not m.startswith("__MACOSX/")]
+            else:
+                out.append(str(f.resolve()))
+        return out
+
+    def read(self, task: str, options: EcoTaxaOptions) -> Iterator[IngestBatch]:
+        """Records of one TSV; bad rows and non-validated rows become rejects."""
+        text, stem, zf, member_dir = _task_text(task)
+        try:
+            yield from _read_tsv(task, text, stem, zf, member_dir, options)
+        finally:
+            if zf is not None:
+                zf.close()
+
+
+def _read_tsv(task: str, text: str, stem: str, zf: zipfile.ZipFile | None, member_dir: str,
+              options: EcoTaxaOptions) -> Iterator[IngestBatch]:
+    table = read_table(text)
+    col = {name: i for i, name in enumerate(table.header)}
+    members = set(zf.namelist()) if zf is not None else set()
+    base_dir = Path(task).parent
+    dataset = options.dataset or stem
+    accept = set(options.statuses)
+    extra_cols = [
+        (i, name) for i, name in enumerate(table.header)
+        if name not in MAPPED_COLUMNS and (
+            name.startswith(EXTRA_PREFIXES) or name in ANNOTATION_COLUMNS
+            or (options.keep_object_features and name.startswith("object_")))
+    ]
+    rows: list[dict] = []
+    rej_ids: list[str] = []
+    rej_reasons: list[str] = []
+    rej_details: list[str] = []
+
+    def reject(rid: str, reason: Reason, detail: str) -> None:
+        rej_ids.append(rid)
+        rej_reasons.append(str(reason))
+        rej_details.append(detail)
+
+    def cell(raw: list[str], name: str, kind: str | None = None):
+        i = col.get(name)
+        if i is None:
+            return None
+        return typed_value(raw[i], kind or table.kinds[i])
+
+    for line, raw in table.rows:
+        where = f"{Path(task.split('!/')[-1]).name} line {line}"
+        object_id = (raw[col["object_id"]].strip() if "object_id" in col and len(raw) > col["object_id"] else "")
+        if len(raw) != len(table.header):
+            rid = make_record_id(SOURCE, f"{task}#{line}")
+            reject(rid, Reason.MALFORMED_ROW, f"{where}: {len(raw)} fields, header has {len(table.header)}")
+            continue
+        if not object_id:
+            reject(make_record_id(SOURCE, f"{task}#{line}"), Reason.MALFORMED_ROW, f"{where}: no object_id")
+            continue
+        rank = raw[col["img_rank"]].strip() if "img_rank" in col else ""
+        rank = rank.split(".")[0] if rank.lower() not in _NULLS else ""
+        # rank 0 is the object's first image: its media id is the object id itself.
+        media_id = f"{object_id}:{rank}" if rank not in ("", "0") else object_id
+        rid = make_record_id(SOURCE, media_id)
+        try:
+            lat = cell(raw, "object_lat", "f")
+            lon = cell(raw, "object_lon", "f")
+            dmin = cell(raw, "object_depth_min", "f")
+            dmax = cell(raw, "object_depth_max", "f")
+            date = event_date(cell(raw, "object_date", "t"), cell(raw, "object_time", "t"))
+        except ValueError as e:
+            reject(rid, Reason.MALFORMED_ROW, f"{where}: {e}")
+            continue
+        if (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
+            reject(rid, Reason.BAD_COORDINATES, f"{where}: lat={lat} lon={lon}")
+            continue
+        status = (cell(raw, "object_annotation_status", "t") or "").lower() or None
+        if status not in accept:
+            reject(rid, Reason.NOT_VALIDATED, f"{where}: annotation_status={status or '(none)'}")
+            continue
+        image = cell(raw, "img_file_name", "t")
+        identifier = None
+        if image:
+            if zf is not None:
+                member = posixpath.normpath(posixpath.join(member_dir, image.replace("\\", "/")))
+                if member not in members and image in members:
+                    member = image
+                if member in members:
+                    identifier = zip_uri(zf.filename, member)
+            elif (base_dir / image).is_file():
+                identifier = file_uri(base_dir / image)
+        if identifier is None:
+            if options.require_image:
+                reject(rid, Reason.NO_IMAGE, f"{where}: image {image!r} not found in the export")
+                continue
+            if image:
+                identifier = file_uri(base_dir / image) if zf is None else zip_uri(zf.filename, image)
+        if identifier is None:
+            reject(rid, Reason.NO_IMAGE, f"{where}: no img_file_name")
+            continue
+        extra: dict[str, object] = {}
+        for i, name in extra_cols:
+            try:
+                extra[name] = typed_value(raw[i], table.kinds[i])
+            except ValueError:
+                # A feature column typed [f] holding text: keep the text rather than lose the row.
+                extra[name] = raw[i].strip()
+        ext = image.rsplit(".", 1)[-1].lower() if image and "." in image else ""
+        rows.append({
+            "record_id": rid,
+            "source": SOURCE,
+            "source_dataset": dataset,
+            "occurrence_id": object_id,
+            "media_id": media_id,
+            "identifier": identifier,
+            "format": _MIME.get(ext),
+            "license": options.license,
+            "references": cell(raw, "object_link", "t"),
+            "verbatim_name": cell(raw, "object_annotation_category", "t"),
+            "verbatim_lineage": lineage(cell(raw, "object_annotation_hierarchy", "t")),
+            "source_taxon_id": _id_text(cell(raw, "object_annotation_category_id", "t")),
+            "annotation_status": status,
+            "instrument": cell(raw, "acq_instrument", "t") or options.instrument,
+            "decimal_latitude": lat,
+            "decimal_longitude": lon,
+            "depth_min_m": dmin,
+            "depth_max_m": dmax,
+            "event_date": date,
+            "extra": extra_json(extra),
+        })
+        if len(rows) >= options.batch_size:
+            yield _batch(rows, rej_ids, rej_reasons, rej_details)
+            rows, rej_ids, rej_reasons, rej_details = [], [], [], []
+    yield _batch(rows, rej_ids, rej_reasons, rej_details)
+
+
+def _id_text(value: str | None) -> str | None:
+    return value.split(".")[0] if value and re.fullmatch(r"\d+\.0+", value) else value
+
+
+_STRING_COLUMNS = ("record_id", "source", "source_dataset", "occurrence_id", "media_id", "identifier", "format",
+                   "license", "references", "verbatim_name", "verbatim_lineage", "source_taxon_id",
+                   "annotation_status", "instrument", "event_date", "extra")
+_FLOAT_COLUMNS = ("decimal_latitude", "decimal_longitude", "depth_min_m", "depth_max_m")
+
+
+def _batch(rows, rej_ids, rej_reasons, rej_details) -> IngestBatch:
+    cols = {c: pa.array([r[c] for r in rows], pa.string()) for c in _STRING_COLUMNS}
+    cols.update({c: pa.array([r[c] for r in rows], pa.float64()) for c in _FLOAT_COLUMNS})
+    return IngestBatch(records=pa.table(cols), rejects=make_rejects(rej_ids, STAGE, rej_reasons, rej_details))
+
+
+CONNECTOR = EcoTaxaConnector()

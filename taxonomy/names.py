@@ -1,0 +1,468 @@
+"""Scientific-name normalisation: any label string to a canonical form, authorship, rank guess and qualifiers.
+
+A pure-Python parser tuned on real strings (GBIF occurrence names, ZOBODAT/CoL, iNaturalist,
+EcoTaxa and IFCB labels). It returns the *simple canonical* form used for matching (genus,
+epithets, no rank markers, no authorship: ``Alchornea villosa lanceolata``), and keeps what it
+removed: the authorship of the terminal epithet, the rank implied by markers or suffixes,
+qualifiers (``cf.``, ``aff.``, ``sp.``, cultivars, parts and life stages) and the parent hint of
+EcoTaxa ``name<parent`` labels. Epithets follow ICN Art. 60 spelling: diacritics are removed
+(``ü`` -> ``ue``), so ``Würschmittia`` and ``Wuerschmittia`` meet.
+
+:func:`parse_names` is the vectorised entry point: it parses each *unique* string once and joins
+the result back, so a million records with 50 000 distinct names cost 50 000 parses.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import polars as pl
+
+from taxonomy import nonliving
+
+PARSED_COLUMNS: dict[str, pl.DataType] = {
+    "canonical": pl.String,
+    "authorship": pl.String,
+    "rank": pl.String,
+    "kind": pl.String,
+    "qualifier": pl.String,
+    "parent_hint": pl.String,
+    "non_living_class": pl.String,
+    "genus": pl.String,
+    "epithet": pl.String,
+}
+
+# kind values
+SCIENTIFIC, PLACEHOLDER, OTU, VIRUS, HYBRID_FORMULA, NON_LIVING, EMPTY = (
+    "scientific", "placeholder", "otu", "virus", "hybrid_formula", "non_living", "empty",
+)
+
+
+@dataclass(frozen=True)
+class ParsedName:
+    """What the parser made of one string; ``canonical`` is None when there is no name to match."""
+
+    canonical: str | None
+    authorship: str | None = None
+    rank: str | None = None
+    kind: str = SCIENTIFIC
+    qualifier: str | None = None
+    parent_hint: str | None = None
+    non_living_class: str | None = None
+    genus: str | None = None
+    epithet: str | None = None
+
+
+# infraspecific rank markers -> rank
+INFRA_MARKERS: dict[str, str] = {
+    "subsp": "subspecies", "ssp": "subspecies", "sssp": "subspecies", "subspecies": "subspecies",
+    "nothosubsp": "subspecies", "var": "variety", "variety": "variety", "nothovar": "variety",
+    "subvar": "subvariety", "f": "form", "fo": "form", "form": "form", "forma": "form",
+    "subf": "subform", "m": "morph", "morph": "morph", "lusus": "lusus", "microg": "microgene",
+    "ab": "aberration", "race": "race", "convar": "convariety", "agg": "aggregate",
+}
+# what follows the genus and means "not identified further"
+_UNDETERMINED = {"sp", "spp", "ssp.", "sp.", "spp.", "indet", "indet.", "indeterminate", "undet",
+                 "undet.", "gen", "gen.", "sp.nov.", "sp.n.", "spec", "species"}
+_QUALIFIER_WORDS = {"cf": "cf.", "cf.": "cf.", "aff": "aff.", "aff.": "aff.", "nr": "nr.",
+                    "nr.": "nr.", "near": "nr.", "prope": "nr.", "?": "?", "cfr.": "cf."}
+# lower-case words that belong to author strings, never epithets
+_AUTHOR_PARTICLES = {"ex", "ex.", "in", "et", "&", "y", "van", "von", "de", "du", "da", "del",
+                     "della", "der", "den", "di", "la", "le", "les", "des", "do", "dos", "ten", "ter",
+                     "zu", "bis", "al", "al.", "non", "nec", "emend", "emend.", "auct", "auct.",
+                     "sensu", "s.l.", "s.str.", "s.s.", "s.lat.", "p.p.", "pro", "parte", "comb.",
+                     "nov.", "stat.", "orth.", "var.?", "e", "i"}
+# a token after which nothing more is part of the name
+_STOP_WORDS = {"sensu", "auct", "auct.", "non", "nec", "vel", "or", "emend", "emend.", "s.l.",
+               "s.str.", "sensu_lato", "p.p."}
+_DROP_ANNOTATIONS = re.compile(
+    r"\((?:[^()]*?(?:nom\.|ined|sched|\"|comb\.|sp\. nov|publ)[^()]*?)\)"  # (nom. nud.), (ined.), ("x")
+    r"|\"[^\"]*\"|\"|\s!+"
+    r"|,?\s*\bnom\.\s*(?:nud|illeg|inval|herb|cons|rej|superfl|dub)\.?(?:\s*prop\.)?"
+    r"|\b(?:ms|mscr|ined|in\s+sched)\.?(?=\s|$)",
+    re.IGNORECASE,
+)
+_INCERTAE = re.compile(r"\(*\s*incertae\s+sedis\s*\)*|,?\s*\b(?:ordines|families|genera|classes)\b",
+                       re.IGNORECASE)
+_FOLDER_ID = re.compile(r"__\d+$")
+_OTU = re.compile(r"^(?:BOLD:[A-Z]{3}\d{4}|SH\d+\.\d+FU)$", re.IGNORECASE)
+_VIRUS = re.compile(r"(?i)(?:virus|viruses|viroids?|phages?|satellites?|virinae|viridae|virales|viricetes|"
+                    r"particles?|prions?|agents?|RNA|DNA|phagein|vector)\b|^(?:[MS]?NPV|GV)(?:-\w+)?$")
+_TEMP_CODE = re.compile(r"^t\d{3,}$", re.IGNORECASE)
+_PLACEHOLDER = re.compile(
+    r"^(?:\?+|unknown|unknowns|undetermined|undet|indet|unidentified|unclassified|unassigned|"
+    r"not\s+assigned|incertae\s+sedis|undescribed(?:\s+\w+)?|\?\s*unclassed|unclassed|other|others|"
+    r"none|null|na|n/a|living|organism|organisms|biota|life|various|mix|mixed|misc|"
+    r"miscellaneous|todo|tocheck|othertocheck|to\s+check)$",
+    re.IGNORECASE,
+)
+_GENUS = re.compile(r"^[A-Z][a-z]+(?:-[A-Za-z][a-z]+)?$")
+_EPITHET = re.compile(r"^[a-z][a-z]+(?:-[a-z]+)*$")
+_GLUED_AUTHOR = re.compile(r"^([a-z]{3,})([A-Z][A-Za-z.\-]*.*)$")
+_MOJIBAKE_HINT = re.compile("[\u00c2\u00c3\u00c5\u00c4\u00e2\u00c2][\u0080-\u00bf\u2018-\u203a\u0152-\u0192]")
+_WS = re.compile(r"\s+")
+_ICN_FOLD = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue",
+                           "æ": "ae", "œ": "oe", "Æ": "Ae", "Œ": "Oe", "ß": "ss", "ø": "o", "Ø": "O",
+                           "ł": "l", "đ": "d"})
+_SUFFIX_RANKS: tuple[tuple[str, str], ...] = (
+    ("viridae", "family"), ("virinae", "subfamily"), ("virales", "order"),
+    ("oidea", "superfamily"), ("idae", "family"), ("inae", "subfamily"), ("aceae", "family"),
+    ("oideae", "subfamily"), ("mycetes", "class"), ("mycota", "phylum"), ("mycotina", "subphylum"),
+    ("phyceae", "class"), ("phycidae", "subclass"), ("opsida", "class"), ("phyta", "phylum"),
+    ("phytina", "subphylum"), ("ales", "order"), ("ineae", "suborder"), ("ini", "tribe"),
+)
+
+
+def fix_mojibake(text: str) -> str:
+    """Undo UTF-8 text that was decoded as Latin-1/cp1252 (``MÃ¼ll.Arg.`` -> ``Müll.Arg.``),
+    up to twice for double damage; text that does not round-trip is left as it was."""
+    for _ in range(2):
+        if not _MOJIBAKE_HINT.search(text):
+            break
+        fixed = None
+        for codec in ("cp1252", "latin-1"):
+            try:
+                fixed = text.encode(codec).decode("utf-8")
+                break
+            except (UnicodeEncodeError, UnicodeDecodeError):
+                continue
+        if fixed is None or fixed == text:
+            break
+        text = fixed
+    return text
+
+
+def fold_epithet(word: str) -> str:
+    """ICN spelling of a name element: umlauts to ``ae/oe/ue``, other diacritics and apostrophes removed."""
+    word = word.translate(_ICN_FOLD)
+    if not word.isascii():
+        word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    return word.replace("'", "").replace("\u2019", "")
+
+
+def guess_uninomial_rank(name: str) -> str:
+    """Rank implied by a uninomial's ending (``-idae`` family, ``-ales`` order...), else ``genus``
+    when it looks like one; the backbone, not this guess, decides."""
+    low = name.lower()
+    for suffix, rank in _SUFFIX_RANKS:
+        if low.endswith(suffix) and len(low) > len(suffix) + 2:
+            return rank
+    return "uninomial"
+
+
+def clean_text(raw: str) -> str:
+    """Whitespace, Unicode form and encoding damage: the string every later step sees."""
+    text = fix_mojibake(raw)
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\u00a0", " ").replace("\u2009", " ").replace("\ufeff", "")
+    return _WS.sub(" ", text).strip()
+
+
+@lru_cache(maxsize=200_000)
+def parse_name(raw: str | None) -> ParsedName:
+    """Parse one label. Never raises: anything unparseable comes back with ``canonical=None``."""
+    if raw is None:
+        return ParsedName(None, kind=EMPTY)
+    try:
+        return _parse(str(raw))
+    except (ValueError, IndexError, KeyError, TypeError, UnicodeError, RecursionError):
+        return ParsedName(None, kind=PLACEHOLDER)
+
+
+def _parse(raw: str) -> ParsedName:
+    text = _FOLDER_ID.sub("", clean_text(raw))
+    if not text:
+        return ParsedName(None, kind=EMPTY)
+    if "<" in text:
+        return _parse_ecotaxa(text)
+    nl = nonliving.non_living_class(text)
+    if nl is not None:
+        return ParsedName(None, kind=NON_LIVING, non_living_class=nl)
+    if "_" in text:
+        return _parse_underscored(text)
+    return _parse_scientific(text)
+
+
+def _parse_ecotaxa(text: str) -> ParsedName:
+    """EcoTaxa ``name<parent`` (``tail<Appendicularia``, ``badfocus<artefact``, ``Oithona<Oithonidae``)."""
+    parts = [p.strip() for p in text.split("<") if p.strip()]
+    if not parts:
+        return ParsedName(None, kind=PLACEHOLDER)
+    left, parents = parts[0], parts[1:]
+    left_nl = nonliving.classify_tokens(re.split(r"[\s_]+", left))
+    parent_nl = next((c for c in (nonliving.non_living_class(p) for p in parents) if c), None)
+    if left_nl or parent_nl:
+        return ParsedName(None, kind=NON_LIVING, non_living_class=left_nl or parent_nl)
+    if len(parents) == 0:
+        return _parse(left)
+    words = re.split(r"[\s_]+", left)
+    if all(nonliving.is_qualifier(w) for w in words):
+        inner = _parse(parents[0])
+        qual = " ".join(w.lower() for w in words)
+        if inner.qualifier:
+            qual = f"{qual}; {inner.qualifier}"
+        hint = "|".join(reversed(parents[1:])) or inner.parent_hint
+        return _replace(inner, qualifier=qual, parent_hint=hint)
+    inner = _parse(left)
+    if inner.kind == NON_LIVING:
+        return inner
+    hint = "|".join(reversed(parents))
+    return _replace(inner, parent_hint=hint)
+
+
+def _parse_underscored(text: str) -> ParsedName:
+    """IFCB / ZooScan style labels: ``Mesodinium_rubrum``, ``det_fiber``, ``rhizaria_radiolaria_collodaria``."""
+    tokens = [t for t in text.split("_") if t]
+    nl = nonliving.classify_tokens(tokens)
+    if nl is not None:
+        return ParsedName(None, kind=NON_LIVING, non_living_class=nl)
+    if len(tokens) >= 2 and _GENUS.match(tokens[0]) and all(_EPITHET.match(t) for t in tokens[1:3]) \
+            and len(tokens) <= 3:
+        return _parse_scientific(" ".join(tokens))
+    quals = [t.lower() for t in tokens if nonliving.is_qualifier(t)]
+    taxa = [t for t in tokens if not nonliving.is_qualifier(t)]
+    if not taxa:
+        return ParsedName(None, kind=PLACEHOLDER, qualifier=" ".join(quals) or None)
+    inner = _parse_scientific(taxa[-1])
+    hint = "|".join(t.capitalize() for t in taxa[:-1]) or None
+    return _replace(inner, qualifier=_join_q(inner.qualifier, " ".join(quals) or None), parent_hint=hint)
+
+
+def _replace(p: ParsedName, **kw) -> ParsedName:
+    d = asdict(p)
+    d.update(kw)
+    return ParsedName(**d)
+
+
+def _join_q(*parts: str | None) -> str | None:
+    kept = [p for p in parts if p]
+    return "; ".join(kept) if kept else None
+
+
+def _normalise_case(tokens: list[str]) -> list[str]:
+    """Case-damaged bare names (``COPEPODA``, ``vespa crabro``, ``Vespa Crabro``): genus capitalised,
+    the rest lower case. Only when every token is alphabetic, so author strings are left alone."""
+    if not tokens or not all(t.replace("-", "").isalpha() for t in tokens) or len(tokens) > 4:
+        return tokens
+    if any(t.lower() in INFRA_MARKERS or t.lower() in _AUTHOR_PARTICLES for t in tokens[1:]):
+        first_ok = tokens[0][:1].isupper() and tokens[0][1:].islower()
+        return tokens if first_ok else [tokens[0].capitalize()] + tokens[1:]
+    damaged = all(t.isupper() for t in tokens) or all(t.islower() for t in tokens) \
+        or (len(tokens) > 1 and all(t[:1].isupper() and t[1:].islower() for t in tokens))
+    if not damaged:
+        return tokens
+    return [tokens[0].capitalize()] + [t.lower() for t in tokens[1:]]
+
+
+def _split_like(text: str) -> tuple[str, str | None]:
+    m = re.match(r"^(.*?)[\s\-_]like$", text, re.IGNORECASE)
+    if m and m.group(1).strip():
+        return m.group(1).strip(), "like"
+    return text, None
+
+
+def _parse_scientific(text: str) -> ParsedName:
+    text, like = _split_like(text)
+    low = text.lower()
+    if _TEMP_CODE.match(text) or _PLACEHOLDER.match(low):
+        return ParsedName(None, kind=PLACEHOLDER, qualifier=like)
+    if _OTU.match(text):
+        return ParsedName(text.upper(), rank="unranked", kind=OTU)
+    if any(_VIRUS.search(t) for t in text.split(" ")):
+        return ParsedName(_WS.sub(" ", text).strip(), kind=VIRUS)
+    incertae = bool(_INCERTAE.search(text))
+    if incertae:
+        text = _INCERTAE.sub(" ", text)
+    text = _DROP_ANNOTATIONS.sub(" ", text)
+    # "Mesalia zinkeni (Dunker 1851) & Promathildia turritella (Dunker 1851)": keep the first name
+    two = re.search(r"\s&\s+[A-Z][a-z]+\s+[a-z]{3,}\b(?!\.)", text)
+    if two:
+        text = text[: two.start()]
+    text = text.replace("×", " × ").replace(",", ", ")
+    tokens = [t for t in _WS.split(text.strip()) if t and t not in {",", "?", "?.", "!"}]
+    if not tokens:
+        return ParsedName(None, kind=PLACEHOLDER)
+    tokens = _normalise_case(tokens)
+    out = _walk(tokens)
+    qual = _join_q(out.qualifier, like, "incertae sedis" if incertae else None)
+    return _replace(out, qualifier=qual)
+
+
+def _walk(tokens: list[str]) -> ParsedName:
+    """The token state machine: genus, [subgenus], [qualifier], epithet, authorship, infraspecifics."""
+    i = 0
+    hybrid = False
+    if tokens[0] in {"×", "x", "X"} and len(tokens) > 1:
+        hybrid, i = True, 1
+    first = fold_epithet(tokens[i])
+    if first.isalpha() and (first.isupper() or first.islower()) and len(first) > 1:
+        first = first.capitalize()
+    if not _GENUS.match(first):
+        return ParsedName(None, kind=PLACEHOLDER)
+    genus = first
+    i += 1
+    n = len(tokens)
+    # subgenus or an informal group in parentheses right after the genus
+    if i < n and tokens[i].startswith("(") and not re.search(r"[.,\d]", tokens[i]):
+        j = i
+        while j < n and not tokens[j].endswith(")"):
+            j += 1
+        if j < n and j + 1 < n and _EPITHET.match(fold_epithet(tokens[j + 1])):
+            i = j + 1
+        elif j < n and j + 1 == n:
+            i = j + 1
+    qualifiers: list[str] = []
+    epithet = None
+    infra: str | None = None
+    infra_rank: str | None = None
+    author_tokens: list[str] = []
+    rank = None
+    kind = SCIENTIFIC
+    formula_rest: list[str] | None = None
+    cultivar = None
+    while i < n:
+        raw_tok = tokens[i]
+        tok = raw_tok.rstrip(",;") or raw_tok
+        low = tok.lower()
+        if tok in {"×", "x", "X"}:
+            if epithet is None and i + 1 < n and _EPITHET.match(fold_epithet(tokens[i + 1])):
+                hybrid = True
+                i += 1
+                continue
+            formula_rest = tokens[i + 1:]
+            break
+        if epithet is None and infra is None:
+            if low in _QUALIFIER_WORDS:
+                qualifiers.append(_QUALIFIER_WORDS[low])
+                i += 1
+                continue
+            if low in _UNDETERMINED or low.rstrip(".") in {"sp", "spp", "indet", "undet"}:
+                qualifiers.append("spp." if low.startswith("spp") else
+                                  ("indet." if low.startswith(("indet", "undet")) else "sp."))
+                # anything after "sp." (a number, a cultivar, an author) is not part of the name
+                cv = _cultivar(tokens, i + 1)
+                if cv:
+                    qualifiers.append(cv)
+                break
+        if low in _STOP_WORDS:
+            break
+        if low in {"cv.", "cv", "cultivar"} or (tok.startswith("'") and len(tok) > 1 and tok[1:2].isupper()):
+            cultivar = _cultivar(tokens, i if not low.startswith("cv") and low != "cultivar" else i)
+            break
+        marker = low.rstrip(".")
+        if marker in INFRA_MARKERS and epithet is not None and tok.islower() \
+                and (tok.endswith(".") or marker not in {"f", "m", "ab"}):
+            nxt = i + 1
+            while nxt < n and tokens[nxt] in {"?", "?."}:
+                nxt += 1
+            cand = fold_epithet(tokens[nxt]).lower() if nxt < n else ""
+            follows_author = bool(author_tokens)
+            if nxt < n and len(cand) >= 3 and _EPITHET.match(cand) and not tokens[nxt].endswith(".") \
+                    and cand not in _AUTHOR_PARTICLES:
+                if marker == "f" and follows_author and not tok.endswith("."):
+                    author_tokens.append(tok)
+                    i += 1
+                    continue
+                infra, infra_rank = cand, INFRA_MARKERS[marker]
+                author_tokens = []
+                i = nxt + 1
+                continue
+            if marker == "f" and follows_author:
+                author_tokens.append(tok)  # "L. f." is filius, part of the author
+                i += 1
+                continue
+            # marker without an epithet ("var.", "var. b", "var. ß"): nothing more to name
+            i = nxt + 1 if nxt < n and len(tokens[nxt]) <= 2 else nxt
+            continue
+        folded = fold_epithet(tok)
+        glued = _GLUED_AUTHOR.match(folded) if i > 0 else None
+        if glued and epithet is None and not author_tokens:
+            epithet = glued.group(1)
+            author_tokens = [tok[len(glued.group(1)):]]
+            i += 1
+            continue
+        if _EPITHET.match(folded) and low not in _AUTHOR_PARTICLES and not tok.endswith("."):
+            if epithet is None and not author_tokens:
+                epithet = folded
+                i += 1
+                continue
+            if epithet is not None and infra is None and \
+                    (not author_tokens or (len(folded) >= 4 and _is_bare_infra(tokens, i))):
+                infra, infra_rank = folded, "subspecies"
+                author_tokens = []
+                i += 1
+                continue
+        author_tokens.append(raw_tok)
+        i += 1
+    authorship = _clean_author(author_tokens)
+    if epithet is None:
+        canonical = genus
+        rank = "genus" if qualifiers or hybrid else guess_uninomial_rank(genus)
+    else:
+        canonical = f"{genus} {epithet}" + (f" {infra}" if infra else "")
+        rank = infra_rank if infra else "species"
+    if formula_rest is not None:
+        other = _formula_side(formula_rest, genus)
+        if other:
+            return ParsedName(f"{canonical} × {other}", None, "hybrid formula", HYBRID_FORMULA,
+                              _join_q(*qualifiers), genus=genus, epithet=epithet)
+    if hybrid:
+        qualifiers.append("×")
+    if cultivar:
+        qualifiers.append(cultivar)
+    return ParsedName(canonical, authorship, rank, kind, _join_q(*qualifiers), genus=genus, epithet=epithet)
+
+
+def _is_bare_infra(tokens: list[str], i: int) -> bool:
+    """A lower-case word after an author string is an unmarked infraspecific epithet only when the
+    previous token closes an author (ends in '.', ')' or is capitalised) and it is not a particle."""
+    prev = tokens[i - 1]
+    return prev.endswith((".", ")")) or (prev[:1].isupper() and not prev.endswith(","))
+
+
+def _cultivar(tokens: list[str], start: int) -> str | None:
+    rest = " ".join(tokens[start:])
+    m = re.search(r"'([^']+)'", rest)
+    return f"cv. '{m.group(1)}'" if m else None
+
+
+def _formula_side(tokens: list[str], genus: str) -> str | None:
+    """The second parent of ``A x B`` hybrid formulas, as a canonical (epithet-only sides take the genus)."""
+    toks = [t for t in tokens if t not in {"×", "x", "X"}]
+    if not toks:
+        return None
+    if toks[0][:1].islower():
+        toks = [genus] + toks
+    sub = _walk(toks)
+    return sub.canonical if sub.canonical else None
+
+
+def _clean_author(tokens: list[str]) -> str | None:
+    if not tokens:
+        return None
+    text = " ".join(tokens).strip(" ,;")
+    text = re.sub(r"\s+,", ",", text).replace(",,", ",")
+    return text or None
+
+
+def parse_names(names: Iterable[str | None] | pl.Series) -> pl.DataFrame:
+    """Parse many names, each unique string once. Returns one row per input, in input order, with
+    ``input`` and the :data:`PARSED_COLUMNS`."""
+    series = names if isinstance(names, pl.Series) else pl.Series("input", list(names), dtype=pl.String)
+    series = series.cast(pl.String).alias("input")
+    uniq = series.unique(maintain_order=True)
+    parsed = [parse_name(v) for v in uniq.to_list()]
+    table = pl.DataFrame(
+        {"input": uniq, **{c: [getattr(p, c) for p in parsed] for c in PARSED_COLUMNS}},
+        schema={"input": pl.String, **PARSED_COLUMNS},
+    )
+    return series.to_frame().join(table, on="input", how="left", nulls_equal=True, maintain_order="left")
+
+
+def match_key(canonical: pl.Expr) -> pl.Expr:
+    """The join key for canonical names: case-insensitive (labels are often lower-cased)."""
+    return canonical.str.to_lowercase()

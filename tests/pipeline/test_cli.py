@@ -1,0 +1,50 @@
+"""The command line as a user meets it: help, config errors, queries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+STAGES = ["ingest", "resolve", "curate", "download", "train", "query", "report", "run"]
+cli = CliRunner()
+
+
+def test_help_lists_every_stage():
+    out = cli.invoke(app, ["--help"]).output
+    for stage in STAGES:
+        assert stage in out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_help(stage):
+    res = cli.invoke(app, [stage, "--help"])
+    assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_bad_config_fails_at_once_naming_the_key(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[runner]\nworkerz = 2\n")
+    res = cli.invoke(app, ["resolve", "--config", str(cfg), "--data", str(tmp_path)])
+    assert res.exit_code == 2 and "runner.workerz" in res.output
+
+
+def test_unknown_source_lists_known_ones(tmp_path):
+    res = cli.invoke(app, ["ingest", "nosuch", "--data", str(tmp_path)])
+    assert res.exit_code == 2 and "unknown source" in res.output
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("biocorpus")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ingest" in out.stdout
+
+
+def test_query_over_an_empty_root_says_what_to_do(tmp_path):
+    res = cli.invoke(app, ["query", "SELECT 1", "--data", str(tmp_path)])
+    assert res.exit_code == 2 and "run a stage first" in res.output

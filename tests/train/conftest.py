@@ -1,0 +1,112 @@
+"""Webdataset shards for the training tests, built from the real camera-trap and IFCB images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from schemas import RANKS
+
+TESTS = Path(__file__).resolve().parents[1]
+DATA = TESTS / "data"
+SHARED = TESTS.parents[0] / ".." / "shared" / "data"
+IFCB_PARTS = Path("plankton") / "ifcb_labeled"
+
+# the accepted lineage of each label (GBIF backbone / WoRMS); None where the label stops above that rank
+CAMERA_TRAPS = {
+    "ocelot": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "Leopardus pardalis"),
+    "american_black_bear": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae", "Ursus", "Ursus americanus"),
+    "domestic_cattle": ("Animalia", "Chordata", "Mammalia", "Artiodactyla", "Bovidae", "Bos", "Bos taurus"),
+    # a non-organism negative: no rank known, every head ignores it
+    "vehicle": (None,) * 7,
+}
+IFCB_LABELS = {
+    "Mesodinium_rubrum": ("Chromista", "Ciliophora", "Litostomatea", "Cyclotrichiida", "Mesodiniidae", "Mesodinium", "Mesodinium rubrum"),
+    "Strombidium-like": ("Chromista", "Ciliophora", "Spirotrichea", "Strombidiida", "Strombidiidae", "Strombidium", None),
+    "Ciliophora": ("Chromista", "Ciliophora", None, None, None, None, None),
+}
+# the downloader stores resized images; this keeps decode time in the tests small
+SHARD_IMAGE_SIDE = 96
+
+
+def _ifcb_dir() -> Path | None:
+    for root in (DATA / IFCB_PARTS, SHARED / IFCB_PARTS):
+        if (root / "png").is_dir() and any((root / "png").glob("*.png")):
+            return root
+    return None
+
+
+def real_samples() -> list[dict]:
+    """(key, jpeg bytes, record) for every real image available: camera traps always, IFCB when present."""
+    samples = []
+    for name, lineage in CAMERA_TRAPS.items():
+        samples.append(_sample(f"cameratrap_{name}", DATA / "images" / "camera_traps" / f"{name}.jpg", lineage, "cameratrapai"))
+    root = _ifcb_dir()
+    if root is not None:
+        labels_csv = next((p for p in (root / "D20220522T000439_IFCB134_classes.csv",
+                                       SHARED / IFCB_PARTS / "D20220522T000439_IFCB134_classes.csv") if p.exists()), None)
+        if labels_csv is not None:
+            with open(labels_csv, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    png = root / "png" / row["file_name"]
+                    key = "ifcb_" + png.stem.replace(".", "_")
+                    samples.append(_sample(key, png, IFCB_LABELS[row["class_name"]], "ifcb"))
+    return samples
+
+
+def _sample(key: str, path: Path, lineage, source: str) -> dict:
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((SHARD_IMAGE_SIDE, SHARD_IMAGE_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    record = {"record_id": key, "source": source, "identifier": path.name, **dict(zip(RANKS, lineage, strict=True))}
+    return {"key": key, "jpg": buf.getvalue(), "record": record}
+
+
+def write_shard(path: Path, samples: list[dict], extra_members: dict[str, bytes] | None = None) -> None:
+    """A webdataset tar: ``{key}.cls|jpg|json|txt`` members grouped by key, fixed mtime."""
+    with tarfile.open(path, "w") as tar:
+        for sample in samples:
+            record = sample["record"]
+            name = record.get("species") or next((v for v in reversed([record[r] for r in RANKS]) if v), "unknown")
+            members = {
+                "cls": b"-1",
+                "jpg": sample["jpg"],
+                "json": json.dumps(record).encode(),
+                "txt": f"a photo of {name}.".encode(),
+            }
+            for suffix, data in members.items():
+                _add(tar, f"{sample['key']}.{suffix}", data)
+        for name, data in (extra_members or {}).items():
+            _add(tar, name, data)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="session")
+def samples() -> list[dict]:
+    return real_samples()
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory, samples) -> Path:
+    """train-000000 (camera traps), train-000001 (IFCB, when present), val-000000 (every image again)."""
+    root = tmp_path_factory.mktemp("shards")
+    cameras = [s for s in samples if s["key"].startswith("cameratrap_")]
+    plankton = [s for s in samples if s["key"].startswith("ifcb_")]
+    write_shard(root / "train-000000.tar", cameras)
+    if plankton:
+        write_shard(root / "train-000001.tar", plankton)
+    write_shard(root / "val-000000.tar", samples)
+    return root
