@@ -23,6 +23,7 @@ STAGE_OPTIONS: dict[str, str] = {
     "curate": "pipeline.stages.curate:Options",
     "download": "pipeline.stages.download:Options",
     "train": "pipeline.stages.train:Options",
+    "report": "pipeline.stages.report:Options",
 }
 # sources are listed in sources.REGISTRY; their Options live beside the connector
 SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey")

@@ -61,10 +61,13 @@ def connect(root: Path):
             "GROUP BY 1 ORDER BY 1"
         )
     if _has(root, "runs/*/run.json"):
-        con.execute(
-            f"CREATE VIEW runs AS SELECT * FROM read_json_auto('{(root / 'runs/*/run.json').as_posix()}', "
-            "union_by_name = true, maximum_object_size = 67108864)"
-        )
+        try:
+            con.execute(
+                f"CREATE VIEW runs AS SELECT * FROM read_json_auto('{(root / 'runs/*/run.json').as_posix()}', "
+                "union_by_name = true, maximum_object_size = 67108864)"
+            )
+        except duckdb.Error as exc:  # one malformed run.json must not take every other view down
+            print(f"warning: runs view left out: {exc}", file=sys.stderr)
     return con
 
 

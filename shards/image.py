@@ -74,6 +74,27 @@ def fits_already(width: int, height: int, opts: ImageOptions) -> bool:
     return target_size(width, height, opts) == (width, height)
 
 
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Width and height as the JPEG/PNG/GIF header claims them, without decoding anything."""
+    if fmt == "png" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if fmt == "gif" and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if fmt == "jpeg":
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
+
+
 def _jpeg_has_eoi(data: bytes) -> bool:
     """A complete JPEG ends with the EOI marker (some cameras pad or append a trailer after it)."""
     tail = data.rstrip(b"\x00\r\n\t ")
@@ -141,6 +162,12 @@ def _process(data: bytes, opts: ImageOptions) -> dict:
     if fmt is None:
         return _failure(status.NOT_AN_IMAGE, **known)
     known["format"] = fmt
+    claimed = header_size(data, fmt)
+    if claimed is not None:
+        known.update(width=claimed[0], height=claimed[1])
+        # Refuse on the header's claim, before a single pixel is decoded.
+        if claimed[0] * claimed[1] > opts.max_pixels:
+            return _failure(status.DECOMPRESSION_BOMB, **known)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -59,16 +59,21 @@ def open_dataset(
     decode: str | None = "pil",
     empty_check: bool = True,
     nodesplitter=wds.single_node_only,
-) -> wds.WebDataset:
+) -> wds.DataPipeline:
     """A webdataset pipeline yielding dicts ``key, image, json, txt, cls, shard``.
 
     ``shuffle``: sample shuffle buffer size (0 = none). ``shardshuffle``: shuffle the shard order
     (True = over all shards, an int = that buffer size). ``resampled``: draw shards with
     replacement forever (for multi-epoch / multi-worker training; shard order is then random by
-    construction). ``decode``: webdataset image decoder spec (``"pil"``, ``"rgb8"``, ...) or
+    construction). An empty shard list raises unless ``empty_check=False``. ``decode``: webdataset image decoder spec (``"pil"``, ``"rgb8"``, ...) or
     ``None`` to keep the image bytes. Usable as a torch ``IterableDataset``.
     """
     urls = shard_urls(source, split)
+    if not urls:
+        # webdataset fails with an IndexError on an empty list whatever empty_check says
+        if empty_check:
+            raise FileNotFoundError(f"no shards in {source!r}" + (f" for split {split!r}" if split else ""))
+        return wds.DataPipeline(lambda: iter(()))
     if resampled:
         order: bool | int = False
     elif shardshuffle is True:

@@ -281,8 +281,11 @@ def format_line(fields: list[str], delimiter: str = "\t", quote: str = "") -> st
 
 
 def _first_line(src: _Source, name: str, encoding: str) -> str:
-    with src.open(name) as fh:
-        raw = fh.readline(1 << 22)
+    try:
+        with src.open(name) as fh:
+            raw = fh.readline(1 << 22)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DwcaError(f"{name}: corrupt or truncated at its start ({exc})") from exc
     return raw.decode(encoding, errors="replace").lstrip("\ufeff")
 
 
@@ -332,7 +335,8 @@ def _decode_columns(batch: pa.RecordBatch, spec: FileSpec, id_col: str | None) -
                 v.decode("utf-8")
             except UnicodeDecodeError as exc:
                 bad_rows.add(i)
-                details.setdefault(i, f"column {name}: {exc.reason} at byte {exc.start} of {v[:40]!r}")
+                term = next((c.name for c in spec.columns if f"c{c.index}" == name), name)
+                details.setdefault(i, f"column {term}: {exc.reason} at byte {exc.start} of {v[:40]!r}")
     keep = [i for i in range(batch.num_rows) if i not in bad_rows]
     good = pa.Table.from_batches([batch]).take(pa.array(keep, pa.int64()))
     good = good.cast(pa.schema([(n, pa.string()) for n in good.schema.names]))

@@ -13,6 +13,7 @@ is the lineage, root first. Only ``validated`` rows are kept by default: ``predi
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import math
 import posixpath
@@ -93,9 +94,10 @@ def event_date(date: str | None, time: str | None) -> str | None:
     d = str(date).strip().split(".")[0]
     if not re.fullmatch(r"\d{8}", d):
         raise ValueError(f"object_date {date!r} is not YYYYMMDD")
-    mo, dd = int(d[4:6]), int(d[6:])
-    if not (1 <= mo <= 12 and 1 <= dd <= 31):
-        raise ValueError(f"object_date {date!r} is not a calendar date")
+    try:
+        datetime.date(int(d[:4]), int(d[4:6]), int(d[6:]))
+    except ValueError:
+        raise ValueError(f"object_date {date!r} is not a calendar date") from None
     iso = f"{d[:4]}-{d[4:6]}-{d[6:]}"
     if not time:
         return iso

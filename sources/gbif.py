@@ -29,7 +29,7 @@ from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import IngestBatch, SourceOptions
 from sources.dwca import DwcaError, open_archive, read_file
 from sources.http import USER_AGENT, HttpClient, HttpError
-from sources.licenses import normalise_license
+from sources.licenses import normalise_license_column
 from sources.photokey import photo_key
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _join(occ_path: Path, media_path: Path | None, options: Options, tmp: str) -
                 f"ANTI JOIN {occ} o ON o.o__id = m.m__id ORDER BY m_row").to_arrow_table()
             if orphans.num_rows:
                 ids = [make_record_id(SOURCE, f"{g}/{u}") for g, u in
-                       zip(orphans.column("m__id").to_pylist(), orphans.column("m_identifier").to_pylist())]
+                       zip(orphans.column("m__id").to_pylist(), orphans.column("m_identifier").to_pylist(), strict=False)]
                 yield IngestBatch(records=pa.table({}), rejects=make_rejects(
                     ids, STAGE, Reason.ORPHAN_MEDIA,
                     [f"multimedia row for gbifID {g} which is not in the core" for g in
@@ -242,27 +242,17 @@ def _floats(a: pa.Array) -> tuple[pa.Array, pa.Array]:
         return pa.array(vals, pa.float64()), pa.array(bad)
 
 
-def _first_known_license(cands: list[pa.Array]) -> tuple[pa.Array, pa.Array]:
-    """Per row: the first candidate licence that normalises to a known code (else the first given)."""
-    n = len(cands[0])
-    lists = [c.to_pylist() for c in cands]
-    codes, raws = [], []
-    for i in range(n):
-        first_raw = None
-        chosen = None
-        for lst in lists:
-            v = lst[i]
-            if v is None:
-                continue
-            first_raw = first_raw or v
-            code = normalise_license(v)
-            if code != "unknown":
-                chosen = (code, v)
-                break
-        code, raw = chosen or ("unknown", first_raw)
-        codes.append(code)
-        raws.append(raw)
-    return pa.array(codes, pa.string()), pa.array(raws, pa.string())
+def _pick_license(media: pa.Array, occ_license: pa.Array, occ_rights: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Per row: the media row's licence if it gives one, else the occurrence's.
+
+    Older downloads (2014) leave dc:license empty and carry the licence URL in dc:rights, so
+    dc:rights is the last resort, used only when it names a licence.
+    """
+    raw = pc.coalesce(media, occ_license)
+    rights_code = normalise_license_column(occ_rights)
+    use_rights = pc.and_(pc.is_null(raw), pc.not_equal(rights_code, "unknown"))
+    raw = pc.if_else(use_rights, occ_rights, raw)
+    return normalise_license_column(raw), raw
 
 
 def adapt(t: pa.Table, options: Options) -> IngestBatch:
@@ -277,16 +267,16 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
     g = lambda name: _blank_to_null(_col(t, name))  # noqa: E731
     gbif_id = g("o__id")
     ident = g("m_identifier")
-    media_ids = [f"{o}/{u}" if u is not None else None for o, u in zip(gbif_id.to_pylist(), ident.to_pylist())]
+    media_ids = [f"{o}/{u}" if u is not None else None for o, u in zip(gbif_id.to_pylist(), ident.to_pylist(), strict=False)]
     record_ids = [make_record_id(SOURCE, m if m is not None else f"occurrence/{o}")
-                  for m, o in zip(media_ids, gbif_id.to_pylist())]
+                  for m, o in zip(media_ids, gbif_id.to_pylist(), strict=False)]
 
     basis = g("o_basisOfRecord")
     mtype, mformat = g("m_type"), g("m_format")
     lat, lat_bad = _floats(_col(t, "o_decimalLatitude"))
     lon, lon_bad = _floats(_col(t, "o_decimalLongitude"))
     unc, _ = _floats(_col(t, "o_coordinateUncertaintyInMeters"))
-    license_code, license_raw = _first_known_license([g("m_license"), g("o_license"), g("o_rights")])
+    license_code, license_raw = _pick_license(g("m_license"), g("o_license"), g("o_rights"))
 
     is_image_type = pc.fill_null(pc.is_in(pc.utf8_lower(mtype), pa.array(["stillimage", "image"])), False)
     looks_image = pc.fill_null(pc.or_(
@@ -383,7 +373,7 @@ def _lineage(t: pa.Table) -> pa.Array:
     parts = [_blank_to_null(_col(t, f"o_{r}")).to_pylist() for r in ("kingdom", "phylum", "class", "order",
                                                                      "family", "genus")]
     out = []
-    for row in zip(*parts):
+    for row in zip(*parts, strict=False):
         names = [x for x in row if x]
         out.append("|".join(names) if names else None)
     return pa.array(out, pa.string())
@@ -409,17 +399,20 @@ def _search_params(options: Options) -> dict[str, Any]:
 
 def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
     """Every occurrence of the query, paging occurrence/search up to the offset cap, via pygbif."""
-    from pygbif import occurrences as gbif_occ
-    from pygbif.occurrences import search as gbif_search_module
+    import importlib
 
-    # pygbif copies its base URL into each module at import; point the search module at ours.
-    gbif_search_module.gbif_baseurl = options.api_base_url.rstrip("/") + "/"
+    from pygbif import occurrences as gbif_occ
+
+    # pygbif copies its base URL into each module at import (and the package attribute
+    # ``occurrences.search`` is the function), so patch the module object itself.
+    search_module = importlib.import_module("pygbif.occurrences.search")
+    search_module.gbif_baseurl = options.api_base_url.rstrip("/") + "/"
     params = _search_params(options)
     offset = 0
     limit_total = min(options.max_records, OFFSET_CAP)
     while offset < limit_total:
         limit = min(options.page_size, limit_total - offset)
-        page = client.call(lambda: gbif_occ.search(limit=limit, offset=offset, timeout=options.timeout_s, **params),
+        page = client.call(lambda limit=limit, offset=offset: gbif_occ.search(limit=limit, offset=offset, timeout=options.timeout_s, **params),
                            what=f"occurrence/search offset={offset}")
         results = page.get("results") or []
         yield from results
@@ -508,6 +501,9 @@ def request_download(options: Options, client: HttpClient, sleep: Callable[[floa
         state = {"key": key, "predicate": body["predicate"]}
         state_path.write_text(json.dumps(state, indent=1))
         log.info("gbif: download %s requested", key)
+    done = cache / f"{key}.zip"
+    if done.exists():
+        return done  # fetched by an earlier run
     started = clock()
     while True:
         meta = client.get_json(f"occurrence/download/{key}")
@@ -525,7 +521,7 @@ def request_download(options: Options, client: HttpClient, sleep: Callable[[floa
     if not link.startswith(options.api_base_url) and "://" in link and "api.gbif.org" in link \
             and "api.gbif.org" not in options.api_base_url:
         link = f"occurrence/download/request/{key}.zip"  # keep tests (and mirrors) on the configured host
-    return client.fetch(link, cache / f"{key}.zip")
+    return client.fetch(link, done)
 
 
 CONNECTOR = GBIFConnector()

@@ -167,7 +167,7 @@ class HttpClient:
     def get_json(self, path_or_url: str, **kw: Any) -> Any:
         return self.get(path_or_url, **kw).json()
 
-    def fetch(self, path_or_url: str, dest: Path, chunk_bytes: int = 1 << 20, **kw: Any) -> Path:
+    def fetch(self, path_or_url: str, dest: Path, chunk_bytes: int = 1 << 16, **kw: Any) -> Path:
         """Download to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request.
 
         The file appears at ``dest`` only when complete (rename from ``.part``); a server that
@@ -186,7 +186,7 @@ class HttpClient:
             if have:
                 headers["Range"] = f"bytes={have}-"
             resp = self.call(
-                lambda: self.session.get(url, headers=headers, stream=True, timeout=self.timeout_s, **kw),
+                lambda headers=headers: self.session.get(url, headers=headers, stream=True, timeout=self.timeout_s, **kw),
                 what=f"GET {url.split('?')[0]}",
             )
             if resp.status_code == 416 and have:

@@ -20,7 +20,6 @@ import csv
 import functools
 import io
 import json
-import mmap
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -241,8 +240,8 @@ def roi_geometry_ok(rows: AdcRows, roi_size: int) -> np.ndarray:
 def iter_roi_arrays(bin_path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
     """``(roi number, height x width uint8 array)`` for every ROI that lies inside the ``.roi``.
 
-    The ``.roi`` is memory-mapped and each array is a zero-copy view of it, valid until the
-    generator finishes; copy an array to keep it.
+    The ``.roi`` is memory-mapped (``np.memmap``) and each array is a zero-copy view of it; the
+    mapping lives as long as any view does.
     """
     files = bin_files(bin_path)
     if ".adc" not in files or ".roi" not in files:
@@ -253,12 +252,10 @@ def iter_roi_arrays(bin_path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
     if size == 0:
         return
     ok = roi_geometry_ok(rows, size)
-    with open(files[".roi"], "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = np.frombuffer(mm, dtype=np.uint8)
-        for n, s, w, h in zip(rows.roi_number[ok].tolist(), rows.start_byte[ok].tolist(),
-                              rows.width[ok].tolist(), rows.height[ok].tolist(), strict=True):
-            yield n, buf[s:s + w * h].reshape(h, w)
-        del buf
+    buf = np.memmap(files[".roi"], dtype=np.uint8, mode="r")
+    for n, s, w, h in zip(rows.roi_number[ok].tolist(), rows.start_byte[ok].tolist(),
+                          rows.width[ok].tolist(), rows.height[ok].tolist(), strict=True):
+        yield n, buf[s:s + w * h].reshape(h, w)
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:

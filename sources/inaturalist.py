@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
@@ -141,7 +140,7 @@ SELECT p.photo_id, p.photo_uuid, p.extension, p.license, p.width, p.height, p.po
        o.latitude, o.longitude, o.positional_accuracy, o.taxon_id, o.quality_grade, o.observed_on,
        coalesce(o.observer_id, p.observer_id) AS observer_id, u.login,
        CASE WHEN u.name IN ('', 'None') THEN NULL ELSE u.name END AS observer_name,
-       t.name AS taxon_name, t.rank AS taxon_rank, t.ancestry, l.*
+       t.name AS taxon_name, t.rank AS taxon_rank, t.ancestry, l.* EXCLUDE (taxon_id)
 FROM photos p
 LEFT JOIN observations o ON o.observation_uuid = p.observation_uuid
 LEFT JOIN observers u ON u.observer_id = coalesce(o.observer_id, p.observer_id)

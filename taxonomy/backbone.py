@@ -49,7 +49,7 @@ VERNACULAR_SCHEMA: dict[str, pl.DataType] = {"taxon_id": pl.String, "vernacular_
 BACKBONE_COLUMNS: tuple[str, ...] = (
     "taxon_id", "scientific_name", "canonical", "key", "authorship", "rank", "status",
     "accepted_id", "parent_id", "accepted_name", "accepted_rank", *RANKS,
-    "vernacular_name", "vernacular_rank",
+    *(f"{r}_id" for r in RANKS), "vernacular_name", "vernacular_rank",
 )
 # source status -> accepted / synonym / doubtful / misapplied / excluded
 _STATUS = {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import polars as pl
@@ -90,8 +90,11 @@ _INCERTAE = re.compile(r"\(*\s*incertae\s+sedis\s*\)*|,?\s*\b(?:ordines|families
                        re.IGNORECASE)
 _FOLDER_ID = re.compile(r"__\d+$")
 _OTU = re.compile(r"^(?:BOLD:[A-Z]{3}\d{4}|SH\d+\.\d+FU)$", re.IGNORECASE)
-_VIRUS = re.compile(r"(?i)(?:virus|viruses|viroids?|phages?|satellites?|virinae|viridae|virales|viricetes|"
-                    r"particles?|prions?|agents?|RNA|DNA|phagein|vector)\b|^(?:[MS]?NPV|GV)(?:-\w+)?$")
+_VIRUS = re.compile(r"(?i)(?:virus|viruses|viroids?|phages?|satellites?|virinae|viridae|virales|viricetes)\b"
+                    r"|(?i:\b(?:particles?|prions?|agents?|phagein|vector))\b|\b(?:RNA|DNA)\b"
+                    r"|^(?:[MS]?NPV|GV)(?:-\w+)?$")
+_VIRUS_ANY = re.compile(r"(?i)vir|phage|satellite|particle|prion|agent|RNA|DNA|vector|NPV|GV")
+_FAST_BINOMIAL = r"^[A-Z][a-z]{2,} [a-z]{3,}$"
 _TEMP_CODE = re.compile(r"^t\d{3,}$", re.IGNORECASE)
 _PLACEHOLDER = re.compile(
     r"^(?:\?+|unknown|unknowns|undetermined|undet|indet|unidentified|unclassified|unassigned|"
@@ -233,9 +236,7 @@ def _parse_underscored(text: str) -> ParsedName:
 
 
 def _replace(p: ParsedName, **kw) -> ParsedName:
-    d = asdict(p)
-    d.update(kw)
-    return ParsedName(**d)
+    return replace(p, **kw)
 
 
 def _join_q(*parts: str | None) -> str | None:
@@ -272,7 +273,7 @@ def _parse_scientific(text: str) -> ParsedName:
         return ParsedName(None, kind=PLACEHOLDER, qualifier=like)
     if _OTU.match(text):
         return ParsedName(text.upper(), rank="unranked", kind=OTU)
-    if any(_VIRUS.search(t) for t in text.split(" ")):
+    if _VIRUS_ANY.search(text) and any(_VIRUS.search(t) for t in text.split(" ")):
         return ParsedName(_WS.sub(" ", text).strip(), kind=VIRUS)
     incertae = bool(_INCERTAE.search(text))
     if incertae:
@@ -454,13 +455,32 @@ def parse_names(names: Iterable[str | None] | pl.Series) -> pl.DataFrame:
     ``input`` and the :data:`PARSED_COLUMNS`."""
     series = names if isinstance(names, pl.Series) else pl.Series("input", list(names), dtype=pl.String)
     series = series.cast(pl.String).alias("input")
-    uniq = series.unique(maintain_order=True)
-    parsed = [parse_name(v) for v in uniq.to_list()]
+    uniq = series.unique(maintain_order=True).to_frame()
+    # plain binomials ("Vespa crabro"), most of any label list, skip the Python parser
+    second = pl.col("input").str.split(" ").list.get(1, null_on_oob=True)
+    fast_mask = pl.col("input").str.contains(_FAST_BINOMIAL).fill_null(False) & ~second.is_in(_NOT_EPITHETS)
+    fast = uniq.filter(fast_mask).with_columns(
+        pl.col("input").alias("canonical"), pl.lit(None, dtype=pl.String).alias("authorship"),
+        pl.lit("species").alias("rank"), pl.lit(SCIENTIFIC).alias("kind"),
+        pl.lit(None, dtype=pl.String).alias("qualifier"), pl.lit(None, dtype=pl.String).alias("parent_hint"),
+        pl.lit(None, dtype=pl.String).alias("non_living_class"),
+        pl.col("input").str.split(" ").list.first().alias("genus"), second.alias("epithet"),
+    )
+    slow = uniq.filter(~fast_mask)["input"]
+    parsed = [parse_name(v) for v in slow.to_list()]
     table = pl.DataFrame(
-        {"input": uniq, **{c: [getattr(p, c) for p in parsed] for c in PARSED_COLUMNS}},
+        {"input": slow, **{c: [getattr(p, c) for p in parsed] for c in PARSED_COLUMNS}},
         schema={"input": pl.String, **PARSED_COLUMNS},
     )
+    table = pl.concat([fast.select("input", *PARSED_COLUMNS).cast(PARSED_COLUMNS), table])
     return series.to_frame().join(table, on="input", how="left", nulls_equal=True, maintain_order="left")
+
+
+# second words that make a two-word string something other than a plain binomial
+_NOT_EPITHETS = sorted(set(_UNDETERMINED) | {w.rstrip(".") for w in _UNDETERMINED} | set(_QUALIFIER_WORDS)
+                       | set(INFRA_MARKERS) | set(_AUTHOR_PARTICLES) | set(_STOP_WORDS) | nonliving.QUALIFIERS
+                       | {"like", "virus", "viruses", "phage", "satellite", "satellites", "particles", "incertae",
+                          "genus", "sedis", "indeterminate", "unclassed", "assigned"})
 
 
 def match_key(canonical: pl.Expr) -> pl.Expr:

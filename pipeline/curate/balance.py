@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.curate.hashing import hash_strings
+from pipeline.curate.hashing import hash_strings, order_by_hash
 from pipeline.stage import StageContext, StageOutput
 from schemas import RANKS, Reason, empty_rejects, make_rejects
 
@@ -26,21 +26,33 @@ def _column(table: pa.Table, name: str, type_=pa.string()) -> pa.Array:
 def taxon_keys(batch: pa.Table, ctx: StageContext | None = None) -> pa.Array:
     """The taxon of each row: ``taxon_id``; for kept non-living rows ``non_living:<class>``; else
     the full 7-rank lineage (an unresolved id never falls back to a bare epithet)."""
-    taxon = pc.if_else(pc.equal(_column(batch, "taxon_id"), ""), pa.scalar(None, pa.string()),
-                       _column(batch, "taxon_id"))
+    taxon = _column(batch, "taxon_id")
+    taxon = pc.if_else(pc.equal(taxon, ""), pa.scalar(None, pa.string()), taxon)
+    missing = np.nonzero(np.asarray(pc.is_null(taxon).to_numpy(zero_copy_only=False), bool))[0]
+    if not missing.size:
+        return taxon
+    # only rows without a taxon id pay for building the fallback keys
+    rest = batch.take(pa.array(missing))
     non_living = pc.if_else(
-        pc.fill_null(pc.equal(_column(batch, "living", pa.bool_()), False), False),
-        pc.binary_join_element_wise("non_living:", pc.fill_null(_column(batch, "non_living_class"), "unspecified"), ""),
+        pc.fill_null(pc.equal(_column(rest, "living", pa.bool_()), False), False),
+        pc.binary_join_element_wise("non_living:", pc.fill_null(_column(rest, "non_living_class"), "unspecified"), ""),
         pa.scalar(None, pa.string()),
     )
     lineage = pc.binary_join_element_wise(
-        "lineage:", pc.binary_join_element_wise(*[pc.fill_null(_column(batch, r), "") for r in RANKS], "|"), "")
-    return pc.coalesce(taxon, non_living, lineage)
+        "lineage:", pc.binary_join_element_wise(*[pc.fill_null(_column(rest, r), "") for r in RANKS], "|"), "")
+    fallback = pc.coalesce(non_living, lineage).to_pylist()
+    values = taxon.to_pylist()
+    for i, k in zip(missing.tolist(), fallback, strict=True):
+        values[i] = k
+    return pa.array(values, pa.string())
 
 
 def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: int | None,
-            seed: int, stage: str) -> StageOutput:
-    """Apply the minimum and the cap to every key present in ``table`` (one or many groups)."""
+            seed: int, stage: str, ordered: bool = True) -> StageOutput:
+    """Apply the minimum and the cap to every key present in ``table`` (one or many groups).
+
+    Rows come out in ``hash(seed, record_id)`` order, or in input order with ``ordered=False``.
+    """
     n = table.num_rows
     if n == 0:
         return StageOutput(table, empty_rejects())
@@ -50,32 +62,40 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
     sizes = np.bincount(group)
     rid = pc.fill_null(_column(table, "record_id"), "")
     h = hash_strings(rid, seed=f"cap:{seed}")
-    # rank inside each taxon by (hash, record id): the record id settles the (rare) hash ties
-    rid_rank = np.asarray(pc.rank(rid, sort_keys="ascending", tiebreaker="dense").to_numpy(), np.int64)
-    order = np.lexsort((rid_rank, h, group))
+    # one global order by hash(seed, record_id); a row's rank inside its taxon follows it
+    order = order_by_hash(h, rid)
+    position = np.empty(n, np.int64)
+    position[order] = np.arange(n)
+    by_group = np.lexsort((position, group))
     rank = np.empty(n, np.int64)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    rank[order] = np.arange(n) - starts[group[order]]
+    rank[by_group] = np.arange(n) - starts[group[by_group]]
     size = sizes[group]
     rare = size < min_per_taxon
     capped = ~rare & (rank >= max_per_taxon) if max_per_taxon is not None else np.zeros(n, bool)
-    ids = np.asarray(rid.to_numpy(zero_copy_only=False), object)
-    key_text = np.asarray(codes.dictionary.to_numpy(zero_copy_only=False), object)[group]
+    dropped = rare | capped
+    names = np.asarray(codes.dictionary.to_numpy(zero_copy_only=False), object)
+    # outputs and rejects in hash order, so their files are the same whatever the input order
+    rare, capped, group_o, size = rare[order], capped[order], group[order], size[order]
     parts = []
-    if rare.any():
-        parts.append(make_rejects(ids[rare].tolist(), stage, Reason.RARE_TAXON,
-                                  [f"{k}: {s} < {min_per_taxon}" for k, s in zip(key_text[rare], size[rare], strict=True)]))
-    if capped.any():
-        parts.append(make_rejects(ids[capped].tolist(), stage, Reason.TAXON_CAP,
-                                  [f"{k}: kept {max_per_taxon} of {s}" for k, s in zip(key_text[capped], size[capped], strict=True)]))
-    keep = ~(rare | capped)
-    return StageOutput(table.filter(pa.array(keep)), pa.concat_tables(parts) if parts else empty_rejects())
+    for mask, reason, say in ((rare, Reason.RARE_TAXON, lambda k, s: f"{k}: {s} < {min_per_taxon}"),
+                              (capped, Reason.TAXON_CAP, lambda k, s: f"{k}: kept {max_per_taxon} of {s}")):
+        if mask.any():
+            ids = pc.take(rid, pa.array(order[mask])).to_pylist()
+            details = [say(k, s) for k, s in zip(names[group_o[mask]], size[mask].tolist(), strict=True)]
+            parts.append(make_rejects(ids, stage, reason, details))
+    if ordered:
+        out = table.take(pa.array(order[~(rare | capped)]))
+    else:
+        out = table.filter(pa.array(~dropped)) if dropped.any() else table
+    return StageOutput(out, pa.concat_tables(parts) if parts else empty_rejects())
 
 
 def decide_balance(group: pa.Table, ctx: StageContext) -> StageOutput:
     """``GlobalStage.decide_fn``: works on one taxon's rows or on a bucket of many taxa."""
     o = ctx.options
-    return balance(group, taxon_keys(group), o.min_per_taxon, o.max_per_taxon, o.seed, ctx.stage)
+    return balance(group, taxon_keys(group), o.min_per_taxon, o.max_per_taxon, o.seed, ctx.stage,
+                   ordered=ctx.resources.get("ordered", True))
 
 
 def balance_report(rejects: pa.Table) -> dict[str, dict[str, int]]:

@@ -9,6 +9,7 @@ common name falls back to the scientific name. All columns are computed with Arr
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,8 +39,10 @@ def _column(table: pa.Table, name: str) -> pa.Array:
 
 
 def _join(*parts) -> pa.Array:
-    """Space-join the non-null parts (null when all are null)."""
-    joined = pc.binary_join_element_wise(*parts, " ", null_handling="skip")
+    """Space-join the non-null parts (null when all are null), whitespace collapsed as BioCLIP does."""
+    # null_handling="skip" returns an empty array when every input is null (pyarrow 25): replace instead
+    joined = pc.binary_join_element_wise(*parts, " ", null_handling="replace", null_replacement="")
+    joined = pc.utf8_trim_whitespace(pc.replace_substring_regex(joined, r"\s+", " "))
     return pc.if_else(pc.equal(joined, ""), pa.scalar(None, pa.string()), joined)
 
 
@@ -76,9 +79,26 @@ def caption_columns(table: pa.Table) -> dict[str, pa.Array]:
     }
 
 
+NAME_INPUTS = (*RANKS, "vernacular_name", "non_living_class")
+
+
 def add_captions(table: pa.Table, caption_type: str) -> pa.Table:
-    """Append the name columns, every ``caption_<type>`` column and ``caption`` (the chosen type)."""
-    cols = caption_columns(table)
+    """Append the name columns, every ``caption_<type>`` column and ``caption`` (the chosen type).
+
+    Captions depend only on the names, so they are built once per distinct lineage + common
+    name and taken back to the rows (tens of thousands of taxa for millions of rows).
+    """
+    if table.num_rows == 0:
+        cols = caption_columns(table)
+    else:
+        parts = [pc.fill_null(_column(table, c), "\x00") for c in NAME_INPUTS]
+        codes = pc.dictionary_encode(pc.binary_join_element_wise(*parts, "\x1f")).indices
+        codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
+        # dictionary codes are numbered in order of first appearance: code k's first row
+        _, firsts = np.unique(np.asarray(codes.to_numpy(zero_copy_only=False)), return_index=True)
+        distinct = caption_columns(table.select([c for c in NAME_INPUTS if c in table.column_names]).take(pa.array(firsts)))
+        # dictionary columns: millions of rows share a few thousand captions, nothing is copied
+        cols = {k: pa.DictionaryArray.from_arrays(codes, v) for k, v in distinct.items()}
     for name, values in cols.items():
         table = _set(table, name, values)
     return _set(table, "caption", cols[f"caption_{CAPTION_TYPES[caption_type]}"])

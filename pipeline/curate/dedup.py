@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.curate.hashing import hash_strings
+from pipeline.curate.hashing import hash_strings, order_by_hash
 from pipeline.stage import StageContext, StageOutput
 from schemas import Reason, empty_rejects, make_rejects
 
@@ -69,35 +69,67 @@ def _fingerprint(table: pa.Table) -> np.ndarray:
 
 
 def keep_richest(
-    table: pa.Table, keys: pa.Array, stage: str, reason: Reason, merge_provenance: bool
+    table: pa.Table, keys: pa.Array, stage: str, reason: Reason, merge_provenance: bool, ordered: bool = True
 ) -> StageOutput:
     """Keep one row per key: most non-null fields, then smallest ``record_id``, then row content.
 
     Rejected rows get ``reason`` with ``kept <record_id>`` in ``detail``; with ``merge_provenance``
     the kept row's ``extra`` JSON lists the sources and record ids it absorbed under ``merged_from``.
+    Output rows come ordered by a hash of their key, whatever the input order; with
+    ``ordered=False`` they keep the input order (cheaper, for callers that reorder anyway).
     """
     n = table.num_rows
     if n == 0:
         return StageOutput(table, empty_rejects())
-    work = pa.table({
-        "k": keys, "rich": pa.array(richness(table)), "rid": pc.fill_null(_column(table, "record_id"), ""),
-        "fp": pa.array(_fingerprint(table)), "i": pa.array(np.arange(n)),
-    })
-    order = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"),
-                          ("fp", "ascending")]).column("i").to_numpy()
-    sorted_keys = pc.take(keys, pa.array(order)).to_numpy(zero_copy_only=False)
-    first = np.ones(n, bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    group = np.cumsum(first) - 1
-    leader = order[np.nonzero(first)[0]][group]  # for each sorted position, the kept row
-    kept_rows, dup_rows, dup_leaders = order[first], order[~first], leader[~first]
-    rids = work.column("rid").to_numpy(zero_copy_only=False)
-    rejects = make_rejects(rids[dup_rows].tolist(), stage, reason,
-                           [f"kept {r}" for r in rids[dup_leaders].tolist()]) if dup_rows.size else empty_rejects()
-    out = table.take(pa.array(kept_rows))
-    if merge_provenance and dup_rows.size:
-        out = _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders)
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False), np.int64)
+    size = np.bincount(codes)[codes]
+    single = np.nonzero(size == 1)[0]
+    multi = np.nonzero(size > 1)[0]
+    winners = np.zeros(0, np.int64)
+    rejects = empty_rejects()
+    absorbed: tuple[np.ndarray, np.ndarray] | None = None
+    if multi.size:
+        # only rows that share a key need the (costlier) richness and content tie-breaks
+        sub = table.take(pa.array(multi))
+        sub_keys = pc.take(keys, pa.array(multi))
+        work = pa.table({
+            "k": sub_keys, "rich": pa.array(richness(sub)), "rid": pc.fill_null(_column(sub, "record_id"), ""),
+            "fp": pa.array(_fingerprint(sub)), "i": pa.array(multi),
+        })
+        ordered = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"),
+                                ("fp", "ascending")])
+        order = ordered.column("i").to_numpy()
+        sorted_keys = ordered.column("k").to_numpy(zero_copy_only=False)
+        first = np.ones(len(order), bool)
+        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        leader = order[np.nonzero(first)[0]][np.cumsum(first) - 1]
+        winners, dup_rows, dup_leaders = order[first], order[~first], leader[~first]
+        rids = np.asarray(pc.fill_null(_column(table, "record_id"), "").to_numpy(zero_copy_only=False), object)
+        rejects = make_rejects(rids[dup_rows].tolist(), stage, reason,
+                               [f"kept {r}" for r in rids[dup_leaders].tolist()])
+        absorbed = (dup_rows, dup_leaders)
+    if not multi.size:
+        return StageOutput(table, rejects) if not ordered else _reordered(table, keys)
+    kept = np.concatenate([single, winners])
+    if ordered:
+        kept_keys = pc.take(keys, pa.array(kept))
+        kept = kept[order_by_hash(hash_strings(kept_keys, seed="dedup"), kept_keys)]
+        out = table.take(pa.array(kept))
+    else:
+        mask = np.zeros(n, bool)
+        mask[kept] = True
+        kept = np.nonzero(mask)[0]
+        out = table.filter(pa.array(mask))
+    if merge_provenance and absorbed is not None:
+        out = _merge_provenance(table, out, kept, *absorbed)
     return StageOutput(out, rejects)
+
+
+def _reordered(table: pa.Table, keys: pa.Array) -> StageOutput:
+    order = order_by_hash(hash_strings(keys, seed="dedup"), keys)
+    return StageOutput(table.take(pa.array(order)))
 
 
 def _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders) -> pa.Table:
@@ -131,12 +163,14 @@ def _load_extra(text: str | None) -> dict:
 
 def decide_records(group: pa.Table, ctx: StageContext) -> StageOutput:
     """Layer 1: one row per record id (a re-ingested or twice-listed record)."""
-    return keep_richest(group, record_keys(group), ctx.stage, Reason.DUPLICATE_RECORD, merge_provenance=False)
+    return keep_richest(group, record_keys(group), ctx.stage, Reason.DUPLICATE_RECORD, merge_provenance=False,
+                        ordered=ctx.resources.get("ordered", True))
 
 
 def decide_photos(group: pa.Table, ctx: StageContext) -> StageOutput:
     """Layer 2: one row per photo key, the richest, with the others' provenance merged in."""
-    return keep_richest(group, photo_keys(group), ctx.stage, Reason.DUPLICATE_PHOTO, merge_provenance=True)
+    return keep_richest(group, photo_keys(group), ctx.stage, Reason.DUPLICATE_PHOTO, merge_provenance=True,
+                        ordered=ctx.resources.get("ordered", True))
 
 
 # --- layer 3: bytes and perceptual hashes ---------------------------------------------------------

@@ -34,16 +34,23 @@ FORMAT_ALIASES = {
     "image/tif": "image/tiff", "webp": "image/webp", "bmp": "image/bmp", "image/x-ms-bmp": "image/bmp",
 }
 # the vocabulary of sources/licenses.py: cc0-1.0, cc-by[-nc][-sa|-nd][-<version>], public-domain, ...
-_LICENSE_FAMILY = r"^(cc0|public-domain|all-rights-reserved|cc-by(?:-nc)?(?:-sa|-nd)?)(?:-[0-9].*)?$"
+_LICENSE_FAMILY = r"^(?P<family>cc0|public-domain|all-rights-reserved|cc-by(?:-nc)?(?:-sa|-nd)?)(?:-[0-9].*)?$"
+
+
+Detail = Callable[[np.ndarray], list]  # refused row positions -> their detail strings
 
 
 @dataclass(frozen=True)
 class Filter:
-    """One named filter: the reason it writes and the function that finds the rows it refuses."""
+    """One named filter: the reason it writes and the function that finds the rows it refuses.
+
+    ``fn(table, options) -> (refused mask, detail)`` where ``detail(positions)`` describes only
+    the refused rows (building strings for millions of kept rows would dominate the stage).
+    """
 
     name: str
     reason: Reason
-    fn: Callable[[pa.Table, Options], tuple[np.ndarray, pa.Array]]
+    fn: Callable[[pa.Table, Options], tuple[np.ndarray, Detail]]
 
 
 def _col(table: pa.Table, name: str, type_: pa.DataType = pa.string()) -> pa.Array:
@@ -58,9 +65,28 @@ def _mask(expr: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(expr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _say(*parts) -> pa.Array:
-    """Concatenate literal strings and string arrays element-wise (a null part gives a null detail)."""
-    return pc.binary_join_element_wise(*parts, "")
+def _distinct(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``(distinct values, index per row)``; a null row gets index ``len(values)``.
+
+    Vocabulary columns (licence, basis, status) hold a handful of values over millions of rows:
+    string kernels run on the distinct values and the answers are gathered back by index.
+    """
+    enc = pc.dictionary_encode(col)
+    idx = np.asarray(pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(zero_copy_only=False), np.int64)
+    return enc.dictionary, idx
+
+
+def _gather(values_mask: np.ndarray, null_value: bool, idx: np.ndarray) -> np.ndarray:
+    return np.append(values_mask, null_value)[idx]
+
+
+def _describe(values: list, idx: np.ndarray, template: str, null_text: str) -> Detail:
+    texts = [template.format(v) for v in values] + [null_text]
+    return lambda pos: [texts[i] for i in idx[pos].tolist()]
+
+
+def _none(n: int) -> tuple[np.ndarray, Detail]:
+    return np.zeros(n, bool), lambda pos: [None] * len(pos)
 
 
 def license_families(options: Options) -> set[str]:
@@ -80,12 +106,10 @@ def license_family(codes: pa.Array) -> pa.Array:
 
 
 def refuse_license(table: pa.Table, options: Options):
-    lic = _col(table, "license")
-    family = license_family(lic)
-    ok = pc.is_in(family, pa.array(sorted(license_families(options)), pa.string()))
-    bad = ~_mask(ok)
-    detail = pc.if_else(pc.is_null(lic), pa.scalar("license missing"), _say("license ", lic, " not allowed"))
-    return bad, detail
+    values, idx = _distinct(_col(table, "license"))
+    ok = _mask(pc.is_in(license_family(values), pa.array(sorted(license_families(options)), pa.string())))
+    bad = ~_gather(ok, False, idx)
+    return bad, _describe(values.to_pylist(), idx, "license {} not allowed", "license missing")
 
 
 def normalise_basis(values: pa.Array) -> pa.Array:
@@ -102,9 +126,10 @@ def excluded_basis(options: Options) -> set[str]:
 
 
 def refuse_basis(table: pa.Table, options: Options):
-    basis = normalise_basis(_col(table, "basis_of_record"))
-    bad = _mask(pc.is_in(basis, pa.array(sorted(excluded_basis(options)), pa.string())))
-    return bad, _say("basis of record ", basis)
+    values, idx = _distinct(_col(table, "basis_of_record"))
+    basis = normalise_basis(values)
+    bad = _gather(_mask(pc.is_in(basis, pa.array(sorted(excluded_basis(options)), pa.string()))), False, idx)
+    return bad, _describe(basis.to_pylist(), idx, "basis of record {}", "")
 
 
 def _non_living(table: pa.Table) -> np.ndarray:
@@ -113,9 +138,10 @@ def _non_living(table: pa.Table) -> np.ndarray:
 
 def refuse_non_living(table: pa.Table, options: Options):
     if options.keep_non_living:
-        return np.zeros(table.num_rows, bool), pa.nulls(table.num_rows, pa.string())
-    cls = pc.fill_null(_col(table, "non_living_class"), "unspecified")
-    return _non_living(table), _say("non-living class ", cls)
+        return _none(table.num_rows)
+    cls = _col(table, "non_living_class")
+    return _non_living(table), lambda pos: [f"non-living class {c or 'unspecified'}"
+                                             for c in pc.take(cls, pa.array(pos)).to_pylist()]
 
 
 def refuse_lineage(table: pa.Table, options: Options):
@@ -127,11 +153,12 @@ def refuse_lineage(table: pa.Table, options: Options):
         bad |= m
     # kept non-living classes carry no lineage by design; the non-living filter decides them
     bad &= ~_non_living(table)
-    detail = [None] * table.num_rows
-    for i in np.nonzero(bad)[0]:
-        gaps = ", ".join(r for r, m in missing.items() if m[i])
-        detail[i] = f"missing {gaps} (needs {options.min_rank})"
-    return bad, pa.array(detail, pa.string())
+
+    def detail(pos):
+        return [f"missing {', '.join(r for r, m in missing.items() if m[i])} (needs {options.min_rank})"
+                for i in pos.tolist()]
+
+    return bad, detail
 
 
 def _empty_to_null(col: pa.Array) -> pa.Array:
@@ -141,36 +168,34 @@ def _empty_to_null(col: pa.Array) -> pa.Array:
 def refuse_coordinates(table: pa.Table, options: Options):
     lat = _col(table, "decimal_latitude", pa.float64())
     lon = _col(table, "decimal_longitude", pa.float64())
-    lat_n = _mask(pc.or_kleene(pc.is_null(lat), pc.is_nan(lat)))
-    lon_n = _mask(pc.or_kleene(pc.is_null(lon), pc.is_nan(lon)))
-    latv = np.nan_to_num(np.asarray(lat.to_numpy(zero_copy_only=False), float), nan=0.0)
-    lonv = np.nan_to_num(np.asarray(lon.to_numpy(zero_copy_only=False), float), nan=0.0)
+    latv = np.asarray(pc.fill_null(lat, np.nan).to_numpy(zero_copy_only=False), float)
+    lonv = np.asarray(pc.fill_null(lon, np.nan).to_numpy(zero_copy_only=False), float)
+    lat_n, lon_n = np.isnan(latv), np.isnan(lonv)
     both = ~lat_n & ~lon_n
     half = lat_n ^ lon_n
-    out_of_range = both & ((np.abs(latv) > 90) | (np.abs(lonv) > 180))
+    with np.errstate(invalid="ignore"):
+        out_of_range = both & ((np.abs(latv) > 90) | (np.abs(lonv) > 180))
     zero = both & (latv == 0) & (lonv == 0) if options.drop_zero_coordinates else np.zeros_like(both)
     absent = (lat_n & lon_n) if options.require_coordinates else np.zeros_like(both)
-    reasons = np.full(table.num_rows, None, dtype=object)
-    reasons[absent] = "coordinates missing"
-    reasons[half] = "only one of latitude/longitude"
-    reasons[zero] = "coordinates 0,0"
-    reasons[out_of_range] = "coordinates out of range"
-    bad = half | out_of_range | zero | absent
-    return bad, pa.array(reasons.tolist(), pa.string())
+
+    def detail(pos):
+        return ["coordinates out of range" if out_of_range[i] else "coordinates 0,0" if zero[i]
+                else "only one of latitude/longitude" if half[i] else "coordinates missing" for i in pos.tolist()]
+
+    return half | out_of_range | zero | absent, detail
 
 
 def _refuse_vocabulary(column: str, option: str, label: str):
     """A filter refusing non-null values of ``column`` outside the option's list (``None`` = off)."""
 
     def refuse(table: pa.Table, options: Options):
-        values = getattr(options, option)
-        col = _col(table, column)
-        if values is None:
-            return np.zeros(table.num_rows, bool), pa.nulls(table.num_rows, pa.string())
-        norm = pc.utf8_lower(pc.utf8_trim_whitespace(col))
-        ok = pc.is_in(norm, pa.array(sorted(v.lower() for v in values), pa.string()))
-        bad = _mask(pc.and_kleene(pc.is_valid(col), pc.invert(ok)))
-        return bad, _say(f"{label} ", col)
+        allowed = getattr(options, option)
+        if allowed is None:
+            return _none(table.num_rows)
+        values, idx = _distinct(_col(table, column))
+        norm = pc.utf8_lower(pc.utf8_trim_whitespace(values))
+        ok = _mask(pc.is_in(norm, pa.array(sorted(v.lower() for v in allowed), pa.string())))
+        return ~_gather(ok, True, idx), _describe(values.to_pylist(), idx, f"{label} {{}}", "")
 
     return refuse
 
@@ -184,25 +209,37 @@ def normalise_format(values: pa.Array) -> pa.Array:
 
 
 def refuse_image_type(table: pa.Table, options: Options):
-    raw = _col(table, "format")
-    fmt = normalise_format(raw)
+    values, idx = _distinct(_col(table, "format"))
+    fmt = normalise_format(values)
     allowed = pa.array(sorted(f.lower() for f in options.image_formats), pa.string())
-    bad_fmt = _mask(pc.and_kleene(pc.is_valid(fmt), pc.invert(pc.is_in(fmt, allowed))))
-    ident = pc.utf8_lower(_col(table, "identifier"))
-    # the URL path's extension, ignoring a query string or fragment
-    ext = pc.struct_field(pc.extract_regex(ident, r"\.(?P<ext>[a-z0-9]{1,5})(?:[?#].*)?$"), [0])
-    bad_ext = _mask(pc.and_kleene(pc.is_null(fmt), pc.is_in(ext, pa.array(NON_IMAGE_EXTENSIONS))))
-    detail = pc.if_else(pa.array(bad_fmt), _say("format ", raw), _say("file type .", ext))
+    bad_fmt = _gather(~_mask(pc.is_in(fmt, allowed)), False, idx)
+    # without a format, the URL path's extension (query string and fragment ignored) decides
+    unknown = np.nonzero(idx == len(values))[0]
+    ext = pa.nulls(0, pa.string())
+    bad_ext = np.zeros(table.num_rows, bool)
+    if unknown.size:
+        ident = pc.utf8_lower(pc.take(_col(table, "identifier"), pa.array(unknown)))
+        ext = pc.struct_field(pc.extract_regex(ident, r"\.(?P<ext>[a-z0-9]{1,5})(?:[?#].*)?$"), [0])
+        bad_ext[unknown] = _mask(pc.is_in(ext, pa.array(NON_IMAGE_EXTENSIONS)))
+    raw = values.to_pylist()
+    ext_of = dict(zip(unknown.tolist(), ext.to_pylist(), strict=True))
+
+    def detail(pos):
+        return [f"format {raw[idx[i]]}" if bad_fmt[i] else f"file type .{ext_of[i]}" for i in pos.tolist()]
+
     return bad_fmt | bad_ext, detail
 
 
 def refuse_size(table: pa.Table, options: Options):
-    w = _col(table, "width", pa.int64())
-    h = _col(table, "height", pa.int64())
-    small = pc.or_kleene(pc.less(w, options.min_width), pc.less(h, options.min_height))
-    detail = _say(pc.cast(pc.fill_null(w, -1), pa.string()), "x", pc.cast(pc.fill_null(h, -1), pa.string()),
-                  f" < {options.min_width}x{options.min_height}")
-    return _mask(small), pc.replace_substring(detail, "-1", "?")
+    w = np.asarray(pc.fill_null(_col(table, "width", pa.int64()), -1).to_numpy(zero_copy_only=False))
+    h = np.asarray(pc.fill_null(_col(table, "height", pa.int64()), -1).to_numpy(zero_copy_only=False))
+    small = ((w >= 0) & (w < options.min_width)) | ((h >= 0) & (h < options.min_height))
+
+    def detail(pos):
+        side = lambda v: "?" if v < 0 else str(v)  # noqa: E731
+        return [f"{side(w[i])}x{side(h[i])} < {options.min_width}x{options.min_height}" for i in pos.tolist()]
+
+    return small, detail
 
 
 FILTERS: tuple[Filter, ...] = (
@@ -234,11 +271,11 @@ def apply_filters(table: pa.Table, options: Options, stage: str = "curate") -> t
         bad, detail = f.fn(table, options)
         new = bad & ~taken
         if new.any():
-            idx = pa.array(np.nonzero(new)[0])
-            rid = pc.fill_null(pc.take(ids, idx), "").to_pylist()
-            parts.append(make_rejects(rid, stage, f.reason, pc.take(detail, idx).to_pylist()))
+            pos = np.nonzero(new)[0]
+            rid = pc.fill_null(pc.take(ids, pa.array(pos)), "").to_pylist()
+            parts.append(make_rejects(rid, stage, f.reason, detail(pos)))
             taken |= new
-    kept = table.filter(pa.array(~taken))
+    kept = table.filter(pa.array(~taken)) if taken.any() else table
     return kept, (pa.concat_tables(parts) if parts else empty_rejects())
 
 

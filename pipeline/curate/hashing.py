@@ -48,6 +48,14 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int | str = 0) -> np.
     starts = offsets[:-1]
     lengths = offsets[1:] - starts
     h = np.full(n, _seed_word(seed), dtype=np.uint64)
+    if n and lengths.min() == lengths.max():
+        # equal-length strings (record ids, hex digests): the bytes form an n x L matrix
+        width = int(lengths[0])
+        mat = data[starts[0]:starts[0] + n * width].reshape(n, width)
+        with np.errstate(over="ignore"):
+            for j in range(width):
+                h = (h ^ mat[:, j].astype(np.uint64)) * _FNV_PRIME
+        return _mix(h)
     active = np.nonzero(lengths > 0)[0]
     pos = 0
     with np.errstate(over="ignore"):
@@ -63,3 +71,26 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int | str = 0) -> np.
 def unit_interval(h: np.ndarray) -> np.ndarray:
     """Map uint64 hashes to floats uniform in [0, 1) using the top 53 bits."""
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def order_by_hash(h: np.ndarray, keys: pa.Array) -> np.ndarray:
+    """Row order by ``h``; rows whose hashes collide are ordered by their key text.
+
+    Sorting uint64 hashes is far cheaper than sorting strings and, unlike the input position,
+    never depends on file or row order. Equal keys (same text) may come in any order: callers
+    use this where keys are unique or where such rows are interchangeable.
+    """
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    ties = np.nonzero(hs[1:] == hs[:-1])[0]
+    if ties.size:
+        texts = keys.to_pylist() if not isinstance(keys, list) else keys
+        starts = ties[np.concatenate(([True], np.diff(ties) > 1))]
+        for s in starts.tolist():
+            e = s + 1
+            while e < len(hs) and hs[e] == hs[s]:
+                e += 1
+            run = order[s:e]
+            order[s:e] = run[np.argsort(np.asarray([texts[i] or "" for i in run.tolist()], dtype=object),
+                                        kind="stable")]
+    return order

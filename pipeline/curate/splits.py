@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.curate.balance import taxon_keys
-from pipeline.curate.hashing import hash_strings, unit_interval
+from pipeline.curate.hashing import hash_strings, order_by_hash, unit_interval
 
 if TYPE_CHECKING:
     from pipeline.stages.curate import Options
@@ -77,9 +77,7 @@ def assign_classes(table: pa.Table, classes: list[str]) -> pa.Array:
 def shuffle_order(table: pa.Table, seed: int) -> np.ndarray:
     """Row order of the shuffled chunks: by ``hash(seed, record_id)``, record id breaking ties."""
     rid = pc.fill_null(_column(table, "record_id"), "")
-    h = hash_strings(rid, seed=f"chunk:{seed}")
-    rid_rank = np.asarray(pc.rank(rid, sort_keys="ascending", tiebreaker="dense").to_numpy(), np.int64)
-    return np.lexsort((rid_rank, h))
+    return order_by_hash(hash_strings(rid, seed=f"chunk:{seed}"), rid)
 
 
 def make_chunks(table: pa.Table, options: Options) -> list[pa.Table]:

@@ -2,8 +2,9 @@
 
 Pieces (in ``pipeline/curate/``) are pure functions over Arrow tables; this module holds the
 options, the stage objects the runners apply (``FILTER_STAGE``, ``DEDUP_RECORD_STAGE``,
-``DEDUP_PHOTO_STAGE``, ``BALANCE_STAGE``, ``LABEL_STAGE``, in that order: ``STAGES``) and
-``curate_table``, the in-memory reference that composes them and that the runners must match.
+``DEDUP_PHOTO_STAGE``, ``BALANCE_STAGE``, in that order: ``STAGES``), ``write_splits`` (labels,
+class indices and shuffled chunks of the balanced set) and ``curate_table``, the in-memory
+reference that composes them and that the runners must match.
 Layer-3 dedup (bytes / perceptual hash / evaluation sets) runs after download:
 ``dedup_downloaded``.
 """
@@ -136,7 +137,7 @@ DEDUP_PHOTO_STAGE = GlobalStage("curate_dedup_photo", dedup_mod.photo_keys, _dec
 DEDUP_STAGES = (DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE)
 BALANCE_STAGE = GlobalStage("curate_balance", balance_mod.taxon_keys, balance_mod.decide_balance)
 LABEL_STAGE = MapStage("curate_label", label_batch)
-STAGES = (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE, LABEL_STAGE)
+STAGES = (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE)
 
 
 def finalize_splits(labelled: pa.Table, options: Options, classes: list[str] | None = None) -> dict[str, pa.Table]:
@@ -145,8 +146,9 @@ def finalize_splits(labelled: pa.Table, options: Options, classes: list[str] | N
     labelled = labelled.append_column("cls", splits_mod.assign_classes(labelled, classes))
     out = {}
     split_col = labelled.column("split")
-    for split in sorted(pc.unique(split_col).to_pylist()):
-        rows = labelled.filter(pc.equal(split_col, split))
+    names = sorted(pc.unique(split_col).to_pylist())
+    for split in names:
+        rows = labelled.filter(pc.equal(split_col, split)) if len(names) > 1 else labelled
         out[split] = rows.take(pa.array(splits_mod.shuffle_order(rows, options.seed)))
     return out
 
@@ -158,20 +160,21 @@ def curate_table(table: pa.Table, options: Options | None = None) -> tuple[dict[
     (``make_chunks``/``write_chunks`` cut it); ``len(table) == sum(out) + len(rejects)``.
     """
     options = options or Options()
-    ctx = StageContext(STAGE, options)
     n_in = table.num_rows
     rejects = []
     current = table
     steps = {}
-    for stage in (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE):
+    for stage in STAGES:
         before = current.num_rows
         fn = stage.fn if isinstance(stage, MapStage) else stage.decide_fn
-        result = fn(current, ctx)
+        # the runners name each stage in its rejects' ``stage`` column; so does the reference.
+        # Rows are reordered once, by the chunk shuffle, so the steps may keep input order.
+        result = fn(current, StageContext(stage.name, options, {"ordered": False}))
         check_accounting(stage.name, before, result.out.num_rows, result.rejects.num_rows)
         current = result.out
         rejects.append(result.rejects)
         steps[stage.name] = {"in": before, "out": current.num_rows, "rejected": result.rejects.num_rows}
-    labelled = label_batch(current, ctx).out
+    labelled = label_batch(current, StageContext(LABEL_STAGE.name, options)).out
     curated = finalize_splits(labelled, options)
     all_rejects = pa.concat_tables(rejects) if rejects else empty_rejects()
     n_out = sum(t.num_rows for t in curated.values())
@@ -213,3 +216,51 @@ def dedup_downloaded(table: pa.Table, options: Options | None = None, eval_hashe
 
 write_chunks = splits_mod.write_chunks
 make_chunks = splits_mod.make_chunks
+
+
+def write_splits(src, dst, options: Options | None = None, force: bool = False) -> dict:
+    """Balanced records under ``src`` -> ``dst/split=<s>/chunk-<n:05d>.parquet`` (+ ``_classes.json``).
+
+    Labels (split, names, captions), assigns ``cls`` over all splits and writes each split's
+    shuffled chunks into a staging folder moved into place at the end; a rerun over the same
+    input and options does nothing. The balanced set is read whole (class indices and the
+    shuffle are global); returns rows and chunks per split and the number of classes.
+    """
+    import shutil
+    from pathlib import Path
+
+    from pipeline.config import config_hash
+    from pipeline.io import (
+        StagedOutput,
+        atomic_write_json,
+        files_identity,
+        fingerprint,
+        parquet_files,
+        read_dataset,
+    )
+
+    options = options or Options()
+    src, dst = Path(src), Path(dst)
+    inputs = parquet_files(src)
+    fp = fingerprint("curate-split", config_hash(options), files_identity(inputs))
+    # this step rejects nothing: its staged rejects folder is removed before the move
+    staged = StagedOutput(dst.parent, f"{dst.name}-split", dst, dst.parent / "rejects" / "stage=curate-split", fp)
+    done = staged.finished()
+    if done is not None and not force:
+        return {**done, "skipped": True}
+    staged.open()
+    table = read_dataset(src)
+    labelled = label_batch(table, StageContext(STAGE, options)).out if table.num_rows else table
+    classes = splits_mod.class_list([labelled]) if table.num_rows else []
+    by_split = finalize_splits(labelled, options, classes) if table.num_rows else {}
+    written = splits_mod.write_chunks(by_split, staged.staged_out, options)
+    atomic_write_json(staged.staged_out / "_classes.json", {"classes": classes})
+    stats = {
+        "in": table.num_rows,
+        "splits": {s: t.num_rows for s, t in by_split.items()},
+        "chunks": {s: sum(f"split={s}/" in w for w in written) for s in by_split},
+        "classes": len(classes),
+    }
+    shutil.rmtree(staged.staged_rejects, ignore_errors=True)
+    staged.finalise(stats)
+    return stats

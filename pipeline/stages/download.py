@@ -399,6 +399,8 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
         bar.close()
         if decoder is not None:
             decoder.close()
+    if spool_root.exists() and not any(spool_root.iterdir()):
+        spool_root.rmdir()
     return total
 
 

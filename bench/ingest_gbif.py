@@ -1,0 +1,233 @@
+"""Benchmark: reading a GBIF Darwin Core Archive scaled from the real sample, ours vs python-dwca-reader.
+
+The real download (0000066-140928181241064.zip, 470 occurrences, 215 media rows) is repeated
+with fresh gbifIDs into archives of two sizes, written streaming. Each reader runs in its own
+subprocess (peak RSS from that process's ``ru_maxrss``) over the same archive:
+
+* ``ours-reader-*``: sources.dwca streaming the core to Parquet (the ingest's 35 columns, or all 225);
+* ``ours-connector``: the whole GBIF ingest (core + multimedia join, records + rejects);
+* ``python-dwca-reader``: iterating every core row of ``DwCAReader`` (in bench/.venv-dwca).
+
+Run: ``.venv/bin/python bench/ingest_gbif.py [--small]``; results go to bench/results/ingest_gbif.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CANDIDATES = [ROOT / "tests/data/gbif/dwca/0000066-140928181241064.zip",
+                     ROOT.parent / "shared/data/gbif/dwca/0000066-140928181241064.zip"]
+PEER_VENV = ROOT / "bench/.venv-dwca"
+PEER_VERSION = "0.17.1"
+RESULTS = ROOT / "bench/results/ingest_gbif.md"
+
+
+def sample_path() -> Path:
+    for p in SAMPLE_CANDIDATES:
+        if p.exists():
+            return p
+    sys.exit("the GBIF sample archive is missing (tests/data/gbif/dwca/)")
+
+
+def scale_archive(src: Path, dest: Path, occurrences: int) -> Path:
+    """Write ``dest`` with ``occurrences`` core rows (and their media), repeating the sample with new ids."""
+    if dest.exists():
+        return dest
+    with zipfile.ZipFile(src) as z:
+        meta = z.read("meta.xml").decode()
+        core = z.read("occurrence.txt").decode().rstrip("\n").split("\n")
+        media = z.read("multimedia.txt").decode().rstrip("\n").split("\n")
+        small = {n: z.read(n) for n in z.namelist()
+                 if n not in ("meta.xml", "occurrence.txt", "multimedia.txt", "verbatim.txt")}
+    # drop the verbatim.txt extension: neither reader uses it and it would double the archive
+    start = meta.index("<extension", meta.index("</core>"))
+    end = meta.index("</extension>", start) + len("</extension>")
+    if "verbatim.txt" in meta[start:end]:
+        meta = meta[:start] + meta[end:]
+    head, rows = core[0], [r.split("\t", 1) for r in core[1:]]
+    mhead, mrows = media[0], [m.split("\t", 1) for m in media[1:]]
+    by_occ: dict[str, list[str]] = {}
+    for gid, rest in mrows:
+        by_occ.setdefault(gid, []).append(rest)
+    tmp = dest.with_suffix(".tmp")
+    media_tmp = dest.with_suffix(".media.txt")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        out.writestr("meta.xml", meta)
+        for name, data in small.items():  # metadata.xml, rights, dataset EML: python-dwca-reader wants them
+            out.writestr(name, data)
+        # a zip takes one member at a time: media lines go to a side file, copied in after the core
+        with out.open("occurrence.txt", "w", force_zip64=True) as occ_f, open(media_tmp, "wb") as med_f:
+            occ_f.write((head + "\n").encode())
+            med_f.write((mhead + "\n").encode())
+            n, copy = 0, 0
+            while n < occurrences:
+                occ_buf, med_buf = [], []
+                for gid, rest in rows:
+                    if n >= occurrences:
+                        break
+                    new_id = f"{copy}{int(gid):012d}"
+                    occ_buf.append(f"{new_id}\t{rest}\n")
+                    for m in by_occ.get(gid, ()):
+                        med_buf.append(f"{new_id}\t{m}\n")
+                    n += 1
+                occ_f.write("".join(occ_buf).encode())
+                med_f.write("".join(med_buf).encode())
+                copy += 1
+        with out.open("multimedia.txt", "w", force_zip64=True) as med_out, open(media_tmp, "rb") as med_in:
+            while chunk := med_in.read(1 << 22):
+                med_out.write(chunk)
+    media_tmp.unlink()
+    tmp.replace(dest)
+    return dest
+
+
+OURS_READER = r"""
+import json, resource, sys, time
+import pyarrow.parquet as pq
+from sources.dwca import open_archive, read_file
+from sources.gbif import OCCURRENCE_COLUMNS
+t0 = time.perf_counter()
+a = open_archive(sys.argv[1])
+rows, writer = 0, None
+for b in read_file(a, a.core, OCCURRENCE_COLUMNS if sys.argv[3] == "ingest" else None):
+    if writer is None:
+        writer = pq.ParquetWriter(sys.argv[2], b.table.schema, compression="zstd")
+    writer.write_table(b.table)
+    rows += b.table.num_rows
+writer.close()
+print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+OURS_CONNECTOR = r"""
+import json, resource, sys, time
+import pyarrow as pa, pyarrow.parquet as pq
+from sources.gbif import CONNECTOR, Options
+t0 = time.perf_counter()
+opts = Options(keep_unknown_license=True)
+records = rejects = 0
+writer = None
+for b in CONNECTOR.read(sys.argv[1], opts):
+    rejects += b.rejects.num_rows
+    if b.records.num_rows:
+        if writer is None:
+            writer = pq.ParquetWriter(sys.argv[2], b.records.schema, compression="zstd")
+        writer.write_table(b.records.cast(writer.schema))
+        records += b.records.num_rows
+writer.close()
+print(json.dumps({"rows": records + rejects, "records": records, "rejects": rejects,
+                  "seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+PEER = r"""
+import json, resource, sys, time
+from dwca.read import DwCAReader
+t0 = time.perf_counter()
+rows = 0
+with DwCAReader(sys.argv[1]) as dwca:
+    for row in dwca:
+        row.data
+        rows += 1
+print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def ensure_peer() -> Path:
+    py = PEER_VENV / "bin/python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", f"python-dwca-reader=={PEER_VERSION}"], check=True)
+    return py
+
+
+def run(python: Path | str, code: str, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([str(python), "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="100k and 200k occurrences instead of 1M and 2M")
+    ap.add_argument("--work", default=None, help="folder for the scaled archives (default: a temp folder)")
+    args = ap.parse_args()
+    sizes = [100_000, 200_000] if args.small else [1_000_000, 2_000_000]
+    work = Path(args.work or tempfile.mkdtemp(prefix="biocorpus-bench-gbif-"))
+    work.mkdir(parents=True, exist_ok=True)
+    peer = ensure_peer()
+    src = sample_path()
+    results = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        archive = scale_archive(src, work / f"gbif-{n}.zip", n)
+        print(f"archive {archive.name}: {archive.stat().st_size / 2**20:.0f} MiB zipped, "
+              f"written in {time.perf_counter() - t0:.0f}s", flush=True)
+        for tool, python, code, cols in [("ours-reader-ingest-cols", sys.executable, OURS_READER, "ingest"),
+                                         ("ours-reader-all-cols", sys.executable, OURS_READER, "all"),
+                                         ("ours-connector", sys.executable, OURS_CONNECTOR, "-"),
+                                         ("python-dwca-reader", peer, PEER, "-")]:
+            r = run(python, code, str(archive), str(work / f"{tool}-{n}.parquet"), cols)
+            r.update(tool=tool, occurrences=n, rows_per_s=r["rows"] / r["seconds"])
+            results.append(r)
+            print(f"  {tool:20s} {r['rows']:>9,} rows {r['seconds']:7.1f}s {r['rows_per_s']:>10,.0f} rows/s "
+                  f"peak RSS {r['peak_rss_mb']:6.0f} MiB", flush=True)
+    by = {(r["tool"], r["occurrences"]): r for r in results}
+    lines = []
+    for n in sizes:
+        peer_rate = by[("python-dwca-reader", n)]["rows_per_s"]
+        ratios = [by[(t, n)]["rows_per_s"] / peer_rate for t in
+                  ("ours-reader-ingest-cols", "ours-reader-all-cols", "ours-connector")]
+        lines.append(f"| {n:,} | " + " | ".join(f"{x:.1f}x" for x in ratios) + " |")
+        print(f"{n:,} occurrences: rows/s vs python-dwca-reader: ingest columns {ratios[0]:.1f}x, "
+              f"all columns {ratios[1]:.1f}x, full connector {ratios[2]:.1f}x")
+    write_results(results, sizes, lines, args.small)
+
+
+def write_results(results, sizes, ratio_lines, small: bool) -> None:
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    rows = [f"| {r['tool']} | {r['occurrences']:,} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "
+            f"{r['peak_rss_mb']:.0f} |" for r in results]
+    section = "\n".join([
+        f"## ingest_gbif{' (--small)' if small else ''}",
+        "",
+        f"Scaled real GBIF DwC-A (0000066-140928181241064.zip repeated with new gbifIDs) at "
+        f"{' and '.join(f'{s:,}' for s in sizes)} occurrences (225 columns, multimedia extension). "
+        f"Machine: {machine}. Peer: python-dwca-reader {PEER_VERSION} in bench/.venv-dwca, iterating every "
+        f"core row; ours-reader streams the core to Parquet (the 35 columns the GBIF ingest reads, or all "
+        f"225); ours-connector is the full GBIF ingest (core + multimedia join to records and rejects; rows = records + rejects).",
+        "",
+        "| tool | occurrences | rows | seconds | rows/s | peak RSS MiB |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "| occurrences | reader, ingest columns ÷ peer | reader, all columns ÷ peer | connector ÷ peer |",
+        "|---|---|---|---|",
+        *ratio_lines,
+        "",
+    ])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    old = RESULTS.read_text() if RESULTS.exists() else "# ingest_gbif benchmark\n\n"
+    head = f"## ingest_gbif{' (--small)' if small else ''}"
+    if head + "\n" in old:
+        start = old.index(head + "\n")
+        nxt = old.find("\n## ", start + 1)
+        old = old[:start] + (old[nxt + 1:] if nxt != -1 else "")
+    RESULTS.write_text(old.rstrip("\n") + "\n\n" + section)
+
+
+if __name__ == "__main__":
+    main()

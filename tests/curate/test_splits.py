@@ -1,0 +1,107 @@
+"""Splits by occurrence (stable, occurrences kept whole), unseen taxa, class indices, seeded chunks."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.curate.splits import (
+    UNSEEN_SPLIT,
+    assign_classes,
+    assign_splits,
+    chunk_path,
+    class_list,
+    make_chunks,
+    write_chunks,
+)
+from pipeline.stages.curate import Options
+from schemas.record import from_rows
+from tests.curate.conftest import dwca_rows, search_rows
+
+
+def shuffled(table: pa.Table, seed: int) -> pa.Table:
+    idx = list(range(table.num_rows))
+    random.Random(seed).shuffle(idx)
+    return table.take(pa.array(idx, pa.int64()))
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return from_rows(search_rows() + dwca_rows())
+
+
+def test_occurrences_stay_in_one_split(table):
+    splits = assign_splits(table, Options(splits={"train": 0.5, "val": 0.25, "test": 0.25})).to_pylist()
+    by_occ = defaultdict(set)
+    for occ, s in zip(table.column("occurrence_id").to_pylist(), splits, strict=True):
+        by_occ[occ].add(s)
+    multi = [o for o, _ in by_occ.items() if table.column("occurrence_id").to_pylist().count(o) > 1]
+    assert len(multi) > 100  # the search sample has occurrences with up to 5 photos
+    assert all(len(s) == 1 for s in by_occ.values())
+    assert set(splits) == {"train", "val", "test"}
+
+
+def test_fractions_roughly_respected(table):
+    splits = assign_splits(table, Options(splits={"train": 0.8, "val": 0.2})).to_pylist()
+    assert 0.65 < splits.count("train") / len(splits) < 0.95
+
+
+def test_split_is_stable_when_records_are_added(table):
+    opts = Options()
+    small = table.slice(0, 200)
+    before = dict(zip(small.column("record_id").to_pylist(), assign_splits(small, opts).to_pylist(), strict=True))
+    grown = shuffled(table, 3)
+    after = dict(zip(grown.column("record_id").to_pylist(), assign_splits(grown, opts).to_pylist(), strict=True))
+    assert all(after[r] == s for r, s in before.items())
+
+
+def test_unseen_split_holds_whole_taxa(table):
+    opts = Options(unseen_fraction=0.3)
+    splits = assign_splits(table, opts).to_pylist()
+    taxa_splits = defaultdict(set)
+    for t, s in zip(table.column("taxon_id").to_pylist(), splits, strict=True):
+        taxa_splits[t].add(s)
+    unseen = {t for t, s in taxa_splits.items() if UNSEEN_SPLIT in s}
+    assert unseen and all(taxa_splits[t] == {UNSEEN_SPLIT} for t in unseen)
+    assert len(unseen) < len(taxa_splits)
+
+
+def test_classes_are_sorted_taxon_ids(table):
+    classes = class_list([table])
+    assert classes == sorted(set(classes))
+    cls = assign_classes(table, classes).to_pylist()
+    ids = table.column("taxon_id").to_pylist()
+    assert all(classes[c] == t for c, t in zip(cls, ids, strict=True) if t)
+
+
+def test_chunks_deterministic_by_seed_and_order_free(table):
+    opts = Options(chunk_size=100, seed=5)
+    a = make_chunks(table, opts)
+    b = make_chunks(shuffled(table, 9), opts)
+    assert [c.column("record_id").to_pylist() for c in a] == [c.column("record_id").to_pylist() for c in b]
+    assert [c.num_rows for c in a] == [100] * (table.num_rows // 100) + [table.num_rows % 100]
+    other = make_chunks(table, Options(chunk_size=100, seed=6))
+    assert a[0].column("record_id").to_pylist() != other[0].column("record_id").to_pylist()
+    flat = [r for c in a for r in c.column("record_id").to_pylist()]
+    assert sorted(flat) == sorted(table.column("record_id").to_pylist())
+
+
+def test_write_chunks_layout(tmp_path, table):
+    opts = Options(chunk_size=300)
+    written = write_chunks({"train": table, "val": table.slice(0, 10)}, tmp_path, opts)
+    assert chunk_path("train", 2) == "split=train/chunk-00002.parquet"
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.parquet")) == [
+        "split=train/chunk-00000.parquet", "split=train/chunk-00001.parquet", "split=train/chunk-00002.parquet",
+        "split=train/chunk-00003.parquet", "split=val/chunk-00000.parquet"]
+    assert sum(pq.read_metadata(p).num_rows for p in written) == table.num_rows + 10
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+@pytest.mark.parametrize("bad", [{"train": 0.5}, {"train": 0.5, "unseen": 0.5}, {"a/b": 1.0}, {}])
+def test_bad_split_options_fail_early(bad):
+    with pytest.raises(ValueError):
+        Options(splits=bad)

@@ -1,0 +1,52 @@
+"""The Beam download (FnApiRunner) writes the same shards as the local runner."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.stages.download import Options, download_beam, run_download
+from shards import status
+from shards.reader import iter_samples
+from tests.shards.cases import write_records
+
+pytestmark = pytest.mark.beam
+
+FAST = dict(allow_loopback=True, timeout=1.0, retries=1, backoff_base=0.01, backoff_max=0.05,
+            retry_after_max=2.0, processes=0, shard_size=3)
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.iterdir()) if p.suffix in (".tar", ".parquet")}
+
+
+def test_beam_matches_local(server, tmp_path):
+    urls = [server.url(p) for p in ("/img/ocelot.jpg", "/img/vehicle.jpg", "/img/small.jpg", "/img/small.png",
+                                    "/img/missing.jpg", "/html", "/img/bomb.jpg", "/img/truncated.jpg")]
+    write_records(tmp_path / "in", urls)
+    local = run_download(tmp_path / "in", tmp_path / "local", Options(**FAST), progress=False)
+    beam = download_beam(tmp_path / "in", str(tmp_path / "beam"), Options(**FAST, beam_workers_per_host=2),
+                         ["--runner=FnApiRunner"])
+    assert beam["attempted"] == local["attempted"] == len(urls)
+    assert beam["failed"] == local["failed"] == {status.HTTP_404: 1, status.NOT_AN_IMAGE: 1,
+                                                 status.DECOMPRESSION_BOMB: 1, status.TRUNCATED_IMAGE: 1}
+    assert _digests(tmp_path / "beam") == _digests(tmp_path / "local")
+    assert len(list(iter_samples(tmp_path / "beam", shardshuffle=False))) == 4
+    again = download_beam(tmp_path / "in", str(tmp_path / "beam"), Options(**FAST), [])
+    assert again["processed_this_run"] == 0
+
+
+def test_beam_retry_failed_keeps_good_images(server, tmp_path):
+    urls = [server.url("/img/ocelot.jpg"), server.url("/retry429/small.jpg?n=2&after=0&t=beam")]
+    write_records(tmp_path / "in", urls, splits=("train",))
+    first = download_beam(tmp_path / "in", f"file://{tmp_path / 'out'}", Options(**FAST), [])
+    assert first["failed"] == {status.HTTP_429_EXHAUSTED: 1}
+    second = download_beam(tmp_path / "in", f"file://{tmp_path / 'out'}",
+                           Options(**FAST, retry_failed=True), [])
+    assert second["ok"] == 2 and second["processed_this_run"] == 1
+    rows = pq.read_table(tmp_path / "out" / "train-000000.parquet").to_pylist()
+    assert [r["status"] for r in rows] == [status.OK, status.OK]

@@ -1,0 +1,286 @@
+"""The download stage end to end against the loopback server: accounting, shards, resume, retry."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipeline.stages.download import Options, failed_rejects, plan_shards, read_rows, run_download
+from shards import status
+from shards.reader import iter_samples
+from tests.shards.cases import download_cases, write_records
+from tests.shards.conftest import IMAGES
+from tests.shards.loopback import LoopbackServer
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = dict(allow_loopback=True, timeout=1.0, retries=1, backoff_base=0.01, backoff_max=0.05,
+            retry_after_max=2.0, processes=0)
+
+
+def _sidecars(out: Path) -> list[dict]:
+    return [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(out.iterdir()) if p.suffix in (".tar", ".parquet")}
+
+
+@pytest.fixture(scope="module")
+def full_run(server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dl")
+    cases = download_cases(server, "full", IMAGES / "ocelot.jpg")
+    table = write_records(tmp / "in", [u for u, _ in cases])
+    stats = run_download(tmp / "in", tmp / "out", Options(shard_size=5, **FAST), progress=False)
+    return cases, table, stats, tmp / "out"
+
+
+def test_every_image_is_accounted_for_with_its_reason(full_run):
+    cases, table, stats, out = full_run
+    expected = collections.Counter(r for _, r in cases if r is not None)
+    assert stats["attempted"] == len(cases) == stats["ok"] + stats["failed_total"]
+    assert stats["ok"] == sum(1 for _, r in cases if r is None)
+    assert stats["failed"] == dict(expected)
+    by_url = {r["url"]: r for r in _sidecars(out)}
+    assert len(by_url) == len(cases)
+    for url, reason in cases:
+        row = by_url[url]
+        assert row["reason"] == reason, url
+        assert row["status"] == (status.OK if reason is None else status.FAILED)
+        assert row["reason"] is None or row["reason"] in status.REASONS
+
+
+def test_shards_read_back_with_webdataset(full_run):
+    cases, table, stats, out = full_run
+    ok_keys = {r["key"] for r in _sidecars(out) if r["status"] == status.OK}
+    tars = sorted(str(p) for p in out.glob("*.tar"))
+    assert [Path(t).name for t in tars][:2] == ["train-000000.tar", "train-000001.tar"]
+    raw = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
+    assert {s["__key__"] for s in raw} == ok_keys
+    assert len(raw) == len(ok_keys)
+    records = {r["record_id"]: r for r in table.to_pylist()}
+    for sample in iter_samples(out, shardshuffle=False):
+        rec = records[sample["key"]]
+        assert sample["json"]["license"] == "cc-by-4.0"
+        assert sample["json"]["rights_holder"] == rec["rights_holder"]
+        assert sample["txt"] == rec["caption"]
+        assert sample["cls"] == rec["cls"]
+        assert max(sample["image"].size) <= 256
+        assert sample["json"]["download"]["width"] == sample["image"].size[0]
+
+
+def test_sidecar_rows_carry_hashes_and_sizes(full_run, served_images):
+    cases, table, stats, out = full_run
+    rows = {_path(r["url"]): r for r in _sidecars(out)}
+    big = rows["/img/big8000.jpg"]
+    assert (big["width"], big["height"]) == (8000, 8000)
+    assert (big["stored_width"], big["stored_height"]) == (256, 256)
+    assert big["sha256"] == hashlib.sha256(served_images["big8000.jpg"]).hexdigest()
+    assert len(big["phash"]) == 16
+    bomb = rows["/img/bomb.jpg"]
+    assert (bomb["width"], bomb["height"]) == (16000, 12500)
+    assert bomb["stored_width"] is None
+    small = rows["/img/small.jpg"]
+    assert small["stored_bytes"] == small["bytes"] == len(served_images["small.jpg"])  # kept as is
+    assert rows["/img/small.png"]["format"] == "png"
+    assert rows["/always429"]["attempts"] == 2 and rows["/always429"]["http_status"] == 429
+
+
+def test_small_originals_are_stored_byte_for_byte(full_run, served_images):
+    cases, table, stats, out = full_run
+    stored = {}
+    for tar in out.glob("*.tar"):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                stored[m.name] = tf.extractfile(m).read()
+    keyed = {_path(r["url"]): r["key"] for r in _sidecars(out)}
+    assert stored[f"{keyed['/img/small.jpg']}.jpg"] == served_images["small.jpg"]
+    assert stored[f"{keyed['/img/small.png']}.png"] == served_images["small.png"]
+    names = [m for m in stored]
+    assert all(n.count(".") == 1 for n in names)
+
+
+def test_retry_after_was_waited_for(full_run, server):
+    times = server.hit_times["/retry429/small.jpg?n=1&after=1&t=full"]
+    assert len(times) == 2
+    assert times[1] - times[0] >= 0.9
+
+
+def test_user_agent_is_descriptive(full_run, server):
+    assert any(ua.startswith("biocorpus/") for ua in server.user_agents)
+
+
+def test_rerun_does_nothing_and_keeps_bytes(full_run, tmp_path):
+    cases, table, stats, out = full_run
+    before = _digests(out)
+    again = run_download(out.parent / "in", out, Options(shard_size=5, **FAST), progress=False)
+    assert again["processed_this_run"] == 0
+    assert again["attempted"] == stats["attempted"]
+    assert _digests(out) == before
+    assert not (out / "_partial").exists()
+
+
+def test_failed_rejects_use_the_download_reason(full_run):
+    cases, table, stats, out = full_run
+    rejects = failed_rejects(out)
+    assert rejects.num_rows == stats["failed_total"]
+    assert set(rejects["reason"].to_pylist()) == {"download_failed"}
+    assert collections.Counter(rejects["detail"].to_pylist()) == collections.Counter(stats["failed"])
+
+
+def test_plan_is_deterministic_and_dedups_keys():
+    rows = [{"key": k, "url": f"http://h/{i}", "split": "train", "caption": None, "cls": None, "record": "{}"}
+            for i, k in enumerate(["b", "a", "c", "a", "d"])]
+    first = plan_shards(rows, 2)
+    second = plan_shards(list(reversed(rows)), 2)
+    assert [[i["key"] for i in s.items] for s in first] == [[i["key"] for i in s.items] for s in second]
+    assert [s.name for s in first] == ["train-000000", "train-000001", "train-000002"]
+    keys = [i["key"] for s in first for i in s.items]
+    assert keys == ["a", "a-dup1", "b", "c", "d"]
+    assert [i["dup"] for s in first for i in s.items] == [False, True, False, False, False]
+
+
+def test_url_list_csv(server, tmp_path):
+    path = tmp_path / "urls.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["url", "caption", "key", "photographer"])
+        w.writerow([server.url("/img/ocelot.jpg"), "an ocelot", "000001", "WCS"])
+        w.writerow([server.url("/img/vehicle.jpg"), "a truck", "img.2", "NACTI"])
+        w.writerow([server.url("/img/small.jpg"), "same key", "000001", "x"])
+        w.writerow([server.url("/img/missing.jpg"), "", "", ""])
+    stats = run_download(path, tmp_path / "out", Options(**FAST), progress=False)
+    assert stats["attempted"] == 4
+    assert stats["failed"] == {status.HTTP_404: 1, status.DUPLICATE_KEY: 1}
+    samples = {s["key"]: s for s in iter_samples(tmp_path / "out", "train", shardshuffle=False)}
+    assert set(samples) == {"000001", "img_2"}
+    assert samples["000001"]["txt"] == "an ocelot"  # the first of (key, url) wins; the other is a dup
+    assert samples["img_2"]["json"]["photographer"] == "NACTI"
+    assert (tmp_path / "out" / "train-000000.tar").exists()
+
+
+def test_url_list_parquet_and_txt(server, tmp_path):
+    urls = [server.url("/img/small.jpg"), server.url("/img/small.png")]
+    pq.write_table(pa.table({"url": urls}), tmp_path / "urls.parquet")
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n\n")
+    a = run_download(tmp_path / "urls.parquet", tmp_path / "a", Options(**FAST), progress=False)
+    b = run_download(tmp_path / "urls.txt", tmp_path / "b", Options(**FAST), progress=False)
+    assert a["ok"] == b["ok"] == 2
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
+
+
+def test_input_without_urls_is_a_clear_error(tmp_path):
+    pq.write_table(pa.table({"name": ["x"]}), tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="identifier"):
+        read_rows(str(tmp_path / "x.parquet"), Options())
+
+
+def test_retry_failed_redoes_only_failures(server, tmp_path):
+    urls = [server.url("/img/ocelot.jpg"), server.url("/img/small.jpg"),
+            server.url("/retry429/small.png?n=2&after=0&t=retry")]
+    write_records(tmp_path / "in", urls, splits=("train",))
+    opts = Options(**FAST)
+    first = run_download(tmp_path / "in", tmp_path / "out", opts, progress=False)
+    assert first["failed"] == {status.HTTP_429_EXHAUSTED: 1}
+    hits_before = dict(server.hits)
+    second = run_download(tmp_path / "in", tmp_path / "out", opts.model_copy(update={"retry_failed": True}),
+                          progress=False)
+    assert second["ok"] == 3 and second["failed_total"] == 0
+    assert second["processed_this_run"] == 1
+    assert server.hits["/img/ocelot.jpg"] == hits_before.get("/img/ocelot.jpg")  # not fetched again
+    keys = {s["key"] for s in iter_samples(tmp_path / "out", shardshuffle=False)}
+    assert len(keys) == 3
+
+
+_KILLABLE = textwrap.dedent("""
+    import sys
+    from pipeline.stages.download import Options, run_download
+    if __name__ == "__main__":
+        opts = Options(allow_loopback=True, shard_size=10, host_concurrency=2, host_rate=0, processes=1)
+        run_download(sys.argv[1], sys.argv[2], opts, progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_output(served_images, tmp_path):
+    names = ["ocelot.jpg", "american_black_bear.jpg", "small.jpg", "small.png", "vehicle.jpg", "truncated.jpg"]
+    with LoopbackServer(served_images, latency_ms=(60, 60)) as srv:
+        urls = [srv.url(f"/img/{names[i % len(names)]}?i={i}") for i in range(60)]
+        urls += [srv.url("/img/missing.jpg?i=x")]
+        write_records(tmp_path / "in", urls)
+        script = tmp_path / "run.py"
+        script.write_text(_KILLABLE)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "in"), str(tmp_path / "killed")],
+                                env=env, cwd=REPO)
+        deadline = time.monotonic() + 60
+        partial = tmp_path / "killed" / "_partial"
+        while time.monotonic() < deadline:
+            done = sum(len(p.read_bytes().splitlines()) for p in partial.glob("*/_status.jsonl")) \
+                if partial.exists() else 0
+            finished = len(list((tmp_path / "killed").glob("*.parquet")))
+            if done >= 5 and finished >= 1:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert len(list((tmp_path / "killed").glob("*.parquet"))) < 7, "the run finished before the kill"
+        hits_at_kill = sum(srv.hits.values())
+        resumed = run_download(tmp_path / "in", tmp_path / "killed", Options(**{**FAST, "shard_size": 10}),
+                               progress=False)
+        refetched = sum(srv.hits.values()) - hits_at_kill
+        clean = run_download(tmp_path / "in", tmp_path / "clean", Options(**{**FAST, "shard_size": 10}),
+                             progress=False)
+    assert resumed["attempted"] == clean["attempted"] == len(urls)
+    assert refetched < len(urls)  # finished images were not fetched again
+    assert _digests(tmp_path / "killed") == _digests(tmp_path / "clean")
+    keys = [s["key"] for s in iter_samples(tmp_path / "killed", shardshuffle=False, decode=None)]
+    assert len(keys) == len(set(keys)) == resumed["ok"]
+
+
+def test_local_uri_without_localuri_module_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kw):
+        if name == "sources.localuri":
+            raise ImportError("simulated")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.delitem(sys.modules, "sources.localuri", raising=False)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr("importlib.import_module", lambda n: fake_import(n, fromlist=["x"]))
+    write_records(tmp_path / "in", [(IMAGES / "ocelot.jpg").resolve().as_uri()], splits=("train",))
+    with pytest.raises(RuntimeError, match="sources.localuri"):
+        run_download(tmp_path / "in", tmp_path / "out", Options(**FAST), progress=False)
+
+
+def test_json_member_is_the_record(full_run):
+    cases, table, stats, out = full_run
+    with tarfile.open(out / "train-000000.tar") as tf:
+        members = tf.getmembers()
+        assert [m.name for m in members] == sorted(m.name for m in members)
+        assert {m.mtime for m in members} == {0}
+        js = [json.loads(tf.extractfile(m).read()) for m in members if m.name.endswith(".json")]
+    assert js and all(j["source"] == "test" and "identifier" in j for j in js)

@@ -1,0 +1,119 @@
+"""Shard writing: deterministic tar, sidecar, atomic finalise, per-image spool resume."""
+
+from __future__ import annotations
+
+import itertools
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shards import status
+from shards.reader import iter_samples, open_dataset
+from shards.writer import (
+    ShardSpool,
+    check_key,
+    read_shard,
+    safe_key,
+    sample_members,
+    shard_finished,
+    shard_name,
+    write_shard,
+)
+
+
+def _samples(real_images, n=6):
+    names = sorted(real_images)
+    out, rows = {}, []
+    for i in range(n):
+        key = f"k{i:03d}"
+        out[key] = sample_members(key, real_images[names[i % len(names)]], "jpg",
+                                  {"license": "cc0-1.0", "i": i}, caption=f"caption {i}", cls=i % 2)
+        rows.append({"key": key, "split": "train", "shard": "train-000000", "status": status.OK})
+    return out, rows
+
+
+def test_same_samples_same_bytes_in_any_order(real_images, tmp_path):
+    samples, rows = _samples(real_images)
+    write_shard(str(tmp_path / "a.tar"), samples, rows)
+    write_shard(str(tmp_path / "b.tar"), dict(reversed(list(samples.items()))), list(reversed(rows)))
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    with tarfile.open(tmp_path / "a.tar") as tf:
+        members = tf.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    assert names[:4] == ["k000.cls", "k000.jpg", "k000.json", "k000.txt"]
+    assert {(m.mtime, m.uid, m.gid, m.mode) for m in members} == {(0, 0, 0, 0o644)}
+    assert not list(tmp_path.glob("*.tmp"))
+    assert shard_finished(str(tmp_path / "a.tar"))
+
+
+def test_written_shard_reads_back_with_webdataset(real_images, tmp_path):
+    samples, rows = _samples(real_images)
+    write_shard(str(tmp_path / "train-000000.tar"), samples, rows)
+    raw = list(wds.WebDataset(str(tmp_path / "train-000000.tar"), shardshuffle=False, empty_check=False).decode())
+    assert [s["__key__"] for s in raw] == sorted(samples)
+    assert raw[1]["cls"] == 1 and raw[1]["txt"] == "caption 1" and raw[1]["json"]["i"] == 1
+    assert pq.read_table(tmp_path / "train-000000.parquet").num_rows == len(rows)
+    assert read_shard(str(tmp_path / "train-000000.tar"))["k002"]["jpg"] == samples["k002"]["jpg"]
+
+
+def test_reader_shuffles_and_resamples(real_images, tmp_path):
+    for n in range(3):
+        samples, rows = _samples(real_images, 4)
+        samples = {f"s{n}x{k}": {e: v for e, v in m.items()} for k, m in samples.items()}
+        write_shard(str(tmp_path / f"train-{n:06d}.tar"), samples, [dict(r, key=f"s{n}x{r['key']}") for r in rows])
+    ordered = [s["key"] for s in iter_samples(tmp_path, "train", shardshuffle=False, decode=None)]
+    assert ordered == sorted(ordered) and len(ordered) == 12
+    shuffled = [s["key"] for s in iter_samples(tmp_path, "train", shuffle=12, seed=3, decode=None)]
+    assert sorted(shuffled) == ordered and shuffled != ordered
+    again = [s["key"] for s in iter_samples(tmp_path, "train", shuffle=12, seed=3, decode=None)]
+    assert again == shuffled
+    drawn = [s["key"] for s in itertools.islice(open_dataset(tmp_path, "train", resampled=True, decode=None), 30)]
+    assert len(drawn) == 30 and set(drawn) <= set(ordered)
+    first = next(iter_samples(tmp_path, "train", shardshuffle=False))
+    assert first["image"].size[0] > 0 and first["json"]["license"] == "cc0-1.0"
+    assert list(iter_samples(tmp_path, "val", empty_check=False)) == []
+
+
+def test_dotted_key_refused():
+    with pytest.raises(ValueError, match="dot"):
+        check_key("a.b")
+    with pytest.raises(ValueError):
+        shard_name("tr.ain", 0)
+    assert shard_name("val", 12) == "val-000012"
+
+
+@given(st.text(max_size=30))
+def test_safe_key_is_always_a_valid_key(raw):
+    assert check_key(safe_key(raw))
+
+
+def test_spool_resumes_and_ignores_a_torn_line(real_images, tmp_path):
+    spool = ShardSpool(tmp_path / "s")
+    spool.add({"key": "a", "split": "train", "shard": "train-000000", "status": status.OK},
+              {"jpg": real_images["ocelot.jpg"]})
+    spool.add({"key": "b", "split": "train", "shard": "train-000000", "status": status.FAILED,
+               "reason": status.HTTP_404})
+    with open(tmp_path / "s" / "_status.jsonl", "ab") as f:
+        f.write(b'{"key": "c", "sta')  # killed mid-write
+    (tmp_path / "s" / "d.jpg.part").write_bytes(b"half")  # killed before the rename
+    resumed = ShardSpool(tmp_path / "s")
+    assert set(resumed.done) == {"a", "b"}
+    resumed.add({"key": "c", "split": "train", "shard": "train-000000", "status": status.OK},
+                {"jpg": real_images["vehicle.jpg"]})
+    resumed.finalise(str(tmp_path / "train-000000.tar"))
+    assert not (tmp_path / "s").exists()
+    assert set(read_shard(str(tmp_path / "train-000000.tar"))) == {"a", "c"}
+    assert pq.read_table(tmp_path / "train-000000.parquet")["key"].to_pylist() == ["a", "b", "c"]
+
+
+def test_spool_drops_an_image_whose_member_is_missing(real_images, tmp_path):
+    spool = ShardSpool(tmp_path / "s")
+    spool.add({"key": "a", "split": "train", "shard": "x", "status": status.OK}, {"jpg": b"x"})
+    (tmp_path / "s" / "a.jpg").unlink()
+    assert ShardSpool(tmp_path / "s").done == {}

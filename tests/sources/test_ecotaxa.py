@@ -1,0 +1,233 @@
+"""EcoTaxa exports: type row, fields, statuses, images beside the TSV or in the zip, bad rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import Reason, conform
+from sources.ecotaxa import (
+    CONNECTOR,
+    EcoTaxaOptions,
+    event_date,
+    is_type_row,
+    lineage,
+    parse_type_row,
+    read_table,
+    typed_value,
+)
+from sources.localuri import read_local
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "plankton"
+ZOOSCAN = DATA / "ecotaxa" / "ecotaxa_table_with_classification.tsv"
+IFCB = DATA / "ecotaxa" / "example_table_ifcb.tsv"
+# Stand-in image bytes for the export zip: real PNGs of the bundled IFCB sample (the TSVs' own
+# images are not public); what is tested is that the zip member becomes the record's image.
+STAND_IN_PNG = DATA / "ifcb_labeled" / "png" / "D20220522T000439_IFCB134_00002.png"
+
+
+def read_all(task: str, **opts) -> tuple[pa.Table, pa.Table]:
+    batches = list(CONNECTOR.read(task, EcoTaxaOptions(**opts)))
+    return pa.concat_tables([b.records for b in batches]), pa.concat_tables([b.rejects for b in batches])
+
+
+def image_names(tsv: Path) -> list[str]:
+    table = read_table(tsv.read_text())
+    i = table.header.index("img_file_name")
+    return [r[i] for _, r in table.rows]
+
+
+def rewrite(tsv: Path, dest: Path, edit) -> Path:
+    """Copy a real TSV changing cells: ``edit(header, row_index, row) -> row``."""
+    lines = tsv.read_text().splitlines()
+    header = lines[0].split("\t")
+    out = lines[:2] + ["\t".join(edit(header, i, line.split("\t"))) for i, line in enumerate(lines[2:])]
+    dest.write_text("\n".join(out) + "\n")
+    return dest
+
+
+@pytest.mark.parametrize("tsv, n", [(ZOOSCAN, 9), (IFCB, 2)], ids=["zooscan", "ifcb"])
+def test_real_tsvs_without_their_images_are_rejected_no_image(tsv, n):
+    records, rejects = read_all(str(tsv))
+    assert records.num_rows == 0 and rejects.num_rows == n
+    assert set(rejects.column("reason").to_pylist()) == {Reason.NO_IMAGE}
+    assert "not found in the export" in rejects.column("detail")[0].as_py()
+
+
+@pytest.mark.parametrize("tsv, n", [(ZOOSCAN, 9), (IFCB, 2)], ids=["zooscan", "ifcb"])
+def test_real_tsv_fields(tsv, n):
+    records, rejects = read_all(str(tsv), require_image=False, license="cc-by-4.0")
+    assert records.num_rows == n and rejects.num_rows == 0
+    good, bad = conform(records, "ingest")
+    assert good.num_rows == n and bad.num_rows == 0
+    row = records.to_pylist()[0]
+    assert row["source"] == "ecotaxa" and row["annotation_status"] == "validated" and row["license"] == "cc-by-4.0"
+    extra = json.loads(row["extra"])
+    assert not any("email" in k for k in extra)
+    if tsv is ZOOSCAN:
+        assert row["verbatim_name"] == "det_fiber" and row["occurrence_id"] == "cce_p1106_cycle2_06_1"
+        assert row["decimal_latitude"] == pytest.approx(33.42133333)
+        assert row["decimal_longitude"] == pytest.approx(-121.6239833)
+        assert row["depth_min_m"] == pytest.approx(2.599999905)
+        assert row["event_date"] == "2011-06-28T09:02:39"  # object_time 90239: leading zero restored
+        assert row["format"] == "image/jpeg" and row["identifier"].endswith("/cce_p1106_cycle2_06_1.jpg")
+        assert extra["sample_cruise"] == "sn002zd_ccelter_2011" and extra["acq_volimage"] == 0.48
+        assert extra["process_pixel"] == 0.118 and "sample_id" not in extra  # 'nan' text in a [t] column
+        assert "object_area" not in extra
+    else:
+        assert row["verbatim_name"] == "Amphidinium-like" and row["verbatim_lineage"] == "Amphidinium"
+        assert row["instrument"] == "IFCB" and row["event_date"] == "2023-09-15T09:38:04"
+        assert extra["object_aphiaid"] == 109473 and extra["sample_vessel"] == "RV Svea"
+
+
+def test_object_features_are_kept_on_request():
+    records, _ = read_all(str(ZOOSCAN), require_image=False, keep_object_features=True)
+    extra = json.loads(records.column("extra")[0].as_py())
+    assert extra["object_area"] == 34 and extra["object_major"] == pytest.approx(26.55238533)
+
+
+def test_type_row_of_the_real_export():
+    table = read_table(IFCB.read_text())
+    assert len(table.kinds) == len(table.header) == 282
+    assert table.kinds[table.header.index("object_lat")] == "f"
+    assert table.kinds[table.header.index("object_annotation_category")] == "t"
+    assert len(table.rows) == 2  # the type row is not data
+
+
+def test_tsv_without_a_type_row_still_reads(tmp_path):
+    lines = ZOOSCAN.read_text().splitlines()
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("\n".join([lines[0]] + lines[2:]) + "\n")
+    records, _ = read_all(str(plain), require_image=False)
+    assert records.num_rows == 9
+    assert records.column("decimal_latitude")[0].as_py() == pytest.approx(33.42133333)
+
+
+def test_zip_export_images_become_the_records_images(tmp_path):
+    archive = tmp_path / "ecotaxa_export_1234.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(ZOOSCAN, "sample_a/ecotaxa_sample_a.tsv")
+        for name in image_names(ZOOSCAN)[:-1]:  # the last image is missing from the export
+            zf.write(STAND_IN_PNG, f"sample_a/{name}")
+        zf.writestr("__MACOSX/sample_a/._ecotaxa_sample_a.tsv", b"junk")
+    tasks = CONNECTOR.tasks(str(tmp_path), EcoTaxaOptions())
+    assert tasks == [f"{archive.resolve()}!/sample_a/ecotaxa_sample_a.tsv"]
+    records, rejects = read_all(tasks[0])
+    assert records.num_rows == 8 and rejects.column("reason").to_pylist() == [Reason.NO_IMAGE]
+    uri = records.column("identifier")[0].as_py()
+    assert uri.startswith("zip://") and uri.endswith("!/sample_a/cce_p1106_cycle2_06_1.jpg")
+    assert read_local(uri) == STAND_IN_PNG.read_bytes()
+    assert set(records.column("source_dataset").to_pylist()) == {"ecotaxa_export_1234"}
+
+
+def test_images_beside_the_tsv_get_file_uris(tmp_path):
+    shutil.copy(IFCB, tmp_path / IFCB.name)
+    for name in image_names(IFCB):
+        shutil.copy(STAND_IN_PNG, tmp_path / name)
+    records, rejects = read_all(str(tmp_path / IFCB.name))
+    assert records.num_rows == 2 and rejects.num_rows == 0
+    assert all(read_local(u) == STAND_IN_PNG.read_bytes() for u in records.column("identifier").to_pylist())
+
+
+def test_statuses_labels_and_lineage_are_kept_verbatim(tmp_path):
+    status = {0: "predicted", 1: "dubious", 2: "", 3: "Validated"}
+    names = {4: "badfocus<artefact", 5: "tail<Appendicularia"}
+
+    def edit(header, i, row):
+        row[header.index("object_annotation_status")] = status.get(i, row[header.index("object_annotation_status")])
+        if i in names:
+            row[header.index("object_annotation_category")] = names[i]
+        return row
+
+    tsv = rewrite(ZOOSCAN, tmp_path / "edited.tsv", edit)
+    records, rejects = read_all(str(tsv), require_image=False)
+    assert records.num_rows == 6
+    details = rejects.column("detail").to_pylist()
+    assert sorted(d.split(": ")[1] for d in details) == ["annotation_status=(none)", "annotation_status=dubious",
+                                                         "annotation_status=predicted"]
+    assert set(rejects.column("reason").to_pylist()) == {Reason.NOT_VALIDATED}
+    assert {"badfocus<artefact", "tail<Appendicularia"} <= set(records.column("verbatim_name").to_pylist())
+    records, rejects = read_all(str(tsv), require_image=False, statuses=("validated", "predicted", "dubious"))
+    assert records.num_rows == 8 and rejects.num_rows == 1
+
+
+def test_bad_rows_are_rejected_with_reasons(tmp_path):
+    def edit(header, i, row):
+        if i == 0:
+            row[header.index("object_lat")] = "north"
+        if i == 1:
+            row[header.index("object_lon")] = "200"
+        if i == 2:
+            row[header.index("object_date")] = "2011-06-28"
+        if i == 3:
+            row = row[:10]
+        if i == 4:
+            row[header.index("object_id")] = ""
+        return row
+
+    tsv = rewrite(ZOOSCAN, tmp_path / "bad.tsv", edit)
+    records, rejects = read_all(str(tsv), require_image=False)
+    assert records.num_rows == 4
+    assert sorted(rejects.column("reason").to_pylist()) == sorted(
+        [Reason.MALFORMED_ROW] * 4 + [Reason.BAD_COORDINATES])
+    assert rejects.num_rows + records.num_rows == 9
+
+
+@pytest.mark.parametrize("d, t", [("20110230", None), ("20111301", None), ("2011062", None), ("20110628", "246000"),
+                                  ("20110628", "12:00")])
+def test_bad_dates_and_times_raise(d, t):
+    with pytest.raises(ValueError):
+        event_date(d, t)
+
+
+@pytest.mark.parametrize("raw, want", [("a>b>c", "a|b|c"), ("living|Eukaryota| Harosa", "living|Eukaryota|Harosa"),
+                                       ("", None), (None, None), ("Amphidinium", "Amphidinium")])
+def test_lineage_is_root_first_pipe_separated(raw, want):
+    assert lineage(raw) == want
+
+
+# ---- parsers, property-based ------------------------------------------------------------------
+
+type_cell = st.tuples(st.sampled_from(["t", "f", "T", "F"]), st.sampled_from(["", " ", "\t"])).map(
+    lambda p: f"{p[1]}[{p[0]}]{p[1]}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(cells=st.lists(type_cell, min_size=1, max_size=40))
+def test_type_rows_are_recognised_and_parsed(cells):
+    assert is_type_row(cells)
+    assert parse_type_row(cells) == [c.strip()[1].lower() for c in cells]
+
+
+@settings(max_examples=100, deadline=None)
+@given(cells=st.lists(type_cell, max_size=10), intruder=st.text(max_size=8).filter(
+    lambda s: s.strip().lower() not in ("[t]", "[f]")), at=st.integers(0, 10))
+def test_a_data_row_is_not_a_type_row(cells, intruder, at):
+    cells.insert(min(at, len(cells)), intruder)
+    assert not is_type_row(cells)
+    with pytest.raises(ValueError):
+        parse_type_row(cells)
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**12, 10**12))
+def test_float_cells_round_trip(x):
+    assert typed_value(repr(x), "f") == x
+    assert typed_value(repr(x), "t") == repr(x)
+    assert typed_value(" nan ", "f") is None and typed_value("", "t") is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(d=st.dates(min_value=date(1900, 1, 1)), h=st.integers(0, 23), m=st.integers(0, 59), s=st.integers(0, 59))
+def test_event_date_from_ecotaxa_date_and_time(d, h, m, s):
+    date = d.strftime("%Y%m%d")
+    assert event_date(date, None) == d.isoformat()
+    assert event_date(date, str(h * 10000 + m * 100 + s)) == f"{d.isoformat()}T{h:02d}:{m:02d}:{s:02d}"

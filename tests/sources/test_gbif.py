@@ -1,0 +1,193 @@
+"""GBIF connector on the real DwC-A downloads, broken variants, and loopback search/download APIs."""
+
+import base64
+import collections
+import json
+import logging
+
+import pyarrow as pa
+import pytest
+
+from schemas import conform
+from sources.gbif import CONNECTOR, GBIFConnector, Options, build_predicate
+from tests.sources.conftest import DATA, Reply
+from tests.sources.test_dwca import _edit_lines, rewrite
+
+SAMPLE = DATA / "gbif/dwca/0000066-140928181241064.zip"
+SEARCH = DATA / "gbif/api/occurrence_search_taxonKey3329049_limit300.json"
+CORE_LAT, CORE_BASIS = 77, 62  # column indexes in the sample's meta.xml
+MEDIA_TYPE, MEDIA_LICENSE = 1, 13
+
+
+def ingest(connector, task, options):
+    recs, rejs, skipped = [], [], collections.Counter()
+    for b in connector.read(task, options):
+        if b.records.num_rows:
+            recs.append(b.records)
+        rejs.append(b.rejects)
+        skipped.update(b.skipped)
+    records = pa.concat_tables(recs, promote_options="default") if recs else pa.table({})
+    rejects = pa.concat_tables(rejs)
+    return records, rejects, collections.Counter(rejects.column("reason").to_pylist())
+
+
+def test_real_archive_joins_media_and_accounts_for_every_row():
+    opts = Options()
+    records, rejects, reasons = ingest(CONNECTOR, CONNECTOR.tasks(str(SAMPLE), opts)[0], opts)
+    # 470 occurrences: 214 have 215 media rows, 256 have none; 5 media rows carry no image URL
+    assert records.num_rows == 210
+    assert reasons == {"no_image": 261}
+    assert records.num_rows + rejects.num_rows == 256 + 215
+    good, bad = conform(records, "ingest")
+    assert bad.num_rows == 0 and good.num_rows == 210
+    assert len(set(records.column("record_id").to_pylist())) == 210
+    row = records.slice(0, 1).to_pylist()[0]
+    assert row["source"] == "gbif" and row["identifier"].startswith("http")
+    assert row["verbatim_lineage"].startswith("Animalia|Arthropoda")
+    # media rows give no licence here: it falls back to the occurrence's dc:rights URL
+    assert row["license"] == "cc-by-4.0" and "creativecommons.org/licenses/by/4.0" in row["license_raw"]
+    licences = collections.Counter(records.column("license").to_pylist())
+    # 2 media rows say "All Rights Reserved", 5 carry only a "(c) Kew" statement
+    assert licences == {"cc-by-4.0": 203, "all-rights-reserved": 7}
+
+
+def test_archive_without_multimedia_rejects_every_occurrence():
+    opts = Options()
+    records, rejects, reasons = ingest(CONNECTOR, str(DATA / "gbif/dwca/gbif-results.zip"), opts)
+    assert records.num_rows == 0 and reasons == {"no_image": 158}
+
+
+def _first_media_ids():
+    import zipfile
+    media = zipfile.ZipFile(SAMPLE).read("multimedia.txt").decode().split("\n")[1:]
+    return [m.split("\t")[0] for m in media if m and m.split("\t")[3]]
+
+
+def test_bad_rows_become_rejects_with_reasons(tmp_path):
+    ids = _first_media_ids()
+    targets = {ids[0]: "basis", ids[1]: "lat", ids[2]: "latjunk", ids[40]: "license", ids[60]: "sound"}
+
+    def occ(lines):
+        for i, line in enumerate(lines):
+            f = line.split(b"\t")
+            what = targets.get(f[0].decode())
+            if what == "basis":
+                f[CORE_BASIS] = b"MATERIAL_CITATION"
+            elif what == "lat":
+                f[CORE_LAT], f[CORE_LAT + 1] = b"200", b"10"
+            elif what == "latjunk":
+                f[CORE_LAT], f[CORE_LAT + 1] = b"12,5N", b"3"
+            lines[i] = b"\t".join(f)
+
+    def media(lines):
+        seen = set()
+        for i, line in enumerate(lines):
+            f = line.split(b"\t")
+            what = targets.get(f[0].decode())
+            if what in ("license", "sound") and f[0] not in seen:
+                seen.add(f[0])
+                if what == "license":
+                    f[MEDIA_LICENSE] = b"free for everyone"
+                else:
+                    f[MEDIA_TYPE] = b"Sound"
+                lines[i] = b"\t".join(f)
+        lines.insert(-1, b"999999999\tStillImage\timage/jpeg\thttp://example.org/orphan.jpg" + b"\t" * 11)
+
+    z = rewrite(SAMPLE, tmp_path / "x.zip", {"occurrence.txt": _edit_lines(occ), "multimedia.txt": _edit_lines(media)})
+    records, rejects, reasons = ingest(CONNECTOR, str(z), Options())
+    assert reasons["material_citation"] >= 1 and reasons["bad_coordinates"] >= 2
+    assert reasons["unknown_license"] == 1 and reasons["not_still_image"] == 1 and reasons["orphan_media"] == 1
+    assert records.num_rows + rejects.num_rows == 256 + 216
+    details = rejects.filter(pa.compute.equal(rejects.column("reason"), "bad_coordinates")).column("detail")
+    assert any("'200'" in d for d in details.to_pylist())
+    kept, _, reasons2 = ingest(CONNECTOR, str(z), Options(keep_unknown_license=True))
+    assert "unknown_license" not in reasons2
+    assert "unknown" in kept.column("license").to_pylist()
+
+
+def test_tasks_need_an_input_or_a_query():
+    with pytest.raises(ValueError, match="taxon_key"):
+        CONNECTOR.tasks(None, Options())
+    assert CONNECTOR.tasks(None, Options(taxon_key=3329049)) == CONNECTOR.tasks(None, Options(taxon_key=3329049))
+    assert CONNECTOR.tasks(None, Options(taxon_key=1))[0].startswith("search:")
+
+
+def test_search_api_pages_with_retries(loopback, clock):
+    body = SEARCH.read_bytes()
+    replies = iter([Reply(429, b"{}", {"Retry-After": "2"}), Reply(500, b"{}")])
+
+    def route(req):
+        return next(replies, None) or Reply(200, body)
+
+    server = loopback(route)
+    opts = Options(taxon_key=3329049, api_base_url=server.url, max_records=450, rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    records, rejects, reasons = ingest(conn, conn.tasks(None, opts)[0], opts)
+    pages = [r for r in server.seen if r.path.endswith("/occurrence/search")]
+    assert [(r.query["offset"], r.query["limit"]) for r in pages if "offset" in r.query][-2:] == \
+        [(["0"], ["300"]), (["300"], ["150"])]
+    assert pages[0].query["taxonKey"] == ["3329049"] and pages[0].query["mediaType"] == ["StillImage"]
+    assert 2.0 in clock.sleeps
+    # each page: 487 media rows + 13 occurrences without media
+    assert records.num_rows + rejects.num_rows == 2 * 500
+    assert reasons["no_image"] == 2 * 13
+    assert collections.Counter(records.column("license").to_pylist())["all-rights-reserved"] == 2 * 15
+    assert conform(records, "ingest")[1].num_rows == 0
+
+
+def test_predicate_from_the_query():
+    p = build_predicate(Options(taxon_key=5, filters={"country": ["DK", "SE"], "hasCoordinate": True}))
+    assert {"type": "in", "key": "COUNTRY", "values": ["DK", "SE"]} in p["predicates"]
+    assert {"type": "equals", "key": "HAS_COORDINATE", "value": "True"} in p["predicates"]
+    assert {"type": "equals", "key": "TAXON_KEY", "value": "5"} in p["predicates"]
+
+
+def test_download_api_requests_polls_and_resumes(loopback, clock, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("GBIF_USER", "tester")
+    monkeypatch.setenv("GBIF_PWD", "s3cret-pw")
+    monkeypatch.setenv("GBIF_EMAIL", "t@example.org")
+    key = "0000066-140928181241064"
+    archive = SAMPLE.read_bytes()
+    status = iter(["PREPARING", "RUNNING", "SUCCEEDED"])
+    zip_calls = []
+
+    def route(req):
+        if req.method == "POST":
+            return Reply(201, key.encode(), {"Content-Type": "text/plain"})
+        if req.path.endswith(f"/occurrence/download/{key}"):
+            return Reply(200, json.dumps({"key": key, "status": next(status),
+                                          "downloadLink": server.url + f"occurrence/download/request/{key}.zip"}
+                                         ).encode())
+        if req.path.endswith(".zip"):
+            zip_calls.append(req.headers.get("Range"))
+            if len(zip_calls) == 1:
+                return Reply(200, archive, {"Content-Type": "application/zip"}, cut_after=len(archive) // 2)
+            start = int(req.headers["Range"].split("=")[1].rstrip("-"))
+            return Reply(206, archive[start:], {"Content-Type": "application/zip"})
+        return Reply(404, b"{}")
+
+    server = loopback(route)
+    opts = Options(mode="download", taxon_key=1, api_base_url=server.url, cache_dir=str(tmp_path),
+                   poll_interval_s=30, rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    with caplog.at_level(logging.DEBUG):
+        records, rejects, _ = ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert records.num_rows == 210 and rejects.num_rows == 261
+    post = [r for r in server.seen if r.method == "POST"][0]
+    assert post.headers["Authorization"] == "Basic " + base64.b64encode(b"tester:s3cret-pw").decode()
+    body = json.loads(post.body)
+    assert body["creator"] == "tester" and body["predicate"]["type"] == "and"
+    assert clock.sleeps.count(30) == 2  # polled until SUCCEEDED
+    assert zip_calls[0] is None and zip_calls[1].startswith("bytes=")
+    assert "s3cret-pw" not in caplog.text
+    # a rerun reuses the recorded request and the fetched archive: no second POST
+    ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert sum(r.method == "POST" for r in server.seen) == 1
+
+
+def test_download_api_needs_credentials(monkeypatch, tmp_path):
+    for k in ("GBIF_USER", "GBIF_PWD", "GBIF_EMAIL"):
+        monkeypatch.delenv(k, raising=False)
+    opts = Options(mode="download", taxon_key=1, cache_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="GBIF_USER, GBIF_PWD, GBIF_EMAIL"):
+        list(CONNECTOR.read(CONNECTOR.tasks(None, opts)[0], opts))

@@ -1,0 +1,88 @@
+"""The shared HTTP client against loopback servers: rate, retries, Retry-After, timeouts, resume."""
+
+import random
+
+import pytest
+
+from sources.http import HttpClient, HttpError, TokenBucket, parse_retry_after
+from tests.sources.conftest import Reply
+
+
+def client(server, clock, **kw):
+    kw.setdefault("backoff_s", 0.5)
+    return HttpClient(server.url, rate=kw.pop("rate", 100.0), clock=clock, sleep=clock.sleep,
+                      rng=random.Random(0), **kw)
+
+
+def test_token_bucket_spaces_requests(clock):
+    bucket = TokenBucket(rate=2.0, burst=1, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        bucket.acquire()
+    assert clock.sleeps == [0.5, 0.5, 0.5, 0.5]
+
+
+def test_retry_after_and_5xx_are_retried(loopback, clock):
+    replies = iter([Reply(429, b"{}", {"Retry-After": "7"}), Reply(500, b"{}"), Reply(503, b"{}"),
+                    Reply(200, b'{"ok": true}')])
+    server = loopback(lambda req: next(replies))
+    c = client(server, clock)
+    assert c.get_json("thing") == {"ok": True}
+    assert len(server.seen) == 4 and c.retries == 3
+    assert 7.0 in clock.sleeps  # Retry-After honoured exactly
+    assert "biocorpus" in server.seen[0].headers["User-Agent"]
+
+
+def test_backoff_grows_and_gives_up(loopback, clock):
+    server = loopback(lambda req: Reply(502, b"{}"))
+    c = client(server, clock, max_retries=3, backoff_s=1.0)
+    with pytest.raises(HttpError, match="gave up after 4 attempts"):
+        c.get("x")
+    assert len(server.seen) == 4
+    caps = [1.0, 2.0, 4.0]
+    assert all(0 <= s <= cap for s, cap in zip(clock.sleeps, caps, strict=False))
+
+
+def test_client_errors_are_not_retried(loopback, clock):
+    server = loopback(lambda req: Reply(404, b"{}"))
+    with pytest.raises(HttpError) as err:
+        client(server, clock).get("missing")
+    assert err.value.status == 404 and len(server.seen) == 1
+
+
+def test_timeouts_are_retried(loopback, clock):
+    replies = iter([Reply(200, b"{}", delay_s=1.0), Reply(200, b'{"n": 2}')])
+    server = loopback(lambda req: next(replies))
+    c = client(server, clock, timeout_s=0.2)
+    assert c.get_json("slow") == {"n": 2}
+    assert c.retries == 1
+
+
+def test_retry_after_http_date():
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == pytest.approx(10.0)
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_fetch_resumes_an_interrupted_body_with_range(loopback, clock, tmp_path):
+    body = bytes(range(256)) * 2000
+    calls = []
+
+    def route(req):
+        calls.append(req.headers.get("Range"))
+        if len(calls) == 1:
+            return Reply(200, body, {"Content-Type": "application/zip"}, cut_after=300_000)
+        start = int(req.headers["Range"].split("=")[1].rstrip("-"))
+        return Reply(206, body[start:], {"Content-Type": "application/zip",
+                                         "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+
+    server = loopback(route)
+    dest = client(server, clock).fetch("archive.zip", tmp_path / "a.zip")
+    assert dest.read_bytes() == body
+    assert calls[0] is None and calls[1].startswith("bytes=")
+    assert not (tmp_path / "a.zip.part").exists()
+
+
+def test_fetch_restarts_when_range_is_ignored(loopback, clock, tmp_path):
+    body = b"x" * 5000
+    server = loopback(lambda req: Reply(200, body, {"Content-Type": "application/zip"}))
+    (tmp_path / "b.zip.part").write_bytes(b"garbage")
+    assert client(server, clock).fetch("b.zip", tmp_path / "b.zip").read_bytes() == body

@@ -1,0 +1,116 @@
+"""Local image URIs: built by the plankton connectors, read back as encoded image bytes."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from sources.localuri import (
+    file_uri,
+    ifcb_uri,
+    is_local,
+    parse_ifcb_uri,
+    read_local,
+    split_zip_uri,
+    zip_uri,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "plankton"
+BIN = DATA / "ifcb_labeled" / "D20220522T000439_IFCB134"
+PNG = DATA / "ifcb_labeled" / "png" / "D20220522T000439_IFCB134_00002.png"
+
+
+@pytest.mark.parametrize("name", ["plain.png", "with space.png", "bang!/x.png", "ünïcode %20.png"],
+                         ids=["plain", "space", "bang", "unicode-percent"])
+def test_file_uri_reads_back_the_file(tmp_path, name):
+    target = tmp_path / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(PNG.read_bytes())
+    uri = file_uri(target)
+    assert uri.startswith("file:///") and is_local(uri)
+    assert read_local(uri) == PNG.read_bytes()
+
+
+@pytest.mark.parametrize("member", ["a.png", "sample 1/obj!1.png", "deep/er/ü.png"], ids=["root", "bang", "deep"])
+def test_zip_uri_reads_back_the_member(tmp_path, member):
+    archive = tmp_path / "export !x.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(member, PNG.read_bytes())
+        zf.writestr("other.txt", b"x")
+    uri = zip_uri(archive, member)
+    assert split_zip_uri(uri) == (archive.resolve(), member)
+    assert read_local(uri) == PNG.read_bytes()
+
+
+def test_ifcb_uri_encodes_the_roi_as_png():
+    # ROI 2 of the real bin: 160x74 at byte 0 (ADC row 2)
+    uri = ifcb_uri(BIN.with_suffix(".roi"), 0, 160, 74)
+    assert parse_ifcb_uri(uri)[1:] == (0, 160, 74)
+    png = read_local(uri)
+    im = Image.open(io.BytesIO(png))
+    assert im.format == "PNG" and im.mode == "L" and im.size == (160, 74)
+    raw = np.frombuffer(BIN.with_suffix(".roi").read_bytes()[:160 * 74], np.uint8).reshape(74, 160)
+    assert np.array_equal(np.array(im), raw)
+
+
+@pytest.mark.parametrize(
+    "uri, error",
+    [
+        ("file:///no/such/file.png", FileNotFoundError),
+        ("zip:///no/such/archive.zip!/a.png", FileNotFoundError),
+        ("zip:///no/separator.zip", ValueError),
+        ("http://example.org/a.png", ValueError),
+        ("not a uri", ValueError),
+        ("ifcb:///x.roi?offset=0&width=10", ValueError),
+        ("ifcb:///x.roi?offset=-1&width=10&height=10", ValueError),
+        ("ifcb:///no/such.roi?offset=0&width=10&height=10", FileNotFoundError),
+        ("file://remotehost/a.png", ValueError),
+    ],
+    ids=["file-missing", "zip-missing", "zip-no-member", "http", "garbage", "ifcb-no-height", "ifcb-negative",
+         "ifcb-missing", "file-remote-host"],
+)
+def test_bad_uris_raise_clear_errors_naming_the_uri(uri, error):
+    with pytest.raises(error) as exc:
+        read_local(uri)
+    assert uri in str(exc.value)
+
+
+def test_missing_zip_member_and_roi_past_the_end(tmp_path):
+    archive = tmp_path / "e.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.png", b"x")
+    with pytest.raises(FileNotFoundError, match="b.png"):
+        read_local(zip_uri(archive, "b.png"))
+    size = BIN.with_suffix(".roi").stat().st_size
+    with pytest.raises(ValueError, match="past the end"):
+        read_local(ifcb_uri(BIN.with_suffix(".roi"), size - 10, 10, 10))
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable zip"):
+        read_local(zip_uri(tmp_path / "bad.zip", "a.png"))
+
+
+@pytest.mark.parametrize("uri, local", [
+    ("file:///a.png", True), ("ZIP:///a.zip!/b.png", True), ("ifcb:///a.roi?offset=0&width=1&height=1", True),
+    ("https://x/a.png", False), ("", False), (None, False), ("file.png", False),
+])
+def test_is_local(uri, local):
+    assert is_local(uri) is local
+
+
+@settings(max_examples=60, deadline=None)
+@given(member=st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40)
+       .filter(lambda m: not m.startswith("/")),
+       folder=st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\\"),
+                      min_size=1, max_size=20))
+def test_zip_uri_round_trips_any_names(member, folder):
+    archive = Path("/tmp") / folder / "x.zip"
+    got_archive, got_member = split_zip_uri(zip_uri(archive, member))
+    assert got_member == member
+    assert got_archive == archive.resolve()

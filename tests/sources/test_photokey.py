@@ -1,0 +1,70 @@
+"""Photo keys: one key per iNaturalist photo across its URL forms and sources; stable hashes otherwise."""
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sources.photokey import inat_photo_id, normalise_url, photo_key, photo_key_of
+from tests.sources.conftest import DATA
+
+INAT_FORMS = [
+    "https://static.inaturalist.org/photos/{id}/{size}.jpg?1598551272",
+    "https://inaturalist-open-data.s3.amazonaws.com/photos/{id}/{size}.jpeg",
+    "http://inaturalist-open-data.s3.us-east-1.amazonaws.com/photos/{id}/{size}.JPG",
+    "https://s3.amazonaws.com/inaturalist-open-data/photos/{id}/{size}.png",
+    "https://s3.amazonaws.com/static.inaturalist.org/photos/{id}/{size}.jpg",
+    "https://www.inaturalist.org/photos/{id}",
+    "//static.inaturalist.org/photos/{id}/{size}.jpg",
+]
+
+
+@given(st.integers(min_value=1, max_value=10**10), st.sampled_from(["square", "small", "medium", "large",
+                                                                     "original"]),
+       st.sampled_from(INAT_FORMS))
+def test_every_inat_url_form_gives_the_photo_key(pid, size, form):
+    url = form.format(id=pid, size=size)
+    assert inat_photo_id(url) == pid
+    assert photo_key(url) == f"inat-photo-{pid}"
+
+
+def test_same_photo_through_api_dump_and_gbif_has_one_key():
+    obs = json.loads((DATA / "inaturalist/api_v1/get_observations_page1.json").read_text())["results"][0]
+    api_url = obs["photos"][0]["url"]  # static.inaturalist.org, as the API serves it
+    pid = obs["photos"][0]["id"]
+    dump_url = f"https://inaturalist-open-data.s3.amazonaws.com/photos/{pid}/original.jpg"
+    gbif_url = f"https://inaturalist-open-data.s3.amazonaws.com/photos/{pid}/original.jpeg"
+    eol_source = f"https://www.inaturalist.org/photos/{pid}"
+    keys = {photo_key(api_url), photo_key(dump_url), photo_key(gbif_url),
+            photo_key_of(eol_source, "https://content.eol.org/data/media/aa/bb/cc/12345.jpg")}
+    assert keys == {f"inat-photo-{pid}"}
+
+
+def test_non_inat_urls_are_not_mistaken():
+    for url in ["https://arter.dk/media/747389ab.jpg", "https://www.inaturalist.org/observations/57754375",
+                "https://example.org/photos/123/medium.jpg", "https://notinaturalist.org/photos/1/a.jpg"]:
+        assert inat_photo_id(url) is None
+        assert photo_key(url).startswith("url-")
+
+
+@given(st.sampled_from(["http", "https", "HTTP"]), st.sampled_from(["Example.ORG", "example.org"]),
+       st.sampled_from(["", ":80", ":443"]), st.text(alphabet="abcxyz0123/_-", max_size=30),
+       st.sampled_from(["", "#frag"]))
+def test_url_key_ignores_scheme_case_default_port_and_fragment(scheme, host, port, path, frag):
+    if (scheme.lower(), port) in (("http", ":443"), ("https", ":80"), ("HTTP", ":443")):
+        port = ""
+    url = f"{scheme}://{host}{port}/img/{path}{frag}"
+    key = photo_key(url)
+    assert key == photo_key(f"https://example.org/img/{path}")
+    assert "." not in key
+
+
+@given(st.text(min_size=1, max_size=80).filter(lambda s: s.strip()))
+def test_keys_are_dot_free_and_deterministic(url):
+    key = photo_key(url)
+    assert key == photo_key(url) and "." not in key
+
+
+def test_no_url_no_key():
+    assert photo_key(None) is None and photo_key("  ") is None and photo_key_of(None, "") is None
+    assert normalise_url("HTTP://A.b/c#d") == "https://a.b/c"
