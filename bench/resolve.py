@@ -67,8 +67,12 @@ def build(rows_target: int, seed: int = 7) -> dict:
     species_names = []
     for gi, g in enumerate(genera):
         gid = f"g{gi}"
-        ids.append(gid); parents.append(rng.choice(fam_ids)); accepted.append(None)
-        names.append(g); ranks.append("genus"); status.append("accepted")
+        ids.append(gid)
+        parents.append(rng.choice(fam_ids))
+        accepted.append(None)
+        names.append(g)
+        ranks.append("genus")
+        status.append("accepted")
         eps = set()
         while len(eps) < n_species_per_genus:
             eps.add(_word(rng, rng.randint(1, 3), ENDS_S))
@@ -77,12 +81,18 @@ def build(rows_target: int, seed: int = 7) -> dict:
             sid = f"s{gi}_{si}"
             name = f"{g} {e}"
             if si % 7 == 6 and acc_ids:  # ~14% synonyms pointing at a sibling species
-                ids.append(sid); parents.append(None); accepted.append(rng.choice(acc_ids))
+                ids.append(sid)
+                parents.append(None)
+                accepted.append(rng.choice(acc_ids))
                 status.append("synonym")
             else:
-                ids.append(sid); parents.append(gid); accepted.append(None); status.append("accepted")
+                ids.append(sid)
+                parents.append(gid)
+                accepted.append(None)
+                status.append("accepted")
                 acc_ids.append(sid)
-            names.append(name); ranks.append("species")
+            names.append(name)
+            ranks.append("species")
             species_names.append((name, status[-1]))
     synth = pl.DataFrame({"taxon_id": ids, "parent_id": parents, "accepted_id": accepted,
                           "scientific_name": names, "canonical": [None] * len(ids), "authorship": [None] * len(ids),
@@ -186,7 +196,7 @@ def run_loop(n: int, sample: int) -> dict:
     names = make_names(n)[:sample]
     t1 = time.perf_counter()
     resolved = 0
-    for name, kingdom in names:
+    for name, _kingdom in names:
         parse_name.cache_clear()  # a per-name loop has no cross-record cache
         p = parse_name(name)
         if p.canonical is None:

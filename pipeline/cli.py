@@ -114,12 +114,22 @@ def download(
                                                  "optional `caption`, `key`) instead of curated/")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="shards folder (default <data>/shards)")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="retry only images that failed")] = False,
+    size: Annotated[Optional[int], typer.Option("--size", help="target side in pixels")] = None,
+    resize_mode: Annotated[Optional[str], typer.Option("--resize-mode", help="longest, shortest, center_crop, none")] = None,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="images per shard")] = None,
+    processes: Annotated[Optional[int], typer.Option("--processes", help="decode processes")] = None,
+    host_rate: Annotated[Optional[float], typer.Option("--host-rate", help="requests/s per host")] = None,
+    host_concurrency: Annotated[Optional[int], typer.Option("--host-concurrency", help="requests at once per host")] = None,
+    allow_loopback: Annotated[Optional[bool], typer.Option("--allow-loopback", help="allow 127.0.0.1 (local mirrors)")] = None,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
     """Fetch images politely into webdataset shards: curated/ → shards/."""
     from pipeline import jobs
 
-    cfg = _config(config, data, runner, ctx.args)
+    overrides = {"download.size": size, "download.resize_mode": resize_mode, "download.shard_size": shard_size,
+                 "download.processes": processes, "download.host_rate": host_rate,
+                 "download.host_concurrency": host_concurrency, "download.allow_loopback": allow_loopback}
+    cfg = _config(config, data, runner, ctx.args, overrides)
     try:
         stats = jobs.download(cfg, urls, output, retry_failed)
     except FileNotFoundError as exc:

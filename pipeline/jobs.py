@@ -82,8 +82,15 @@ def download(cfg, urls: Path | None = None, output: Path | None = None, retry_fa
     if cfg.runner.name == "beam":
         from pipeline.stages.download import download_beam
 
-        return download_beam(source, out, options, list(cfg.runner.beam_args))
-    return run_download(source, out, options, progress=sys.stderr.isatty())
+        stats = download_beam(source, out, options, list(cfg.runner.beam_args))
+    else:
+        stats = run_download(source, out, options, progress=sys.stderr.isatty())
+    from pipeline.io import atomic_write_parquet
+    from pipeline.stages.download import failed_rejects
+
+    # failed images are the download stage's rejects, beside every other stage's
+    atomic_write_parquet(failed_rejects(out), root / "rejects" / "stage=download" / "part-00000.parquet")
+    return stats
 
 
 def train(cfg) -> dict:

@@ -182,6 +182,7 @@ def _join(occ_path: Path, media_path: Path | None, options: Options, tmp: str) -
     con = duckdb.connect()
     try:
         con.execute(f"SET memory_limit='{options.duckdb_memory}'")
+        con.execute("SET enable_progress_bar=false")  # it writes to stdout, which callers may own
         con.execute(f"SET temp_directory='{Path(tmp) / 'spill'}'")
         con.execute("SET preserve_insertion_order=true")
         occ = f"read_parquet('{occ_path}')"

@@ -184,16 +184,56 @@ def _fields(line: str) -> list[str]:
     return fields
 
 
-def parse_adc(text: str, layout: AdcLayout | None = None) -> AdcRows:
+def parse_adc(text: str | bytes, layout: AdcLayout | None = None) -> AdcRows:
     """Parse ADC text; ``layout`` None picks one from the first row's column count.
 
     Blank lines are not rows. A row that is too short or has a non-integer geometry field is
-    listed in ``malformed`` with its ROI number, never raised.
+    listed in ``malformed`` with its ROI number, never raised. Well-formed files go through
+    Arrow's CSV reader in one call; anything irregular falls back to a row-by-row parse.
     """
-    rows = [_fields(line) for line in text.splitlines() if line.strip()]
+    data = text.encode("latin-1", errors="replace") if isinstance(text, str) else text
     if layout is None:
-        layout = detect_layout(rows[0]) if rows else ADC_V2
-    cols = (layout.trigger, layout.roi_x, layout.roi_y, layout.width, layout.height, layout.start_byte)
+        first = next((line for line in data.splitlines() if line.strip()), b"")
+        layout = detect_layout(_fields(first.decode("latin-1"))) if first else ADC_V2
+    fast = _parse_adc_arrow(data, layout)
+    return fast if fast is not None else _parse_adc_rows(data.decode("latin-1"), layout)
+
+
+def _geometry_columns(layout: AdcLayout) -> tuple[int, ...]:
+    return (layout.trigger, layout.roi_x, layout.roi_y, layout.width, layout.height, layout.start_byte)
+
+
+def _parse_adc_arrow(data: bytes, layout: AdcLayout) -> AdcRows | None:
+    import pyarrow.csv as pacsv
+
+    if not data.strip():
+        return None
+    cols = _geometry_columns(layout)
+    try:
+        table = pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(autogenerate_column_names=True))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # ragged rows, bad quoting: the row-by-row parse says which rows
+    width = table.num_columns
+    while width and table.column(width - 1).null_count == table.num_rows:
+        width -= 1  # the trailing comma of v1 files makes an all-empty last column
+    if width < layout.min_columns:
+        return None
+    arrays = []
+    for c in cols:
+        col = table.column(c)
+        if col.null_count or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            return None
+        values = col.to_numpy()
+        if values.dtype.kind == "f":
+            if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+                return None
+        arrays.append(values.astype(np.int64))
+    return AdcRows(layout, np.arange(1, table.num_rows + 1, dtype=np.int64), *arrays)
+
+
+def _parse_adc_rows(text: str, layout: AdcLayout) -> AdcRows:
+    rows = [_fields(line) for line in text.splitlines() if line.strip()]
+    cols = _geometry_columns(layout)
     good: list[tuple[int, ...]] = []
     malformed: list[tuple[int, str]] = []
     for number, fields in enumerate(rows, start=1):
@@ -240,19 +280,19 @@ def roi_geometry_ok(rows: AdcRows, roi_size: int) -> np.ndarray:
 def iter_roi_arrays(bin_path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
     """``(roi number, height x width uint8 array)`` for every ROI that lies inside the ``.roi``.
 
-    The ``.roi`` is memory-mapped (``np.memmap``) and each array is a zero-copy view of it; the
-    mapping lives as long as any view does.
+    The ``.roi`` is read once and each array is a zero-copy view of that buffer (a plain
+    ndarray: views of an ``np.memmap`` cost several times more to make).
     """
     files = bin_files(bin_path)
     if ".adc" not in files or ".roi" not in files:
         return
     name = parse_bin_name(Path(bin_path).name)
-    rows = parse_adc(files[".adc"].read_text(encoding="latin-1"), name.layout if name else None)
+    rows = parse_adc(files[".adc"].read_bytes(), name.layout if name else None)
     size = files[".roi"].stat().st_size
     if size == 0:
         return
     ok = roi_geometry_ok(rows, size)
-    buf = np.memmap(files[".roi"], dtype=np.uint8, mode="r")
+    buf = np.frombuffer(files[".roi"].read_bytes(), dtype=np.uint8)
     for n, s, w, h in zip(rows.roi_number[ok].tolist(), rows.start_byte[ok].tolist(),
                           rows.width[ok].tolist(), rows.height[ok].tolist(), strict=True):
         yield n, buf[s:s + w * h].reshape(h, w)
@@ -407,7 +447,7 @@ def read_bin(task: str, options: IfcbOptions) -> Iterator[IngestBatch]:
         return
     name = parse_bin_name(lid)
     hdr = parse_hdr(files[".hdr"].read_text(encoding="latin-1")) if ".hdr" in files else {}
-    rows = parse_adc(files[".adc"].read_text(encoding="latin-1"), name.layout if name else None)
+    rows = parse_adc(files[".adc"].read_bytes(), name.layout if name else None)
     roi_path = files.get(".roi")
     roi_size = roi_path.stat().st_size if roi_path else 0
     labels = labels_for_bin(lid, bin_path.parent, options.labels)

@@ -158,6 +158,7 @@ def read_dump(files: dict[str, Path], options: Options) -> Iterator[IngestBatch]
         con = duckdb.connect(str(Path(tmp) / "dump.duckdb"))
         try:
             con.execute(f"SET memory_limit='{options.duckdb_memory}'")
+            con.execute("SET enable_progress_bar=false")  # it writes to stdout, which callers may own
             con.execute("SET preserve_insertion_order=true")
             for name in DUMP_FILES:
                 con.execute(_read_csv(files[name], name))

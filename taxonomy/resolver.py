@@ -73,42 +73,57 @@ def allowed_distance(length: np.ndarray, max_edit: int) -> np.ndarray:
 
 
 class _Index:
-    """Match-side views of a backbone, built once per loaded backbone."""
+    """Match-side views of a backbone, built once per loaded backbone (cheap: no per-row string work
+    on the whole table except splitting the keys for the fuzzy blocks, done on first need)."""
 
     def __init__(self, backbone: Backbone) -> None:
         t = backbone.table
         self.rows = t.with_row_index("bid").with_columns(pl.col("bid").cast(pl.Int64))
         self.match = self.rows.filter(pl.col("key").is_not_null() & pl.col("accepted_id").is_not_null()).select(
-            "bid", "key", "status", "rank", "accepted_id", "accepted_rank",
-            *[pl.col(r).str.to_lowercase().alias(f"_l_{r}") for r in RANKS],
-        )
+            "bid", "key")
+        self.lineage = self.rows.select("bid", "status", "rank", "accepted_id", "accepted_rank", *RANKS)
         self.by_id = self.rows.select("taxon_id", "bid").unique("taxon_id", keep="first")
         self._fuzzy: pl.DataFrame | None = None
         self._words: pl.DataFrame | None = None
+        self._deletes: pl.DataFrame | None = None
 
     def fuzzy_keys(self) -> pl.DataFrame:
+        """Distinct keys split into first word ``g`` and the rest, with the block columns."""
         if self._fuzzy is None:
             keys = self.match.select("key").unique()
+            parts = pl.col("key").str.splitn(" ", 2)
             self._fuzzy = keys.with_columns(
-                pl.col("key").str.split(" ").alias("_w"),
-            ).with_columns(
-                pl.col("_w").list.len().alias("nw"),
-                pl.col("_w").list.first().alias("g"),
-                pl.col("_w").list.slice(1).list.join(" ").alias("rest"),
+                parts.struct.field("field_0").alias("g"),
+                parts.struct.field("field_1").fill_null("").alias("rest"),
+                (pl.col("key").str.count_matches(" ") + 1).alias("nw"),
             ).with_columns(
                 pl.col("g").str.len_chars().alias("lg"),
                 pl.col("rest").str.len_chars().alias("lr"),
-                pl.col("g").str.slice(0, 3).alias("g3"),
                 pl.col("rest").str.slice(0, 1).alias("r1"),
-            ).drop("_w")
+            )
         return self._fuzzy
 
     def fuzzy_words(self) -> pl.DataFrame:
         """Distinct first words of the keys (genera and uninomials), for matching misspelt genera."""
         if self._words is None:
             self._words = self.fuzzy_keys().group_by("g").agg(
-                pl.col("lg").first(), pl.col("g3").first(), (pl.col("nw") == 1).any().alias("uni"))
+                pl.col("lg").first(), (pl.col("nw") == 1).any().alias("uni"))
         return self._words
+
+    def word_deletes(self) -> pl.DataFrame:
+        """Single-deletion neighbourhood of every first word (symmetric-delete blocking): two words
+        within one edit share a variant, so candidate pairs are found by an equi-join."""
+        if self._deletes is None:
+            self._deletes = deletion_variants(self.fuzzy_words().select("g"), "g")
+        return self._deletes
+
+
+def deletion_variants(df: pl.DataFrame, col: str) -> pl.DataFrame:
+    """``col`` and each of its one-letter deletions, as rows (col, variant)."""
+    pos = df.select(col, pl.int_ranges(0, pl.col(col).str.len_chars()).alias("_i")).explode("_i")
+    dels = pos.select(col, pl.concat_str(pl.col(col).str.slice(0, pl.col("_i")),
+                                         pl.col(col).str.slice(pl.col("_i") + 1)).alias("variant"))
+    return pl.concat([df.select(col, pl.col(col).alias("variant")), dels.drop_nulls()]).unique()
 
 
 def _index(backbone: Backbone) -> _Index:
@@ -132,7 +147,8 @@ def _settle(cands: pl.DataFrame, queries: pl.DataFrame, idx: _Index) -> pl.DataF
     if cands.height == 0:
         return pl.DataFrame(schema={"gid": pl.Int64, "qid": pl.Int64, "target_bid": pl.Int64,
                                     "kind": pl.String, "note": pl.String})
-    c = cands.join(idx.match, on="bid", how="inner").join(
+    c = cands.join(idx.lineage, on="bid", how="inner").filter(pl.col("accepted_id").is_not_null())
+    c = c.with_columns(*[pl.col(r).str.to_lowercase().alias(f"_l_{r}") for r in RANKS]).join(
         queries.select("qid", *[f"h_{r}" for r in HINT_RANKS], "h_list"), on="qid", how="left")
     # hints, kingdom first: keep the candidates that agree unless none does
     for r in HINT_RANKS:
@@ -228,24 +244,26 @@ def _fuzzy(left: pl.DataFrame, idx: _Index, s: ResolveSettings) -> pl.DataFrame:
     if left.height == 0:
         return empty
     keys = idx.fuzzy_keys()
-    q = left.with_columns(pl.col("key").str.split(" ").alias("_w")).with_columns(
-        pl.col("_w").list.len().alias("nw"),
-        pl.col("_w").list.first().alias("g"),
-        pl.col("_w").list.slice(1).list.join(" ").alias("rest"),
-    ).drop("_w").with_columns(
+    parts = pl.col("key").str.splitn(" ", 2)
+    q = left.with_columns(
+        parts.struct.field("field_0").alias("g"),
+        parts.struct.field("field_1").fill_null("").alias("rest"),
+        (pl.col("key").str.count_matches(" ") + 1).alias("nw"),
+    ).with_columns(
         pl.col("g").str.len_chars().alias("lg"), pl.col("rest").str.len_chars().alias("lr"),
-        pl.col("g").str.slice(0, 3).alias("g3"), pl.col("rest").str.slice(0, 1).alias("r1"),
+        pl.col("rest").str.slice(0, 1).alias("r1"),
     )
     words = idx.fuzzy_words()
     q = q.join(words.select("g", pl.lit(True).alias("_known")), on="g", how="left").with_columns(
         pl.col("_known").fill_null(False))
     m = s.max_edit_distance
     workers = max(1, s.workers)
-    # genus words: unknown ones are matched against the distinct first words of the backbone,
-    # blocked by their first three letters and length (a small table, not the 3M keys)
-    unknown = q.filter(~pl.col("_known")).select("g", "lg", "g3").unique()
-    gpairs = unknown.with_columns(pl.int_ranges(pl.col("lg") - m, pl.col("lg") + m + 1).alias("_lg")).explode("_lg")
-    gpairs = gpairs.join(words, left_on=["g3", "_lg"], right_on=["g3", "lg"], how="inner", suffix="_c")
+    # genus words: unknown ones meet the distinct first words of the backbone through their
+    # single-deletion variants (all one-edit neighbours, without comparing every pair in a block)
+    unknown = q.filter(~pl.col("_known")).select("g", "lg").unique()
+    gpairs = deletion_variants(unknown.select("g"), "g").join(
+        idx.word_deletes().rename({"g": "g_c"}), on="variant", how="inner").select("g", "g_c").unique()
+    gpairs = gpairs.join(unknown, on="g").join(words.select(pl.col("g").alias("g_c"), "uni"), on="g_c")
     if gpairs.height:
         dg = cpdist(gpairs["g"].to_list(), gpairs["g_c"].to_list(), scorer=OSA.distance, workers=workers)
         gpairs = gpairs.with_columns(pl.Series("dg", dg).cast(pl.Int64)).filter(
