@@ -113,8 +113,10 @@ def generate(rows: int, files: int, root: Path) -> dict:
         table = pa.table({f.name: pa.array(rec[f.name], f.type) if f.name in rec else pa.nulls(n, f.type)
                           for f in RECORD_SCHEMA}, schema=RECORD_SCHEMA)
         pq.write_table(table, records / f"part-{f:04d}.parquet")
-    return {"rows": rows, "files": files, "species": n_species,
-            "epithets": len(set(cols["epithet"].tolist())), "biotrove": biotrove, "records": records}
+    gen = {"rows": rows, "files": files, "species": n_species,
+           "epithets": len(set(cols["epithet"].tolist())), "biotrove": str(biotrove), "records": str(records)}
+    (root / "generated.json").write_text(json.dumps(gen))
+    return gen
 
 
 ARBOR_DRIVER = textwrap.dedent('''
@@ -198,7 +200,8 @@ def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None) -> No
     header = f"## {gen['rows']:,} rows"
     lines = [
         header, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end (shared with other jobs). "
         f"Input: {gen['rows']:,} rows in {gen['files']} files, {gen['species']:,} true species "
         f"(binomials) sharing {gen['epithets']} real epithets; rare < {RARE}, cap {CAP}, "
         f"chunks of {PART * FILES_PER_CHUNK:,} rows.", "",
@@ -217,7 +220,8 @@ def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None) -> No
     lines.append("")
     if ratio is not None:
         merged = gen["species"] - arbor["species_counted"]
-        lines.append(f"**Ratio: curate is {ratio:.1f}x faster** end to end (goal 10x). arbor-process merged "
+        speed = f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
+        lines.append(f"**Ratio arbor/curate = {ratio:.2f}: curate is {speed}** end to end (goal 10x). arbor-process merged "
                      f"{merged:,} species into others by epithet ({gen['species']:,} true species counted as "
                      f"{arbor['species_counted']:,}); curate merged 0 ({ours['species_counted']:,} taxa in, "
                      f"{ours['binomials_out']:,} distinct binomials out).")
@@ -238,11 +242,16 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="200,000 rows instead of 5,000,000")
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument("--files", type=int, default=None, help="input files (default rows / 100,000)")
+    ap.add_argument("--reuse", action="store_true", help="reuse the generated input of a previous run of this size")
     args = ap.parse_args()
     rows = args.rows or (200_000 if args.small else 5_000_000)
     files = args.files or max(2, rows // 100_000)
     t = time.perf_counter()
-    gen = generate(rows, files, OUT)
+    previous = OUT / "generated.json"
+    if args.reuse and previous.exists() and json.loads(previous.read_text())["rows"] == rows:
+        gen = json.loads(previous.read_text())
+    else:
+        gen = generate(rows, files, OUT)
     print(f"generated {rows:,} rows, {gen['species']:,} species, {gen['epithets']} epithets "
           f"in {time.perf_counter() - t:.0f} s")
     ours = run_curate(gen)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -79,14 +81,24 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
                    [str(f) for f in inputs])
 
 
+def _task_identity(task: str) -> object:
+    """What a task reads, for the fingerprint: the file, the files of a stem (an IFCB bin), or the text."""
+    path = Path(re.split(r"::|!", task)[0])
+    if path.is_file():
+        return files_identity([path])
+    siblings = sorted(path.parent.glob(f"{glob.escape(path.name)}.*")) if path.parent.is_dir() else []
+    if siblings:
+        return files_identity([s for s in siblings if s.is_file()])
+    if path.is_dir():
+        return files_identity(sorted(p for p in path.rglob("*") if p.is_file()))
+    return task
+
+
 def run_ingest(connector, options: Any, input: str | None, root: Path, runner, dataset: str,
                config: Any = None, force: bool = False) -> StageResult:
     """Ingest one source input into ``raw/source=<name>/dataset=<dataset>/``."""
     task_list = connector.tasks(input, options)
-    ident = []
-    for t in task_list:
-        p = Path(t.split("::")[0])
-        ident.append(files_identity([p])[0] if p.exists() else t)
+    ident = [_task_identity(t) for t in task_list]
     fp = fingerprint("ingest", connector.name, config_hash(options), ident)
     key = f"ingest-{connector.name}-{dataset}"
     out_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"

@@ -6,7 +6,12 @@ import importlib
 
 # name -> "module:attribute" of the connector object; imported lazily so a source's
 # dependencies (pygbif, aiohttp) load only when that source is used.
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "ecotaxa": "sources.ecotaxa:CONNECTOR",
+    "ifcb": "sources.ifcb:CONNECTOR",
+    "ifcb_dashboard": "sources.ifcb_dashboard:CONNECTOR",
+    "folders": "sources.folders:CONNECTOR",
+}
 
 
 def get_connector(name: str):

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from pipeline.curate.hashing import hash_strings, order_by_hash
 from pipeline.stage import StageContext, StageOutput
-from schemas import RANKS, Reason, empty_rejects, make_rejects
+from schemas import RANKS, REJECT_SCHEMA, Reason, empty_rejects
 
 
 def _column(table: pa.Table, name: str, type_=pa.string()) -> pa.Array:
@@ -74,16 +74,23 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
     rare = size < min_per_taxon
     capped = ~rare & (rank >= max_per_taxon) if max_per_taxon is not None else np.zeros(n, bool)
     dropped = rare | capped
-    names = np.asarray(codes.dictionary.to_numpy(zero_copy_only=False), object)
     # outputs and rejects in hash order, so their files are the same whatever the input order
     rare, capped, group_o, size = rare[order], capped[order], group[order], size[order]
     parts = []
-    for mask, reason, say in ((rare, Reason.RARE_TAXON, lambda k, s: f"{k}: {s} < {min_per_taxon}"),
-                              (capped, Reason.TAXON_CAP, lambda k, s: f"{k}: kept {max_per_taxon} of {s}")):
-        if mask.any():
-            ids = pc.take(rid, pa.array(order[mask])).to_pylist()
-            details = [say(k, s) for k, s in zip(names[group_o[mask]], size[mask].tolist(), strict=True)]
-            parts.append(make_rejects(ids, stage, reason, details))
+    for mask, reason, say in ((rare, Reason.RARE_TAXON, f" < {min_per_taxon}"),
+                              (capped, Reason.TAXON_CAP, None)):
+        if not mask.any():
+            continue
+        # built with Arrow kernels: a cap can reject millions of rows
+        taxa = pc.take(codes.dictionary, pa.array(group_o[mask]))
+        counts = pc.cast(pa.array(size[mask]), pa.string())
+        detail = (pc.binary_join_element_wise(taxa, ": ", counts, say, "") if say else
+                  pc.binary_join_element_wise(taxa, f": kept {max_per_taxon} of ", counts, ""))
+        n_rej = int(mask.sum())
+        parts.append(pa.table({
+            "record_id": pc.take(rid, pa.array(order[mask])), "stage": pa.array([stage] * n_rej, pa.string()),
+            "reason": pa.array([str(reason)] * n_rej, pa.string()), "detail": detail,
+        }, schema=REJECT_SCHEMA))
     if ordered:
         out = table.take(pa.array(order[~(rare | capped)]))
     else:

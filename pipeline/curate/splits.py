@@ -96,14 +96,22 @@ def chunk_path(split: str, index: int) -> str:
 def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, options: Options) -> list[str]:
     """Write each split's shuffled chunks under ``root`` (``split=<s>/chunk-<n>.parquet``), each
     file written to a temporary name and renamed, so a reader never sees a partial chunk."""
+    from concurrent.futures import ThreadPoolExecutor
+
     root = Path(root)
-    written = []
+    jobs = []
     for split in sorted(curated_by_split):
         for n, chunk in enumerate(make_chunks(curated_by_split[split], options)):
-            path = root / chunk_path(split, n)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            pq.write_table(chunk, tmp)
-            os.replace(tmp, path)
-            written.append(str(path))
-    return written
+            jobs.append((root / chunk_path(split, n), chunk))
+
+    def write(job) -> str:
+        path, chunk = job
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        pq.write_table(chunk, tmp)
+        os.replace(tmp, path)
+        return str(path)
+
+    # Parquet encoding releases the GIL: one writer thread per core
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        return list(pool.map(write, jobs))

@@ -120,7 +120,6 @@ class ShardScan:
 
     samples: dict[str, int]
     lineages: set[tuple[str | None, ...]]
-    bad_json: list[tuple[str, str]]
 
 
 def _sample_key(member_name: str) -> tuple[str, str]:
@@ -131,10 +130,12 @@ def _sample_key(member_name: str) -> tuple[str, str]:
 
 
 def scan_shards(shards: Mapping[str, Sequence[str]]) -> ShardScan:
-    """Count samples per split and collect every lineage from the ``.json`` members (images are skipped, not read)."""
+    """Count samples per split and collect every lineage from the ``.json`` members (images are skipped, not read).
+
+    An unreadable ``.json`` member contributes no lineage here; the loader reports its sample as a reject.
+    """
     samples: dict[str, int] = {}
     lineages: set[tuple[str | None, ...]] = set()
-    bad: list[tuple[str, str]] = []
     for split, paths in shards.items():
         count = 0
         for path in paths:
@@ -150,18 +151,15 @@ def scan_shards(shards: Mapping[str, Sequence[str]]) -> ShardScan:
                             continue
                         try:
                             record = json.loads(tar.extractfile(member).read())
-                        except (ValueError, UnicodeDecodeError) as exc:
-                            bad.append((key, f"{path}: {exc}"))
+                        except (ValueError, UnicodeDecodeError):
                             continue
                         if isinstance(record, dict):
                             lineages.add(tuple(rank_values(record)))
-                        else:
-                            bad.append((key, f"{path}: .json member is not an object"))
             except tarfile.TarError as exc:
                 raise ShardFormatError(f"{path}: not a readable tar file ({exc})") from exc
             count += len(keys)
         samples[split] = count
-    return ShardScan(samples, lineages, bad)
+    return ShardScan(samples, lineages)
 
 
 def class_maps_from_taxa(path: str | Path) -> ClassMaps:

@@ -1,0 +1,192 @@
+"""Class maps, augmentations and the webdataset loaders over shards of real images."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from pipeline.train.loader import (  # noqa: E402
+    MEAN,
+    STD,
+    ClassMaps,
+    LoaderSettings,
+    ShardFormatError,
+    class_maps_from_taxa,
+    colour_jitter,
+    discover_shards,
+    eval_transform,
+    lineage_keys,
+    make_eval_loader,
+    make_train_loader,
+    normalise,
+    random_resized_crop_box,
+    rank_values,
+    scan_shards,
+    train_transform,
+)
+from schemas import RANKS  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def class_maps(shards_dir):
+    return ClassMaps.from_lineages(scan_shards(discover_shards(shards_dir)).lineages)
+
+
+def test_discover_shards_groups_by_split(shards_dir, samples):
+    shards = discover_shards(shards_dir)
+    assert set(shards) == {"train", "val"}
+    assert [p.rsplit("/", 1)[-1] for p in shards["val"]] == ["val-000000.tar"]
+    scan = scan_shards(shards)
+    assert scan.samples["val"] == len(samples) == scan.samples["train"]
+
+
+def test_missing_shard_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ShardFormatError, match="does not exist"):
+        discover_shards(tmp_path / "nope")
+
+
+def test_class_maps_from_real_lineages(class_maps, samples):
+    assert {class_maps.name("kingdom", i) for i in range(len(class_maps.classes["kingdom"]))} >= {"Animalia"}
+    by_key = {s["key"]: s["record"] for s in samples}
+    # the non-organism negative knows no rank: every head ignores it
+    assert class_maps.targets(by_key["cameratrap_vehicle"]) == [-1] * 7
+    ocelot = class_maps.targets(by_key["cameratrap_ocelot"])
+    assert all(i >= 0 for i in ocelot)
+    assert class_maps.name("species", ocelot[-1]) == "Leopardus pardalis"
+    bear = class_maps.targets(by_key["cameratrap_american_black_bear"])
+    assert bear[:4] == ocelot[:4] and bear[4] != ocelot[4]  # same order Carnivora, other family
+    species = {class_maps.name("species", i) for i in range(len(class_maps.classes["species"]))}
+    assert "Bos taurus" in species and None not in species
+
+
+def test_partial_lineages_ignore_the_unknown_ranks(class_maps, samples):
+    by_key = {s["record"].get("genus"): s["record"] for s in samples}
+    if "Strombidium" not in by_key:
+        pytest.skip("IFCB sample not available")
+    strombidium = class_maps.targets(by_key["Strombidium"])
+    assert all(i >= 0 for i in strombidium[:6]) and strombidium[6] == -1
+    ciliophora = next(s["record"] for s in samples if s["record"]["phylum"] == "Ciliophora" and s["record"]["class"] is None)
+    assert [i >= 0 for i in class_maps.targets(ciliophora)] == [True, True] + [False] * 5
+
+
+def test_homonyms_in_two_kingdoms_are_two_classes():
+    # "Morus" is a plant genus (mulberry) and a bird genus (gannets)
+    plant = ("Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "Morus alba")
+    bird = ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "Morus bassanus")
+    maps = ClassMaps.from_lineages([plant, bird])
+    assert len(maps.classes["genus"]) == 2
+    assert maps.targets(dict(zip(RANKS, plant)))[5] != maps.targets(dict(zip(RANKS, bird)))[5]
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"kingdom": "Animalia", "class": "Aves"}, ["Animalia", None, "Aves", None, None, None, None]),
+        ({"kingdom": " Animalia ", "class_": "Aves", "order": ""}, ["Animalia", None, "Aves", None, None, None, None]),
+        ({"kingdom": float("nan")}, [None] * 7),
+    ],
+    ids=["class-column", "class_-alias-and-blanks", "nan"],
+)
+def test_rank_values(record, expected):
+    assert rank_values(record) == expected
+
+
+def test_lineage_keys_keep_the_path():
+    assert lineage_keys(["A", None, "C", None, None, None, None])[:3] == ["A", None, "A||C"]
+
+
+def test_class_maps_round_trip_and_taxa_table(tmp_path, class_maps):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert ClassMaps.from_dict(class_maps.to_dict()) == class_maps
+    rows = [dict(zip(RANKS, ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "Leopardus pardalis")))]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "taxa.parquet")
+    maps = class_maps_from_taxa(tmp_path / "taxa.parquet")
+    assert maps.num_classes() == dict.fromkeys(RANKS, 1)
+    pq.write_table(pa.table({"kingdom": ["Animalia"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ShardFormatError, match="lacks rank columns"):
+        class_maps_from_taxa(tmp_path / "bad.parquet")
+
+
+@given(
+    width=st.integers(1, 4000),
+    height=st.integers(1, 4000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_resized_crop_box_stays_inside(width, height, seed):
+    x0, y0, x1, y1 = random_resized_crop_box(width, height, np.random.default_rng(seed))
+    assert 0 <= x0 < x1 <= width + 1e-6
+    assert 0 <= y0 < y1 <= height + 1e-6
+    area = (x1 - x0) * (y1 - y0)
+    assert area <= width * height + 1e-6
+
+
+def test_transforms_on_a_real_image(samples):
+    img = Image.open(__import__("io").BytesIO(samples[0]["jpg"])).convert("RGB")
+    a = train_transform(img, 40, np.random.default_rng(7))
+    b = train_transform(img, 40, np.random.default_rng(7))
+    c = train_transform(img, 40, np.random.default_rng(8))
+    assert a.shape == (3, 40, 40) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    e = eval_transform(img, 40)
+    assert np.array_equal(e, eval_transform(img, 40))
+    flipped = eval_transform(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 40)
+    assert np.allclose(flipped, e[:, :, ::-1], atol=0.05)
+
+
+def test_colour_jitter_and_normalise():
+    pixels = np.random.default_rng(0).uniform(0, 255, size=(8, 8, 3)).astype(np.float32)
+    assert np.allclose(colour_jitter(pixels, np.random.default_rng(0), strength=0.0), pixels, atol=1e-3)
+    jittered = colour_jitter(pixels, np.random.default_rng(0))
+    assert jittered.min() >= 0 and jittered.max() <= 255 and not np.allclose(jittered, pixels)
+    grey = np.broadcast_to(MEAN * 255, (4, 4, 3))
+    assert np.allclose(normalise(grey), 0, atol=1e-6)
+    assert np.allclose(normalise(np.broadcast_to((MEAN + STD) * 255, (4, 4, 3))), 1, atol=1e-5)
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch["keys"]]
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_eval_loader_yields_every_sample_once(shards_dir, class_maps, workers):
+    shards = discover_shards(shards_dir)
+    settings = LoaderSettings(batch_size=4, image_size=32, workers=workers)
+    batches = list(make_eval_loader(shards["train"], class_maps, settings))
+    keys = [k for b in batches for k in b["keys"]]
+    assert sorted(keys) == sorted(s for s in _all_keys(shards_dir))
+    first = batches[0]
+    assert first["images"].shape[1:] == (3, 32, 32) and first["images"].dtype == torch.float32
+    assert first["targets"].shape == (len(first["keys"]), 7) and first["targets"].dtype == torch.int64
+
+
+def _all_keys(shards_dir):
+    import tarfile
+
+    with tarfile.open(shards_dir / "val-000000.tar") as tar:
+        return sorted({m.name.split(".", 1)[0] for m in tar})
+
+
+def test_train_loader_resamples_reproducibly(shards_dir, class_maps):
+    urls = discover_shards(shards_dir)["train"]
+    settings = LoaderSettings(batch_size=3, image_size=32, workers=2, shuffle_buffer=8, seed=5)
+    epoch0 = _keys(make_train_loader(urls, class_maps, settings, epoch=0, batches=6))
+    again = _keys(make_train_loader(urls, class_maps, settings, epoch=0, batches=6))
+    epoch1 = _keys(make_train_loader(urls, class_maps, settings, epoch=1, batches=6))
+    assert len(epoch0) == 18
+    assert epoch0 == again
+    assert epoch0 != epoch1
+    # resampling draws shards with replacement: over a few epochs every training sample turns up
+    seen = collections.Counter(epoch0 + epoch1 + _keys(make_train_loader(urls, class_maps, settings, 2, 6)))
+    assert set(seen) <= set(_all_keys(shards_dir))
+    assert len(seen) >= len(set(_all_keys(shards_dir))) - 2
