@@ -102,6 +102,27 @@ def mirror_urls(table: pa.Table, base: str) -> pa.Table:
     return table.set_column(i, "identifier", pa.array(mirrored, pa.string()))
 
 
+def arrange_class_folders(dest: Path) -> Path:
+    """A WHOI-Plankton-style class-per-folder tree of the real labelled IFCB PNGs, by their class CSV.
+
+    No class-folder sample may be bundled (the UVP6 one is GPL-3.0), so the demo arranges the
+    IFCB134 PNGs the way such datasets are laid out, to run the ``folders`` connector on real images.
+    """
+    import csv
+    import shutil
+
+    labelled = SAMPLES / "plankton" / "ifcb_labeled"
+    with open(next(labelled.glob("*_classes.csv")), newline="") as f:
+        for row in csv.DictReader(f):
+            src = labelled / "png" / row["file_name"]
+            if src.is_file() and row["class_name"]:
+                target = dest / row["class_name"] / src.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    shutil.copyfile(src, target)
+    return dest
+
+
 def _step(name: str) -> float:
     print(f"\n== {name}", file=sys.stderr, flush=True)
     return time.time()
@@ -127,7 +148,8 @@ def run_demo(data: Path, runner_name: str = "local") -> dict:
         out = build_backbone_cli(kind, SAMPLES / path, data, "demo")
         summary["backbone"] = str(out)
 
-    for source, path in PLAN:
+    folders = arrange_class_folders(data / "work" / "demo" / "whoi_style_folders")
+    for source, path in [*PLAN, ("folders", str(folders))]:
         _step(f"ingest {source} {path}")
         res = jobs.ingest(cfg, runner, source, str(SAMPLES / path), jobs.dataset_slug(path, None))
         summary["ingest"][f"{source}:{path}"] = {k: res.stats[k] for k in ("in", "out", "rejected")}

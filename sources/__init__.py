@@ -7,6 +7,9 @@ import importlib
 # name -> "module:attribute" of the connector object; imported lazily so a source's
 # dependencies (pygbif, aiohttp) load only when that source is used.
 REGISTRY: dict[str, str] = {
+    "gbif": "sources.gbif:CONNECTOR",
+    "inaturalist": "sources.inaturalist:CONNECTOR",
+    "eol": "sources.eol:CONNECTOR",
     "ecotaxa": "sources.ecotaxa:CONNECTOR",
     "ifcb": "sources.ifcb:CONNECTOR",
     "ifcb_dashboard": "sources.ifcb_dashboard:CONNECTOR",

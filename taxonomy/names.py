@@ -91,7 +91,7 @@ _INCERTAE = re.compile(r"\(*\s*incertae\s+sedis\s*\)*|,?\s*\b(?:ordines|families
 _FOLDER_ID = re.compile(r"__\d+$")
 _OTU = re.compile(r"^(?:BOLD:[A-Z]{3}\d{4}|SH\d+\.\d+FU)$", re.IGNORECASE)
 _VIRUS = re.compile(r"(?i)(?:virus|viruses|viroids?|phages?|satellites?|virinae|viridae|virales|viricetes)\b"
-                    r"|(?i:\b(?:particles?|prions?|agents?|phagein|vector))\b|\b(?:RNA|DNA)\b"
+                    r"|(?i:\b(?:particles?|prions?|agents?|phagein|vector))\b|(?-i:\b(?:RNA|DNA)\b)"
                     r"|^(?:[MS]?NPV|GV)(?:-\w+)?$")
 _VIRUS_ANY = re.compile(r"(?i)vir|phage|satellite|particle|prion|agent|RNA|DNA|vector|NPV|GV")
 _FAST_BINOMIAL = r"^[A-Z][a-z]{2,} [a-z]{3,}$"

@@ -51,7 +51,11 @@ def discover_shards(shards_dir: str | Path) -> dict[str, list[str]]:
 
 
 def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def rank_values(record: Mapping) -> list[str | None]:
@@ -107,7 +111,10 @@ class ClassMaps:
     def targets(self, record: Mapping) -> list[int]:
         """Class index per rank for one record; -1 (ignored by the loss) where the rank is unknown."""
         keys = lineage_keys(rank_values(record))
-        return [IGNORE if key is None else self._index[rank].get(key, IGNORE) for rank, key in zip(RANKS, keys, strict=True)]
+        return [
+            IGNORE if key is None else self._index[rank].get(key, IGNORE)
+            for rank, key in zip(RANKS, keys, strict=True)
+        ]
 
     def name(self, rank: str, index: int) -> str:
         """The taxon name (last lineage element) of a class."""
@@ -296,7 +303,11 @@ class SampleDecoder:
             return Skipped(key, Reason.MALFORMED_ROW, f"{where}: bad .json member ({exc})")
         try:
             img = open_image(data, self.image_size * 2 if self.augment else self.image_size)
-            pixels = train_transform(img, self.image_size, rng) if self.augment else eval_transform(img, self.image_size)
+            pixels = (
+                train_transform(img, self.image_size, rng)
+                if self.augment
+                else eval_transform(img, self.image_size)
+            )
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             return Skipped(key, Reason.CORRUPT_IMAGE, f"{where}: {exc}")
         return key, pixels, np.asarray(self.class_maps.targets(record), dtype=np.int64)
@@ -400,7 +411,9 @@ def _web_loader(pipeline, workers: int, settings: LoaderSettings):
     )
 
 
-def make_train_loader(urls: Sequence[str], class_maps: ClassMaps, settings: LoaderSettings, epoch: int, batches: int):
+def make_train_loader(
+    urls: Sequence[str], class_maps: ClassMaps, settings: LoaderSettings, epoch: int, batches: int
+):
     """An epoch of ``batches`` batches, resampling shards with replacement (seeded by seed and epoch).
 
     Each worker draws its own shard sequence, so an epoch sees about one train split's worth of

@@ -137,7 +137,13 @@ def _torch_settings(device: torch.device, options: Options):
 
 
 def evaluate(
-    model, urls, class_maps: ClassMaps, settings: LoaderSettings, device, autocast, channels_last: bool = False
+    model,
+    urls,
+    class_maps: ClassMaps,
+    settings: LoaderSettings,
+    device,
+    autocast,
+    channels_last: bool = False,
 ) -> tuple[dict, list]:
     """Per-rank top-1/top-5 over every sample of ``urls``; returns (metrics, skipped samples)."""
     counter = TopKCounter(class_maps.num_classes())
@@ -212,7 +218,9 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
         train_samples = state["train_samples"]
     else:
         scan = scan_shards({options.train_split: train_urls, **eval_urls})
-        class_maps = class_maps_from_taxa(options.taxa) if options.taxa else ClassMaps.from_lineages(scan.lineages)
+        class_maps = (
+            class_maps_from_taxa(options.taxa) if options.taxa else ClassMaps.from_lineages(scan.lineages)
+        )
         train_samples = scan.samples[options.train_split]
         if train_samples == 0:
             raise ShardFormatError(f"the {options.train_split} shards in {shards_dir} hold no samples")
@@ -234,7 +242,9 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
     if state is not None:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
-        scaler.load_state_dict(state["scaler"])
+        # a disabled scaler (cpu, bfloat16) saves {}; an enabled one refuses to load that
+        if state["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
         running = dict(state["running"])
@@ -280,7 +290,9 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
                 "step": step,
                 "running": running,
                 "history": history,
-                "rejects": [{"key": k, "reason": str(r), "detail": d} for k, (r, d) in sorted(rejects.items())],
+                "rejects": [
+                    {"key": k, "reason": str(r), "detail": d} for k, (r, d) in sorted(rejects.items())
+                ],
                 "class_maps": class_maps.to_dict(),
                 "train_samples": train_samples,
                 "config": options.model_dump(mode="json"),

@@ -63,7 +63,9 @@ class TaxonomicClassifier(nn.Module):
         return {rank: head(features) for rank, head in self.heads.items()}
 
 
-def taxonomic_loss(logits: Mapping[str, torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def taxonomic_loss(
+    logits: Mapping[str, torch.Tensor], targets: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over ranks of the mean cross-entropy over the records that know that rank.
 
     ``targets`` is [batch, 7] in ``RANKS`` order with -1 for an unknown rank. A rank no record of the

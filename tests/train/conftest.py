@@ -21,14 +21,38 @@ IFCB_PARTS = Path("plankton") / "ifcb_labeled"
 # the accepted lineage of each label (GBIF backbone / WoRMS); None where the label stops above that rank
 CAMERA_TRAPS = {
     "ocelot": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "Leopardus pardalis"),
-    "american_black_bear": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae", "Ursus", "Ursus americanus"),
+    "american_black_bear": (
+        "Animalia",
+        "Chordata",
+        "Mammalia",
+        "Carnivora",
+        "Ursidae",
+        "Ursus",
+        "Ursus americanus",
+    ),
     "domestic_cattle": ("Animalia", "Chordata", "Mammalia", "Artiodactyla", "Bovidae", "Bos", "Bos taurus"),
     # a non-organism negative: no rank known, every head ignores it
     "vehicle": (None,) * 7,
 }
 IFCB_LABELS = {
-    "Mesodinium_rubrum": ("Chromista", "Ciliophora", "Litostomatea", "Cyclotrichiida", "Mesodiniidae", "Mesodinium", "Mesodinium rubrum"),
-    "Strombidium-like": ("Chromista", "Ciliophora", "Spirotrichea", "Strombidiida", "Strombidiidae", "Strombidium", None),
+    "Mesodinium_rubrum": (
+        "Chromista",
+        "Ciliophora",
+        "Litostomatea",
+        "Cyclotrichiida",
+        "Mesodiniidae",
+        "Mesodinium",
+        "Mesodinium rubrum",
+    ),
+    "Strombidium-like": (
+        "Chromista",
+        "Ciliophora",
+        "Spirotrichea",
+        "Strombidiida",
+        "Strombidiidae",
+        "Strombidium",
+        None,
+    ),
     "Ciliophora": ("Chromista", "Ciliophora", None, None, None, None, None),
 }
 # the downloader stores resized images; this keeps decode time in the tests small
@@ -46,11 +70,27 @@ def real_samples() -> list[dict]:
     """(key, jpeg bytes, record) for every real image available: camera traps always, IFCB when present."""
     samples = []
     for name, lineage in CAMERA_TRAPS.items():
-        samples.append(_sample(f"cameratrap_{name}", DATA / "images" / "camera_traps" / f"{name}.jpg", lineage, "cameratrapai"))
+        samples.append(
+            _sample(
+                f"cameratrap_{name}",
+                DATA / "images" / "camera_traps" / f"{name}.jpg",
+                lineage,
+                "cameratrapai",
+            )
+        )
     root = _ifcb_dir()
     if root is not None:
-        labels_csv = next((p for p in (root / "D20220522T000439_IFCB134_classes.csv",
-                                       SHARED / IFCB_PARTS / "D20220522T000439_IFCB134_classes.csv") if p.exists()), None)
+        labels_csv = next(
+            (
+                p
+                for p in (
+                    root / "D20220522T000439_IFCB134_classes.csv",
+                    SHARED / IFCB_PARTS / "D20220522T000439_IFCB134_classes.csv",
+                )
+                if p.exists()
+            ),
+            None,
+        )
         if labels_csv is not None:
             with open(labels_csv, newline="") as fh:
                 for row in csv.DictReader(fh):
@@ -65,7 +105,12 @@ def _sample(key: str, path: Path, lineage, source: str) -> dict:
     img.thumbnail((SHARD_IMAGE_SIDE, SHARD_IMAGE_SIDE))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
-    record = {"record_id": key, "source": source, "identifier": path.name, **dict(zip(RANKS, lineage, strict=True))}
+    record = {
+        "record_id": key,
+        "source": source,
+        "identifier": path.name,
+        **dict(zip(RANKS, lineage, strict=True)),
+    }
     return {"key": key, "jpg": buf.getvalue(), "record": record}
 
 
@@ -74,7 +119,9 @@ def write_shard(path: Path, samples: list[dict], extra_members: dict[str, bytes]
     with tarfile.open(path, "w") as tar:
         for sample in samples:
             record = sample["record"]
-            name = record.get("species") or next((v for v in reversed([record[r] for r in RANKS]) if v), "unknown")
+            name = record.get("species") or next(
+                (v for v in reversed([record[r] for r in RANKS]) if v), "unknown"
+            )
             members = {
                 "cls": b"-1",
                 "jpg": sample["jpg"],
@@ -110,3 +157,9 @@ def shards_dir(tmp_path_factory, samples) -> Path:
         write_shard(root / "train-000001.tar", plankton)
     write_shard(root / "val-000000.tar", samples)
     return root
+
+
+@pytest.fixture(scope="session")
+def shard_writer():
+    """``write_shard(path, samples, extra_members)`` for tests that build their own (broken) shards."""
+    return write_shard

@@ -74,7 +74,9 @@ def test_partial_lineages_ignore_the_unknown_ranks(class_maps, samples):
         pytest.skip("IFCB sample not available")
     strombidium = class_maps.targets(by_key["Strombidium"])
     assert all(i >= 0 for i in strombidium[:6]) and strombidium[6] == -1
-    ciliophora = next(s["record"] for s in samples if s["record"]["phylum"] == "Ciliophora" and s["record"]["class"] is None)
+    ciliophora = next(
+        s["record"] for s in samples if s["record"]["phylum"] == "Ciliophora" and s["record"]["class"] is None
+    )
     assert [i >= 0 for i in class_maps.targets(ciliophora)] == [True, True] + [False] * 5
 
 
@@ -84,14 +86,20 @@ def test_homonyms_in_two_kingdoms_are_two_classes():
     bird = ("Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "Morus bassanus")
     maps = ClassMaps.from_lineages([plant, bird])
     assert len(maps.classes["genus"]) == 2
-    assert maps.targets(dict(zip(RANKS, plant)))[5] != maps.targets(dict(zip(RANKS, bird)))[5]
+    assert (
+        maps.targets(dict(zip(RANKS, plant, strict=True)))[5]
+        != maps.targets(dict(zip(RANKS, bird, strict=True)))[5]
+    )
 
 
 @pytest.mark.parametrize(
     "record, expected",
     [
         ({"kingdom": "Animalia", "class": "Aves"}, ["Animalia", None, "Aves", None, None, None, None]),
-        ({"kingdom": " Animalia ", "class_": "Aves", "order": ""}, ["Animalia", None, "Aves", None, None, None, None]),
+        (
+            {"kingdom": " Animalia ", "class_": "Aves", "order": ""},
+            ["Animalia", None, "Aves", None, None, None, None],
+        ),
         ({"kingdom": float("nan")}, [None] * 7),
     ],
     ids=["class-column", "class_-alias-and-blanks", "nan"],
@@ -109,7 +117,23 @@ def test_class_maps_round_trip_and_taxa_table(tmp_path, class_maps):
     import pyarrow.parquet as pq
 
     assert ClassMaps.from_dict(class_maps.to_dict()) == class_maps
-    rows = [dict(zip(RANKS, ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "Leopardus pardalis")))]
+    rows = [
+        dict(
+            zip(
+                RANKS,
+                (
+                    "Animalia",
+                    "Chordata",
+                    "Mammalia",
+                    "Carnivora",
+                    "Felidae",
+                    "Leopardus",
+                    "Leopardus pardalis",
+                ),
+                strict=True,
+            )
+        )
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "taxa.parquet")
     maps = class_maps_from_taxa(tmp_path / "taxa.parquet")
     assert maps.num_classes() == dict.fromkeys(RANKS, 1)
