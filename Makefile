@@ -61,8 +61,8 @@ ingest: $(VENV)/.installed ## make ingest SOURCE=gbif [INPUT=path/or/url]
 	@test -n "$(SOURCE)" || (echo "usage: make ingest SOURCE=<gbif|inaturalist|eol|ecotaxa|ifcb|ifcb_dashboard|folders> [INPUT=...]"; exit 2)
 	$(BIOCORPUS) ingest $(SOURCE) $(if $(INPUT),--input $(INPUT),) $(RUN_FLAGS)
 
-backbone: $(VENV)/.installed ## make backbone KIND=gbif|col|inaturalist [INPUT=archive or URL]
-	$(BIOCORPUS) backbone $(or $(KIND),gbif) $(if $(INPUT),--input $(INPUT),) $(COMMON)
+backbone: $(VENV)/.installed ## make backbone [KIND=gbif|coldp|inat|inat-dwca] [INPUT=archive] (gbif without INPUT: download)
+	$(BIOCORPUS) backbone $(or $(KIND),gbif) $(if $(INPUT),--input $(INPUT),) $(if $(VERSION),--version $(VERSION),) $(COMMON)
 
 resolve: $(VENV)/.installed ## resolve names against the backbone: raw/ -> resolved/
 	$(BIOCORPUS) resolve $(RUN_FLAGS)

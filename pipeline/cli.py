@@ -220,8 +220,11 @@ def show_config(config: ConfigOpt = None):
 
 @app.command()
 def backbone(
-    kind: Annotated[str, typer.Argument(help="gbif, col or inaturalist")],
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="backbone archive/folder or URL")] = None,
+    kind: Annotated[str, typer.Argument(help="gbif (Backbone DwC-A), coldp (Catalogue of Life), inat (taxa "
+                                         "table), inat-dwca (iNaturalist taxonomy DwC-A)")],
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="backbone archive or folder; omitted for "
+                                                  "gbif: download the current GBIF Backbone release")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="where to download from when --input is omitted")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="version label stored with it")] = None,
     config: ConfigOpt = None, data: DataOpt = None,
 ):
@@ -230,7 +233,13 @@ def backbone(
 
     cfg = _config(config, data, None)
     try:
-        out = build_backbone_cli(kind, input, Path(cfg.data), version)
+        if input is None:
+            if kind != "gbif" and url is None:
+                _fail(f"backbone {kind}: pass --input PATH (or --url to download it)")
+            from taxonomy.backbone import DEFAULT_GBIF_URL, fetch_backbone
+
+            input = str(fetch_backbone(url or DEFAULT_GBIF_URL, Path(cfg.data) / "downloads" / f"backbone-{kind}.zip"))
+        out = build_backbone_cli(kind, Path(input), Path(cfg.data), version)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"backbone written to {out}")

@@ -36,7 +36,7 @@ PLAN: tuple[tuple[str, str], ...] = (
     ("ifcb", "plankton/ifcb_labeled"),
 )
 BACKBONES: tuple[tuple[str, str], ...] = (
-    ("inaturalist", "taxonomy/inat_taxonomy_tree/taxonomy.csv"),
+    ("inat", "taxonomy/inat_taxonomy_tree/taxonomy.csv"),
 )
 STAND_INS = sorted((SAMPLES / "images" / "camera_traps").glob("*.jpg"))
 

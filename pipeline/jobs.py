@@ -31,7 +31,12 @@ def ingest(cfg, runner, source: str, input: str | None, dataset: str, force: boo
     from sources import get_connector
 
     connector = get_connector(source)
-    return run_ingest(connector, getattr(cfg.sources, source), input, _root(cfg), runner, dataset, cfg, force)
+    options = getattr(cfg.sources, source)
+    default_cache = f"data/cache/{source}"
+    if getattr(options, "cache_dir", None) == default_cache:
+        # the connector's cache follows the data root unless the config sets it
+        options = options.model_copy(update={"cache_dir": str(_root(cfg) / "cache" / source)})
+    return run_ingest(connector, options, input, _root(cfg), runner, dataset, cfg, force)
 
 
 def resolve(cfg, runner, force: bool = False) -> StageResult:
@@ -39,7 +44,10 @@ def resolve(cfg, runner, force: bool = False) -> StageResult:
     from pipeline.stages.resolve import STAGE, unresolved_report
 
     root = _root(cfg)
-    result = run_table_stage(STAGE, cfg.resolve, root, root / "raw", root / "resolved", runner, cfg, force=force)
+    options = cfg.resolve
+    if options.data_root == "data":  # a backbone given by name is looked up under this data root
+        options = options.model_copy(update={"data_root": str(root)})
+    result = run_table_stage(STAGE, options, root, root / "raw", root / "resolved", runner, cfg, force=force)
     if not result.skipped:
         from pipeline.io import atomic_write_parquet, read_dataset
 

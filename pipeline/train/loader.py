@@ -1,5 +1,5 @@
 """Streaming training input: per-rank class maps from the curated taxa, Pillow/numpy augmentations and
-webdataset loaders (shuffle buffer, workers, shard resampling) that yield batches of tensors.
+webdataset loaders (shuffle buffer, workers, shard resampling) that yield uint8 image batches.
 
 Everything above ``make_train_loader`` works without torch (the benchmark's plain loop and the
 class-map code use it); torch and the DataLoader are imported inside the loader builders.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from schemas import RANKS, Reason
 
@@ -234,36 +234,46 @@ def center_square_box(width: int, height: int) -> tuple[float, float, float, flo
     return (x0, y0, x0 + side, y0 + side)
 
 
-def colour_jitter(pixels: np.ndarray, rng: np.random.Generator, strength: float = 0.2) -> np.ndarray:
-    """Light brightness, contrast and saturation jitter (each factor in 1 ± strength) on float RGB in [0, 255]."""
+def colour_jitter(img: Image.Image, rng: np.random.Generator, strength: float = 0.2) -> Image.Image:
+    """Light brightness, contrast and saturation jitter, each factor drawn in 1 ± ``strength``.
+
+    Pillow's ImageEnhance blends in C on uint8, about 4x faster than the same arithmetic in numpy floats.
+    """
     brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
-    pixels = pixels * brightness
-    gray = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    pixels = (pixels - gray.mean()) * contrast + gray.mean()
-    gray = (pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-    pixels = (pixels - gray) * saturation + gray
-    return np.clip(pixels, 0.0, 255.0)
-
-
-def normalise(pixels: np.ndarray) -> np.ndarray:
-    """HWC RGB in [0, 255] -> CHW float32 standardised with the ImageNet mean and std."""
-    out = (np.asarray(pixels, dtype=np.float32) / 255.0 - MEAN) / STD
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    img = ImageEnhance.Brightness(img).enhance(brightness)
+    img = ImageEnhance.Contrast(img).enhance(contrast)
+    return ImageEnhance.Color(img).enhance(saturation)
 
 
 def train_transform(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Random resized crop, horizontal flip, light colour jitter, normalise -> CHW float32."""
+    """Random resized crop, horizontal flip, light colour jitter -> HWC uint8 (normalised later on the device)."""
     box = random_resized_crop_box(img.width, img.height, rng)
-    pixels = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.float32)
+    img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
     if rng.random() < 0.5:
-        pixels = pixels[:, ::-1]
-    return normalise(colour_jitter(pixels, rng))
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(colour_jitter(img, rng))
 
 
 def eval_transform(img: Image.Image, size: int) -> np.ndarray:
-    """Centre square crop resized to ``size``, normalise -> CHW float32 (deterministic)."""
+    """Centre square crop resized to ``size`` -> HWC uint8 (deterministic)."""
     box = center_square_box(img.width, img.height)
-    return normalise(np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box)))
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def normalise_batch(images, device, channels_last: bool = False):
+    """uint8 NHWC batch -> float32 NCHW on ``device``, standardised with the ImageNet mean and std.
+
+    Batches travel as uint8 (4x less than float32 through worker queues and to the GPU) and are
+    normalised on the device. NHWC permuted to NCHW is already channels-last in memory; on CPU it
+    is made contiguous.
+    """
+    import torch
+
+    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    mean = torch.as_tensor(MEAN * 255.0, device=images.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(STD * 255.0, device=images.device).view(1, 3, 1, 1)
+    images = (images - mean) / std
+    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +291,7 @@ class Skipped:
 
 @dataclass(frozen=True)
 class SampleDecoder:
-    """Turn a raw webdataset sample (member bytes by suffix) into (key, CHW image, per-rank targets)."""
+    """Turn a raw webdataset sample (member bytes by suffix) into (key, HWC uint8 image, per-rank targets)."""
 
     class_maps: ClassMaps
     image_size: int
@@ -374,7 +384,7 @@ def _collate(keys, images, targets, skipped) -> dict:
         image_tensor = torch.from_numpy(np.stack(images))
         target_tensor = torch.from_numpy(np.stack(targets))
     else:
-        image_tensor = torch.empty(0)
+        image_tensor = torch.empty((0, 0, 0, 3), dtype=torch.uint8)
         target_tensor = torch.empty((0, len(RANKS)), dtype=torch.int64)
     return {"keys": keys, "images": image_tensor, "targets": target_tensor, "skipped": skipped}
 
@@ -400,14 +410,12 @@ def _web_loader(pipeline, workers: int, settings: LoaderSettings):
     import torch
     import webdataset as wds
 
-    extra = {"prefetch_factor": 4} if workers > 0 else {}
     return wds.WebLoader(
         pipeline,
         batch_size=None,
         num_workers=workers,
         pin_memory=settings.pin_memory,
         generator=torch.Generator().manual_seed(settings.seed),
-        **extra,
     )
 
 

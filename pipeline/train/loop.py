@@ -22,6 +22,7 @@ from pipeline.train.loader import (
     discover_shards,
     make_eval_loader,
     make_train_loader,
+    normalise_batch,
     scan_shards,
 )
 from pipeline.train.model import TaxonomicClassifier, TopKCounter, taxonomic_loss
@@ -156,18 +157,13 @@ def evaluate(
             skipped += batch["skipped"]
             if not batch["keys"]:
                 continue
-            images = _to_device(batch["images"], device, channels_last)
+            images = normalise_batch(batch["images"], device, channels_last)
             with autocast():
                 logits = model(images)
             counter.update(logits, batch["targets"].to(device))
             samples += len(batch["keys"])
     model.train(was_training)
     return {"samples": samples, "ranks": counter.result()}, skipped
-
-
-def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=fmt)
 
 
 def train(shards_dir: Path, out_dir: Path, options: Options) -> dict:
@@ -327,7 +323,7 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
                 lr = learning_rate(step, total_steps, options)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
-                images = _to_device(batch["images"], device, channels_last)
+                images = normalise_batch(batch["images"], device, channels_last)
                 targets = batch["targets"].to(device, non_blocking=True)
                 with autocast():
                     logits = model(images)
