@@ -82,7 +82,8 @@ def generate(rows: int, files: int, root: Path) -> dict:
     counts = rng.multinomial(rows, weights / weights.sum())
     sp_of_row = rng.permutation(np.repeat(np.arange(n_species), counts))
     cols = {k: np.asarray([s[k] for s in species], dtype=object) for k in species[0]}
-    biotrove, records = root / "biotrove", root / "records"
+    # the curate side reads a data root's resolved/ parts, as `biocorpus curate` does
+    biotrove, records = root / "biotrove", root / "data" / "resolved"
     for d in (biotrove, records):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)

@@ -140,7 +140,11 @@ def download(
 @app.command()
 def train(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="passes over the train split")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="model input side in pixels")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="stop (with a checkpoint) at this step")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="auto (continue from the last checkpoint), "
                                                   "never, or a checkpoint path")] = None,
     config: ConfigOpt = None, data: DataOpt = None,
@@ -148,11 +152,13 @@ def train(
     """Train the hierarchical taxonomic classifier on the shards: shards/ → train/."""
     from pipeline import jobs
 
-    overrides = {"train.device": device, "train.epochs": epochs, "train.resume": resume}
+    overrides = {"train.device": device, "train.epochs": epochs, "train.resume": resume,
+                 "train.batch_size": batch_size, "train.image_size": image_size, "train.max_steps": max_steps,
+                 "train.workers": workers}
     cfg = _config(config, data, None, None, overrides)
     try:
         metrics = jobs.train(cfg)
-    except (FileNotFoundError, ImportError) as exc:
+    except (FileNotFoundError, ImportError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
 

@@ -72,6 +72,12 @@ def curate(cfg, runner, force: bool = False) -> dict:
         res = run_table_stage(stage, cfg.curate, root, src, dst, runner, cfg, key=key, force=force)
         stats[key] = res.stats
         force = force or not res.skipped  # a redone step invalidates the ones after it
+    from pipeline.curate.balance import balance_report
+    from pipeline.io import read_dataset
+
+    from schemas import REJECT_SCHEMA
+
+    stats["balance"] = balance_report(read_dataset(root / "rejects" / "stage=curate-balance", REJECT_SCHEMA))
     stats["curate-split"] = c.write_splits(work / "balanced", root / "curated", cfg.curate, force=force)
     atomic_write_json(root / "curated" / "_curate_stats.json", stats)
     return stats

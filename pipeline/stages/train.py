@@ -60,7 +60,10 @@ class Options(BaseModel):
     )
     resume: str = Field(
         "auto",
-        description="auto: continue from <out>/checkpoints/last.pt when it exists; never: start afresh; or a checkpoint path",
+        description=(
+            "auto: continue from <out>/checkpoints/last.pt when it exists; never: start afresh; or a checkpoint "
+            "path. The checkpoint's class maps are kept; raising epochs stretches the cosine schedule"
+        ),
     )
     max_steps: int | None = Field(
         None, ge=1, description="stop (with a checkpoint) once the global step reaches this"

@@ -269,11 +269,13 @@ def normalise_batch(images, device, channels_last: bool = False):
     """
     import torch
 
-    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean = torch.as_tensor(MEAN * 255.0, device=images.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(STD * 255.0, device=images.device).view(1, 3, 1, 1)
-    images = (images - mean) / std
-    return images.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # arithmetic on the contiguous NHWC layout (channel = last axis) is several times faster than
+    # on the permuted view; the permute afterwards is free
+    images = images.to(device, non_blocking=True).float()
+    images.sub_(torch.as_tensor(MEAN * 255.0, device=images.device))
+    images.mul_(torch.as_tensor(1.0 / (STD * 255.0), device=images.device))
+    images = images.permute(0, 3, 1, 2)
+    return images if channels_last else images.contiguous()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -213,6 +213,8 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
         class_maps = ClassMaps.from_dict(state["class_maps"])
         train_samples = state["train_samples"]
     else:
+        # classes come from every split read, so a val-only taxon is a class the model must get wrong
+        # rather than a silently ignored label
         scan = scan_shards({options.train_split: train_urls, **eval_urls})
         class_maps = (
             class_maps_from_taxa(options.taxa) if options.taxa else ClassMaps.from_lineages(scan.lineages)
