@@ -30,8 +30,6 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.curate.balance import taxon_keys  # noqa: E402
-from pipeline.stages.curate import Options, curate_table, write_chunks  # noqa: E402
 from schemas import RECORD_SCHEMA, make_record_id  # noqa: E402
 from tests.curate.conftest import dwca_rows, quercus_row, search_rows  # noqa: E402
 
@@ -172,53 +170,82 @@ def run_arbor(gen: dict) -> dict:
     env = dict(os.environ, MPLBACKEND="Agg")
     cmd = [str(VENV / "bin" / "python"), "-c", ARBOR_DRIVER, str(gen["biotrove"]), str(work),
            json.dumps(CATEGORIES), str(RARE), str(CAP), str(PART), str(FILES_PER_CHUNK), str(SEED)]
+    load = os.getloadavg()[0]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((x for x in r.stdout.splitlines() if x.startswith("ARBOR")), None)
     if r.returncode != 0 or line is None:
         return {"error": f"arbor-process failed (rc {r.returncode}): {r.stderr.strip()[-600:]}"}
-    return json.loads(line[5:])
+    return {**json.loads(line[5:]), "load_before": load}
 
 
 def run_curate(gen: dict) -> dict:
-    work = OUT / "curated"
-    shutil.rmtree(work, ignore_errors=True)
-    options = Options(min_per_taxon=RARE, max_per_taxon=CAP, chunk_size=PART * FILES_PER_CHUNK,
-                      splits={"train": 1.0}, seed=SEED)
+    """`biocorpus curate` itself (``jobs.curate`` with the local runner) on the generated data root."""
+    from pipeline.config import load_config
+    from pipeline.jobs import curate
+    from pipeline.runners import make_runner
+
+    root = Path(gen["records"]).parent
+    for d in ("work", "curated", "rejects", ".staging", "runs"):
+        shutil.rmtree(root / d, ignore_errors=True)
+    cfg = load_config(overrides={"data": str(root), "curate.min_per_taxon": RARE, "curate.max_per_taxon": CAP,
+                                 "curate.chunk_size": PART * FILES_PER_CHUNK, "curate.splits": {"train": 1.0},
+                                 "curate.seed": SEED})
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    table = pq.read_table(gen["records"])
-    t1 = time.perf_counter()
-    curated, rejects, stats = curate_table(table, options)
-    t2 = time.perf_counter()
-    written = write_chunks(curated, work, options)
-    t3 = time.perf_counter()
-    return {"read_s": t1 - t0, "curate_s": t2 - t1, "write_s": t3 - t2, "total_s": t3 - t0,
-            "species_counted": len(pc.unique(taxon_keys(table))),
-            "binomials_out": len(pc.unique(pa.concat_tables(curated.values()).column("species"))),
-            "rows_out": stats["out"], "chunks": len(written), "rejected": stats["rejected"]}
+    stats = curate(cfg, make_runner("local", progress=False))
+    total = time.perf_counter() - t0
+    steps = {k: stats[k]["seconds"] for k in ("curate-filter", "curate-dedup-record", "curate-dedup-photo",
+                                               "curate-balance")}
+    steps["curate-split"] = total - sum(steps.values())
+    chunks = sorted((root / "curated").rglob("chunk-*.parquet"))
+    species = pa.concat_arrays([pc.unique(pq.read_table(f, columns=["species"]).column("species").combine_chunks())
+                                for f in chunks])
+    rejected: dict[str, int] = {}
+    for k in steps:
+        for reason, n in stats[k].get("rejected_by_reason", {}).items() if k != "curate-split" else ():
+            rejected[reason] = rejected.get(reason, 0) + n
+    return {"steps_s": steps, "total_s": total, "load_before": load,
+            "species_counted": stats["curate-split"]["classes"] + len(stats["balance"]["rare_taxon"]),
+            "binomials_out": len(pc.unique(species)), "rows_out": stats["curate-split"]["in"],
+            "chunks": len(chunks), "rejected": rejected}
 
 
-def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None) -> None:
+def best_of(fn, gen: dict, runs: int) -> tuple[dict, list[float]]:
+    """The fastest of ``runs`` runs (the machine is shared: the minimum is the least disturbed)."""
+    results = [fn(gen) for _ in range(runs)]
+    ok = [r for r in results if "error" not in r] or results
+    return min(ok, key=lambda r: r.get("total_s", float("inf"))), [round(r.get("total_s", -1), 1) for r in results]
+
+
+def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None, runs: dict) -> None:
     header = f"## {gen['rows']:,} rows"
+    steps = ours["steps_s"]
     lines = [
         header, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"load average {os.getloadavg()[0]:.1f} at the end (shared with other jobs). "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, shared with "
+        f"other jobs: load average {arbor.get('load_before', 0):.1f} before the best arbor-process run, "
+        f"{ours['load_before']:.1f} before the best curate run. "
         f"Input: {gen['rows']:,} rows in {gen['files']} files, {gen['species']:,} true species "
         f"(binomials) sharing {gen['epithets']} real epithets; rare < {RARE}, cap {CAP}, "
-        f"chunks of {PART * FILES_PER_CHUNK:,} rows.", "",
-        "| tool | metadata distribution | filter + chunks | total | rows out | chunks | distinct species counted |",
-        "|---|---|---|---|---|---|---|",
+        f"chunks of {PART * FILES_PER_CHUNK:,} rows. Each side ran {len(runs['curate'])} times, best taken "
+        f"(curate {runs['curate']} s, arbor-process {runs['arbor']} s). curate is `biocorpus curate` "
+        "(`pipeline.jobs.curate`, local runner, a process per core) on a data root whose `resolved/` holds "
+        "the input parts; arbor-process runs in its own venv in a subprocess.", "",
+        "| tool | phase | seconds |",
+        "|---|---|---|",
     ]
     if "error" in arbor:
-        lines.append(f"| arbor-process | — | — | — | — | — | not run: {arbor['error']} |")
+        lines.append(f"| arbor-process | not run | {arbor['error']} |")
     else:
-        lines.append(f"| arbor-process | {arbor['metadata_s']:.1f} s | {arbor['filter_chunk_s']:.1f} s | "
-                     f"{arbor['total_s']:.1f} s | {arbor['rows_out']:,} | {arbor['chunks']} | "
-                     f"{arbor['species_counted']:,} (by epithet) |")
-    lines.append(f"| biocorpus curate | (in curate) | {ours['curate_s']:.1f} s (+ read {ours['read_s']:.1f} s, "
-                 f"write {ours['write_s']:.1f} s) | {ours['total_s']:.1f} s | {ours['rows_out']:,} | "
-                 f"{ours['chunks']} | {ours['species_counted']:,} (by taxon id) |")
-    lines.append("")
+        lines += [f"| arbor-process | metadata distribution (MetadataProcessor) | {arbor['metadata_s']:.1f} |",
+                  f"| arbor-process | rare/cap filter + shuffled chunks (GenShuffledChunks) | {arbor['filter_chunk_s']:.1f} |",
+                  f"| arbor-process | **total** | **{arbor['total_s']:.1f}** |"]
+    lines += [f"| biocorpus curate | {k} | {v:.1f} |" for k, v in steps.items()]
+    lines += [f"| biocorpus curate | **total** | **{ours['total_s']:.1f}** |", "",
+              "| tool | rows out | chunks | distinct species counted |", "|---|---|---|---|"]
+    if "error" not in arbor:
+        lines.append(f"| arbor-process | {arbor['rows_out']:,} | {arbor['chunks']} | {arbor['species_counted']:,} (by epithet) |")
+    lines += [f"| biocorpus curate | {ours['rows_out']:,} | {ours['chunks']} | {ours['species_counted']:,} (by taxon id) |", ""]
     if ratio is not None:
         merged = gen["species"] - arbor["species_counted"]
         speed = f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
@@ -226,10 +253,10 @@ def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None) -> No
                      f"{merged:,} species into others by epithet ({gen['species']:,} true species counted as "
                      f"{arbor['species_counted']:,}); curate merged 0 ({ours['species_counted']:,} taxa in, "
                      f"{ours['binomials_out']:,} distinct binomials out).")
-    lines += ["", "Notes: curate also runs its filters, both dedup layers, captions and class indices in that "
-              "time; arbor-process's metadata step also draws its distribution plots (matplotlib), and its "
-              "cap drops a capped species from the chunks (written aside) where curate keeps a seeded "
-              f"sample of {CAP}. Rejected by curate: {json.dumps(ours['rejected'])}.", ""]
+    lines += ["", "Notes: curate also runs its filters, both dedup layers, captions and class indices, and writes "
+              "every intermediate step to Parquet (resumable stages); arbor-process's metadata step also draws "
+              "its distribution plots (matplotlib), and its cap drops a capped species from the chunks (written "
+              f"aside) where curate keeps a seeded sample of {CAP}. Rejected by curate: {json.dumps(ours['rejected'])}.", ""]
     section = "\n".join(lines)
     old = RESULTS.read_text() if RESULTS.exists() else "# curate vs arbor-process (BioTrove)\n\n"
     parts = old.split("\n## ")
@@ -242,11 +269,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="200,000 rows instead of 5,000,000")
     ap.add_argument("--rows", type=int, default=None)
-    ap.add_argument("--files", type=int, default=None, help="input files (default rows / 100,000)")
+    ap.add_argument("--files", type=int, default=None, help="input files (default rows / 100,000, at least 4)")
+    ap.add_argument("--runs", type=int, default=2, help="runs of each side; the best is reported")
     ap.add_argument("--reuse", action="store_true", help="reuse the generated input of a previous run of this size")
     args = ap.parse_args()
     rows = args.rows or (200_000 if args.small else 5_000_000)
-    files = args.files or max(2, rows // 100_000)
+    # several input parts so that the local runner's process pool has work for every core
+    files = args.files or max(4, rows // 100_000)
     t = time.perf_counter()
     previous = OUT / "generated.json"
     if args.reuse and previous.exists() and json.loads(previous.read_text())["rows"] == rows:
@@ -255,15 +284,15 @@ def main() -> None:
         gen = generate(rows, files, OUT)
     print(f"generated {rows:,} rows, {gen['species']:,} species, {gen['epithets']} epithets "
           f"in {time.perf_counter() - t:.0f} s")
-    ours = run_curate(gen)
-    print("curate:", json.dumps(ours))
-    arbor = run_arbor(gen)
-    print("arbor-process:", json.dumps(arbor))
+    ours, ours_runs = best_of(run_curate, gen, args.runs)
+    print("curate:", json.dumps(ours), "runs", ours_runs)
+    arbor, arbor_runs = best_of(run_arbor, gen, args.runs)
+    print("arbor-process:", json.dumps(arbor), "runs", arbor_runs)
     ratio = arbor["total_s"] / ours["total_s"] if "error" not in arbor else None
     if ratio is not None:
         print(f"ratio arbor/curate = {ratio:.1f}x; species counted: arbor {arbor['species_counted']:,} "
               f"(by epithet), curate {ours['species_counted']:,} (true {gen['species']:,})")
-    write_results(gen, arbor, ours, ratio)
+    write_results(gen, arbor, ours, ratio, {"curate": ours_runs, "arbor": arbor_runs})
     print(f"results -> {RESULTS.relative_to(REPO)}")
 
 

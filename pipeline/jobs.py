@@ -103,7 +103,7 @@ def download(cfg, urls: Path | None = None, output: Path | None = None, retry_fa
     from pipeline.stages.download import failed_rejects
 
     # failed images are the download stage's rejects, beside every other stage's
-    atomic_write_parquet(failed_rejects(out), root / "rejects" / "stage=download" / "part-00000.parquet")
+    atomic_write_parquet(failed_rejects(out), root / "rejects" / "stage=download" / f"part-{Path(out).name}.parquet")
     return stats
 
 

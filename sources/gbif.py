@@ -1,7 +1,8 @@
 """GBIF connector: Darwin Core Archive downloads, the occurrence search API and the download API.
 
-A DwC-A's occurrence core is joined with its Multimedia extension (one record per image) by
-DuckDB over temporary Parquet, so an archive larger than memory works; the search API (pygbif,
+A DwC-A's occurrence core is joined with its Multimedia extension (one record per image) batch by
+batch against the media sorted by key (partitioned to spill files when the media is large), so an
+archive larger than memory works; the search API (pygbif,
 300 per page up to GBIF's offset cap) and a finished download request feed the same adapter.
 """
 
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
@@ -74,7 +76,9 @@ class Options(SourceOptions):
     poll_timeout_s: float = Field(6 * 3600.0, gt=0, description="give up on a download request after this")
     cache_dir: str = Field("data/cache/gbif", description="where fetched archives and request state live")
     batch_rows: int = Field(100_000, ge=1, description="records per batch")
-    duckdb_memory: str = Field("2GB", description="memory limit of the join (spills to disk beyond)")
+    join_memory_mb: int = Field(1024, ge=1, description="multimedia held in memory for the join; beyond, "
+                                "both files are partitioned to temporary spill files")
+    join_partitions: int = Field(16, ge=1, description="spill partitions when the multimedia exceeds join_memory_mb")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
     user_agent: str = Field(USER_AGENT, description="User-Agent sent to GBIF")
 
@@ -138,76 +142,211 @@ class GBIFConnector:
 
 
 def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
-    """Records of one GBIF DwC-A: every multimedia row of every occurrence, or a reject for it."""
+    """Records of one GBIF DwC-A: every multimedia row of every occurrence, or a reject for it.
+
+    The multimedia extension (needed columns only) is read first into a table sorted by a
+    64-bit key of its core id; occurrence batches then stream past it and are joined batch by
+    batch, so memory holds one occurrence batch and the media. Media larger than
+    ``join_memory_mb`` is partitioned with the core by key hash into spill files under a
+    temporary folder and joined partition by partition instead.
+    """
     try:
         archive = open_archive(path)
     except DwcaError as exc:
         raise DwcaError(f"gbif: {exc}") from exc
     media_spec = archive.extension("Multimedia")
+    core = _prefixed(archive, archive.core, OCCURRENCE_COLUMNS, "o_", options)
+    if media_spec is None:
+        for item in core:
+            yield item if isinstance(item, IngestBatch) else adapt(item, options)
+        return
+    budget = options.join_memory_mb << 20
+    tables: list[pa.Table] = []
+    held = 0
     with tempfile.TemporaryDirectory(prefix="biocorpus-gbif-") as tmp:
-        occ_path, media_path = Path(tmp) / "occ.parquet", Path(tmp) / "media.parquet"
-        yield from _spool(archive, archive.core, OCCURRENCE_COLUMNS, occ_path, "o_", options)
-        if media_spec is not None:
-            yield from _spool(archive, media_spec, MEDIA_COLUMNS, media_path, "m_", options)
-        yield from _join(occ_path, media_path if media_spec is not None else None, options, tmp)
+        spill: _Spill | None = None
+        for item in _prefixed(archive, media_spec, MEDIA_COLUMNS, "m_", options):
+            if isinstance(item, IngestBatch):
+                yield item
+                continue
+            if spill is not None:
+                spill.add("m", item)
+                continue
+            tables.append(item)
+            held += item.nbytes
+            if held > budget:
+                spill = _Spill(Path(tmp), options.join_partitions)
+                for t in tables:
+                    spill.add("m", t)
+                tables = []
+        if spill is None:
+            media = _MediaIndex(_concat(tables, MEDIA_COLUMNS, "m_"))
+            tables = []
+            for item in core:
+                yield item if isinstance(item, IngestBatch) else from_join(media.join(item), options)
+            yield from media.orphans()
+            return
+        for item in core:
+            if isinstance(item, IngestBatch):
+                yield item
+            else:
+                spill.add("o", item)
+        spill.close()
+        for part in range(spill.parts):
+            media = _MediaIndex(spill.read("m", part))
+            for occ in spill.batches("o", part, options.batch_rows):
+                yield from_join(media.join(occ), options)
+            yield from media.orphans()
 
 
-def _spool(archive, spec, columns, dest: Path, prefix: str, options: Options) -> Iterator[IngestBatch]:
-    """Stream one archive file into a Parquet file (prefixed columns + row number); bad rows rejected."""
-    writer = None
+def from_join(t: pa.Table, options: Options) -> IngestBatch:
+    return adapt(t, options) if t.num_rows else IngestBatch(records=pa.table({}), rejects=empty_rejects())
+
+
+def _prefixed(archive, spec, columns, prefix: str, options: Options) -> Iterator[pa.Table | IngestBatch]:
+    """One archive file as tables of prefixed string columns plus a row number; bad rows as rejects."""
     row = 0
-    try:
-        for batch in read_file(archive, spec, columns, batch_rows=options.batch_rows):
-            t = batch.table
-            t = t.rename_columns([prefix + c for c in t.column_names])
-            t = t.append_column(prefix + "row", pa.array(range(row, row + t.num_rows), pa.int64()))
-            row += t.num_rows
-            if writer is None:
-                writer = pq.ParquetWriter(dest, t.schema, compression="zstd")
-            writer.write_table(t)
-            if batch.bad:
-                ids = [make_record_id(SOURCE, f"{spec.location}:{b.row_id or 'unknown'}:{i}")
-                       for i, b in enumerate(batch.bad, start=row)]
-                yield IngestBatch(records=pa.table({}), rejects=make_rejects(
-                    ids, STAGE, [b.reason for b in batch.bad],
-                    [f"{b.detail}; gbifID={b.row_id}" for b in batch.bad]))
-    finally:
-        if writer is not None:
-            writer.close()
+    for batch in read_file(archive, spec, columns, batch_rows=options.batch_rows):
+        t = batch.table
+        t = t.rename_columns([prefix + c for c in t.column_names])
+        t = t.append_column(prefix + "row", pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
+        row += t.num_rows
+        if batch.bad:
+            ids = [make_record_id(SOURCE, f"{spec.location}:{b.row_id or 'unknown'}:{i}")
+                   for i, b in enumerate(batch.bad, start=row)]
+            yield IngestBatch(records=pa.table({}), rejects=make_rejects(
+                ids, STAGE, [b.reason for b in batch.bad],
+                [f"{b.detail}; gbifID={b.row_id}" for b in batch.bad]))
+        if t.num_rows:
+            yield t
 
 
-def _join(occ_path: Path, media_path: Path | None, options: Options, tmp: str) -> Iterator[IngestBatch]:
-    import duckdb
+def _concat(tables: list[pa.Table], columns: list[str], prefix: str) -> pa.Table:
+    if tables:
+        return pa.concat_tables(tables).combine_chunks()
+    names = [f"{prefix}_id", *[prefix + c for c in columns]]
+    return pa.table({**{n: pa.array([], pa.string()) for n in names}, f"{prefix}row": pa.array([], pa.int64())})
 
-    con = duckdb.connect()
-    try:
-        con.execute(f"SET memory_limit='{options.duckdb_memory}'")
-        con.execute("SET enable_progress_bar=false")  # it writes to stdout, which callers may own
-        con.execute(f"SET temp_directory='{Path(tmp) / 'spill'}'")
-        con.execute("SET preserve_insertion_order=true")
-        occ = f"read_parquet('{occ_path}')"
-        if media_path is None:
-            sql = f"SELECT * FROM {occ} ORDER BY o_row"
-        else:
-            med = f"read_parquet('{media_path}')"
-            sql = (f"SELECT * FROM {occ} o LEFT JOIN {med} m ON o.o__id = m.m__id "
-                   f"ORDER BY o.o_row, m.m_row")
-        reader = con.sql(sql).to_arrow_reader(options.batch_rows)
-        for batch in reader:
-            yield adapt(pa.Table.from_batches([batch]), options)
-        if media_path is not None:
-            orphans = con.sql(
-                f"SELECT m__id, m_identifier, m_row FROM read_parquet('{media_path}') m "
-                f"ANTI JOIN {occ} o ON o.o__id = m.m__id ORDER BY m_row").to_arrow_table()
-            if orphans.num_rows:
-                ids = [make_record_id(SOURCE, f"{g}/{u}") for g, u in
-                       zip(orphans.column("m__id").to_pylist(), orphans.column("m_identifier").to_pylist(), strict=False)]
-                yield IngestBatch(records=pa.table({}), rejects=make_rejects(
-                    ids, STAGE, Reason.ORPHAN_MEDIA,
-                    [f"multimedia row for gbifID {g} which is not in the core" for g in
-                     orphans.column("m__id").to_pylist()]))
-    finally:
-        con.close()
+
+def join_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit key per core id: the integer itself (gbifIDs are integers), else a hash of the text.
+
+    Equal ids give equal keys; a hash may also give equal keys to different ids, which the join
+    then tells apart by comparing the ids themselves.
+    """
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if len(ids) == 0:
+        return np.zeros(0, np.uint64)
+    if pc.all(pc.match_substring_regex(ids, r"^[0-9]{1,18}$")).as_py():
+        return pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64) | np.uint64(1 << 63)
+    hashed = pl.Series(ids).hash(seed=0).to_numpy() & np.uint64((1 << 63) - 1)
+    return hashed  # top bit clear: never equal to an integer key
+
+
+class _MediaIndex:
+    """Media rows sorted by join key, joined to occurrence batches by binary search."""
+
+    def __init__(self, media: pa.Table):
+        keys = join_keys(media.column("m__id"))
+        self.order = np.argsort(keys, kind="stable")  # stable: an occurrence's media keep file order
+        self.keys = keys[self.order]
+        self.media = media
+        self.ids = media.column("m__id").combine_chunks() if media.num_rows else pa.array([], pa.string())
+        self.seen = np.zeros(media.num_rows, bool)
+
+    def join(self, occ: pa.Table) -> pa.Table:
+        """``occ`` LEFT JOIN media ON core id, rows in (occurrence, media file) order."""
+        okeys = join_keys(occ.column("o__id"))
+        lo = np.searchsorted(self.keys, okeys, "left")
+        hi = np.searchsorted(self.keys, okeys, "right")
+        count = hi - lo
+        width = np.maximum(count, 1)
+        occ_take = np.repeat(np.arange(occ.num_rows), width)
+        first = np.repeat(np.cumsum(width) - width, width)
+        within = np.arange(len(occ_take)) - first
+        has = np.repeat(count > 0, width)
+        pos = np.where(has, np.repeat(lo, width) + within, 0)
+        media_take = np.where(has, self.order[pos] if len(self.order) else 0, -1)
+        if has.any():  # a hash key shared by different ids: keep only the true matches
+            same = pc.equal(pc.take(occ.column("o__id").combine_chunks(), pa.array(occ_take[has])),
+                            pc.take(self.ids, pa.array(media_take[has]))).to_numpy(zero_copy_only=False)
+            if not same.all():
+                occ_take, media_take = _drop_false_matches(occ_take, media_take, has, same)
+        matched = media_take[media_take >= 0]
+        self.seen[matched] = True
+        o = occ.take(pa.array(occ_take))
+        m = self.media.drop_columns(["m__id"]).take(pa.array(media_take, mask=media_take < 0))
+        return pa.Table.from_arrays([*o.columns, *m.columns], names=[*o.column_names, *m.column_names])
+
+    def orphans(self) -> Iterator[IngestBatch]:
+        """Rejects for the media rows no occurrence claimed."""
+        idx = np.flatnonzero(~self.seen)
+        if not len(idx):
+            return
+        orphans = self.media.take(pa.array(idx))
+        gids = orphans.column("m__id").to_pylist()
+        ids = [make_record_id(SOURCE, f"{g}/{u}") for g, u in zip(gids, orphans.column("m_identifier").to_pylist(), strict=True)]
+        yield IngestBatch(records=pa.table({}), rejects=make_rejects(
+            ids, STAGE, Reason.ORPHAN_MEDIA, [f"multimedia row for gbifID {g} which is not in the core" for g in gids]))
+
+
+def _drop_false_matches(occ_take, media_take, has, same):
+    """Remove pairs whose ids differ; an occurrence left with none gets its no-media row back."""
+    keep = np.ones(len(occ_take), bool)
+    keep[np.flatnonzero(has)[~same]] = False
+    true_match = np.zeros(len(occ_take), bool)
+    true_match[np.flatnonzero(has)[same]] = True
+    rows = np.unique(occ_take)
+    matched_rows = np.unique(occ_take[true_match])
+    lonely = np.setdiff1d(rows, matched_rows)
+    first_of = np.searchsorted(occ_take, lonely, "left")
+    keep[first_of] = True
+    media_take = media_take.copy()
+    media_take[first_of] = -1
+    return occ_take[keep], media_take[keep]
+
+
+class _Spill:
+    """Rows of both join sides partitioned by key hash into Arrow IPC files, read back per partition."""
+
+    def __init__(self, folder: Path, parts: int):
+        self.folder, self.parts = folder, parts
+        self.writers: dict[tuple[str, int], pa.ipc.RecordBatchStreamWriter] = {}
+
+    def _path(self, side: str, part: int) -> Path:
+        return self.folder / f"{side}-{part:03d}.arrow"
+
+    def add(self, side: str, t: pa.Table) -> None:
+        part = join_keys(t.column(f"{side}__id")) % np.uint64(self.parts)
+        for p in np.unique(part):
+            rows = t.filter(pa.array(part == p))
+            key = (side, int(p))
+            if key not in self.writers:
+                self.writers[key] = pa.ipc.new_stream(self._path(side, int(p)), rows.schema)
+            self.writers[key].write_table(rows)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def read(self, side: str, part: int) -> pa.Table:
+        tables = list(self.batches(side, part, 1 << 62))
+        return _concat(tables, MEDIA_COLUMNS, "m_")
+
+    def batches(self, side: str, part: int, rows: int) -> Iterator[pa.Table]:
+        path = self._path(side, part)
+        if not path.exists():
+            return
+        with pa.ipc.open_stream(path) as reader:
+            pending, n = [], 0
+            for b in reader:
+                pending.append(b)
+                n += b.num_rows
+                if n >= rows:
+                    yield pa.Table.from_batches(pending)
+                    pending, n = [], 0
+            if pending:
+                yield pa.Table.from_batches(pending)
 
 
 # ---------------------------------------------------------------- the adapter
@@ -230,7 +369,7 @@ def _floats(a: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Parse strings to float64; returns (values, unparseable mask) — blank is null, not bad."""
     a = _blank_to_null(a)
     try:
-        return pc.cast(a, pa.float64()), pa.array([False] * len(a))
+        return pc.cast(a, pa.float64()), pa.array(np.zeros(len(a), bool))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         vals, bad = [], []
         for v in a.to_pylist():
@@ -256,11 +395,66 @@ def _pick_license(media: pa.Array, occ_license: pa.Array, occ_rights: pa.Array) 
     return normalise_license_column(raw), raw
 
 
+def record_ids(keys: pa.Array) -> pa.Array:
+    """:func:`schemas.make_record_id` of every key (one hash per row: ids must stay stable)."""
+    prefix, blake = f"{SOURCE}-", hashlib.blake2b
+    salt = f"{SOURCE}\x1f"
+    return pa.array([prefix + blake((salt + k).encode(), digest_size=8).hexdigest() for k in keys.to_pylist()],
+                    pa.string())
+
+
+def _per_unique(a: pa.Array, fn: Callable[[str | None], str | None]) -> pa.Array:
+    """``fn`` applied once per distinct value of ``a`` (URLs and licences repeat across rows)."""
+    uniques = pc.unique(a)
+    mapped = pa.array([fn(v) for v in uniques.to_pylist()], pa.string())
+    return pc.take(mapped, pc.index_in(a, value_set=uniques))
+
+
+_CONTROL = r"[\x00-\x1f]"
+
+
+def _extras(cols: dict[str, pa.Array]) -> pa.Array:
+    """:func:`schemas.record.extra_json` of every row, built column-wise.
+
+    Rows with a control character in a value (which JSON escapes in several ways) go through
+    ``extra_json`` itself.
+    """
+    names = sorted(cols)
+    pieces = []
+    odd = None
+    for k in names:
+        v = cols[k]
+        hit = pc.fill_null(pc.match_substring_regex(v, _CONTROL), False)
+        odd = hit if odd is None else pc.or_(odd, hit)
+        esc = pc.replace_substring(pc.replace_substring(v, "\\", "\\\\"), '"', '\\"')
+        pieces.append(pc.binary_join_element_wise(pa.scalar(json.dumps(k) + ': "'), esc, pa.scalar('"'), ""))
+    body = _join_present(pieces, ", ")
+    out = pc.binary_join_element_wise("{", body, "}", "")
+    slow = pc.indices_nonzero(odd).to_pylist()
+    if slow:
+        values = out.to_pylist()
+        for i in slow:
+            values[i] = extra_json({k: cols[k][i].as_py() for k in cols})
+        out = pa.array(values, pa.string())
+    return out
+
+
+def _repr_pairs(a: pa.Array, b: pa.Array, fmt: str) -> pa.Array:
+    """``fmt.format(repr(x), repr(y))`` per row, computed once per distinct pair."""
+    key = pc.binary_join_element_wise(pc.fill_null(a, "\x00N"), pc.fill_null(b, "\x00N"), "\x1f")
+    uniques = pc.unique(key).to_pylist()
+    back = lambda s: None if s == "\x00N" else s  # noqa: E731
+    mapped = pa.array([fmt.format(repr(back(u.split("\x1f", 1)[0])), repr(back(u.split("\x1f", 1)[1])))
+                       for u in uniques], pa.string())
+    return pc.take(mapped, pc.index_in(key, value_set=pa.array(uniques, pa.string())))
+
+
 def adapt(t: pa.Table, options: Options) -> IngestBatch:
     """Joined occurrence (``o_*``) + media (``m_*``) rows to records and rejects.
 
     Reasons, first that applies: material citation, no image, not a still image, bad
-    coordinates, unknown licence (unless kept).
+    coordinates, unknown licence (unless kept). Column-wise throughout: Python runs once per
+    row only for the record id hash, else once per distinct value.
     """
     n = t.num_rows
     if n == 0:
@@ -268,14 +462,15 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
     g = lambda name: _blank_to_null(_col(t, name))  # noqa: E731
     gbif_id = g("o__id")
     ident = g("m_identifier")
-    media_ids = [f"{o}/{u}" if u is not None else None for o, u in zip(gbif_id.to_pylist(), ident.to_pylist(), strict=False)]
-    record_ids = [make_record_id(SOURCE, m if m is not None else f"occurrence/{o}")
-                  for m, o in zip(media_ids, gbif_id.to_pylist(), strict=False)]
+    gid_text = pc.fill_null(gbif_id, "None")
+    media_ids = pc.binary_join_element_wise(gid_text, ident, "/")
+    ids = record_ids(pc.coalesce(media_ids, pc.binary_join_element_wise("occurrence", gid_text, "/")))
 
     basis = g("o_basisOfRecord")
     mtype, mformat = g("m_type"), g("m_format")
-    lat, lat_bad = _floats(_col(t, "o_decimalLatitude"))
-    lon, lon_bad = _floats(_col(t, "o_decimalLongitude"))
+    lat_raw, lon_raw = _col(t, "o_decimalLatitude"), _col(t, "o_decimalLongitude")
+    lat, lat_bad = _floats(lat_raw)
+    lon, lon_bad = _floats(lon_raw)
     unc, _ = _floats(_col(t, "o_coordinateUncertaintyInMeters"))
     license_code, license_raw = _pick_license(g("m_license"), g("o_license"), g("o_rights"))
 
@@ -290,56 +485,61 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
     one_sided = pc.xor(pc.is_null(lat), pc.is_null(lon))
     bad_coords = pc.or_(pc.or_(pc.or_(lat_bad, lon_bad), out_of_range), pc.and_(one_sided, pc.invert(pc.or_(lat_bad, lon_bad))))
 
-    reasons: list[str | None] = [None] * n
-    details: list[str | None] = [None] * n
-
-    def mark(mask: pa.Array, reason: str, detail: Callable[[int], str]) -> None:
-        for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist():
-            if reasons[i] is None:
-                reasons[i] = reason
-                details[i] = detail(i)
-
-    type_l = mtype.to_pylist()
-    media_row = t.column("m_row").to_pylist() if "m_row" in t.column_names else [None] * n
-    mark(pc.equal(basis, "MATERIAL_CITATION"), Reason.MATERIAL_CITATION, lambda i: "basisOfRecord MATERIAL_CITATION")
-    mark(pc.is_null(ident), Reason.NO_IMAGE,
-         lambda i: "occurrence has no media" if media_row[i] is None else "media row has no identifier URL")
-    mark(pc.invert(still), Reason.NOT_STILL_IMAGE,
-         lambda i: f"media type {type_l[i]!r}, format {mformat[i].as_py()!r}")
-    lat_l, lon_l = _col(t, "o_decimalLatitude").to_pylist(), _col(t, "o_decimalLongitude").to_pylist()
-    mark(bad_coords, Reason.BAD_COORDINATES, lambda i: f"decimalLatitude={lat_l[i]!r} decimalLongitude={lon_l[i]!r}")
+    media_row = t.column("m_row") if "m_row" in t.column_names else pa.nulls(n, pa.int64())
+    no_media = pc.is_null(media_row)
+    tests: list[tuple[pa.Array, str, Callable[[], pa.Array]]] = [
+        (pc.equal(basis, "MATERIAL_CITATION"), Reason.MATERIAL_CITATION,
+         lambda: pa.array(["basisOfRecord MATERIAL_CITATION"] * n, pa.string())),
+        (pc.is_null(ident), Reason.NO_IMAGE,
+         lambda: pc.if_else(no_media, "occurrence has no media", "media row has no identifier URL")),
+        (pc.invert(still), Reason.NOT_STILL_IMAGE,
+         lambda: _repr_pairs(mtype, mformat, "media type {}, format {}")),
+        (bad_coords, Reason.BAD_COORDINATES,
+         lambda: _repr_pairs(lat_raw, lon_raw, "decimalLatitude={} decimalLongitude={}")),
+    ]
     if not options.keep_unknown_license:
-        lic_raw_l = license_raw.to_pylist()
-        mark(pc.equal(license_code, "unknown"), Reason.UNKNOWN_LICENSE,
-             lambda i: f"licence {lic_raw_l[i]!r} not recognised" if lic_raw_l[i] else "no licence given")
-
-    keep = [i for i in range(n) if reasons[i] is None]
-    rej = [i for i in range(n) if reasons[i] is not None]
-    rejects = make_rejects([record_ids[i] for i in rej], STAGE, [reasons[i] for i in rej],
-                           [details[i] for i in rej]) if rej else REJECT_SCHEMA.empty_table()
-    if not keep:
+        tests.append((pc.equal(license_code, "unknown"), Reason.UNKNOWN_LICENSE,
+                      lambda: _per_unique(license_raw, lambda v: f"licence {v!r} not recognised" if v
+                                          else "no licence given")))
+    reason = pa.nulls(n, pa.string())
+    detail = pa.nulls(n, pa.string())
+    for mask, why, explain in reversed(tests):  # the first test that applies wins
+        mask = pc.fill_null(mask, False)
+        if pc.any(mask).as_py():
+            rows = pc.indices_nonzero(mask)
+            sub_detail = pc.take(explain(), rows) if len(rows) < n else explain()
+            detail = pc.if_else(mask, _scatter(sub_detail, rows, n), detail)
+            reason = pc.if_else(mask, pa.scalar(str(why)), reason)
+    keep = pc.is_null(reason)
+    rejected = pc.invert(keep)
+    if pc.any(rejected).as_py():
+        rejects = pa.table({"record_id": pc.filter(ids, rejected), "stage": pa.array([STAGE] * pc.sum(rejected).as_py()),
+                            "reason": pc.filter(reason, rejected), "detail": pc.filter(detail, rejected)},
+                           schema=REJECT_SCHEMA)
+    else:
+        rejects = REJECT_SCHEMA.empty_table()
+    kept = pc.sum(keep).as_py() or 0
+    if not kept:
         return IngestBatch(records=pa.table({}), rejects=rejects)
 
-    idx = pa.array(keep, pa.int64())
-    take = lambda a: pc.take(a, idx)  # noqa: E731
-    ident_k = take(ident).to_pylist()
+    take = lambda a: pc.filter(a, keep)  # noqa: E731
+    ident_k = take(ident)
     rights = pc.coalesce(g("m_rightsHolder"), g("m_creator"), g("o_rightsHolder"), g("o_institutionCode"))
-    extra_cols = {c: take(g(f"o_{c}")).to_pylist() for c in _EXTRA_OCC}
-    extra_cols["media_title"] = take(g("m_title")).to_pylist()
-    extra_cols["media_publisher"] = take(g("m_publisher")).to_pylist()
-    extra_cols["media_created"] = take(g("m_created")).to_pylist()
-    extras = [extra_json({k: v[j] for k, v in extra_cols.items()}) for j in range(len(keep))]
+    extra_cols = {c: take(g(f"o_{c}")) for c in _EXTRA_OCC}
+    extra_cols["media_title"] = take(g("m_title"))
+    extra_cols["media_publisher"] = take(g("m_publisher"))
+    extra_cols["media_created"] = take(g("m_created"))
     name = take(g("o_scientificName"))
     rank = pc.utf8_lower(take(pc.coalesce(g("o_taxonRank"), g("o_verbatimTaxonRank"))))
     coords_null = lambda a: pc.if_else(take(bad_coords), pa.scalar(None, pa.float64()), take(a))  # noqa: E731
     records = pa.table({
-        "record_id": [record_ids[i] for i in keep],
-        "source": pa.array([SOURCE] * len(keep), pa.string()),
+        "record_id": take(ids),
+        "source": pa.array([SOURCE] * kept, pa.string()),
         "source_dataset": take(g("o_datasetKey")),
         "occurrence_id": take(pc.coalesce(g("o_occurrenceID"), gbif_id)),
-        "media_id": [media_ids[i] for i in keep],
-        "photo_key": [photo_key(u) for u in ident_k],
-        "identifier": pa.array(ident_k, pa.string()),
+        "media_id": take(media_ids),
+        "photo_key": _per_unique(ident_k, photo_key),
+        "identifier": ident_k,
         "format": take(mformat),
         "license": take(license_code),
         "license_raw": take(license_raw),
@@ -364,20 +564,36 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
         "basis_of_record": take(basis),
         "life_stage": take(g("o_lifeStage")),
         "sex": take(g("o_sex")),
-        "extra": pa.array(extras, pa.string()),
+        "extra": _extras(extra_cols),
     })
     return IngestBatch(records=records, rejects=rejects)
 
 
+def _scatter(values: pa.Array, rows: pa.Array, n: int) -> pa.Array:
+    """An ``n``-long array with ``values`` at ``rows`` and nulls elsewhere."""
+    if len(values) == n:
+        return values
+    where = np.full(n, -1, np.int64)
+    where[rows.to_numpy()] = np.arange(len(rows))
+    return pc.take(values, pa.array(where, mask=where < 0))
+
+
 def _lineage(t: pa.Table) -> pa.Array:
     """``kingdom|phylum|...|genus`` from the interpreted ranks, for archives without higherClassification."""
-    parts = [_blank_to_null(_col(t, f"o_{r}")).to_pylist() for r in ("kingdom", "phylum", "class", "order",
-                                                                     "family", "genus")]
-    out = []
-    for row in zip(*parts, strict=False):
-        names = [x for x in row if x]
-        out.append("|".join(names) if names else None)
-    return pa.array(out, pa.string())
+    parts = [_blank_to_null(_col(t, f"o_{r}")) for r in ("kingdom", "phylum", "class", "order", "family", "genus")]
+    return _join_present(parts, "|")
+
+
+def _join_present(parts: list[pa.Array], sep: str) -> pa.Array:
+    """Per row, the non-null values joined by ``sep``; null where all are null.
+
+    (pyarrow 25's ``null_handling="skip"`` drops the all-null rows instead, hence by hand: each
+    present value gets a leading ``sep``, the first one is cut.)
+    """
+    led = [pc.fill_null(pc.binary_join_element_wise(sep, p, ""), "") for p in parts]
+    joined = pc.binary_join_element_wise(*led, "") if len(led) > 1 else led[0]
+    cut = pc.utf8_slice_codeunits(joined, len(sep))
+    return pc.if_else(pc.equal(joined, ""), pa.scalar(None, pa.string()), cut)
 
 
 # ---------------------------------------------------------------- search API

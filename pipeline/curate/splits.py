@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from pipeline.stages.curate import Options
 
 UNSEEN_SPLIT = "unseen"
+# chunk files: zstd at a low level (written once, read every epoch); dictionary pages only for the
+# columns that repeat (names, captions, vocabularies), not for ids and URLs that never do
+CHUNK_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=64 * 1024)
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -53,10 +56,10 @@ def assign_splits(table: pa.Table, options: Options) -> pa.Array:
     bounds = np.cumsum([options.splits[s] for s in names])
     bounds[-1] = 1.0  # float rounding must not leave a sliver of rows without a split
     u = unit_interval(hash_strings(occurrence_keys(table), seed=f"split:{options.seed}"))
-    idx = np.searchsorted(bounds, u, side="right")
-    labels = np.asarray(names, dtype=object)[np.minimum(idx, len(names) - 1)]
-    labels[unseen_taxa_mask(table, options)] = UNSEEN_SPLIT
-    return pa.array(labels.tolist(), pa.string())
+    idx = np.minimum(np.searchsorted(bounds, u, side="right"), len(names) - 1)
+    idx[unseen_taxa_mask(table, options)] = len(names)
+    # gathered from the names by index: no Python string per row
+    return pc.take(pa.array(names + [UNSEEN_SPLIT], pa.string()), pa.array(idx))
 
 
 def class_list(tables: list[pa.Table]) -> list[str]:
@@ -84,9 +87,13 @@ def make_chunks(table: pa.Table, options: Options) -> list[pa.Table]:
     """Shuffle ``table`` (one split) by seed and cut it into chunks of ``chunk_size`` rows."""
     if table.num_rows == 0:
         return []
-    shuffled = table.take(pa.array(shuffle_order(table, options.seed)))
+    return [table.take(pa.array(idx)) for idx in _chunk_rows(table, options)]
+
+
+def _chunk_rows(table: pa.Table, options: Options) -> list[np.ndarray]:
+    order = shuffle_order(table, options.seed)
     size = options.chunk_size
-    return [shuffled.slice(i, size) for i in range(0, shuffled.num_rows, size)]
+    return [order[i:i + size] for i in range(0, len(order), size)]
 
 
 def chunk_path(split: str, index: int) -> str:
@@ -101,14 +108,18 @@ def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, opt
     root = Path(root)
     jobs = []
     for split in sorted(curated_by_split):
-        for n, chunk in enumerate(make_chunks(curated_by_split[split], options)):
-            jobs.append((root / chunk_path(split, n), chunk))
+        table = curated_by_split[split]
+        if table.num_rows:
+            for n, idx in enumerate(_chunk_rows(table, options)):
+                jobs.append((root / chunk_path(split, n), table, idx))
 
     def write(job) -> str:
-        path, chunk = job
+        path, table, idx = job
+        # each chunk gathers its own rows in its thread: no shuffled copy of the whole split
+        chunk = table.take(pa.array(idx))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(chunk, tmp)
+        pq.write_table(chunk, tmp, **CHUNK_PARQUET)
         os.replace(tmp, path)
         return str(path)
 

@@ -142,15 +142,17 @@ STAGES = (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE)
 
 def finalize_splits(labelled: pa.Table, options: Options, classes: list[str] | None = None) -> dict[str, pa.Table]:
     """Add ``cls`` (index into the sorted taxon keys) and return each split's rows in chunk order."""
+    return {split: rows.take(pa.array(splits_mod.shuffle_order(rows, options.seed)))
+            for split, rows in split_tables(labelled, classes).items()}
+
+
+def split_tables(labelled: pa.Table, classes: list[str] | None = None) -> dict[str, pa.Table]:
+    """Add ``cls`` and return each split's rows in input order (``write_chunks`` shuffles them)."""
     classes = splits_mod.class_list([labelled]) if classes is None else classes
     labelled = labelled.append_column("cls", splits_mod.assign_classes(labelled, classes))
-    out = {}
     split_col = labelled.column("split")
     names = sorted(pc.unique(split_col).to_pylist())
-    for split in names:
-        rows = labelled.filter(pc.equal(split_col, split)) if len(names) > 1 else labelled
-        out[split] = rows.take(pa.array(splits_mod.shuffle_order(rows, options.seed)))
-    return out
+    return {split: labelled.filter(pc.equal(split_col, split)) if len(names) > 1 else labelled for split in names}
 
 
 def curate_table(table: pa.Table, options: Options | None = None) -> tuple[dict[str, pa.Table], pa.Table, dict]:
@@ -252,7 +254,7 @@ def write_splits(src, dst, options: Options | None = None, force: bool = False) 
     table = read_dataset(src)
     labelled = label_batch(table, StageContext(STAGE, options)).out if table.num_rows else table
     classes = splits_mod.class_list([labelled]) if table.num_rows else []
-    by_split = finalize_splits(labelled, options, classes) if table.num_rows else {}
+    by_split = split_tables(labelled, classes) if table.num_rows else {}
     written = splits_mod.write_chunks(by_split, staged.staged_out, options)
     atomic_write_json(staged.staged_out / "_classes.json", {"classes": classes})
     stats = {
