@@ -42,27 +42,30 @@ STAND_INS = sorted((SAMPLES / "images" / "camera_traps").glob("*.jpg"))
 
 
 class ImageHost:
-    """A loopback HTTP server answering any path with one of the real sample photos (chosen by path)."""
+    """A loopback HTTP server answering any path with a view of one of the real sample photos.
+
+    Each path gets its own crop of a photo (chosen, placed and sized by a hash of the path), so the
+    stand-ins are distinct images: the byte and perceptual dedup after download sees them as such.
+    """
 
     def __init__(self, images: list[Path], longest: int = 1024):
         from PIL import Image
 
-        self.bodies = []
+        self.photos = []
         for p in images:
             with Image.open(p) as im:
                 im = im.convert("RGB")
                 im.thumbnail((longest, longest))
-                buf = io.BytesIO()
-                im.save(buf, "JPEG", quality=88)
-                self.bodies.append(buf.getvalue())
+                self.photos.append(im.copy())
         self.requests = 0
+        self.lock = threading.Lock()
         host = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server API
-                host.requests += 1
-                digest = int(hashlib.sha1(self.path.encode()).hexdigest(), 16)
-                body = host.bodies[digest % len(host.bodies)]
+                with host.lock:
+                    host.requests += 1
+                body = host.view(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(body)))
@@ -74,6 +77,22 @@ class ImageHost:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def view(self, path: str) -> bytes:
+        from PIL import ImageOps
+
+        h = hashlib.sha256(path.encode()).digest()
+        photo = self.photos[h[0] % len(self.photos)]
+        w, ht = photo.size
+        frac = 0.35 + 0.4 * h[1] / 255
+        cw, ch = int(w * frac), int(ht * frac)
+        x, y = int((w - cw) * h[2] / 255), int((ht - ch) * h[3] / 255)
+        crop = photo.crop((x, y, x + cw, y + ch))
+        if h[4] & 1:
+            crop = ImageOps.mirror(crop)
+        buf = io.BytesIO()
+        crop.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
 
     @property
     def base(self) -> str:

@@ -104,7 +104,37 @@ def download(cfg, urls: Path | None = None, output: Path | None = None, retry_fa
 
     # failed images are the download stage's rejects, beside every other stage's
     atomic_write_parquet(failed_rejects(out), root / "rejects" / "stage=download" / f"part-{Path(out).name}.parquet")
+    stats["dedup_bytes"] = dedup_downloaded_images(cfg, Path(out))
     return stats
+
+
+def dedup_downloaded_images(cfg, shards_dir: Path) -> dict:
+    """Curate's layer 3, once the bytes are known: identical sha256, near-identical perceptual hash,
+    and images of the evaluation sets. The shards stay as written; the duplicates are listed in
+    ``shards/_duplicates.json`` (the trainer skips them) and rejected with a reason."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipeline.io import atomic_write_parquet, read_dataset
+    from pipeline.stages.curate import dedup_downloaded
+
+    status = read_dataset(shards_dir)
+    if not status.num_rows:
+        return {"in": 0, "out": 0, "rejected": 0}
+    ok = status.filter(pc.equal(status.column("status"), "ok"))
+    table = ok.select(["key", "sha256", "phash"]).rename_columns(["record_id", "sha256", "phash"])
+    result = dedup_downloaded(table, cfg.curate)
+    rejects = result.rejects.set_column(
+        result.rejects.schema.get_field_index("stage"), "stage",
+        pa.array(["curate_dedup_bytes"] * result.rejects.num_rows, pa.string()))
+    atomic_write_parquet(rejects, _root(cfg) / "rejects" / "stage=curate-dedup-bytes" /
+                         f"part-{shards_dir.name}.parquet")
+    atomic_write_json(shards_dir / "_duplicates.json", {
+        "keys": sorted(rejects.column("record_id").to_pylist()),
+        "why": "curate layer 3: same bytes, near-duplicate or evaluation-set image; see rejects/stage=curate-dedup-bytes"})
+    reasons = pc.value_counts(rejects.column("reason")).to_pylist() if rejects.num_rows else []
+    return {"in": table.num_rows, "out": result.out.num_rows, "rejected": rejects.num_rows,
+            "rejected_by_reason": {r["values"]: r["counts"] for r in reasons}}
 
 
 def train(cfg) -> dict:

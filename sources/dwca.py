@@ -571,10 +571,16 @@ def _line_chunks(src: _Source, member: str, chunk_bytes: int) -> Iterator[bytes]
                 size += len(block)
                 if size >= chunk_bytes:
                     whole = b"".join(parts)
-                    cut = whole.rfind(b"\n") + 1
-                    if cut:
-                        out.put(whole[:cut])
-                        whole = whole[cut:]
+                    pos = 0
+                    while len(whole) - pos >= chunk_bytes:
+                        cut = whole.rfind(b"\n", pos, pos + chunk_bytes) + 1
+                        if cut <= pos:  # a line longer than a chunk: take it whole
+                            cut = whole.find(b"\n", pos + chunk_bytes) + 1
+                        if cut <= pos:
+                            break
+                        out.put(whole[pos:cut])
+                        pos = cut
+                    whole = whole[pos:]
                     parts, size = [whole], len(whole)
             if size:
                 out.put(b"".join(parts))
@@ -612,17 +618,12 @@ def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
     return chunk, dropped
 
 
-def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_bytes) -> Iterator[DwcaBatch]:
-    """Fast path for unquoted UTF-8 files: inflate ahead in a thread, parse whole-line chunks in parallel."""
-    names = [f"c{i}" for i in range(width)]
-    include = sorted({f"c{i}" for i in index_of.values() if i is not None and i < width},
-                     key=lambda c: int(c[1:]))
-    id_col = f"c{spec.id_index}" if spec.id_index is not None else None
+def _parse_chunk(chunk: bytes, first_line: int, spec: FileSpec, names: list[str], include: list[str],
+                 id_col: str | None) -> tuple[pa.Table, list[BadRow]]:
+    """One chunk of whole lines to string columns, with its ragged and undecodable rows as bad rows."""
     invalid: list[BadRow] = []
-    chunk_ref: list = [b"", 0]  # the chunk being parsed and the file line it starts at, for bad-row details
 
     def on_invalid(row) -> str:
-        chunk, first_line = chunk_ref
         pos = chunk.find(row.text.encode("utf-8", errors="surrogateescape")) if row.text else -1
         where = f" (line {first_line + chunk.count(NEWLINE, 0, pos) + 1})" if pos >= 0 else ""
         invalid.append(BadRow(_row_id(row.text, spec), "malformed_row",
@@ -631,54 +632,89 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
         return "skip"
 
     parse_opts = pacsv.ParseOptions(delimiter=spec.delimiter, quote_char=False, invalid_row_handler=on_invalid)
-    conv_opts = pacsv.ConvertOptions(include_columns=include, column_types={c: pa.binary() for c in include},
-                                     strings_can_be_null=False, null_values=[])
-    conv_str = pacsv.ConvertOptions(include_columns=include, column_types={c: pa.string() for c in include},
+    read_opts = pacsv.ReadOptions(column_names=names, block_size=max(1 << 20, len(chunk) // 4 + 1))
+
+    def convert(kind: pa.DataType) -> pacsv.ConvertOptions:
+        return pacsv.ConvertOptions(include_columns=include, column_types={c: kind for c in include},
                                     strings_can_be_null=False, null_values=[])
+
+    try:  # strings straight away (arrow checks the UTF-8); bytes only to find the bad rows
+        return pacsv.read_csv(pa.py_buffer(chunk), read_options=read_opts, parse_options=parse_opts,
+                              convert_options=convert(pa.string())), invalid
+    except pa.ArrowInvalid as exc:
+        if "utf8" not in str(exc).lower() and "utf-8" not in str(exc).lower():
+            raise
+    invalid.clear()  # the second parse reports the ragged rows again
+    table = pacsv.read_csv(pa.py_buffer(chunk), read_options=read_opts, parse_options=parse_opts,
+                           convert_options=convert(pa.binary()))
+    parts = []
+    for batch in table.to_batches():
+        good, bad = _decode_columns(batch, spec, id_col)
+        invalid.extend(bad)
+        parts.append(good)
+    if parts:
+        return pa.concat_tables(parts), invalid
+    return table.cast(pa.schema([(n, pa.string()) for n in table.schema.names])), invalid
+
+
+def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_bytes) -> Iterator[DwcaBatch]:
+    """Fast path for unquoted UTF-8 files, a three-stage pipeline over whole-line chunks.
+
+    A thread inflates, a second parses one chunk ahead (arrow's parser, itself multi-threaded,
+    releases the GIL), and the caller's thread slices batches, so a consumer that spends its
+    time in Python overlaps with both.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"c{i}" for i in range(width)]
+    include = sorted({f"c{i}" for i in index_of.values() if i is not None and i < width},
+                     key=lambda c: int(c[1:]))
+    id_col = f"c{spec.id_index}" if spec.id_index is not None else None
     rows = 0
-    line = 0
-    header_left = spec.ignore_header_lines
     pending: list[pa.Table] = []
     pending_rows = 0
-    try:
+    invalid: list[BadRow] = []
+
+    lines_done = [spec.ignore_header_lines]  # header + rows parsed so far (blank lines are not counted)
+
+    def parse(chunk: bytes) -> tuple[pa.Table, list[BadRow]]:
+        # one worker parses chunks in order, so the count is exact when the next one starts
+        table, bad = _parse_chunk(chunk, lines_done[0], spec, names, include, id_col)
+        lines_done[0] += table.num_rows + len(bad)
+        return table, bad
+
+    def chunks() -> Iterator[bytes]:
+        header_left = spec.ignore_header_lines
         for chunk in _line_chunks(src, member, chunk_bytes):
             if header_left:
                 chunk, dropped = _skip_lines(chunk, header_left)
                 header_left -= dropped
-                line += dropped
-            if not chunk.strip(b"\r\n"):
-                line += chunk.count(b"\n")
+            if len(chunk) < 4096 and not chunk.strip(b"\r\n"):
                 continue
-            chunk_ref[0], chunk_ref[1] = chunk, line
-            read_opts = pacsv.ReadOptions(column_names=names, block_size=max(1 << 20, len(chunk) // 4 + 1))
-            seen_invalid = len(invalid)
-            try:  # strings straight away (arrow checks the UTF-8); bytes only to find the bad rows
-                decoded = pacsv.read_csv(pa.py_buffer(chunk), read_options=read_opts, parse_options=parse_opts,
-                                         convert_options=conv_str)
-            except pa.ArrowInvalid as exc:
-                if "utf8" not in str(exc).lower() and "utf-8" not in str(exc).lower():
-                    raise
-                del invalid[seen_invalid:]  # the second parse reports this chunk's ragged rows again
-                table = pacsv.read_csv(pa.py_buffer(chunk), read_options=read_opts, parse_options=parse_opts,
-                                       convert_options=conv_opts)
-                parts = []
-                for batch in table.to_batches():
-                    good, bad = _decode_columns(batch, spec, id_col)
+            yield chunk
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix=f"parse-{member}") as pool:
+            ahead = None
+            source = chunks()
+            while True:
+                nxt = next(source, None)
+                future = pool.submit(parse, nxt) if nxt is not None else None
+                if ahead is not None:
+                    decoded, bad = ahead.result()
                     invalid.extend(bad)
-                    parts.append(good)
-                decoded = pa.concat_tables(parts) if parts else table.cast(
-                    pa.schema([(n, pa.string()) for n in table.schema.names]))
-            line += chunk.count(b"\n")
-            rows += decoded.num_rows
-            pending.append(decoded)
-            pending_rows += decoded.num_rows
-            while pending_rows >= batch_rows:
-                whole = pa.concat_tables(pending)
-                out, rest = whole.slice(0, batch_rows), whole.slice(batch_rows)
-                yield DwcaBatch(_finish(out, spec, wanted, index_of), invalid)
-                invalid = []
-                pending, pending_rows = [rest], rest.num_rows
-        chunk_ref[0] = b""
+                    rows += decoded.num_rows
+                    pending.append(decoded)
+                    pending_rows += decoded.num_rows
+                    while pending_rows >= batch_rows:
+                        whole = pa.concat_tables(pending)
+                        out, rest = whole.slice(0, batch_rows), whole.slice(batch_rows)
+                        yield DwcaBatch(_finish(out, spec, wanted, index_of), invalid)
+                        invalid = []
+                        pending, pending_rows = [rest], rest.num_rows
+                if future is None:
+                    break
+                ahead = future
         if pending_rows or invalid or not rows:
             whole = pa.concat_tables(pending) if pending else pa.table({c: pa.array([], pa.string()) for c in include})
             yield DwcaBatch(_finish(whole, spec, wanted, index_of), invalid)

@@ -76,7 +76,7 @@ class Options(SourceOptions):
     poll_timeout_s: float = Field(6 * 3600.0, gt=0, description="give up on a download request after this")
     cache_dir: str = Field("data/cache/gbif", description="where fetched archives and request state live")
     batch_rows: int = Field(100_000, ge=1, description="records per batch")
-    join_memory_mb: int = Field(1024, ge=1, description="multimedia held in memory for the join; beyond, "
+    join_memory_mb: float = Field(1024, gt=0, description="multimedia held in memory for the join; beyond, "
                                 "both files are partitioned to temporary spill files")
     join_partitions: int = Field(16, ge=1, description="spill partitions when the multimedia exceeds join_memory_mb")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
@@ -160,7 +160,7 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
         for item in core:
             yield item if isinstance(item, IngestBatch) else adapt(item, options)
         return
-    budget = options.join_memory_mb << 20
+    budget = int(options.join_memory_mb * 2**20)
     tables: list[pa.Table] = []
     held = 0
     with tempfile.TemporaryDirectory(prefix="biocorpus-gbif-") as tmp:
@@ -229,18 +229,32 @@ def _concat(tables: list[pa.Table], columns: list[str], prefix: str) -> pa.Table
 
 
 def join_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A 64-bit key per core id: the integer itself (gbifIDs are integers), else a hash of the text.
+    """A 64-bit key per core id, a function of the id alone (both sides of the join use it).
 
-    Equal ids give equal keys; a hash may also give equal keys to different ids, which the join
-    then tells apart by comparing the ids themselves.
+    A decimal integer without leading zeros (every gbifID) is its own key, top bit set; any other
+    id is hashed, top bit clear. Equal ids give equal keys; two different ids share a key only
+    when both are hashed, which the join then tells apart by comparing the ids themselves.
     """
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     if len(ids) == 0:
         return np.zeros(0, np.uint64)
-    if pc.all(pc.match_substring_regex(ids, r"^[0-9]{1,18}$")).as_py():
-        return pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64) | np.uint64(1 << 63)
-    hashed = pl.Series(ids).hash(seed=0).to_numpy() & np.uint64((1 << 63) - 1)
-    return hashed  # top bit clear: never equal to an integer key
+    canonical = pc.fill_null(pc.match_substring_regex(ids, _CANONICAL_INT), False)
+    top = np.uint64(1 << 63)
+    if pc.all(canonical).as_py():
+        return pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64) | top
+    keys = pl.Series(ids).hash(seed=0).to_numpy() & np.uint64((1 << 63) - 1)
+    if pc.any(canonical).as_py():
+        ints = pc.cast(pc.if_else(canonical, ids, "0"), pa.int64()).to_numpy(zero_copy_only=False)
+        keys = np.where(canonical.to_numpy(zero_copy_only=False), ints.astype(np.uint64) | top, keys)
+    return keys
+
+
+_CANONICAL_INT = r"^(0|[1-9][0-9]{0,17})$"
+
+
+def _canonical_integers(ids: pa.Array) -> bool:
+    """Whether every id is keyed by its integer value (so that keys cannot collide on that side)."""
+    return bool(pc.all(pc.fill_null(pc.match_substring_regex(ids, _CANONICAL_INT), False)).as_py())
 
 
 class _MediaIndex:
@@ -252,6 +266,7 @@ class _MediaIndex:
         self.keys = keys[self.order]
         self.media = media
         self.ids = media.column("m__id").combine_chunks() if media.num_rows else pa.array([], pa.string())
+        self.exact = media.num_rows == 0 or _canonical_integers(self.ids)
         self.seen = np.zeros(media.num_rows, bool)
 
     def join(self, occ: pa.Table) -> pa.Table:
@@ -267,14 +282,15 @@ class _MediaIndex:
         has = np.repeat(count > 0, width)
         pos = np.where(has, np.repeat(lo, width) + within, 0)
         media_take = np.where(has, self.order[pos] if len(self.order) else 0, -1)
-        if has.any():  # a hash key shared by different ids: keep only the true matches
+        exact = self.exact or _canonical_integers(occ.column("o__id").combine_chunks())
+        if has.any() and not exact:  # a hash key shared by different ids: keep only the true matches
             same = pc.equal(pc.take(occ.column("o__id").combine_chunks(), pa.array(occ_take[has])),
                             pc.take(self.ids, pa.array(media_take[has]))).to_numpy(zero_copy_only=False)
             if not same.all():
                 occ_take, media_take = _drop_false_matches(occ_take, media_take, has, same)
         matched = media_take[media_take >= 0]
         self.seen[matched] = True
-        o = occ.take(pa.array(occ_take))
+        o = occ if len(occ_take) == occ.num_rows else occ.take(pa.array(occ_take))  # no occurrence repeated
         m = self.media.drop_columns(["m__id"]).take(pa.array(media_take, mask=media_take < 0))
         return pa.Table.from_arrays([*o.columns, *m.columns], names=[*o.column_names, *m.column_names])
 
@@ -523,47 +539,49 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
         return IngestBatch(records=pa.table({}), rejects=rejects)
 
     take = lambda a: pc.filter(a, keep)  # noqa: E731
+    gk = lambda name: _blank_to_null(take(_col(t, name)))  # noqa: E731  # kept rows only: cheaper
     ident_k = take(ident)
-    rights = pc.coalesce(g("m_rightsHolder"), g("m_creator"), g("o_rightsHolder"), g("o_institutionCode"))
-    extra_cols = {c: take(g(f"o_{c}")) for c in _EXTRA_OCC}
-    extra_cols["media_title"] = take(g("m_title"))
-    extra_cols["media_publisher"] = take(g("m_publisher"))
-    extra_cols["media_created"] = take(g("m_created"))
-    name = take(g("o_scientificName"))
-    rank = pc.utf8_lower(take(pc.coalesce(g("o_taxonRank"), g("o_verbatimTaxonRank"))))
+    extra_cols = {c: gk(f"o_{c}") for c in _EXTRA_OCC}
+    extra_cols["media_title"] = gk("m_title")
+    extra_cols["media_publisher"] = gk("m_publisher")
+    extra_cols["media_created"] = gk("m_created")
+    lineage = gk("o_higherClassification")
+    if lineage.null_count:
+        lineage = pc.coalesce(lineage, _lineage(t.filter(keep)))
     coords_null = lambda a: pc.if_else(take(bad_coords), pa.scalar(None, pa.float64()), take(a))  # noqa: E731
     records = pa.table({
         "record_id": take(ids),
         "source": pa.array([SOURCE] * kept, pa.string()),
-        "source_dataset": take(g("o_datasetKey")),
-        "occurrence_id": take(pc.coalesce(g("o_occurrenceID"), gbif_id)),
+        "source_dataset": gk("o_datasetKey"),
+        "occurrence_id": pc.coalesce(gk("o_occurrenceID"), take(gbif_id)),
         "media_id": take(media_ids),
         "photo_key": _per_unique(ident_k, photo_key),
         "identifier": ident_k,
         "format": take(mformat),
         "license": take(license_code),
         "license_raw": take(license_raw),
-        "rights_holder": take(rights),
-        "creator": take(g("m_creator")),
-        "references": take(pc.coalesce(g("m_references"), g("o_references"))),
-        "verbatim_name": name,
-        "verbatim_rank": rank,
-        "verbatim_kingdom": take(g("o_kingdom")),
-        "verbatim_phylum": take(g("o_phylum")),
-        "verbatim_class": take(g("o_class")),
-        "verbatim_order": take(g("o_order")),
-        "verbatim_family": take(g("o_family")),
-        "verbatim_genus": take(g("o_genus")),
-        "verbatim_lineage": take(pc.coalesce(g("o_higherClassification"), _lineage(t))),
-        "source_taxon_id": take(g("o_taxonKey")),
+        "rights_holder": pc.coalesce(gk("m_rightsHolder"), gk("m_creator"), gk("o_rightsHolder"),
+                                     gk("o_institutionCode")),
+        "creator": gk("m_creator"),
+        "references": pc.coalesce(gk("m_references"), gk("o_references")),
+        "verbatim_name": gk("o_scientificName"),
+        "verbatim_rank": pc.utf8_lower(pc.coalesce(gk("o_taxonRank"), gk("o_verbatimTaxonRank"))),
+        "verbatim_kingdom": gk("o_kingdom"),
+        "verbatim_phylum": gk("o_phylum"),
+        "verbatim_class": gk("o_class"),
+        "verbatim_order": gk("o_order"),
+        "verbatim_family": gk("o_family"),
+        "verbatim_genus": gk("o_genus"),
+        "verbatim_lineage": lineage,
+        "source_taxon_id": gk("o_taxonKey"),
         "decimal_latitude": coords_null(lat),
         "decimal_longitude": coords_null(lon),
         "coordinate_uncertainty_m": take(unc),
-        "event_date": take(g("o_eventDate")),
-        "country_code": take(g("o_countryCode")),
+        "event_date": gk("o_eventDate"),
+        "country_code": gk("o_countryCode"),
         "basis_of_record": take(basis),
-        "life_stage": take(g("o_lifeStage")),
-        "sex": take(g("o_sex")),
+        "life_stage": gk("o_lifeStage"),
+        "sex": gk("o_sex"),
         "extra": _extras(extra_cols),
     })
     return IngestBatch(records=records, rejects=rejects)

@@ -184,6 +184,10 @@ def _fields(line: str) -> list[str]:
     return fields
 
 
+# ADC and header files are CR/LF text; str.splitlines would also break at \x1c, \x85, \u2028...
+_LINES = re.compile(r"\r\n|\n|\r")
+
+
 def parse_adc(text: str | bytes, layout: AdcLayout | None = None) -> AdcRows:
     """Parse ADC text; ``layout`` None picks one from the first row's column count.
 
@@ -232,7 +236,7 @@ def _parse_adc_arrow(data: bytes, layout: AdcLayout) -> AdcRows | None:
 
 
 def _parse_adc_rows(text: str, layout: AdcLayout) -> AdcRows:
-    rows = [_fields(line) for line in text.splitlines() if line.strip()]
+    rows = [_fields(line) for line in _LINES.split(text) if line.strip()]
     cols = _geometry_columns(layout)
     good: list[tuple[int, ...]] = []
     malformed: list[tuple[int, str]] = []

@@ -82,6 +82,35 @@ def caption_columns(table: pa.Table) -> dict[str, pa.Array]:
 NAME_INPUTS = (*RANKS, "vernacular_name", "non_living_class")
 
 
+def name_groups(table: pa.Table) -> np.ndarray:
+    """A group code per row, equal for rows whose name inputs are equal (numbered by first appearance).
+
+    Each column is dictionary-encoded on its own and the codes are combined in mixed radix, so no
+    string is built per row; when the radix would overflow 62 bits the partial key is re-encoded.
+    """
+    n = table.num_rows
+    key = np.zeros(n, np.int64)
+    size = 1
+    for name in NAME_INPUTS:
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        enc = pc.dictionary_encode(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        m = len(enc.dictionary) + 1  # + 1: null
+        if size * m >= 1 << 62:
+            key, size = _encode(key)
+        key = key * m + np.asarray(pc.fill_null(enc.indices, m - 1).to_numpy(zero_copy_only=False), np.int64)
+        size *= m
+    return _encode(key)[0]
+
+
+def _encode(key: np.ndarray) -> tuple[np.ndarray, int]:
+    enc = pc.dictionary_encode(pa.array(key))
+    return np.asarray(enc.indices.to_numpy(zero_copy_only=False), np.int64), len(enc.dictionary)
+
+
 def add_captions(table: pa.Table, caption_type: str) -> pa.Table:
     """Append the name columns, every ``caption_<type>`` column and ``caption`` (the chosen type).
 
@@ -91,11 +120,12 @@ def add_captions(table: pa.Table, caption_type: str) -> pa.Table:
     if table.num_rows == 0:
         cols = caption_columns(table)
     else:
-        parts = [pc.fill_null(_column(table, c), "\x00") for c in NAME_INPUTS]
-        codes = pc.dictionary_encode(pc.binary_join_element_wise(*parts, "\x1f")).indices
-        codes = codes.combine_chunks() if isinstance(codes, pa.ChunkedArray) else codes
-        # dictionary codes are numbered in order of first appearance: code k's first row
-        _, firsts = np.unique(np.asarray(codes.to_numpy(zero_copy_only=False)), return_index=True)
+        codes = name_groups(table)
+        # group codes are numbered in order of first appearance: code k's first row is where the
+        # running maximum first reaches k
+        top = np.maximum.accumulate(codes)
+        firsts = np.nonzero(np.concatenate(([True], top[1:] > top[:-1])))[0]
+        codes = pa.array(codes.astype(np.int32))
         distinct = caption_columns(table.select([c for c in NAME_INPUTS if c in table.column_names]).take(pa.array(firsts)))
         # dictionary columns: millions of rows share a few thousand captions, nothing is copied
         cols = {k: pa.DictionaryArray.from_arrays(codes, v) for k, v in distinct.items()}

@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from pipeline.stages.curate import Options
 
 UNSEEN_SPLIT = "unseen"
-# chunk files: zstd at a low level (written once, read every epoch); dictionary pages only for the
-# columns that repeat (names, captions, vocabularies), not for ids and URLs that never do
+# chunk files: zstd at a low level (fast to write, small to read every epoch)
 CHUNK_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=64 * 1024)
 
 
@@ -96,6 +95,27 @@ def _chunk_rows(table: pa.Table, options: Options) -> list[np.ndarray]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
+def compact_dictionaries(table: pa.Table) -> pa.Table:
+    """Keep in each dictionary column only the values its rows use.
+
+    Caption columns share one dictionary of every taxon's captions; a chunk taken from them would
+    otherwise write that whole dictionary (tens of MB) into every file.
+    """
+    for i, field in enumerate(table.schema):
+        if not pa.types.is_dictionary(field.type):
+            continue
+        col = table.column(i).combine_chunks() if table.num_rows else None
+        if col is None or len(col.dictionary) <= len(col):
+            continue
+        valid = pc.is_valid(col.indices)
+        codes = np.asarray(pc.fill_null(col.indices, 0).to_numpy(zero_copy_only=False), np.int64)
+        used, inverse = np.unique(codes, return_inverse=True)
+        indices = pa.array(inverse.astype(np.int32), mask=~np.asarray(valid.to_numpy(zero_copy_only=False), bool))
+        compact = pa.DictionaryArray.from_arrays(indices, col.dictionary.take(pa.array(used)))
+        table = table.set_column(i, field.name, compact.cast(field.type) if compact.type != field.type else compact)
+    return table
+
+
 def chunk_path(split: str, index: int) -> str:
     return f"split={split}/chunk-{index:05d}.parquet"
 
@@ -108,7 +128,8 @@ def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, opt
     root = Path(root)
     jobs = []
     for split in sorted(curated_by_split):
-        table = curated_by_split[split]
+        # one contiguous copy first: Arrow's take on a many-chunk column concatenates it per call
+        table = curated_by_split[split].combine_chunks()
         if table.num_rows:
             for n, idx in enumerate(_chunk_rows(table, options)):
                 jobs.append((root / chunk_path(split, n), table, idx))
@@ -116,7 +137,7 @@ def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, opt
     def write(job) -> str:
         path, table, idx = job
         # each chunk gathers its own rows in its thread: no shuffled copy of the whole split
-        chunk = table.take(pa.array(idx))
+        chunk = compact_dictionaries(table.take(pa.array(idx)))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(chunk, tmp, **CHUNK_PARQUET)

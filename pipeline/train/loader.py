@@ -406,6 +406,24 @@ class LoaderSettings:
     augment: bool = True
     seed: int = 0
     pin_memory: bool = False
+    # keys the curate stage found to be duplicates after download (shards/_duplicates.json)
+    exclude: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _not_excluded:  # noqa: N801 - a picklable predicate for webdataset's select
+    keys: frozenset[str]
+
+    def __call__(self, sample: Mapping) -> bool:
+        return sample.get("__key__") not in self.keys
+
+
+def load_exclusions(shards_dir: str | Path) -> frozenset[str]:
+    """Keys listed in ``<shards>/_duplicates.json`` by the post-download dedup (empty when absent)."""
+    path = Path(shards_dir) / "_duplicates.json"
+    if not path.is_file():
+        return frozenset()
+    return frozenset(json.loads(path.read_text()).get("keys", []))
 
 
 def _web_loader(pipeline, workers: int, settings: LoaderSettings):
@@ -436,6 +454,7 @@ def make_train_loader(
     pipeline = wds.DataPipeline(
         wds.ResampledShards(list(urls), seed=seed, worker_seed=_worker_seed, deterministic=True),
         wds.tarfile_to_samples(handler=wds.reraise_exception),
+        wds.select(_not_excluded(settings.exclude)),
         wds.pipelinefilter(buffer_shuffle)(settings.shuffle_buffer, seed),
         wds.pipelinefilter(decode_samples)(decoder, seed),
         wds.pipelinefilter(batch_samples)(settings.batch_size),
@@ -452,6 +471,7 @@ def make_eval_loader(urls: Sequence[str], class_maps: ClassMaps, settings: Loade
         wds.SimpleShardList(list(urls)),
         wds.split_by_worker,
         wds.tarfile_to_samples(handler=wds.reraise_exception),
+        wds.select(_not_excluded(settings.exclude)),
         wds.pipelinefilter(decode_samples)(decoder, settings.seed),
         wds.pipelinefilter(batch_samples)(settings.batch_size),
     )

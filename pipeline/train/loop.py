@@ -20,6 +20,7 @@ from pipeline.train.loader import (
     ShardFormatError,
     class_maps_from_taxa,
     discover_shards,
+    load_exclusions,
     make_eval_loader,
     make_train_loader,
     normalise_batch,
@@ -197,6 +198,7 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
         augment=options.augment,
         seed=options.seed,
         pin_memory=on_cuda,
+        exclude=load_exclusions(shards_dir),
     )
 
     checkpoint_path = out_dir / "checkpoints" / "last.pt"

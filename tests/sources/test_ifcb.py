@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -270,7 +271,8 @@ def test_parse_adc_recovers_geometry_in_both_layouts(rows, layout, trailing_comm
 @given(text=st.text(max_size=400), layout=st.sampled_from([None, ADC_V1, ADC_V2]))
 def test_parse_adc_never_raises_and_accounts_for_every_line(text, layout):
     parsed = parse_adc(text, layout)
-    assert parsed.n_rows == sum(1 for line in text.splitlines() if line.strip())
+    lines = re.split(r"\r\n|\n|\r", text)
+    assert parsed.n_rows == sum(1 for line in lines if line.strip())
 
 
 hdr_key = st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters="_()%"), min_size=1, max_size=20)

@@ -1,0 +1,174 @@
+"""The DwC-A fast path: chunked inflate + parse, the sorted-key join, its spill mode, column-wise records."""
+
+import collections
+import json
+import zipfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sources.gbif as gbif
+from schemas.record import extra_json
+from sources import dwca
+from sources.dwca import DwcaError, open_archive, parse_line, read_file
+from sources.gbif import CONNECTOR, Options
+from tests.sources.conftest import DATA
+from tests.sources.test_dwca import _edit_lines, rewrite
+from tests.sources.test_gbif import ingest
+
+SAMPLE = DATA / "gbif/dwca/0000066-140928181241064.zip"
+COLUMNS = ["gbifID", "scientificName", "decimalLatitude", "license", "rights", "genus"]
+
+
+def _oracle(member: str, columns: list[str]) -> list[list[str]]:
+    """The wanted fields of every data line, cut with str.split: what the fast path must return."""
+    a = open_archive(SAMPLE)
+    spec = a.core if a.core.location == member else next(e for e in a.extensions if e.location == member)
+    idx = [spec.id_index, *[spec.column(c).index for c in columns]]
+    lines = zipfile.ZipFile(SAMPLE).read(member).decode().split("\n")[spec.ignore_header_lines:]
+    return [[parse_line(line)[i] for i in idx] for line in lines if line]
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 12, 1 << 16, 16 << 20])
+def test_chunked_reader_matches_a_plain_split(block_bytes):
+    a = open_archive(SAMPLE)
+    got = [list(r.values()) for b in read_file(a, a.core, COLUMNS, batch_rows=97, block_bytes=block_bytes)
+           for r in b.table.to_pylist()]
+    assert got == _oracle("occurrence.txt", COLUMNS)
+
+
+def test_line_chunks_are_whole_lines_and_add_up_to_the_member():
+    src = dwca._Source(SAMPLE)
+    try:
+        chunks = list(dwca._line_chunks(src, "occurrence.txt", 1 << 12))
+    finally:
+        src.close()
+    assert len(chunks) > 50 and all(c.endswith(b"\n") for c in chunks)
+    assert b"".join(chunks) == zipfile.ZipFile(SAMPLE).read("occurrence.txt")
+
+
+def test_stored_member_with_a_wrong_crc_is_an_error(tmp_path):
+    data = zipfile.ZipFile(SAMPLE).read("occurrence.txt")
+    with zipfile.ZipFile(SAMPLE) as zin, zipfile.ZipFile(tmp_path / "x.zip", "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    raw = bytearray((tmp_path / "x.zip").read_bytes())
+    at = raw.index(data[5000:5100])
+    raw[at + 10] = ord("Q") if raw[at + 10] != ord("Q") else ord("R")  # same length, different bytes
+    (tmp_path / "x.zip").write_bytes(bytes(raw))
+    a = open_archive(tmp_path / "x.zip")
+    with pytest.raises(DwcaError, match="occurrence.txt: corrupt"):
+        list(read_file(a, a.core, ["gbifID"]))
+
+
+def test_ragged_and_undecodable_rows_in_one_chunk_are_each_reported_once(tmp_path):
+    def damage(lines):
+        lines[5] = lines[5] + b"\textra"
+        f = lines[7].split(b"\t")
+        f[99] = b"\xffbad"
+        lines[7] = b"\t".join(f)
+
+    a = open_archive(rewrite(SAMPLE, tmp_path / "x.zip", {"occurrence.txt": _edit_lines(damage)}))
+    tables, bad = [], []
+    for b in read_file(a, a.core, ["gbifID", "genus"]):
+        tables.append(b.table)
+        bad.extend(b.bad)
+    assert sum(t.num_rows for t in tables) == 468
+    assert sorted(b.reason for b in bad) == ["malformed_row", "undecodable_text"]
+    ragged = next(b for b in bad if b.reason == "malformed_row")
+    assert "(line 6)" in ragged.detail  # line 6 of the file: the header is line 1
+
+
+def _naive_join(occ_ids, media_ids):
+    by = collections.defaultdict(list)
+    for j, m in enumerate(media_ids):
+        by[m].append(j)
+    return [(i, j) for i, o in enumerate(occ_ids) for j in (by.get(o) or [None])]
+
+
+def _tables(occ_ids, media_ids):
+    occ = pa.table({"o__id": pa.array(occ_ids, pa.string()), "o_row": pa.array(range(len(occ_ids)), pa.int64())})
+    media = pa.table({"m__id": pa.array(media_ids, pa.string()), "m_row": pa.array(range(len(media_ids)), pa.int64())})
+    return occ, media
+
+
+IDS = st.one_of(st.integers(0, 30).map(str), st.sampled_from(["a", "b", "x-1", ""]))
+
+
+@settings(max_examples=60)
+@given(st.lists(IDS, max_size=30), st.lists(IDS, max_size=30), st.booleans())
+def test_join_is_a_left_join_in_file_order(occ_ids, media_ids, collide):
+    occ, media = _tables(occ_ids, media_ids)
+    original = gbif.join_keys, gbif._canonical_integers
+    if collide:  # every id hashed onto one key: only the id comparison can tell them apart
+        gbif.join_keys = lambda ids: np.zeros(len(ids), np.uint64)
+        gbif._canonical_integers = lambda ids: False
+    try:
+        index = gbif._MediaIndex(media)
+        out = index.join(occ)
+    finally:
+        gbif.join_keys, gbif._canonical_integers = original
+    got = list(zip(out.column("o_row").to_pylist(), out.column("m_row").to_pylist(), strict=True))
+    assert got == _naive_join(occ_ids, media_ids)
+    claimed = {j for _, j in got if j is not None}
+    assert [bool(x) for x in index.seen] == [j in claimed for j in range(len(media_ids))]
+
+
+def test_keys_depend_on_the_id_alone():
+    mixed = gbif.join_keys(pa.array(["12", "0012", "abc", "7"]))
+    ints = gbif.join_keys(pa.array(["7", "12"]))
+    assert len(set(mixed.tolist())) == 4  # "0012" is not "12": it is hashed, apart from the integers
+    assert mixed[0] == ints[1] and mixed[3] == ints[0]  # the same id, the same key, whatever its company
+
+
+def _summary(records, rejects):
+    return (sorted(records.column("record_id").to_pylist()),
+            sorted(zip(rejects.column("record_id").to_pylist(), rejects.column("reason").to_pylist(), strict=True)))
+
+
+def test_spilled_join_gives_the_same_records_and_rejects(tmp_path):
+    def media(lines):  # an orphan and a second image for an occurrence, so both sides matter
+        lines.insert(-1, b"999999999\tStillImage\timage/jpeg\thttp://example.org/orphan.jpg" + b"\t" * 11)
+        lines.insert(-1, lines[1].replace(b".jpg", b"-2.jpg"))
+
+    z = rewrite(SAMPLE, tmp_path / "x.zip", {"multimedia.txt": _edit_lines(media)})
+    r1, j1, reasons1 = ingest(CONNECTOR, str(z), Options())
+    r2, j2, reasons2 = ingest(CONNECTOR, str(z), Options(join_memory_mb=0.001, join_partitions=4, batch_rows=50))
+    assert reasons1 == reasons2 and reasons1["orphan_media"] == 1
+    assert _summary(r1, j1) == _summary(r2, j2)
+    assert r1.num_rows == 211
+    key = "record_id"
+    assert sorted(r1.to_pylist(), key=lambda r: r[key]) == sorted(r2.to_pylist(), key=lambda r: r[key])
+
+
+def test_records_match_the_row_by_row_definitions():
+    records, _, _ = ingest(CONNECTOR, str(SAMPLE), Options())
+    from schemas import make_record_id
+    from sources.photokey import photo_key
+
+    for r in records.to_pylist():
+        assert r["record_id"] == make_record_id("gbif", r["media_id"])
+        assert r["photo_key"] == photo_key(r["identifier"])
+        assert r["extra"] is None or json.loads(r["extra"])
+
+
+VALUE = st.one_of(st.none(), st.just(""), st.text(max_size=8),
+                  st.sampled_from(['a"b', "c\\d", "tab\there", "nl\nx", "\x01", "é ü", "\u2028"]))
+
+
+@given(st.lists(st.tuples(VALUE, VALUE, VALUE), min_size=1, max_size=6))
+def test_extras_are_extra_json_of_each_row(rows):
+    names = ["zeta", "alpha", "media_title"]
+    cols = {n: pa.array([r[i] or None for r in rows], pa.string()) for i, n in enumerate(names)}
+    want = [extra_json({n: r[i] for i, n in enumerate(names)}) for r in rows]
+    assert gbif._extras(cols).to_pylist() == want
+
+
+@given(st.lists(st.tuples(VALUE, VALUE, VALUE), min_size=1, max_size=6))
+def test_join_present_skips_nulls_and_keeps_all_null_rows(rows):
+    parts = [pa.array([r[i] for r in rows], pa.string()) for i in range(3)]
+    want = ["|".join(v for v in r if v is not None) if any(v is not None for v in r) else None for r in rows]
+    assert gbif._join_present(parts, "|").to_pylist() == want
