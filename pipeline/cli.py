@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,9 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (see `biocorpus config`)")]
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="data root (overrides the config's `data`)")]
-RunnerOpt = Annotated[Optional[str], typer.Option("--runner", help="local (default) or beam")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (see `biocorpus config`)")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="data root (overrides the config's `data`)")]
+RunnerOpt = Annotated[str | None, typer.Option("--runner", help="local (default) or beam")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="redo the stage even if it is already complete")]
 BEAM_HELP = "Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P --region=R`."
 
@@ -56,7 +56,7 @@ def _print_stats(result) -> None:
 def ingest(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="gbif, inaturalist, eol, ecotaxa, ifcb, ifcb_dashboard, folders")],
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="file, folder or URL to read; "
+    input: Annotated[str | None, typer.Option("--input", "-i", help="file, folder or URL to read; "
                                                   "omit for the source's API query from the config")] = None,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None, force: ForceOpt = False,
 ):
@@ -110,17 +110,17 @@ def curate(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, r
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
 def download(
     ctx: typer.Context,
-    urls: Annotated[Optional[Path], typer.Option("--urls", help="plain URL list (Parquet or CSV with `url`, "
+    urls: Annotated[Path | None, typer.Option("--urls", help="plain URL list (Parquet or CSV with `url`, "
                                                  "optional `caption`, `key`) instead of curated/")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="shards folder (default <data>/shards)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="shards folder (default <data>/shards)")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="retry only images that failed")] = False,
-    size: Annotated[Optional[int], typer.Option("--size", help="target side in pixels")] = None,
-    resize_mode: Annotated[Optional[str], typer.Option("--resize-mode", help="longest, shortest, center_crop, none")] = None,
-    shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="images per shard")] = None,
-    processes: Annotated[Optional[int], typer.Option("--processes", help="decode processes")] = None,
-    host_rate: Annotated[Optional[float], typer.Option("--host-rate", help="requests/s per host")] = None,
-    host_concurrency: Annotated[Optional[int], typer.Option("--host-concurrency", help="requests at once per host")] = None,
-    allow_loopback: Annotated[Optional[bool], typer.Option("--allow-loopback", help="allow 127.0.0.1 (local mirrors)")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="target side in pixels")] = None,
+    resize_mode: Annotated[str | None, typer.Option("--resize-mode", help="longest, shortest, center_crop, none")] = None,
+    shard_size: Annotated[int | None, typer.Option("--shard-size", help="images per shard")] = None,
+    processes: Annotated[int | None, typer.Option("--processes", help="decode processes")] = None,
+    host_rate: Annotated[float | None, typer.Option("--host-rate", help="requests/s per host")] = None,
+    host_concurrency: Annotated[int | None, typer.Option("--host-concurrency", help="requests at once per host")] = None,
+    allow_loopback: Annotated[bool | None, typer.Option("--allow-loopback", help="allow 127.0.0.1 (local mirrors)")] = None,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
     """Fetch images politely into webdataset shards: curated/ → shards/."""
@@ -139,13 +139,13 @@ def download(
 
 @app.command()
 def train(
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="passes over the train split")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="model input side in pixels")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="stop (with a checkpoint) at this step")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="auto (continue from the last checkpoint), "
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="passes over the train split")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="model input side in pixels")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="stop (with a checkpoint) at this step")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="auto (continue from the last checkpoint), "
                                                   "never, or a checkpoint path")] = None,
     config: ConfigOpt = None, data: DataOpt = None,
 ):
@@ -182,7 +182,7 @@ def query(
 
 @app.command()
 def report(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="folder (default <data>/report)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="folder (default <data>/report)")] = None,
     config: ConfigOpt = None, data: DataOpt = None,
 ):
     """Write the corpus report (HTML with plots), dataset card and Croissant metadata."""
@@ -197,7 +197,7 @@ def report(
              epilog=BEAM_HELP)
 def run_all(
     ctx: typer.Context,
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="TOML [[ingest]] list of {source, input}")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="TOML [[ingest]] list of {source, input}")] = None,
     skip_train: Annotated[bool, typer.Option("--skip-train", help="stop after the shards")] = False,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
@@ -228,10 +228,10 @@ def show_config(config: ConfigOpt = None):
 def backbone(
     kind: Annotated[str, typer.Argument(help="gbif (Backbone DwC-A), coldp (Catalogue of Life), inat (taxa "
                                          "table), inat-dwca (iNaturalist taxonomy DwC-A)")],
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="backbone archive or folder; omitted for "
+    input: Annotated[str | None, typer.Option("--input", "-i", help="backbone archive or folder; omitted for "
                                                   "gbif: download the current GBIF Backbone release")] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="where to download from when --input is omitted")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="version label stored with it")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="where to download from when --input is omitted")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="version label stored with it")] = None,
     config: ConfigOpt = None, data: DataOpt = None,
 ):
     """Load a taxonomic backbone (GBIF, Catalogue of Life, iNaturalist) into versioned Parquet."""

@@ -54,7 +54,7 @@ def _config_model() -> type[BaseModel]:
 
     source_fields: dict[str, Any] = {}
     for name, spec in REGISTRY.items():
-        opts = getattr(_import(spec), "Options")
+        opts = _import(spec).Options
         source_fields[name] = (opts, Field(default_factory=opts))
     Sources = create_model(
         "Sources", __config__=ConfigDict(frozen=True, extra="forbid"), **source_fields

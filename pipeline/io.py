@@ -177,7 +177,7 @@ class StagedOutput:
 
 
 def new_run_id(stage: str) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{now}-{stage}-{uuid.uuid4().hex[:6]}"
 
 

@@ -74,7 +74,6 @@ def curate(cfg, runner, force: bool = False) -> dict:
         force = force or not res.skipped  # a redone step invalidates the ones after it
     from pipeline.curate.balance import balance_report
     from pipeline.io import read_dataset
-
     from schemas import REJECT_SCHEMA
 
     stats["balance"] = balance_report(read_dataset(root / "rejects" / "stage=curate-balance", REJECT_SCHEMA))

@@ -111,9 +111,9 @@ def _format_table(table, max_rows: int = 100) -> str:
     cols = table.column_names
     rows = [[("" if v is None else str(v)) for v in r.values()] for r in table.slice(0, max_rows).to_pylist()]
     widths = [min(60, max([len(c)] + [len(r[i]) for r in rows])) for i, c in enumerate(cols)]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v[:60].ljust(w) for v, w in zip(r, widths)) for r in rows]
+    out += ["  ".join(v[:60].ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     if table.num_rows > max_rows:
         out.append(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
     return "\n".join(out)

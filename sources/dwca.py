@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _inflate_lib = zlib
 
 DEFAULT_BATCH_ROWS = 100_000
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 16 << 20  # inflated bytes per parse call of the fast path
 NEWLINE = b"\n"  # inflated bytes per parse call of the fast path
 _ESCAPES = {"\\t": "\t", "\\n": "\n", "\\r": "\r", "\\r\\n": "\r\n", "\\\\": "\\", "\\|": "|"}
 

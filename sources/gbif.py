@@ -76,7 +76,7 @@ class Options(SourceOptions):
     poll_timeout_s: float = Field(6 * 3600.0, gt=0, description="give up on a download request after this")
     cache_dir: str = Field("data/cache/gbif", description="where fetched archives and request state live")
     batch_rows: int = Field(100_000, ge=1, description="records per batch")
-    join_memory_mb: float = Field(1024, gt=0, description="multimedia held in memory for the join; beyond, "
+    join_memory_mb: float = Field(256, gt=0, description="multimedia held in memory for the join; beyond, "
                                 "both files are partitioned to temporary spill files")
     join_partitions: int = Field(16, ge=1, description="spill partitions when the multimedia exceeds join_memory_mb")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")

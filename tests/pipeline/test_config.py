@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.config import ConfigError, default_config_toml, load_config
 
@@ -16,7 +17,7 @@ def _write(tmp_path, text: str):
 def test_defaults_load_and_are_frozen():
     cfg = load_config()
     assert cfg.data == "data" and cfg.runner.name == "local"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.data = "elsewhere"
 
 
@@ -57,5 +58,5 @@ def test_missing_file_and_bad_toml_say_what_to_do(tmp_path):
 def test_default_toml_round_trips(tmp_path):
     text = default_config_toml()
     assert "[runner]" in text
-    cfg = load_config(_write(tmp_path, "\n".join(l for l in text.splitlines() if not l.startswith("#"))))
+    cfg = load_config(_write(tmp_path, "\n".join(line for line in text.splitlines() if not line.startswith("#"))))
     assert cfg == load_config()
