@@ -72,10 +72,15 @@ def ingest(
     if input and "://" not in input and not Path(input).exists():
         _fail(f"input {input} does not exist")
     options = getattr(cfg.sources, source)
+    from sources.http import HttpError
+
     try:
         result = jobs.ingest(cfg, _runner(cfg), source, input, jobs.dataset_slug(input, options), force)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    except HttpError as exc:
+        _fail(f"{source}: {exc}; check the network, or ingest a downloaded file with --input PATH "
+              "(a rerun resumes where this one stopped)")
     _print_stats(result)
 
 

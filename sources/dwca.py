@@ -18,6 +18,8 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -664,8 +666,6 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
     releases the GIL), and the caller's thread slices batches, so a consumer that spends its
     time in Python overlaps with both.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     names = [f"c{i}" for i in range(width)]
     include = sorted({f"c{i}" for i in index_of.values() if i is not None and i < width},
                      key=lambda c: int(c[1:]))
@@ -694,9 +694,9 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
             yield chunk
 
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix=f"parse-{member}") as pool:
+        source = chunks()
+        with ThreadPoolExecutor(1, thread_name_prefix=f"parse-{member}") as pool, closing(source):
             ahead = None
-            source = chunks()
             while True:
                 nxt = next(source, None)
                 future = pool.submit(parse, nxt) if nxt is not None else None

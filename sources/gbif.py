@@ -200,6 +200,7 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
 
 
 def from_join(t: pa.Table, options: Options) -> IngestBatch:
+    """Records and rejects of one joined batch (an empty batch gives empty tables)."""
     return adapt(t, options) if t.num_rows else IngestBatch(records=pa.table({}), rejects=empty_rejects())
 
 

@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from pipeline.stages.curate import Options
 
 UNSEEN_SPLIT = "unseen"
-# chunk files: zstd at a low level (fast to write, small to read every epoch)
-CHUNK_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=64 * 1024)
+# chunk files: zstd at a low level (fast to write, small to read every epoch); no dictionary
+# pages for per-record ids and URLs (they never repeat), statistics only where readers filter
+UNIQUE_COLUMNS = ("record_id", "occurrence_id", "media_id", "photo_key", "identifier", "extra")
+CHUNK_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=64 * 1024,
+                     write_statistics=["split", "cls"])
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -140,7 +143,8 @@ def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, opt
         chunk = compact_dictionaries(table.take(pa.array(idx)))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(chunk, tmp, **CHUNK_PARQUET)
+        pq.write_table(chunk, tmp, use_dictionary=[c for c in chunk.column_names if c not in UNIQUE_COLUMNS],
+                       **CHUNK_PARQUET)
         os.replace(tmp, path)
         return str(path)
 

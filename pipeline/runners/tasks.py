@@ -113,14 +113,12 @@ def route_table(stage: GlobalStage, ctx: StageContext, table: pa.Table) -> dict[
     if len(keys) != table.num_rows:
         raise ValueError(f"{stage.name}: key_fn returned {len(keys)} keys for {table.num_rows} rows")
     buckets = bucket_of(keys, stage.buckets)
-    counts = np.bincount(buckets, minlength=stage.buckets)
-    present = np.nonzero(counts)[0]
+    present = np.nonzero(np.bincount(buckets, minlength=stage.buckets))[0]
     if len(present) == 1:
         return {int(present[0]): table}
-    # one stable gather by bucket then zero-copy slices, instead of one filter pass per bucket
-    grouped = table.take(pa.array(np.argsort(buckets, kind="stable")))
-    starts = np.concatenate(([0], np.cumsum(counts)))
-    return {int(b): grouped.slice(int(starts[b]), int(counts[b])) for b in present}
+    # a filter per bucket reads the columns sequentially: several times cheaper than one gather
+    # (take) of the whole table in bucket order, whose random access misses the cache per value
+    return {int(b): table.filter(pa.array(buckets == b)) for b in present}
 
 
 def decide_task(stage: GlobalStage, ctx: StageContext, bucket: int, group: pa.Table, staged: StagedOutput) -> dict:

@@ -123,19 +123,30 @@ def _pass_through(batch: pa.Table, ctx: StageContext) -> StageOutput:
     return StageOutput(batch)
 
 
+def _unordered(ctx: StageContext) -> StageContext:
+    """The runners' decisions keep their group's row order: which rows are kept or rejected never
+    depends on it, and the one reordering that the output promises is the seeded chunk shuffle of
+    ``write_splits``; reordering every bucket by hash first would gather each table once more."""
+    return StageContext(ctx.stage, ctx.options, {**ctx.resources, "ordered": ctx.resources.get("ordered", False)})
+
+
 def _decide_records(group: pa.Table, ctx: StageContext) -> StageOutput:
-    return dedup_mod.decide_records(group, ctx) if ctx.options.dedup_records else _pass_through(group, ctx)
+    return dedup_mod.decide_records(group, _unordered(ctx)) if ctx.options.dedup_records else _pass_through(group, ctx)
 
 
 def _decide_photos(group: pa.Table, ctx: StageContext) -> StageOutput:
-    return dedup_mod.decide_photos(group, ctx) if ctx.options.dedup_photos else _pass_through(group, ctx)
+    return dedup_mod.decide_photos(group, _unordered(ctx)) if ctx.options.dedup_photos else _pass_through(group, ctx)
+
+
+def _decide_balance(group: pa.Table, ctx: StageContext) -> StageOutput:
+    return balance_mod.decide_balance(group, _unordered(ctx))
 
 
 FILTER_STAGE = MapStage("curate_filter", filter_batch)
 DEDUP_RECORD_STAGE = GlobalStage("curate_dedup_record", dedup_mod.record_keys, _decide_records)
 DEDUP_PHOTO_STAGE = GlobalStage("curate_dedup_photo", dedup_mod.photo_keys, _decide_photos)
 DEDUP_STAGES = (DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE)
-BALANCE_STAGE = GlobalStage("curate_balance", balance_mod.taxon_keys, balance_mod.decide_balance)
+BALANCE_STAGE = GlobalStage("curate_balance", balance_mod.taxon_keys, _decide_balance)
 LABEL_STAGE = MapStage("curate_label", label_batch)
 STAGES = (FILTER_STAGE, DEDUP_RECORD_STAGE, DEDUP_PHOTO_STAGE, BALANCE_STAGE)
 
