@@ -19,7 +19,7 @@ VIEW_HELP = {
     "records": "the resolved records (falls back to raw before `resolve` has run)",
     "curated": "the training tables (hive column: split)",
     "taxa": "one row per resolved taxon with its lineage and record count",
-    "rejects": "every rejected record of every stage: record_id, stage, reason, detail",
+    "rejects": "every rejected record of every stage: record_id, stage, reason, detail, source (ingest)",
     "downloads": "one row per attempted image (sidecar Parquet of each shard)",
     "shards": "one row per shard: images ok / failed",
     "runs": "one row per stage run (run.json)",
@@ -39,10 +39,17 @@ def connect(root: Path):
     for name, pattern in VIEWS.items():
         if _has(root, pattern):
             path = (root / pattern).as_posix()
-            # reject rows carry their own stage; their folders nest to different depths
-            hive = "false" if name == "rejects" else "true"
+            if name == "rejects":
+                # reject rows carry their own stage; their folders nest to different depths, so the
+                # source of an ingest reject is read from its path instead of hive partitioning
+                con.execute(
+                    f"CREATE VIEW rejects AS SELECT record_id, stage, reason, detail, "
+                    f"nullif(regexp_extract(filename, 'source=([^/]+)', 1), '') AS source "
+                    f"FROM read_parquet('{path}', hive_partitioning = false, union_by_name = true, filename = true)"
+                )
+                continue
             con.execute(
-                f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}', hive_partitioning = {hive}, "
+                f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}', hive_partitioning = true, "
                 f"union_by_name = true)"
             )
     have = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}

@@ -75,3 +75,27 @@ def test_demo_rerun_does_no_work(demo_root):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("nothing to do") >= 12
     assert {p: p.stat().st_mtime_ns for p in (root / "resolved").glob("*.parquet")} == before
+
+
+def _readme_queries() -> list[str]:
+    import re
+
+    text = (REPO / "README.md").read_text()
+    return re.findall(r'^biocorpus query "([^"]+)"', text, flags=re.M)
+
+
+def test_readme_query_examples_work_on_the_demo(demo_root):
+    from io import StringIO
+
+    from pipeline.query import run_query
+
+    root, _ = demo_root
+    queries = _readme_queries()
+    assert len(queries) >= 4
+    for sql in queries:
+        out = StringIO()
+        run_query(root, sql, "csv", out)
+        assert len(out.getvalue().splitlines()) >= 2, sql  # a header and at least one row
+    con = connect(root)
+    families = dict(con.execute("SELECT family, count(*) FROM records GROUP BY 1").fetchall())
+    assert families.get("Apidae") == 53
