@@ -3,10 +3,14 @@
 Both tools get the same rows: BioTrove's chunk format for arbor-process (``species`` = epithet
 only, as BioTrove ships it) and the same rows as biocorpus records for curate. Names come from
 real GBIF samples (tests/data); to reach millions of rows, extra genera are generated from the
-real ones and given the real epithets on purpose, so many genera share an epithet. Prints the
-time ratio and how many distinct species each tool counted (arbor-process groups by epithet).
+real ones and given the real epithets on purpose, so many genera share an epithet. curate is
+timed as ``biocorpus curate`` runs it (``pipeline.jobs.curate``, local runner, one process per
+core) on a data root whose ``resolved/`` holds the records in several parts; arbor-process runs in
+its own venv (``bench/.venv-arbor``) in a subprocess. Each side runs ``--runs`` times (the machine
+is shared, the best is kept). Prints the time ratio and how many distinct species each tool
+counted (arbor-process groups by epithet).
 
-    .venv/bin/python bench/curate.py [--small] [--rows N]
+    .venv/bin/python bench/curate.py [--small] [--rows N] [--runs 2] [--reuse]
 """
 
 from __future__ import annotations

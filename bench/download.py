@@ -4,9 +4,16 @@ Photo-sized JPEGs (500x375 to 2048x1536) made from the real camera-trap images a
 50-200 ms latency; a few percent of URLs hit each failure kind (404, 500, reset, body cut short,
 HTML, truncated JPEG, slow response, X-Robots-Tag noai) and one is a 200-megapixel bomb. Both
 tools resize to 256 (shortest side, never upscaled) at JPEG quality 90 on the same cores, each in
-a subprocess whose process tree's peak memory (PSS) is sampled from /proc.
+a subprocess whose process tree's peak memory (PSS) is sampled from /proc. The server runs in its
+own process (its images made before either tool starts), and the tools run alternately
+``--repeat`` times (ours, peer, ours, peer); each side's best run is reported with the load
+average seen during it, since the 2 cores here are often shared with other jobs.
 
-    .venv/bin/python bench/download.py [--small] [--urls N]
+Settings, as a user would pick them for 2 cores: biocorpus in one process, its event loop plus 2
+decode threads (``processes=0``; Pillow releases the GIL while decoding), 128 connections;
+img2dataset ``processes_count=2, thread_count=64`` (also 128 downloads at once).
+
+    .venv/bin/python bench/download.py [--small] [--urls N] [--repeat R]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import multiprocessing
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -117,23 +125,26 @@ def pss_of_tree(root: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    """Run ``cmd``; return (seconds, peak PSS in MiB of its process tree, output tail)."""
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, int, str, float]:
+    """Run ``cmd``; return (seconds, peak PSS in MiB of its process tree, output tail, mean
+    1-minute load average while it ran)."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     peak = 0
+    loads: list[float] = []
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
         peak = max(peak, pss_of_tree(proc.pid))
+        loads.append(os.getloadavg()[0])
         time.sleep(0.2)
     reader.join(5)
     seconds = time.monotonic() - started
     tail = b"".join(output).decode(errors="replace")[-3000:]
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{tail}")
-    return seconds, peak // 1024, tail
+    return seconds, peak // 1024, tail, sum(loads) / max(1, len(loads))
 
 
 OURS = textwrap.dedent("""
@@ -141,7 +152,7 @@ OURS = textwrap.dedent("""
     from pipeline.stages.download import HostOptions, Options, run_download
     if __name__ == "__main__":
         opts = Options(size=256, resize_mode="shortest", quality=90, shard_size=1000, allow_loopback=True,
-                       timeout=2.0, retries=1, processes=2,
+                       timeout=2.0, retries=1, processes=0,
                        hosts={"127.0.0.1": HostOptions(concurrency=128, rate=0)})
         stats = run_download(sys.argv[1], sys.argv[2], opts, progress=False)
         print(stats)
@@ -153,7 +164,7 @@ PEER = textwrap.dedent("""
     if __name__ == "__main__":
         download(url_list=sys.argv[1], output_folder=sys.argv[2], input_format="parquet", url_col="url",
                  output_format="webdataset", image_size=256, resize_mode="keep_ratio",
-                 resize_only_if_bigger=True, encode_quality=90, processes_count=2, thread_count=128,
+                 resize_only_if_bigger=True, encode_quality=90, processes_count=2, thread_count=64,
                  number_sample_per_shard=1000, timeout=2, retries=1, distributor="multiprocessing",
                  enable_wandb=False, compute_hash=None)
 """)
@@ -198,6 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="1,000 URLs instead of 5,000")
     ap.add_argument("--urls", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each tool, alternating; best reported")
     args = ap.parse_args()
     n = args.urls or (1000 if args.small else 5000)
     peer_python = ensure_peer()
@@ -210,8 +222,6 @@ def main() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         urls = make_urls(base, n, 24)
-        import shutil
-
         shutil.rmtree(OUT, ignore_errors=True)
         OUT.mkdir(parents=True)
         pq.write_table(pa.table({"url": urls}), OUT / "urls.parquet")
@@ -219,27 +229,39 @@ def main() -> None:
         (OUT / "peer.py").write_text(PEER)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         peer_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        results = {}
-        t_ours, m_ours, _ = run_measured([sys.executable, str(OUT / "ours.py"), str(OUT / "urls.parquet"),
-                                          str(OUT / "ours")], env)
-        results["biocorpus"] = {"seconds": t_ours, "peak_mib": m_ours, **count_ours(OUT / "ours", urls)}
-        t_peer, m_peer, tail = run_measured([str(peer_python), str(OUT / "peer.py"), str(OUT / "urls.parquet"),
-                                             str(OUT / "peer")], peer_env)
-        results["img2dataset"] = {"seconds": t_peer, "peak_mib": m_peer, **count_peer(OUT / "peer", urls)}
+        runs: dict[str, list[dict]] = {"biocorpus": [], "img2dataset": []}
+        for _ in range(args.repeat):
+            for name, python, script, run_env, count in (
+                ("biocorpus", sys.executable, "ours.py", env, count_ours),
+                ("img2dataset", str(peer_python), "peer.py", peer_env, count_peer),
+            ):
+                target = OUT / name
+                shutil.rmtree(target, ignore_errors=True)
+                seconds, peak, _, load = run_measured([python, str(OUT / script), str(OUT / "urls.parquet"),
+                                                       str(target)], run_env)
+                run = {"seconds": seconds, "peak_mib": peak, "load": load, **count(target, urls)}
+                run["images_per_s"] = run["ok"] / seconds
+                runs[name].append(run)
+                print(f"{name}: {seconds:.1f} s, {run['images_per_s']:.1f} img/s, {peak} MiB, load {load:.1f}",
+                      flush=True)
     finally:
         stop.set()
         server.join(10)
-    for r in results.values():
-        r["images_per_s"] = r["ok"] / r["seconds"]
+    results = {}
+    for name, tries in runs.items():
+        best = dict(max(tries, key=lambda r: r["images_per_s"]))
+        best["all_images_per_s"] = [round(r["images_per_s"], 1) for r in tries]
+        best["peak_mib"] = max(r["peak_mib"] for r in tries)  # memory: the worst run, not the best
+        results[name] = best
     ratio = results["biocorpus"]["images_per_s"] / results["img2dataset"]["images_per_s"]
     peer_version = subprocess.run([str(peer_python), "-c", "import importlib.metadata as m; print(m.version('img2dataset'))"],
                                   capture_output=True, text=True).stdout.strip()
     print(json.dumps(results, indent=2, default=str))
     print(f"images/s ratio biocorpus/img2dataset: {ratio:.2f}x")
-    write_results(n, results, ratio, peer_version)
+    write_results(n, results, ratio, peer_version, args.repeat)
 
 
-def write_results(n: int, results: dict, ratio: float, peer_version: str) -> None:
+def write_results(n: int, results: dict, ratio: float, peer_version: str, repeat: int) -> None:
     ours, peer = results["biocorpus"], results["img2dataset"]
     lines = [
         f"## download: biocorpus vs img2dataset, {n:,} URLs",
@@ -248,20 +270,25 @@ def write_results(n: int, results: dict, ratio: float, peer_version: str) -> Non
         f"img2dataset {peer_version} in its own venv. {n:,} URLs on one loopback server (50-200 ms latency per "
         "request), photo-sized JPEGs 500x375-2048x1536 made from the camera-trap samples, ~4% failures "
         "(404, 500, reset, cut body, HTML, truncated JPEG, slow, noai) + one 200 MP bomb. Both: shortest side "
-        "to 256, never upscaled, JPEG q90, 2 processes, webdataset shards of 1,000, timeout 2 s, 1 retry.",
+        "to 256, never upscaled, JPEG q90, webdataset shards of 1,000, timeout 2 s, 1 retry; 128 downloads "
+        "at once. biocorpus: one process, event loop + 2 decode threads (`processes=0`); img2dataset: "
+        f"`processes_count=2, thread_count=64`. Each tool run {repeat}x, alternating; best run shown, "
+        "peak memory is the worst run's.",
         "",
-        "| tool | wall s | ok images | images/s | URLs in status files | peak memory (PSS, MiB) | bomb |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | wall s | ok images | images/s (best) | images/s (each run) | load avg during best | "
+        "URLs in status files | peak memory (PSS, MiB) | bomb |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in (("biocorpus", ours), ("img2dataset", peer)):
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['ok']:,} | {r['images_per_s']:.1f} | "
+                     f"{', '.join(map(str, r['all_images_per_s']))} | {r['load']:.1f} | "
                      f"{r['distinct_urls']:,} / {n:,} | {r['peak_mib']:,} | {r['bomb']} |")
     lines += [
         "",
         f"**images/s ratio: {ratio:.2f}x** (goal ≥ 1.8x). Failures, biocorpus: {ours['failed']}; "
         f"img2dataset: {peer['failed']}.",
         "",
-        "Run: `.venv/bin/python bench/download.py` (5,000 URLs; `--small` for 1,000).",
+        "Run: `.venv/bin/python bench/download.py` (5,000 URLs; `--small` for 1,000; `--repeat 2`).",
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

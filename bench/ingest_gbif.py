@@ -112,7 +112,8 @@ for b in read_file(a, a.core, OCCURRENCE_COLUMNS):
     rows += b.table.num_rows
 writer.close()
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
 OURS_CONNECTOR = r"""
@@ -133,7 +134,8 @@ for b in CONNECTOR.read(sys.argv[1], opts):
 writer.close()
 print(json.dumps({"rows": records + rejects, "records": records, "rejects": rejects,
                   "seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
 CSV_PEER = r"""
@@ -155,7 +157,8 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open(a.core.location) as raw:
         if len(kept) >= 100_000:
             kept = []
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
 PEER = r"""
@@ -168,7 +171,8 @@ with DwCAReader(sys.argv[1]) as dwca:
         row.data
         rows += 1
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
 
@@ -232,6 +236,7 @@ def main() -> None:
             r.update(tool=tool, occurrences=n, rows_per_s=r["rows"] / r["seconds"])
             results.append(r)
             print(f"  {tool:20s} {r['rows']:>9,} rows {r['seconds']:7.1f}s (runs {r['all_seconds']}) "
+                  f"CPU {r['cpu_s']:6.1f}s "
                   f"{r['rows_per_s']:>10,.0f} rows/s peak RSS {r['peak_rss_mb']:6.0f} MiB; load {load()}", flush=True)
         loads.append(load())
     by = {(r["tool"], r["occurrences"]): r for r in results}
@@ -241,6 +246,8 @@ def main() -> None:
         csv_rate = by[("csv-module", n)]["rows_per_s"]
         ours = [by[(t, n)]["rows_per_s"] for t in ("ours-reader", "ours-connector")]
         cells = [f"{x / peer_rate:.1f}x" for x in ours] + [f"{x / csv_rate:.1f}x" for x in ours]
+        per_cpu = lambda t, n=n: by[(t, n)]["rows"] / by[(t, n)]["cpu_s"]  # noqa: E731
+        cells.append(f"{per_cpu('ours-connector') / per_cpu('python-dwca-reader'):.1f}x")
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
         print(f"{n:,} occurrences: vs python-dwca-reader: reader {ours[0] / peer_rate:.1f}x, connector "
               f"{ours[1] / peer_rate:.1f}x; vs csv-module: reader {ours[0] / csv_rate:.1f}x, connector "
@@ -250,8 +257,8 @@ def main() -> None:
 
 def write_results(results, sizes, ratio_lines, small: bool, loads: list[str], repeat: int) -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    rows = [f"| {r['tool']} | {r['occurrences']:,} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "
-            f"{r['peak_rss_mb']:.0f} |" for r in results]
+    rows = [f"| {r['tool']} | {r['occurrences']:,} | {r['rows']:,} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | "
+            f"{r['rows_per_s']:,.0f} | {r['rows'] / r['cpu_s']:,.0f} | {r['peak_rss_mb']:.0f} |" for r in results]
     section = "\n".join([
         f"## ingest_gbif{' (--small)' if small else ''}",
         "",
@@ -264,12 +271,13 @@ def write_results(results, sizes, ratio_lines, small: bool, loads: list[str], re
         f"ingest columns. ours-reader streams those columns of the core; ours-connector is the full GBIF "
         f"ingest (core + multimedia join to records and rejects; rows = records + rejects).",
         "",
-        "| tool | occurrences | rows | seconds | rows/s | peak RSS MiB |",
-        "|---|---|---|---|---|---|",
+        "| tool | occurrences | rows | seconds | CPU seconds | rows/s | rows per CPU second | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "| occurrences | reader ÷ python-dwca-reader | connector ÷ python-dwca-reader | reader ÷ csv-module | connector ÷ csv-module |",
-        "|---|---|---|---|---|",
+        "| occurrences | reader ÷ python-dwca-reader | connector ÷ python-dwca-reader | reader ÷ csv-module | "
+        "connector ÷ csv-module | connector ÷ python-dwca-reader, rows per CPU second |",
+        "|---|---|---|---|---|---|",
         *ratio_lines,
         "",
     ])

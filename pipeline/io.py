@@ -21,7 +21,7 @@ from schemas import REJECT_SCHEMA, SCHEMA_VERSION
 SUCCESS = "_SUCCESS"
 STATS = "_stats.json"
 # Parquet settings that make a rerun byte-identical (no timestamps, fixed row groups)
-_PARQUET = dict(compression="zstd", row_group_size=128 * 1024, write_statistics=True)
+_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=128 * 1024, write_statistics=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -32,6 +32,7 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
 _KEEPABLE = {"jpeg": "jpg", "png": "png"}
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _DCT_SIZE = 32
+_REDUCING_GAP = 3.0  # box-reduce first only when the image is over 3x the target (Pillow: "indistinguishable")
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -220,7 +221,10 @@ def _process(data: bytes, opts: ImageOptions) -> dict:
             im = ImageOps.exif_transpose(im)
         stored = _to_storable(im)
         if stored.size != (tw, th):
-            stored = stored.resize((tw, th), Image.Resampling.BICUBIC)
+            # After the draft a JPEG is at most 2x the target, where an antialiased bilinear
+            # filter looks the same as bicubic at half the cost (~1.5 ms of ~8 per photo here);
+            # undrafted images (PNG, WebP) are box-reduced by a whole factor first.
+            stored = stored.resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=_REDUCING_GAP)
         if opts.mode == "center_crop":
             left, top = (tw - opts.size) // 2, (th - opts.size) // 2
             stored = stored.crop((left, top, left + opts.size, top + opts.size))
@@ -238,3 +242,9 @@ def _process(data: bytes, opts: ImageOptions) -> dict:
         "stored_bytes": len(out),
         "phash": phash(stored),
     }
+
+
+def process_images(datas: list[bytes], opts: ImageOptions) -> list[dict]:
+    """``process_image`` over a batch, in order: one pool task (one pickle, one round trip)
+    for several images."""
+    return [process_image(data, opts) for data in datas]

@@ -88,8 +88,8 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
                   pc.binary_join_element_wise(taxa, f": kept {max_per_taxon} of ", counts, ""))
         n_rej = int(mask.sum())
         parts.append(pa.table({
-            "record_id": pc.take(rid, pa.array(order[mask])), "stage": pa.array([stage] * n_rej, pa.string()),
-            "reason": pa.array([str(reason)] * n_rej, pa.string()), "detail": detail,
+            "record_id": pc.take(rid, pa.array(order[mask])), "stage": pa.repeat(pa.scalar(stage, pa.string()), n_rej),
+            "reason": pa.repeat(pa.scalar(str(reason), pa.string()), n_rej), "detail": detail,
         }, schema=REJECT_SCHEMA))
     if ordered:
         out = table.take(pa.array(order[~(rare | capped)]))

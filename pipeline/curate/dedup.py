@@ -133,22 +133,28 @@ def _reordered(table: pa.Table, keys: pa.Array) -> StageOutput:
 
 
 def _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders) -> pa.Table:
-    src = _column(table, "source").to_pylist()
-    rid = _column(table, "record_id").to_pylist()
-    ident = _column(table, "identifier").to_pylist()
+    # only the absorbed rows and the rows that absorbed them are read into Python
+    take = pa.array(dup_rows)
+    src = pc.take(_column(table, "source"), take).to_pylist()
+    rid = pc.take(_column(table, "record_id"), take).to_pylist()
+    ident = pc.take(_column(table, "identifier"), take).to_pylist()
     absorbed: dict[int, list[dict]] = {}
-    for d, lead in zip(dup_rows.tolist(), dup_leaders.tolist(), strict=True):
-        absorbed.setdefault(lead, []).append({"record_id": rid[d], "source": src[d], "identifier": ident[d]})
-    extras = _column(out, "extra").to_pylist()
-    for pos, row in enumerate(kept_rows.tolist()):
-        if row not in absorbed:
-            continue
-        merged = _load_extra(extras[pos])
+    for k, lead in enumerate(dup_leaders.tolist()):
+        absorbed.setdefault(lead, []).append({"record_id": rid[k], "source": src[k], "identifier": ident[k]})
+    targets = np.nonzero(np.isin(kept_rows, np.fromiter(absorbed, np.int64, len(absorbed))))[0]
+    extra_col = _column(out, "extra")
+    values = []
+    for pos, old in zip(targets.tolist(), pc.take(extra_col, pa.array(targets)).to_pylist(), strict=True):
+        merged = _load_extra(old)
         merged.setdefault("merged_from", [])
-        merged["merged_from"] = sorted(merged["merged_from"] + absorbed[row], key=lambda m: m["record_id"] or "")
-        extras[pos] = json.dumps(merged, sort_keys=True, ensure_ascii=False)
+        merged["merged_from"] = sorted(merged["merged_from"] + absorbed[int(kept_rows[pos])],
+                                       key=lambda m: m["record_id"] or "")
+        values.append(json.dumps(merged, sort_keys=True, ensure_ascii=False))
+    mask = np.zeros(out.num_rows, bool)
+    mask[targets] = True
+    merged_col = pc.replace_with_mask(extra_col.cast(pa.string()), pa.array(mask), pa.array(values, pa.string()))
     idx = out.column_names.index("extra")
-    return out.set_column(idx, out.schema.field("extra"), pa.array(extras, pa.string()))
+    return out.set_column(idx, out.schema.field("extra"), merged_col)
 
 
 def _load_extra(text: str | None) -> dict:

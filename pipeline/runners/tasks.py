@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -52,55 +51,35 @@ def map_task(stage: MapStage, ctx: StageContext, task_id: str, input_file: str, 
     return counts
 
 
-def _crc32_table() -> np.ndarray:
-    table = np.zeros(256, np.uint32)
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
-        table[i] = c
-    return table
+def bucket_of(keys: pa.Array | pa.ChunkedArray, buckets: int):
+    """Stable bucket per key: ``zlib.crc32`` of its UTF-8 bytes modulo ``buckets`` (identical in every
+    process, on every worker and across versions), computed column-wise; a null key goes to bucket 0.
+    Returns an ``int64`` numpy array."""
+    import numpy as np
 
-
-_CRC32 = _crc32_table()
-
-
-def crc32_strings(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """``zlib.crc32`` of each string's UTF-8 bytes, computed column-wise (``uint32``; nulls hash as "")."""
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks() if keys.num_chunks else pa.array([], pa.string())
-    keys = pc.fill_null(keys.cast(pa.large_string()), "")
-    n = len(keys)
+    # the CRC-32 (IEEE, reflected) byte table that zlib uses
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    text = pc.fill_null(keys.cast(pa.large_string()), "")
+    n = len(text)
     crc = np.full(n, 0xFFFFFFFF, np.uint32)
-    if n == 0:
-        return crc
-    buffers = keys.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64, count=n + 1, offset=keys.offset * 8)
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
-    if lengths.min() == lengths.max():
-        # equal-length keys (record ids): the bytes form an n x L matrix, one column per pass
-        mat = data[starts[0]:starts[0] + n * int(lengths[0])].reshape(n, int(lengths[0]))
-        for j in range(mat.shape[1]):
-            crc = _CRC32[(crc ^ mat[:, j]) & 0xFF] ^ (crc >> 8)
-        return crc ^ np.uint32(0xFFFFFFFF)
-    active = np.nonzero(lengths > 0)[0]
-    pos = 0
-    # one pass per byte position over the keys still that long: total work = total bytes
-    while active.size:
-        c = crc[active]
-        crc[active] = _CRC32[(c ^ data[starts[active] + pos]) & 0xFF] ^ (c >> 8)
-        pos += 1
-        active = active[lengths[active] > pos]
-    return crc ^ np.uint32(0xFFFFFFFF)
-
-
-def bucket_of(keys: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
-    """Stable bucket per key: crc32 of its UTF-8 bytes modulo ``buckets`` (identical in every process,
-    on every worker and across versions); a null key goes to bucket 0."""
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks() if keys.num_chunks else pa.array([], pa.string())
-    out = (crc32_strings(keys) % np.uint32(buckets)).astype(np.int64)
+    if n:
+        buffers = text.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int64, count=n + 1, offset=text.offset * 8)
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
+        active = np.nonzero(lengths > 0)[0]
+        pos = 0
+        # one pass per byte position over the keys still that long: total work = total bytes
+        while active.size:
+            c = crc[active]
+            crc[active] = table[(c ^ data[starts[active] + pos]) & 0xFF] ^ (c >> 8)
+            pos += 1
+            active = active[lengths[active] > pos]
+    out = ((crc ^ np.uint32(0xFFFFFFFF)) % np.uint32(buckets)).astype(np.int64)
     if keys.null_count:
         out[np.asarray(keys.is_null().to_numpy(zero_copy_only=False), bool)] = 0
     return out
@@ -108,6 +87,8 @@ def bucket_of(keys: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
 
 def route_table(stage: GlobalStage, ctx: StageContext, table: pa.Table) -> dict[int, pa.Table]:
     """Split a table by the bucket of each row's key (input order kept inside each bucket)."""
+    import numpy as np
+
     ctx = resources_for(stage, ctx)
     keys = stage.key_fn(table, ctx)
     if len(keys) != table.num_rows:
