@@ -1,0 +1,274 @@
+"""The local runner's fused curate: every decision of the staged path in one plan over the decision columns, then one pass over the full records.
+
+The staged path (``pipeline.jobs.curate``) reads and writes the full records after each of its
+four table stages; here the filters, both dedup layers and the balance decide on the few columns
+they read (the full rows are fetched only for rows that share a dedup key, whose richness and
+content tie-breaks look at every field), and only the survivors' full rows are read, once, to be
+labelled and written as the shuffled chunks. The decisions are the same pure functions as the
+staged stages (``apply_filters``, the ``keep_richest`` ordering, ``balance``, ``label_batch``,
+``split_tables``, ``write_chunks``), so the chunks and the rejects are the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.curate import balance as balance_mod
+from pipeline.curate import dedup as dedup_mod
+from pipeline.curate import splits as splits_mod
+from pipeline.curate.filters import apply_filters
+from pipeline.io import (
+    SUCCESS,
+    atomic_write_json,
+    atomic_write_parquet,
+    files_identity,
+    fingerprint,
+    parquet_files,
+)
+from pipeline.stage import StageContext, check_accounting
+from schemas import RANKS, RECORD_SCHEMA, REJECT_SCHEMA, Reason, empty_rejects, make_rejects
+
+if TYPE_CHECKING:
+    from pipeline.stages.curate import Options
+
+# the columns the decisions read (filters, dedup keys, taxon keys); the labels are made on the
+# survivors' full rows, as the staged split step makes them
+DECISION_COLUMNS = tuple(dict.fromkeys((
+    "record_id", "photo_key", "taxon_id", "license", "basis_of_record", "living", "non_living_class", *RANKS,
+    "decimal_latitude", "decimal_longitude", "annotation_status", "quality_grade", "format", "width", "height")))
+# the image-type filter reads the URL only of rows without a format: the longest column of all is
+# read for the files that have such rows (elsewhere it stays null until the survivors are read)
+URL_COLUMN = "identifier"
+BALANCE_COLUMNS = ("record_id", "taxon_id", "living", "non_living_class", *RANKS)
+_ROW = "__fused_row"
+# step key (folder under rejects/, key in the stats) -> the stage name written in the rejects
+STEPS = {"curate-filter": "curate_filter", "curate-dedup-record": "curate_dedup_record",
+         "curate-dedup-photo": "curate_dedup_photo", "curate-balance": "curate_balance"}
+
+
+class _Records:
+    """The input files, their row offsets, and full-row reads by global row number."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        self.offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+    def decision_table(self) -> pa.Table:
+        parts = []
+        for i, f in enumerate(self.files):
+            names = pq.ParquetFile(f).schema_arrow.names
+            t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names])
+            formats = t.column("format") if "format" in t.column_names else None
+            if URL_COLUMN in names and (formats is None or formats.null_count):
+                url = pq.read_table(f, columns=[URL_COLUMN]).column(URL_COLUMN)
+            else:
+                url = pa.nulls(t.num_rows, pa.string())
+            t = t.append_column(URL_COLUMN, url.cast(pa.string()))
+            rows = np.arange(self.offsets[i], self.offsets[i + 1], dtype=np.int64)
+            parts.append(t.append_column(_ROW, pa.array(rows)))
+        if not parts:
+            empty = RECORD_SCHEMA.empty_table().select([*DECISION_COLUMNS, URL_COLUMN])
+            return empty.append_column(_ROW, pa.array([], pa.int64()))
+        return pa.concat_tables(parts, promote_options="default")
+
+    def full_rows(self, rows: np.ndarray) -> pa.Table:
+        """Every column of the given rows (ascending global row numbers), in that order."""
+        file_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        parts = []
+        for i in np.unique(file_of).tolist():
+            pos = rows[file_of == i] - self.offsets[i]
+            parts.append(pq.read_table(self.files[i]).take(pa.array(pos)))
+        return pa.concat_tables(parts, promote_options="default")
+
+
+def _rows(table: pa.Table) -> np.ndarray:
+    return np.asarray(table.column(_ROW).to_numpy(), np.int64)
+
+
+def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str, reason: Reason,
+                  merge: bool) -> tuple[pa.Table, pa.Table, dict[int, str]]:
+    """``dedup.keep_richest`` (unordered) over the decision table: only rows sharing a key are read
+    whole, for the same richness / record id / content order. Returns the kept rows, the rejects
+    and, with ``merge``, the new ``extra`` text of each absorbing row by global row number."""
+    if table.num_rows == 0:
+        return table, empty_rejects(), {}
+    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False), np.int64)
+    multi = np.nonzero(np.bincount(codes)[codes] > 1)[0]
+    if not multi.size:
+        return table, empty_rejects(), {}
+    rows = _rows(table)[multi]  # ascending: the decision table is in global row order
+    full = records.full_rows(rows)
+    work = pa.table({
+        "k": pc.take(keys, pa.array(multi)), "rich": pa.array(dedup_mod.richness(full)),
+        "rid": pc.fill_null(dedup_mod._column(full, "record_id"), ""),
+        "fp": pa.array(dedup_mod._fingerprint(full)), "i": pa.array(np.arange(len(multi))),
+    })
+    ordered = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"), ("fp", "ascending")])
+    order = ordered.column("i").to_numpy()
+    sorted_keys = ordered.column("k").to_numpy(zero_copy_only=False)
+    first = np.ones(len(order), bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    leader = order[np.nonzero(first)[0]][np.cumsum(first) - 1]
+    winners, dup_rows, dup_leaders = order[first], order[~first], leader[~first]
+    rids = np.asarray(work.column("rid").to_numpy(zero_copy_only=False), object)
+    rejects = make_rejects(rids[dup_rows].tolist(), stage, reason, [f"kept {r}" for r in rids[dup_leaders].tolist()])
+    extras: dict[int, str] = {}
+    if merge:
+        winners = np.sort(winners)
+        merged = dedup_mod._merge_provenance(full, full.take(pa.array(winners)), winners, dup_rows, dup_leaders)
+        targets = np.nonzero(np.isin(winners, dup_leaders))[0]
+        texts = pc.take(merged.column("extra"), pa.array(targets)).to_pylist()
+        extras = dict(zip(rows[winners[targets]].tolist(), texts, strict=True))
+    mask = np.ones(table.num_rows, bool)
+    mask[multi[dup_rows]] = False
+    return table.filter(pa.array(mask)), rejects, extras
+
+
+def _step(stats: dict, key: str, n_in: int, out: pa.Table, rejects: pa.Table, started: float) -> None:
+    check_accounting(STEPS[key], n_in, out.num_rows, rejects.num_rows)
+    reasons = Counter(rejects.column("reason").to_pylist()) if rejects.num_rows else Counter()
+    stats[key] = {"stage": key, "in": n_in, "out": out.num_rows, "rejected": rejects.num_rows,
+                  "rejected_by_reason": dict(sorted(reasons.items())), "runner": "local-fused",
+                  "seconds": round(time.perf_counter() - started, 3)}
+
+
+def decide(records: _Records, options: Options) -> tuple[pa.Table, dict[str, pa.Table], dict[int, str], dict]:
+    """Every decision before the labels: ``(survivors' decision columns, rejects per step,
+    merged extra per row, stats per step)``; survivors stay in global row order."""
+    stats: dict = {}
+    rejects: dict[str, pa.Table] = {}
+    t = time.perf_counter()
+    table = records.decision_table()
+    n = table.num_rows
+    current, rejects["curate-filter"] = apply_filters(table, options, STEPS["curate-filter"])
+    _step(stats, "curate-filter", n, current, rejects["curate-filter"], t)
+
+    extras: dict[int, str] = {}
+    for key, on, keys_fn, reason, merge in (
+            ("curate-dedup-record", options.dedup_records, dedup_mod.record_keys, Reason.DUPLICATE_RECORD, False),
+            ("curate-dedup-photo", options.dedup_photos, dedup_mod.photo_keys, Reason.DUPLICATE_PHOTO, True)):
+        t, before = time.perf_counter(), current.num_rows
+        if on:
+            current, rejects[key], extras_step = _keep_richest(current, keys_fn(current), records, STEPS[key],
+                                                               reason, merge)
+            extras.update(extras_step)
+        else:
+            rejects[key] = empty_rejects()
+        _step(stats, key, before, current, rejects[key], t)
+
+    t, before = time.perf_counter(), current.num_rows
+    ctx = StageContext(STEPS["curate-balance"], options, {"ordered": False})
+    # the balance reads a few columns: it filters those, and the kept rows are found by row number
+    narrow = current.select([c for c in (*BALANCE_COLUMNS, _ROW) if c in current.column_names])
+    result = balance_mod.decide_balance(narrow, ctx)
+    rejects["curate-balance"] = result.rejects
+    if result.out.num_rows != current.num_rows:
+        current = current.filter(pa.array(np.isin(_rows(current), _rows(result.out), assume_unique=True)))
+    _step(stats, "curate-balance", before, current, rejects["curate-balance"], t)
+    return current, rejects, extras, stats
+
+
+def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> pa.Table:
+    """The survivors' full records in global row order, with the provenance merged into ``extra``.
+
+    The decision columns are already in memory: only the other columns are read from the files.
+    """
+    rows = _rows(decided)
+    file_of = np.searchsorted(records.offsets, rows, side="right") - 1
+    names = pq.ParquetFile(records.files[0]).schema_arrow.names
+    held = [c for c in DECISION_COLUMNS if c in names]
+    rest = [c for c in names if c not in held]
+    parts = []
+    for i in np.unique(file_of).tolist():
+        pos = rows[file_of == i] - records.offsets[i]
+        part = pq.read_table(records.files[i], columns=rest)
+        parts.append(part if len(pos) == part.num_rows else part.take(pa.array(pos)))
+    read = pa.concat_tables(parts, promote_options="default")
+    table = pa.Table.from_arrays([decided.column(c) if c in held else read.column(c) for c in names],
+                                 schema=pa.schema([decided.schema.field(c) if c in held else read.schema.field(c)
+                                                   for c in names]))
+    if extras:
+        idx = table.column_names.index("extra")
+        mask = np.isin(rows, np.fromiter(extras, np.int64, len(extras)))
+        values = [extras[r] for r in rows[mask].tolist()]
+        col = table.column("extra").combine_chunks().cast(pa.string())
+        table = table.set_column(idx, table.schema.field("extra"),
+                                 pc.replace_with_mask(col, pa.array(mask), pa.array(values, pa.string())))
+    return table
+
+
+def _replace_dir(staged: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    if staged.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(final)
+
+
+def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = False) -> dict:
+    """``input_dir`` (resolved records) -> ``root/curated/split=<s>/chunk-<n:05d>.parquet`` (+
+    ``_classes.json``) and ``root/rejects/stage=<step>/``, as ``jobs.curate`` writes them.
+
+    Everything is staged under ``root/.staging/curate-fused`` and moved into place at the end; a
+    rerun over the same input files and options does nothing. Returns the stats of ``jobs.curate``:
+    per step in/out/rejected, ``balance`` and ``curate-split``.
+    """
+    from pipeline.config import config_hash
+    from pipeline.stages.curate import label_batch, split_tables
+
+    input_dir, root = Path(input_dir), Path(root)
+    files = parquet_files(input_dir)
+    if not files and not input_dir.exists():
+        raise FileNotFoundError(f"curate: input {input_dir} does not exist; run `biocorpus resolve` first")
+    curated = root / "curated"
+    fp = fingerprint("curate-fused", config_hash(options), files_identity(files))
+    marker = curated / SUCCESS
+    if marker.exists() and not force:
+        import json
+
+        done = json.loads(marker.read_text())
+        if done.get("fingerprint") == fp:
+            return {**done["stats"], "skipped": True}
+    started = time.perf_counter()
+    staging = root / ".staging" / "curate-fused"
+    shutil.rmtree(staging, ignore_errors=True)
+    records = _Records(files)
+    decided, rejects, extras, stats = decide(records, options)
+
+    t = time.perf_counter()
+    for key, rej in rejects.items():
+        if rej.num_rows:
+            atomic_write_parquet(rej.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA),
+                                 staging / "rejects" / f"stage={key}" / "part-fused.parquet")
+    stats["balance"] = balance_mod.balance_report(rejects["curate-balance"].cast(REJECT_SCHEMA))
+    full = survivors(records, decided, extras) if decided.num_rows else None
+    if full is not None:
+        # labelled as the staged split step labels the balanced records
+        full = label_batch(full, StageContext("curate", options)).out
+    classes = splits_mod.class_list([full]) if full is not None else []
+    by_split = split_tables(full, classes) if full is not None else {}
+    del full
+    written = splits_mod.write_chunks(by_split, staging / "curated", options)
+    atomic_write_json(staging / "curated" / "_classes.json", {"classes": classes})
+    stats["curate-split"] = {
+        "in": decided.num_rows, "splits": {s: tb.num_rows for s, tb in by_split.items()},
+        "chunks": {s: sum(f"split={s}/" in w for w in written) for s in by_split},
+        "classes": len(classes), "seconds": round(time.perf_counter() - t, 3)}
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    for key in STEPS:
+        _replace_dir(staging / "rejects" / f"stage={key}", root / "rejects" / f"stage={key}")
+    _replace_dir(staging / "curated", curated)
+    atomic_write_json(curated / "_curate_stats.json", stats)
+    atomic_write_json(marker, {"fingerprint": fp, "stats": stats})
+    shutil.rmtree(staging, ignore_errors=True)
+    return stats
