@@ -8,9 +8,13 @@ timed as ``biocorpus curate`` runs it (``pipeline.jobs.curate``, local runner, o
 core) on a data root whose ``resolved/`` holds the records in several parts; arbor-process runs in
 its own venv (``bench/.venv-arbor``) in a subprocess. Each side runs ``--runs`` times (the machine
 is shared, the best is kept). Prints the time ratio and how many distinct species each tool
-counted (arbor-process groups by epithet).
+counted (arbor-process groups by epithet). The measured curate is the fused path of the local
+runner (``pipeline.curate.fused.curate_fused``: one plan over the decision columns, one pass over
+the survivors' full records); the staged path (four table stages through the runner, then the
+split step) is run too (``--staged-runs``) and reported as a second row, and the two are checked
+to give the same chunks and rejects.
 
-    .venv/bin/python bench/curate.py [--small] [--rows N] [--runs 2] [--reuse]
+    .venv/bin/python bench/curate.py [--small] [--rows N] [--runs 2] [--staged-runs 1] [--reuse]
 """
 
 from __future__ import annotations
@@ -182,18 +186,41 @@ def run_arbor(gen: dict) -> dict:
     return {**json.loads(line[5:]), "load_before": load}
 
 
-def run_curate(gen: dict) -> dict:
-    """`biocorpus curate` itself (``jobs.curate`` with the local runner) on the generated data root."""
+def _config(root: Path):
     from pipeline.config import load_config
+
+    return load_config(overrides={"data": str(root), "curate.min_per_taxon": RARE, "curate.max_per_taxon": CAP,
+                                  "curate.chunk_size": PART * FILES_PER_CHUNK, "curate.splits": {"train": 1.0},
+                                  "curate.seed": SEED})
+
+
+def _clean(root: Path) -> None:
+    for d in ("work", "curated", "rejects", ".staging", "runs"):
+        shutil.rmtree(root / d, ignore_errors=True)
+
+
+def _outcome(root: Path, stats: dict, steps: dict, total: float, load: float) -> dict:
+    chunks = sorted((root / "curated").rglob("chunk-*.parquet"))
+    species = pa.concat_arrays([pc.unique(pq.read_table(f, columns=["species"]).column("species").combine_chunks())
+                                for f in chunks])
+    rejected: dict[str, int] = {}
+    for k in ("curate-filter", "curate-dedup-record", "curate-dedup-photo", "curate-balance"):
+        for reason, n in stats[k].get("rejected_by_reason", {}).items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    return {"steps_s": steps, "total_s": total, "load_before": load,
+            "species_counted": stats["curate-split"]["classes"] + len(stats["balance"]["rare_taxon"]),
+            "binomials_out": len(pc.unique(species)), "rows_out": stats["curate-split"]["in"],
+            "chunks": len(chunks), "rejected": rejected, "root": str(root)}
+
+
+def run_curate(gen: dict) -> dict:
+    """The staged `biocorpus curate` (``jobs.curate`` with the local runner) on the generated data root."""
     from pipeline.jobs import curate
     from pipeline.runners import make_runner
 
     root = Path(gen["records"]).parent
-    for d in ("work", "curated", "rejects", ".staging", "runs"):
-        shutil.rmtree(root / d, ignore_errors=True)
-    cfg = load_config(overrides={"data": str(root), "curate.min_per_taxon": RARE, "curate.max_per_taxon": CAP,
-                                 "curate.chunk_size": PART * FILES_PER_CHUNK, "curate.splits": {"train": 1.0},
-                                 "curate.seed": SEED})
+    _clean(root)
+    cfg = _config(root)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     stats = curate(cfg, make_runner("local", progress=False))
@@ -201,17 +228,49 @@ def run_curate(gen: dict) -> dict:
     steps = {k: stats[k]["seconds"] for k in ("curate-filter", "curate-dedup-record", "curate-dedup-photo",
                                                "curate-balance")}
     steps["curate-split"] = total - sum(steps.values())
-    chunks = sorted((root / "curated").rglob("chunk-*.parquet"))
-    species = pa.concat_arrays([pc.unique(pq.read_table(f, columns=["species"]).column("species").combine_chunks())
-                                for f in chunks])
-    rejected: dict[str, int] = {}
-    for k in steps:
-        for reason, n in stats[k].get("rejected_by_reason", {}).items() if k != "curate-split" else ():
-            rejected[reason] = rejected.get(reason, 0) + n
-    return {"steps_s": steps, "total_s": total, "load_before": load,
-            "species_counted": stats["curate-split"]["classes"] + len(stats["balance"]["rare_taxon"]),
-            "binomials_out": len(pc.unique(species)), "rows_out": stats["curate-split"]["in"],
-            "chunks": len(chunks), "rejected": rejected}
+    return _outcome(root, stats, steps, total, load)
+
+
+def run_fused(gen: dict) -> dict:
+    """The fused local path (``curate_fused``), reading the same ``resolved/`` into a data root of its own."""
+    from pipeline.curate.fused import curate_fused
+
+    root = OUT / "fused"
+    _clean(root)
+    cfg = _config(root)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    stats = curate_fused(Path(gen["records"]), root, cfg.curate, force=True)
+    total = time.perf_counter() - t0
+    steps = {k: stats[k]["seconds"] for k in ("curate-filter", "curate-dedup-record", "curate-dedup-photo",
+                                               "curate-balance")}
+    steps["curate-split (labels, chunks, rejects)"] = total - sum(steps.values())
+    return _outcome(root, stats, steps, total, load)
+
+
+def same_output(staged_root: Path, fused_root: Path) -> str:
+    """Whether both paths wrote the same chunks (captions decoded) and the same rejects."""
+    def plain(t: pa.Table) -> pa.Table:
+        return pa.table([pc.cast(c, c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in t.columns],
+                        names=t.column_names)
+
+    a = sorted(p.relative_to(staged_root) for p in (staged_root / "curated").rglob("chunk-*.parquet"))
+    b = sorted(p.relative_to(fused_root) for p in (fused_root / "curated").rglob("chunk-*.parquet"))
+    if a != b:
+        return f"different chunk files ({len(a)} staged, {len(b)} fused)"
+    for p in a:
+        if not plain(pq.read_table(staged_root / p)).equals(plain(pq.read_table(fused_root / p))):
+            return f"{p} differs"
+    key = [("record_id", "ascending"), ("stage", "ascending"), ("reason", "ascending"), ("detail", "ascending")]
+    from pipeline.io import read_dataset
+    from schemas import REJECT_SCHEMA
+
+    names = {d.name for r in (staged_root, fused_root) for d in (r / "rejects").glob("stage=curate-*")}
+    for name in sorted(names):
+        sa, fb = (read_dataset(r / "rejects" / name, REJECT_SCHEMA).sort_by(key) for r in (staged_root, fused_root))
+        if not sa.equals(fb):
+            return f"rejects {name} differ"
+    return f"identical: {len(a)} chunks (captions decoded) and every reject row"
 
 
 def best_of(fn, gen: dict, runs: int) -> tuple[dict, list[float]]:
@@ -221,20 +280,24 @@ def best_of(fn, gen: dict, runs: int) -> tuple[dict, list[float]]:
     return min(ok, key=lambda r: r.get("total_s", float("inf"))), [round(r.get("total_s", -1), 1) for r in results]
 
 
-def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None, runs: dict) -> None:
+def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio: float | None, runs: dict,
+                  parity: str) -> None:
     header = f"## {gen['rows']:,} rows"
-    steps = ours["steps_s"]
+    staged_runs = f", staged curate {runs['staged']} s" if staged else ""
     lines = [
         header, "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, shared with "
         f"other jobs: load average {arbor.get('load_before', 0):.1f} before the best arbor-process run, "
-        f"{ours['load_before']:.1f} before the best curate run. "
+        f"{ours['load_before']:.1f} before the best fused curate run. "
         f"Input: {gen['rows']:,} rows in {gen['files']} files, {gen['species']:,} true species "
         f"(binomials) sharing {gen['epithets']} real epithets; rare < {RARE}, cap {CAP}, "
-        f"chunks of {PART * FILES_PER_CHUNK:,} rows. Each side ran {len(runs['curate'])} times, best taken "
-        f"(curate {runs['curate']} s, arbor-process {runs['arbor']} s). curate is `biocorpus curate` "
-        "(`pipeline.jobs.curate`, local runner, a process per core) on a data root whose `resolved/` holds "
-        "the input parts; arbor-process runs in its own venv in a subprocess.", "",
+        f"chunks of {PART * FILES_PER_CHUNK:,} rows. Runs (best taken): fused curate {runs['curate']} s, "
+        f"arbor-process {runs['arbor']} s{staged_runs}. The measured curate is the local runner's fused path "
+        "(`pipeline.curate.fused.curate_fused`: filters, both dedup layers and the balance decided over the "
+        "decision columns only, then one read of the survivors' other columns, labels and the shuffled chunks); "
+        "the staged path is `pipeline.jobs.curate` through the runner's four table stages and the split step "
+        "(a process per core). Both read the data root's `resolved/` parts; arbor-process runs in its own venv "
+        f"in a subprocess. Fused vs staged output: {parity}.", "",
         "| tool | phase | seconds |",
         "|---|---|---|",
     ]
@@ -244,21 +307,32 @@ def write_results(gen: dict, arbor: dict, ours: dict, ratio: float | None, runs:
         lines += [f"| arbor-process | metadata distribution (MetadataProcessor) | {arbor['metadata_s']:.1f} |",
                   f"| arbor-process | rare/cap filter + shuffled chunks (GenShuffledChunks) | {arbor['filter_chunk_s']:.1f} |",
                   f"| arbor-process | **total** | **{arbor['total_s']:.1f}** |"]
-    lines += [f"| biocorpus curate | {k} | {v:.1f} |" for k, v in steps.items()]
-    lines += [f"| biocorpus curate | **total** | **{ours['total_s']:.1f}** |", "",
-              "| tool | rows out | chunks | distinct species counted |", "|---|---|---|---|"]
+    lines += [f"| biocorpus curate (fused) | {k} | {v:.1f} |" for k, v in ours["steps_s"].items()]
+    lines += [f"| biocorpus curate (fused) | **total** | **{ours['total_s']:.1f}** |"]
+    if staged:
+        lines += [f"| biocorpus curate (staged) | {k} | {v:.1f} |" for k, v in staged["steps_s"].items()]
+        lines += [f"| biocorpus curate (staged) | **total** | **{staged['total_s']:.1f}** |"]
+    lines += ["", "| tool | rows out | chunks | distinct species counted |", "|---|---|---|---|"]
     if "error" not in arbor:
         lines.append(f"| arbor-process | {arbor['rows_out']:,} | {arbor['chunks']} | {arbor['species_counted']:,} (by epithet) |")
-    lines += [f"| biocorpus curate | {ours['rows_out']:,} | {ours['chunks']} | {ours['species_counted']:,} (by taxon id) |", ""]
+    lines.append(f"| biocorpus curate (fused) | {ours['rows_out']:,} | {ours['chunks']} | "
+                 f"{ours['species_counted']:,} (by taxon id) |")
+    if staged:
+        lines.append(f"| biocorpus curate (staged) | {staged['rows_out']:,} | {staged['chunks']} | "
+                     f"{staged['species_counted']:,} (by taxon id) |")
+    lines.append("")
     if ratio is not None:
         merged = gen["species"] - arbor["species_counted"]
         speed = f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
-        lines.append(f"**Ratio arbor/curate = {ratio:.2f}: curate is {speed}** end to end (goal 10x). arbor-process merged "
+        staged_note = (f" (staged path: {arbor['total_s'] / staged['total_s']:.2f}, fused is "
+                       f"{staged['total_s'] / ours['total_s']:.1f}x faster than staged)" if staged else "")
+        lines.append(f"**Ratio arbor/curate (fused) = {ratio:.2f}: curate is {speed}** end to end (goal 10x)"
+                     f"{staged_note}. arbor-process merged "
                      f"{merged:,} species into others by epithet ({gen['species']:,} true species counted as "
                      f"{arbor['species_counted']:,}); curate merged 0 ({ours['species_counted']:,} taxa in, "
                      f"{ours['binomials_out']:,} distinct binomials out).")
-    lines += ["", "Notes: curate also runs its filters, both dedup layers, captions and class indices, and writes "
-              "every intermediate step to Parquet (resumable stages); arbor-process's metadata step also draws "
+    lines += ["", "Notes: curate also runs its filters, both dedup layers, captions and class indices; "
+              "arbor-process's metadata step also draws "
               "its distribution plots (matplotlib), and its cap drops a capped species from the chunks (written "
               f"aside) where curate keeps a seeded sample of {CAP}. Rejected by curate: {json.dumps(ours['rejected'])}.", ""]
     section = "\n".join(lines)
@@ -274,7 +348,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="200,000 rows instead of 5,000,000")
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument("--files", type=int, default=None, help="input files (default rows / 100,000, at least 4)")
-    ap.add_argument("--runs", type=int, default=2, help="runs of each side; the best is reported")
+    ap.add_argument("--runs", type=int, default=2, help="runs of fused curate and arbor-process; the best is reported")
+    ap.add_argument("--staged-runs", type=int, default=1, help="runs of the staged curate (0: skip it)")
     ap.add_argument("--reuse", action="store_true", help="reuse the generated input of a previous run of this size")
     args = ap.parse_args()
     rows = args.rows or (200_000 if args.small else 5_000_000)
@@ -288,15 +363,22 @@ def main() -> None:
         gen = generate(rows, files, OUT)
     print(f"generated {rows:,} rows, {gen['species']:,} species, {gen['epithets']} epithets "
           f"in {time.perf_counter() - t:.0f} s")
-    ours, ours_runs = best_of(run_curate, gen, args.runs)
-    print("curate:", json.dumps(ours), "runs", ours_runs)
+    ours, ours_runs = best_of(run_fused, gen, args.runs)
+    print("curate (fused):", json.dumps(ours), "runs", ours_runs)
+    staged, staged_runs, parity = None, [], "not compared (staged path not run)"
+    if args.staged_runs:
+        staged, staged_runs = best_of(run_curate, gen, args.staged_runs)
+        print("curate (staged):", json.dumps(staged), "runs", staged_runs)
+        parity = same_output(Path(staged["root"]), Path(ours["root"]))
+        print("fused vs staged:", parity)
     arbor, arbor_runs = best_of(run_arbor, gen, args.runs)
     print("arbor-process:", json.dumps(arbor), "runs", arbor_runs)
     ratio = arbor["total_s"] / ours["total_s"] if "error" not in arbor else None
     if ratio is not None:
-        print(f"ratio arbor/curate = {ratio:.1f}x; species counted: arbor {arbor['species_counted']:,} "
+        print(f"ratio arbor/curate (fused) = {ratio:.2f}x; species counted: arbor {arbor['species_counted']:,} "
               f"(by epithet), curate {ours['species_counted']:,} (true {gen['species']:,})")
-    write_results(gen, arbor, ours, ratio, {"curate": ours_runs, "arbor": arbor_runs})
+    write_results(gen, arbor, ours, staged, ratio,
+                  {"curate": ours_runs, "arbor": arbor_runs, "staged": staged_runs}, parity)
     print(f"results -> {RESULTS.relative_to(REPO)}")
 
 

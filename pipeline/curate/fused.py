@@ -26,6 +26,7 @@ from pipeline.curate import balance as balance_mod
 from pipeline.curate import dedup as dedup_mod
 from pipeline.curate import splits as splits_mod
 from pipeline.curate.filters import apply_filters
+from pipeline.curate.hashing import hash_strings
 from pipeline.io import (
     SUCCESS,
     atomic_write_json,
@@ -95,6 +96,27 @@ def _rows(table: pa.Table) -> np.ndarray:
     return np.asarray(table.column(_ROW).to_numpy(), np.int64)
 
 
+def _shared_keys(keys: pa.Array) -> np.ndarray:
+    """Positions of the rows whose key another row also has, in ascending order.
+
+    Equal keys hash equally, so only rows whose 64-bit hash repeats are compared by text: almost
+    all keys are unique, and hashing them is cheaper than dictionary-encoding millions of strings.
+    """
+    h = hash_strings(keys, seed="fused-keys")
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    repeat = np.zeros(len(h), bool)
+    same = hs[1:] == hs[:-1]
+    repeat[1:] |= same
+    repeat[:-1] |= same
+    candidates = np.sort(order[repeat])
+    if not candidates.size:
+        return candidates
+    sub = pc.take(keys, pa.array(candidates))
+    codes = np.asarray(pc.dictionary_encode(sub).indices.to_numpy(zero_copy_only=False), np.int64)
+    return candidates[np.bincount(codes)[codes] > 1]
+
+
 def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str, reason: Reason,
                   merge: bool) -> tuple[pa.Table, pa.Table, dict[int, str]]:
     """``dedup.keep_richest`` (unordered) over the decision table: only rows sharing a key are read
@@ -102,8 +124,7 @@ def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str
     and, with ``merge``, the new ``extra`` text of each absorbing row by global row number."""
     if table.num_rows == 0:
         return table, empty_rejects(), {}
-    codes = np.asarray(pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False), np.int64)
-    multi = np.nonzero(np.bincount(codes)[codes] > 1)[0]
+    multi = _shared_keys(keys)
     if not multi.size:
         return table, empty_rejects(), {}
     rows = _rows(table)[multi]  # ascending: the decision table is in global row order
@@ -215,13 +236,31 @@ def _replace_dir(staged: Path, final: Path) -> None:
         staged.replace(final)
 
 
-def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = False) -> dict:
+def _record_runs(root: Path, stats: dict, files: list[Path], config) -> None:
+    """One run record per step (``runs/<run_id>/run.json``), as the runner writes for each stage."""
+    from pipeline.io import new_run_id, write_run_record
+
+    outputs = {"curate-filter": "work/curate/filtered (fused: not written)",
+               "curate-dedup-record": "work/curate/dedup-record (fused: not written)",
+               "curate-dedup-photo": "work/curate/dedup-photo (fused: not written)",
+               "curate-balance": str(root / "curated")}
+    for key in STEPS:
+        run_id = new_run_id(key)
+        stats[key].update(run_id=run_id, tasks=1)
+        write_run_record(root, run_id, {
+            "stage": key, "runner": "local-fused", "inputs": [str(f) for f in files], "output": outputs[key],
+            "rejects": str(root / "rejects" / f"stage={key}"),
+            "config": config.model_dump(mode="json") if config is not None else None, "counts": stats[key]})
+
+
+def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = False, config=None) -> dict:
     """``input_dir`` (resolved records) -> ``root/curated/split=<s>/chunk-<n:05d>.parquet`` (+
     ``_classes.json``) and ``root/rejects/stage=<step>/``, as ``jobs.curate`` writes them.
 
     Everything is staged under ``root/.staging/curate-fused`` and moved into place at the end; a
     rerun over the same input files and options does nothing. Returns the stats of ``jobs.curate``:
-    per step in/out/rejected, ``balance`` and ``curate-split``.
+    per step in/out/rejected, ``balance`` and ``curate-split``; writes ``curated/_curate_stats.json``
+    and a run record per step (with the whole ``config``, when given, as the runner records it).
     """
     from pipeline.config import config_hash
     from pipeline.stages.curate import label_batch, split_tables
@@ -268,6 +307,7 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
     for key in STEPS:
         _replace_dir(staging / "rejects" / f"stage={key}", root / "rejects" / f"stage={key}")
     _replace_dir(staging / "curated", curated)
+    _record_runs(root, stats, files, config)
     atomic_write_json(curated / "_curate_stats.json", stats)
     atomic_write_json(marker, {"fingerprint": fp, "stats": stats})
     shutil.rmtree(staging, ignore_errors=True)

@@ -16,8 +16,7 @@ from pipeline.io import atomic_write_parquet, read_dataset
 from pipeline.jobs import curate
 from pipeline.runners import make_runner
 from schemas import REJECT_SCHEMA, make_record_id
-from schemas.record import extra_json
-from schemas.record import from_rows
+from schemas.record import extra_json, from_rows
 from tests.curate.conftest import dwca_rows, search_rows
 
 REJECT_KEY = ["record_id", "stage", "reason", "detail"]
@@ -105,7 +104,8 @@ def test_fused_matches_staged_curate(tmp_path, case):
     fused_root = _root(tmp_path, "fused", table, part_rows)
     cfg = _config(staged_root, **options)
     staged = curate(cfg, make_runner("local", workers=1, progress=False))
-    fused = curate_fused(fused_root / "resolved", fused_root, _config(fused_root, **options).curate)
+    fused_cfg = _config(fused_root, **options)
+    fused = curate_fused(fused_root / "resolved", fused_root, fused_cfg.curate, config=fused_cfg)
 
     staged_chunks, fused_chunks = _chunks(staged_root), _chunks(fused_root)
     assert staged_chunks, "the case must curate something"
@@ -126,6 +126,9 @@ def test_fused_matches_staged_curate(tmp_path, case):
     assert fused["balance"] == staged["balance"]
     for count in ("in", "splits", "chunks", "classes"):
         assert fused["curate-split"][count] == staged["curate-split"][count], count
+    runs = [json.loads(p.read_text()) for p in sorted((fused_root / "runs").glob("*/run.json"))]
+    assert sorted(r["stage"] for r in runs) == sorted(STEPS)
+    assert all(r["counts"]["in"] == fused[r["stage"]]["in"] and r["config"]["curate"] for r in runs)
     if case == "generated":  # every piece had work to do
         assert all(fused[k]["rejected"] for k in STEPS)
         merged = [json.loads(e) for t in fused_chunks.values() for e in t.column("extra").to_pylist() if e]
