@@ -58,10 +58,20 @@ def resolve(cfg, runner, force: bool = False) -> StageResult:
 
 
 def curate(cfg, runner, force: bool = False) -> dict:
-    """resolved/ → curated/split=<s>/chunk-<n>.parquet through filter, dedup and balance stages."""
+    """resolved/ → curated/split=<s>/chunk-<n>.parquet through filter, dedup and balance stages.
+
+    The local runner takes the fused plan (decision columns first, one pass over the survivors),
+    whose chunks and rejects equal the staged chain's (tests/curate/test_fused.py); other runners
+    run the chain of table stages.
+    """
+    root = _root(cfg)
+    if runner.name == "local":
+        from pipeline.curate.fused import curate_fused
+
+        return curate_fused(root / "resolved", root, cfg.curate, force=force, config=cfg)
+
     from pipeline.stages import curate as c
 
-    root = _root(cfg)
     work = root / "work" / "curate"
     steps = [("curate-filter", c.FILTER_STAGE, root / "resolved", work / "filtered"),
              ("curate-dedup-record", c.DEDUP_RECORD_STAGE, work / "filtered", work / "dedup-record"),

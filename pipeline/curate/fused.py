@@ -12,6 +12,7 @@ staged stages (``apply_filters``, the ``keep_richest`` ordering, ``balance``, ``
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -103,6 +104,9 @@ def _shared_keys(keys: pa.Array) -> np.ndarray:
     all keys are unique, and hashing them is cheaper than dictionary-encoding millions of strings.
     """
     h = hash_strings(keys, seed="fused-keys")
+    hs = np.sort(h)
+    if not (hs[1:] == hs[:-1]).any():  # the usual case: no repeat, no ordering needed
+        return np.zeros(0, np.int64)
     order = np.argsort(h, kind="stable")
     hs = h[order]
     repeat = np.zeros(len(h), bool)
@@ -277,6 +281,7 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
 
         done = json.loads(marker.read_text())
         if done.get("fingerprint") == fp:
+            print("curate: already complete for these inputs and options; nothing to do", file=sys.stderr)
             return {**done["stats"], "skipped": True}
     started = time.perf_counter()
     staging = root / ".staging" / "curate-fused"
@@ -311,4 +316,7 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
     atomic_write_json(curated / "_curate_stats.json", stats)
     atomic_write_json(marker, {"fingerprint": fp, "stats": stats})
     shutil.rmtree(staging, ignore_errors=True)
+    n_rejected = sum(stats[k]["rejected"] for k in STEPS if k in stats)
+    print(f"curate: {int(records.offsets[-1])} in -> "
+          f"{decided.num_rows} out + {n_rejected} rejected ({stats['seconds']} s)", file=sys.stderr)
     return stats

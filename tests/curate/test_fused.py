@@ -154,3 +154,14 @@ def test_fused_empty_input(tmp_path):
     assert not list((root / "curated").rglob("chunk-*.parquet"))
     with pytest.raises(FileNotFoundError):
         curate_fused(root / "missing", root, _config(root).curate)
+
+
+@pytest.mark.parametrize("keys, shared", [
+    (["a", "b", "a", "c", "b"], [0, 1, 2, 4]),
+    (["x", "y", "z"], []),
+    ([], []),
+])
+def test_shared_keys_finds_exactly_the_repeated_keys(keys, shared):
+    from pipeline.curate.fused import _shared_keys
+
+    assert _shared_keys(pa.array(keys, pa.string())).tolist() == shared
