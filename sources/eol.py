@@ -13,8 +13,7 @@ import html
 import io
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +23,8 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_rows
 from schemas.rejects import REJECT_SCHEMA
-from sources.base import IngestBatch, SourceOptions
-from sources.http import USER_AGENT, HttpClient
+from sources.base import IngestBatch
+from sources.http import ApiConnector, ApiOptions, HttpClient
 from sources.licenses import normalise_license
 from sources.photokey import photo_key_of
 
@@ -46,7 +45,7 @@ MANIFEST_COLUMNS = {
 }
 
 
-class Options(SourceOptions):
+class Options(ApiOptions):
     """``[sources.eol]``: export/manifest files (or a folder of them), or page ids for the pages API."""
 
     input: str | None = Field(None, description="a page export JSON, pages API JSON, manifest CSV, or folder")
@@ -54,22 +53,15 @@ class Options(SourceOptions):
     image_size: Literal["original", "large", "medium", "small"] = Field("original", description="copy size")
     api_base_url: str = Field("https://eol.org/api/", description="EOL API root (tests: loopback)")
     images_per_page: int = Field(75, ge=1, le=75, description="pages API images per request")
-    rate: float = Field(1.0, gt=0, description="API requests per second")
-    max_retries: int = Field(5, ge=0, description="retries of a transient HTTP failure")
-    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
     batch_rows: int = Field(100_000, ge=1, description="records per batch (manifests)")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
-    user_agent: str = Field(USER_AGENT, description="User-Agent sent to EOL")
 
 
-class EOLConnector:
+class EOLConnector(ApiConnector):
     """``eol`` source: one task per file, or per page id for the API."""
 
     name = SOURCE
     Options = Options
-
-    def __init__(self, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
-        self.sleep, self.clock = sleep, clock
 
     def tasks(self, input: str | None, options: Options) -> list[str]:
         target = input or options.input

@@ -28,9 +28,9 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import IngestBatch, SourceOptions
+from sources.base import IngestBatch
 from sources.dwca import DwcaError, open_archive, read_file
-from sources.http import USER_AGENT, HttpClient, HttpError
+from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
 from sources.licenses import normalise_license_column
 from sources.photokey import photo_key
 
@@ -56,7 +56,7 @@ _EXTRA_OCC = ["verbatimScientificName", "acceptedScientificName", "catalogNumber
               "recordedBy", "issue", "occurrenceStatus"]
 
 
-class Options(SourceOptions):
+class Options(ApiOptions):
     """``[sources.gbif]``: an archive to read, or a query for the search or download API."""
 
     input: str | None = Field(None, description="path or URL of a DwC-A zip; overrides the query")
@@ -70,8 +70,6 @@ class Options(SourceOptions):
     page_size: int = Field(300, ge=1, le=300, description="occurrence/search page size (GBIF maximum 300)")
     max_records: int = Field(OFFSET_CAP, ge=1, le=OFFSET_CAP, description="stop the search after this many")
     rate: float = Field(3.0, gt=0, description="API requests per second")
-    max_retries: int = Field(5, ge=0, description="retries of a transient HTTP failure")
-    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
     poll_interval_s: float = Field(60.0, gt=0, description="seconds between download status polls")
     poll_timeout_s: float = Field(6 * 3600.0, gt=0, description="give up on a download request after this")
     cache_dir: str = Field("data/cache/gbif", description="where fetched archives and request state live")
@@ -80,17 +78,13 @@ class Options(SourceOptions):
                                 "both files are partitioned to temporary spill files")
     join_partitions: int = Field(16, ge=1, description="spill partitions when the multimedia exceeds join_memory_mb")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
-    user_agent: str = Field(USER_AGENT, description="User-Agent sent to GBIF")
 
 
-class GBIFConnector:
+class GBIFConnector(ApiConnector):
     """``gbif`` source: tasks are archives, or one search / download task for a query."""
 
     name = SOURCE
     Options = Options
-
-    def __init__(self, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
-        self.sleep, self.clock = sleep, clock
 
     def tasks(self, input: str | None, options: Options) -> list[str]:
         target = input or options.input

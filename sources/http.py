@@ -16,12 +16,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+from pydantic import Field
+
+from sources.base import SourceOptions
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "biocorpus/0.1 (biodiversity image corpus builder; +https://github.com/biocorpus/biocorpus)"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 T = TypeVar("T")
+
+
+class ApiOptions(SourceOptions):
+    """The options every source that calls an HTTP API shares (its own Options extend these)."""
+
+    rate: float = Field(1.0, gt=0, description="API requests per second")
+    max_retries: int = Field(5, ge=0, description="retries of a transient HTTP failure")
+    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
+    user_agent: str = Field(USER_AGENT, description="User-Agent sent with every request")
+
+
+class ApiConnector:
+    """Base of the connectors that call an API; sleep and clock are injectable so tests need no waiting."""
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.sleep, self.clock = sleep, clock
 
 
 class HttpError(RuntimeError):

@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +21,8 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_rows
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import IngestBatch, SourceOptions
-from sources.http import USER_AGENT, HttpClient
+from sources.base import IngestBatch
+from sources.http import ApiConnector, ApiOptions, HttpClient
 from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
 from sources.photokey import photo_key
 
@@ -36,7 +35,7 @@ SIZE_PX = {"original": 2048, "large": 1024, "medium": 500, "small": 240}
 RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus")
 
 
-class Options(SourceOptions):
+class Options(ApiOptions):
     """``[sources.inaturalist]``: an open-data dump (folder or URL prefix), or an API v1 query."""
 
     input: str | None = Field(None, description="folder or URL prefix holding photos/observations/taxa/observers")
@@ -54,21 +53,14 @@ class Options(SourceOptions):
                                         description="extra /observations parameters, e.g. {taxon_id = 47158}")
     per_page: int = Field(200, ge=1, le=200, description="observations per API page (maximum 200)")
     max_pages: int = Field(50, ge=1, description="API pages per run; a rerun continues from the cursor")
-    rate: float = Field(1.0, gt=0, description="API requests per second (iNaturalist asks for 1)")
-    max_retries: int = Field(5, ge=0, description="retries of a transient HTTP failure")
-    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
     state_path: str | None = Field(None, description="cursor file (default: under cache_dir, per query)")
-    user_agent: str = Field(USER_AGENT, description="User-Agent sent to iNaturalist")
 
 
-class INaturalistConnector:
+class INaturalistConnector(ApiConnector):
     """``inaturalist`` source: one task per dump, or one API task per query."""
 
     name = SOURCE
     Options = Options
-
-    def __init__(self, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
-        self.sleep, self.clock = sleep, clock
 
     def tasks(self, input: str | None, options: Options) -> list[str]:
         target = input or options.input
