@@ -86,7 +86,7 @@ class Options(BaseModel):
     max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="largest body accepted, bytes")
     max_pixels: int = Field(89_478_485, ge=1, description="largest width*height decoded (bombs above)")
     max_redirects: int = Field(5, ge=0, description="redirects followed per request")
-    processes: int | None = Field(None, ge=0, description="decode processes (default: CPU count; 0 = threads)")
+    processes: int | None = Field(0, ge=0, description="decode processes; 0 (default) decodes on threads in the fetching process, fastest on small machines; None = one per CPU")
     caption_column: str = Field("caption", description="input column written as {key}.txt")
     cls_column: str = Field("cls", description="input column written as {key}.cls")
     url_column: str = Field("url", description="URL column of a plain URL list")
