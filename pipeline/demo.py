@@ -154,6 +154,7 @@ def run_demo(data: Path, runner_name: str = "local") -> dict:
     from pipeline.runners import make_runner
     from taxonomy.cli import build_backbone_cli
 
+    data = Path(data).absolute()
     missing = [p for _, p in PLAN + BACKBONES if not (SAMPLES / p).exists()]
     if missing:
         raise FileNotFoundError(f"bundled samples missing under {SAMPLES}: {missing}")

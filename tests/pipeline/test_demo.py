@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     pytest.importorskip("torch")
-    root = tmp_path_factory.mktemp("demo") / "data"
+    root = tmp_path_factory.mktemp("demo") / "data"  # the default data/ relative to cwd is checked below
     proc = subprocess.run([sys.executable, "-m", "pipeline.demo", "--data", str(root)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
