@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
     pytest.importorskip("torch")
-    root = tmp_path_factory.mktemp("demo") / "data"  # the default data/ relative to cwd is checked below
-    proc = subprocess.run([sys.executable, "-m", "pipeline.demo", "--data", str(root)], cwd=REPO,
+    # run from another folder with a relative data root, as `make demo` passes `--data data`
+    work = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.demo", "--data", "data"], cwd=work, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return root, proc
+    return work / "data", proc
 
 
 def _success(path: Path) -> dict:
