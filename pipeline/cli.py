@@ -93,7 +93,7 @@ def resolve(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, 
     cfg = _config(config, data, runner, ctx.args)
     try:
         result = jobs.resolve(cfg, _runner(cfg), force)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _print_stats(result)
 
@@ -107,7 +107,7 @@ def curate(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, r
     cfg = _config(config, data, runner, ctx.args)
     try:
         stats = jobs.curate(cfg, _runner(cfg), force)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2, sort_keys=True))
 
@@ -137,7 +137,7 @@ def download(
     cfg = _config(config, data, runner, ctx.args, overrides)
     try:
         stats = jobs.download(cfg, urls, output, retry_failed)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2, sort_keys=True, default=str))
 
