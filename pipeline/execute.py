@@ -58,13 +58,17 @@ def _finish(staged: StagedOutput, runner, stage_name: str, counts: list[dict], e
 
 def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, input_dir: Path,
                     out_dir: Path, runner, config: Any = None, key: str | None = None,
-                    force: bool = False) -> StageResult:
-    """Apply a map or global stage to the Parquet dataset ``input_dir``, writing ``out_dir``."""
+                    force: bool = False, depends_on: dict | None = None) -> StageResult:
+    """Apply a map or global stage to the Parquet dataset ``input_dir``, writing ``out_dir``.
+
+    ``depends_on`` names inputs besides the dataset (a backbone version): they are part of the
+    fingerprint, so a new one reruns the stage, and they are recorded in the stats and run.json.
+    """
     inputs = parquet_files(input_dir)
     if not inputs and not input_dir.exists():
         raise FileNotFoundError(f"{stage.name}: input {input_dir} does not exist; run the previous stage first")
     key = key or stage.name
-    fp = fingerprint(key, config_hash(options), files_identity(inputs), type(stage).__name__)
+    fp = fingerprint(key, config_hash(options), files_identity(inputs), type(stage).__name__, depends_on)
     staged = StagedOutput(root, key, out_dir, root / "rejects" / f"stage={key}", fp)
     done = staged.finished()
     if done and not force:
@@ -78,7 +82,7 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
     else:
         counts = runner.run_global(stage, ctx, inputs, staged)
     return _finish(staged, runner, key, counts, tasks.expected_rows(inputs), started, config,
-                   [str(f) for f in inputs])
+                   [str(f) for f in inputs], {"depends_on": depends_on} if depends_on else None)
 
 
 def _task_identity(task: str) -> object:

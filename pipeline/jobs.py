@@ -47,7 +47,15 @@ def resolve(cfg, runner, force: bool = False) -> StageResult:
     options = cfg.resolve
     if options.data_root == "data":  # a backbone given by name is looked up under this data root
         options = options.model_copy(update={"data_root": str(root)})
-    result = run_table_stage(STAGE, options, root, root / "raw", root / "resolved", runner, cfg, force=force)
+    from taxonomy.backbone import backbone_manifest, find_backbone
+
+    folder = find_backbone(options.backbone, Path(options.data_root))
+    manifest = backbone_manifest(folder)
+    backbone = {"backbone": {"folder": str(folder), "name": manifest.get("name"),
+                             "version": manifest.get("version"), "source_sha256": manifest.get("source_sha256"),
+                             "rows": manifest.get("rows")}}
+    result = run_table_stage(STAGE, options, root, root / "raw", root / "resolved", runner, cfg, force=force,
+                             depends_on=backbone)
     if not result.skipped:
         from pipeline.io import atomic_write_parquet, read_dataset
 

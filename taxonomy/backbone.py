@@ -446,23 +446,34 @@ def build_backbone(kind: str, source: Path, data_root: Path, version: str | None
                           {"build_seconds": round(time.perf_counter() - t0, 3)})
 
 
+def find_backbone(path_or_name: str | Path, data_root: Path | None = None) -> Path:
+    """The version folder of a stored backbone: a folder, a ``backbone.parquet`` file, or a name
+    under ``<data_root>/backbones/`` (its newest version, by name order of the version folders)."""
+    p = Path(path_or_name)
+    if p.is_file() and p.suffix == ".parquet":
+        return p.parent
+    if (p / "backbone.parquet").is_file():
+        return p
+    root = Path(data_root or "data") / "backbones" / str(path_or_name)
+    versions = sorted(d for d in root.glob("*") if (d / "backbone.parquet").is_file()) if root.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(
+            f"no backbone {path_or_name!r}: not a backbone folder and nothing under {root}; "
+            "build one with `biocorpus backbone <kind> <source>`")
+    return versions[-1]
+
+
+def backbone_manifest(folder: Path) -> dict:
+    """The stored backbone's ``manifest.json`` (name, version, source, counts), or {} if absent."""
+    path = Path(folder) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_backbone(path_or_name: str | Path, data_root: Path | None = None) -> Backbone:
     """Load a stored backbone: a version folder, a ``backbone.parquet`` file, or a name under
     ``<data_root>/backbones/`` (its newest version, by name order of the version folders)."""
-    p = Path(path_or_name)
-    if p.is_file() and p.suffix == ".parquet":
-        folder = p.parent
-    elif (p / "backbone.parquet").is_file():
-        folder = p
-    else:
-        root = Path(data_root or "data") / "backbones" / str(path_or_name)
-        versions = sorted(d for d in root.glob("*") if (d / "backbone.parquet").is_file()) if root.is_dir() else []
-        if not versions:
-            raise FileNotFoundError(
-                f"no backbone {path_or_name!r}: not a backbone folder and nothing under {root}; "
-                "build one with `biocorpus backbone <kind> <source>`")
-        folder = versions[-1]
-    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    folder = find_backbone(path_or_name, data_root)
+    manifest = backbone_manifest(folder)
     table = pl.read_parquet(folder / "backbone.parquet")
     return Backbone(manifest.get("name", folder.parent.name), manifest.get("version", folder.name),
                     table, folder, manifest)

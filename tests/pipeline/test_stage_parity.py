@@ -38,3 +38,21 @@ def test_ingest_and_resolve_agree_across_runners(tmp_path):
     for sub in ("raw", "resolved", "rejects"):
         assert _parts(local / sub) == _parts(beam / sub), sub
     assert len(_parts(local / "resolved")) == 3
+
+
+def test_a_new_backbone_version_reruns_resolve_and_is_recorded(tmp_path):
+    import json
+
+    root = tmp_path / "root"
+    tree = DATA / "taxonomy" / "inat_taxonomy_tree" / "taxonomy.csv"
+    build_backbone_cli("inat", tree, root, "v1")
+    cfg = load_config(None, {"data": str(root), "resolve.backbone": "inat", "resolve.data_root": str(root)})
+    runner = make_runner("local", workers=1)
+    jobs.ingest(cfg, runner, "eol", str(DATA / INPUTS[1][1]), "eol")
+    first = jobs.resolve(cfg, runner)
+    assert not first.skipped and jobs.resolve(cfg, runner).skipped
+    build_backbone_cli("inat", tree, root, "v2")
+    second = jobs.resolve(cfg, runner)
+    assert not second.skipped
+    run = json.loads((root / "runs" / second.run_id / "run.json").read_text())
+    assert run["counts"]["depends_on"]["backbone"]["version"] == "v2"
