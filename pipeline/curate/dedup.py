@@ -68,6 +68,30 @@ def _fingerprint(table: pa.Table) -> np.ndarray:
     return hash_strings(pc.binary_join_element_wise(*texts, "\x1f"), seed="row")
 
 
+def rank_duplicates(keys: pa.Array, rows: pa.Table, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order ``rows`` (which share keys) within each key: most non-null fields, then smallest
+    ``record_id``, then row content. Returns, as entries of ``index``, the winner of each key, the
+    other rows and the winner each of them lost to."""
+    work = pa.table({
+        "k": keys, "rich": pa.array(richness(rows)), "rid": pc.fill_null(_column(rows, "record_id"), ""),
+        "fp": pa.array(_fingerprint(rows)), "i": pa.array(index),
+    })
+    ordered = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"), ("fp", "ascending")])
+    order = ordered.column("i").to_numpy()
+    sorted_keys = ordered.column("k").to_numpy(zero_copy_only=False)
+    first = np.ones(len(order), bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    leader = order[np.nonzero(first)[0]][np.cumsum(first) - 1]
+    return order[first], order[~first], leader[~first]
+
+
+def duplicate_rejects(table: pa.Table, dup_rows: np.ndarray, dup_leaders: np.ndarray, stage: str,
+                      reason: Reason) -> pa.Table:
+    """Reject rows for the duplicates at ``dup_rows`` of ``table``, each naming the row it lost to."""
+    rids = np.asarray(pc.fill_null(_column(table, "record_id"), "").to_numpy(zero_copy_only=False), object)
+    return make_rejects(rids[dup_rows].tolist(), stage, reason, [f"kept {r}" for r in rids[dup_leaders].tolist()])
+
+
 def keep_richest(
     table: pa.Table, keys: pa.Array, stage: str, reason: Reason, merge_provenance: bool, ordered: bool = True
 ) -> StageOutput:
@@ -94,21 +118,8 @@ def keep_richest(
         # only rows that share a key need the (costlier) richness and content tie-breaks
         sub = table.take(pa.array(multi))
         sub_keys = pc.take(keys, pa.array(multi))
-        work = pa.table({
-            "k": sub_keys, "rich": pa.array(richness(sub)), "rid": pc.fill_null(_column(sub, "record_id"), ""),
-            "fp": pa.array(_fingerprint(sub)), "i": pa.array(multi),
-        })
-        ordered = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"),
-                                ("fp", "ascending")])
-        order = ordered.column("i").to_numpy()
-        sorted_keys = ordered.column("k").to_numpy(zero_copy_only=False)
-        first = np.ones(len(order), bool)
-        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        leader = order[np.nonzero(first)[0]][np.cumsum(first) - 1]
-        winners, dup_rows, dup_leaders = order[first], order[~first], leader[~first]
-        rids = np.asarray(pc.fill_null(_column(table, "record_id"), "").to_numpy(zero_copy_only=False), object)
-        rejects = make_rejects(rids[dup_rows].tolist(), stage, reason,
-                               [f"kept {r}" for r in rids[dup_leaders].tolist()])
+        winners, dup_rows, dup_leaders = rank_duplicates(sub_keys, sub, multi)
+        rejects = duplicate_rejects(table, dup_rows, dup_leaders, stage, reason)
         absorbed = (dup_rows, dup_leaders)
     if not multi.size:
         return StageOutput(table, rejects) if not ordered else _reordered(table, keys)

@@ -37,7 +37,7 @@ from pipeline.io import (
     parquet_files,
 )
 from pipeline.stage import StageContext, check_accounting
-from schemas import RANKS, RECORD_SCHEMA, REJECT_SCHEMA, Reason, empty_rejects, make_rejects
+from schemas import RANKS, RECORD_SCHEMA, REJECT_SCHEMA, Reason, empty_rejects
 
 if TYPE_CHECKING:
     from pipeline.stages.curate import Options
@@ -133,20 +133,9 @@ def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str
         return table, empty_rejects(), {}
     rows = _rows(table)[multi]  # ascending: the decision table is in global row order
     full = records.full_rows(rows)
-    work = pa.table({
-        "k": pc.take(keys, pa.array(multi)), "rich": pa.array(dedup_mod.richness(full)),
-        "rid": pc.fill_null(dedup_mod._column(full, "record_id"), ""),
-        "fp": pa.array(dedup_mod._fingerprint(full)), "i": pa.array(np.arange(len(multi))),
-    })
-    ordered = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"), ("fp", "ascending")])
-    order = ordered.column("i").to_numpy()
-    sorted_keys = ordered.column("k").to_numpy(zero_copy_only=False)
-    first = np.ones(len(order), bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    leader = order[np.nonzero(first)[0]][np.cumsum(first) - 1]
-    winners, dup_rows, dup_leaders = order[first], order[~first], leader[~first]
-    rids = np.asarray(work.column("rid").to_numpy(zero_copy_only=False), object)
-    rejects = make_rejects(rids[dup_rows].tolist(), stage, reason, [f"kept {r}" for r in rids[dup_leaders].tolist()])
+    winners, dup_rows, dup_leaders = dedup_mod.rank_duplicates(
+        pc.take(keys, pa.array(multi)), full, np.arange(len(multi)))
+    rejects = dedup_mod.duplicate_rejects(full, dup_rows, dup_leaders, stage, reason)
     extras: dict[int, str] = {}
     if merge:
         winners = np.sort(winners)
