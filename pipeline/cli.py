@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,15 @@ def _fail(msg: str, code: int = 2):
     raise typer.Exit(code)
 
 
+@contextmanager
+def _user_errors(*more: type[Exception]):
+    """Errors caused by the input or the data root end the command with their message, not a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError, *more) as exc:
+        _fail(str(exc))
+
+
 def _runner(cfg):
     from pipeline.runners import make_runner
 
@@ -75,9 +85,8 @@ def ingest(
     from sources.http import HttpError
 
     try:
-        result = jobs.ingest(cfg, _runner(cfg), source, input, jobs.dataset_slug(input, options), force)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        with _user_errors():
+            result = jobs.ingest(cfg, _runner(cfg), source, input, jobs.dataset_slug(input, options), force)
     except HttpError as exc:
         _fail(f"{source}: {exc}; check the network, or ingest a downloaded file with --input PATH "
               "(a rerun resumes where this one stopped)")
@@ -91,10 +100,8 @@ def resolve(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, 
     from pipeline import jobs
 
     cfg = _config(config, data, runner, ctx.args)
-    try:
+    with _user_errors():
         result = jobs.resolve(cfg, _runner(cfg), force)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
     _print_stats(result)
 
 
@@ -105,10 +112,8 @@ def curate(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, r
     from pipeline import jobs
 
     cfg = _config(config, data, runner, ctx.args)
-    try:
+    with _user_errors():
         stats = jobs.curate(cfg, _runner(cfg), force)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2, sort_keys=True))
 
 
@@ -135,10 +140,8 @@ def download(
                  "download.processes": processes, "download.host_rate": host_rate,
                  "download.host_concurrency": host_concurrency, "download.allow_loopback": allow_loopback}
     cfg = _config(config, data, runner, ctx.args, overrides)
-    try:
+    with _user_errors():
         stats = jobs.download(cfg, urls, output, retry_failed)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
     typer.echo(json.dumps(stats, indent=2, sort_keys=True, default=str))
 
 
@@ -161,10 +164,8 @@ def train(
                  "train.batch_size": batch_size, "train.image_size": image_size, "train.max_steps": max_steps,
                  "train.workers": workers}
     cfg = _config(config, data, None, None, overrides)
-    try:
+    with _user_errors(ImportError, RuntimeError):
         metrics = jobs.train(cfg)
-    except (FileNotFoundError, ImportError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
     typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
 
 
@@ -212,10 +213,8 @@ def run_all(
     cfg = _config(config, data, runner, ctx.args)
     if plan is None:
         _fail("--plan PATH is required: a TOML file of [[ingest]] entries with `source` and `input`")
-    try:
+    with _user_errors():
         summary = jobs.everything(cfg, _runner(cfg), jobs.load_plan(plan), skip_train=skip_train)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -243,16 +242,14 @@ def backbone(
     from taxonomy.cli import build_backbone_cli
 
     cfg = _config(config, data, None)
-    try:
+    if input is None and kind != "gbif" and url is None:
+        _fail(f"backbone {kind}: pass --input PATH (or --url to download it)")
+    with _user_errors():
         if input is None:
-            if kind != "gbif" and url is None:
-                _fail(f"backbone {kind}: pass --input PATH (or --url to download it)")
             from taxonomy.backbone import DEFAULT_GBIF_URL, fetch_backbone
 
             input = str(fetch_backbone(url or DEFAULT_GBIF_URL, Path(cfg.data) / "downloads" / f"backbone-{kind}.zip"))
         out = build_backbone_cli(kind, Path(input), Path(cfg.data), version)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
     typer.echo(f"backbone written to {out}")
 
 

@@ -36,6 +36,15 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _already_done(staged: StagedOutput, what: str, force: bool) -> StageResult | None:
+    """The stored result when this exact stage (same fingerprint) has finished, unless forced."""
+    done = staged.finished()
+    if not done or force:
+        return None
+    _say(f"{what} (run {done.get('run_id')}); nothing to do")
+    return StageResult(staged.key, done, True, staged.out_dir, done.get("run_id"))
+
+
 def _finish(staged: StagedOutput, runner, stage_name: str, counts: list[dict], expected_in: int | None,
             started: float, config: Any, inputs: list[str], extra: dict | None = None) -> StageResult:
     stats = tasks.summarise(stage_name, counts, expected_in)
@@ -70,10 +79,8 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
     key = key or stage.name
     fp = fingerprint(key, config_hash(options), files_identity(inputs), type(stage).__name__, depends_on)
     staged = StagedOutput(root, key, out_dir, root / "rejects" / f"stage={key}", fp)
-    done = staged.finished()
-    if done and not force:
-        _say(f"{key}: already complete for these inputs and options (run {done.get('run_id')}); nothing to do")
-        return StageResult(key, done, True, out_dir, done.get("run_id"))
+    if (done := _already_done(staged, f"{key}: already complete for these inputs and options", force)):
+        return done
     started = time.time()
     staged.open()
     ctx = StageContext(stage=stage.name, options=options)
@@ -108,10 +115,8 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
     out_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"
     staged = StagedOutput(root, key, out_dir,
                           root / "rejects" / "stage=ingest" / f"source={connector.name}" / f"dataset={dataset}", fp)
-    done = staged.finished()
-    if done and not force:
-        _say(f"ingest {connector.name}: already complete for {input} (run {done.get('run_id')}); nothing to do")
-        return StageResult(key, done, True, out_dir, done.get("run_id"))
+    if (done := _already_done(staged, f"ingest {connector.name}: already complete for {input}", force)):
+        return done
     started = time.time()
     staged.open()
     counts = runner.run_ingest(connector, options, task_list, staged)
