@@ -418,6 +418,40 @@ def read_file(
         src.close()
 
 
+class _Rebatcher:
+    """Cuts parsed tables into batches of ``batch_rows``; bad rows go out with the next batch.
+
+    At the end a last, possibly short, batch carries what is left (an empty one when the file had
+    no rows at all, so a reader always yields its columns).
+    """
+
+    def __init__(self, batch_rows: int, finish, include: list[str]):
+        self.batch_rows, self.finish, self.include = batch_rows, finish, include
+        self.rows = 0
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.invalid: list[BadRow] = []
+
+    def add(self, table: pa.Table, bad: list[BadRow]) -> Iterator[DwcaBatch]:
+        self.invalid.extend(bad)
+        self.rows += table.num_rows
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.batch_rows:
+            whole = pa.concat_tables(self.pending)
+            out, rest = whole.slice(0, self.batch_rows), whole.slice(self.batch_rows)
+            yield DwcaBatch(self.finish(out), self.invalid)
+            self.invalid = []
+            self.pending, self.pending_rows = [rest], rest.num_rows
+
+    def close(self, bad: list[BadRow] = ()) -> Iterator[DwcaBatch]:
+        self.invalid.extend(bad)
+        if self.pending_rows or self.invalid or not self.rows:
+            whole = pa.concat_tables(self.pending) if self.pending else \
+                pa.table({c: pa.array([], pa.string()) for c in self.include})
+            yield DwcaBatch(self.finish(whole), self.invalid)
+
+
 def _read_arrow(src, member, spec, width, wanted, index_of, batch_rows, block_bytes) -> Iterator[DwcaBatch]:
     names = [f"c{i}" for i in range(width)]
     include = sorted({f"c{i}" for i in index_of.values() if i is not None and i < width},
@@ -439,32 +473,21 @@ def _read_arrow(src, member, spec, width, wanted, index_of, batch_rows, block_by
                                      strings_can_be_null=False, quoted_strings_can_be_null=False,
                                      null_values=[])
     id_col = f"c{spec.id_index}" if spec.id_index is not None else None
-    rows = 0
-    pending: list[pa.Table] = []
-    pending_rows = 0
+    batches = _Rebatcher(batch_rows, lambda t: _finish(t, spec, wanted, index_of), include)
     try:
         stream = src.open(member)
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
                                 convert_options=conv_opts)
         for batch in reader:
             table, bad = _decode_columns(batch, spec, id_col)
-            invalid.extend(bad)
-            rows += batch.num_rows
-            pending.append(table)
-            pending_rows += table.num_rows
-            while pending_rows >= batch_rows:
-                whole = pa.concat_tables(pending)
-                out, rest = whole.slice(0, batch_rows), whole.slice(batch_rows)
-                yield DwcaBatch(_finish(out, spec, wanted, index_of), invalid)
-                invalid = []
-                pending, pending_rows = [rest], rest.num_rows
-        if pending_rows or invalid or not rows:
-            whole = pa.concat_tables(pending) if pending else pa.table({c: pa.array([], pa.string()) for c in include})
-            yield DwcaBatch(_finish(whole, spec, wanted, index_of), invalid)
+            # the ragged rows the parser reported while reading this batch come before its bad bytes
+            ragged, invalid[:] = invalid[:], []
+            yield from batches.add(table, ragged + bad)
+        yield from batches.close(invalid)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise DwcaError(f"{member}: corrupt or truncated after {rows} rows ({exc})") from exc
+        raise DwcaError(f"{member}: corrupt or truncated after {batches.rows} rows ({exc})") from exc
     except pa.ArrowInvalid as exc:
-        raise DwcaError(f"{member}: unreadable after {rows} rows ({exc})") from exc
+        raise DwcaError(f"{member}: unreadable after {batches.rows} rows ({exc})") from exc
 
 
 def _arrow_encoding(encoding: str) -> str:
@@ -670,11 +693,7 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
     include = sorted({f"c{i}" for i in index_of.values() if i is not None and i < width},
                      key=lambda c: int(c[1:]))
     id_col = f"c{spec.id_index}" if spec.id_index is not None else None
-    rows = 0
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    invalid: list[BadRow] = []
-
+    batches = _Rebatcher(batch_rows, lambda t: _finish(t, spec, wanted, index_of), include)
     lines_done = [spec.ignore_header_lines]  # header + rows parsed so far (blank lines are not counted)
 
     def parse(chunk: bytes) -> tuple[pa.Table, list[BadRow]]:
@@ -701,24 +720,12 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
                 nxt = next(source, None)
                 future = pool.submit(parse, nxt) if nxt is not None else None
                 if ahead is not None:
-                    decoded, bad = ahead.result()
-                    invalid.extend(bad)
-                    rows += decoded.num_rows
-                    pending.append(decoded)
-                    pending_rows += decoded.num_rows
-                    while pending_rows >= batch_rows:
-                        whole = pa.concat_tables(pending)
-                        out, rest = whole.slice(0, batch_rows), whole.slice(batch_rows)
-                        yield DwcaBatch(_finish(out, spec, wanted, index_of), invalid)
-                        invalid = []
-                        pending, pending_rows = [rest], rest.num_rows
+                    yield from batches.add(*ahead.result())
                 if future is None:
                     break
                 ahead = future
-        if pending_rows or invalid or not rows:
-            whole = pa.concat_tables(pending) if pending else pa.table({c: pa.array([], pa.string()) for c in include})
-            yield DwcaBatch(_finish(whole, spec, wanted, index_of), invalid)
+        yield from batches.close()
     except (zipfile.BadZipFile, zlib.error, _inflate_lib.error, EOFError, OSError) as exc:
-        raise DwcaError(f"{member}: corrupt or truncated after {rows} rows ({exc})") from exc
+        raise DwcaError(f"{member}: corrupt or truncated after {batches.rows} rows ({exc})") from exc
     except pa.ArrowInvalid as exc:
-        raise DwcaError(f"{member}: unreadable after {rows} rows ({exc})") from exc
+        raise DwcaError(f"{member}: unreadable after {batches.rows} rows ({exc})") from exc
