@@ -58,11 +58,12 @@ def parquet_files(path: Path) -> list[Path]:
     )
 
 
-def read_dataset(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+def read_dataset(path: Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Every data file of a dataset as one table (only ``columns`` when given)."""
     files = parquet_files(path)
     if not files:
         return schema.empty_table() if schema is not None else pa.table({})
-    tables = [pq.read_table(f) for f in files]
+    tables = [pq.read_table(f, columns=columns) for f in files]
     if schema is not None:
         tables = [t.select(schema.names).cast(schema) for t in tables]
     return pa.concat_tables(tables, promote_options="default")

@@ -59,7 +59,8 @@ def resolve(cfg, runner, force: bool = False) -> StageResult:
     if not result.skipped:
         from pipeline.io import atomic_write_parquet, read_dataset
 
-        report = unresolved_report(read_dataset(root / "resolved"))
+        # only what the report groups by, not the whole resolved table again
+        report = unresolved_report(read_dataset(root / "resolved", columns=["verbatim_name", "match_type", "match_note"]))
         atomic_write_parquet(report, root / "reports" / "unresolved.parquet")
         result.stats["unresolved_names"] = report.num_rows
     return result
