@@ -729,3 +729,51 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
         raise DwcaError(f"{member}: corrupt or truncated after {batches.rows} rows ({exc})") from exc
     except pa.ArrowInvalid as exc:
         raise DwcaError(f"{member}: unreadable after {batches.rows} rows ({exc})") from exc
+
+
+def read_ahead(items: Iterator, depth: int = 1, name: str = "read-ahead") -> Iterator:
+    """``items`` in order, produced by a background thread up to ``depth`` items ahead.
+
+    The producer's work overlaps the consumer's wherever either releases the GIL (inflating,
+    arrow's parser and compute do). An exception in the producer is raised at the consumer's
+    next item; closing the returned iterator stops the producer and closes ``items``.
+    """
+    out: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((done, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = out.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()

@@ -16,6 +16,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import IngestBatch
-from sources.dwca import DwcaError, open_archive, read_file
+from sources.dwca import DwcaError, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
 from sources.licenses import normalise_license_column
 from sources.photokey import photo_key
@@ -142,7 +143,8 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     64-bit key of its core id; occurrence batches then stream past it and are joined batch by
     batch, so memory holds one occurrence batch and the media. Media larger than
     ``join_memory_mb`` is partitioned with the core by key hash into spill files under a
-    temporary folder and joined partition by partition instead.
+    temporary folder and joined partition by partition instead. The core is read one batch
+    ahead in a background thread, so its inflating and parsing overlap the join and the adapter.
     """
     try:
         archive = open_archive(path)
@@ -151,8 +153,9 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     media_spec = archive.extension("Multimedia")
     core = _prefixed(archive, archive.core, OCCURRENCE_COLUMNS, "o_", options)
     if media_spec is None:
-        for item in core:
-            yield item if isinstance(item, IngestBatch) else adapt(item, options)
+        with closing(read_ahead(core, 1, "gbif-core")) as ahead:
+            for item in ahead:
+                yield item if isinstance(item, IngestBatch) else adapt(item, options)
         return
     budget = int(options.join_memory_mb * 2**20)
     tables: list[pa.Table] = []
@@ -176,15 +179,17 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
         if spill is None:
             media = _MediaIndex(_concat(tables, MEDIA_COLUMNS, "m_"))
             tables = []
-            for item in core:
-                yield item if isinstance(item, IngestBatch) else from_join(media.join(item), options)
+            with closing(read_ahead(core, 1, "gbif-core")) as ahead:
+                for item in ahead:
+                    yield item if isinstance(item, IngestBatch) else from_join(media.join(item), options)
             yield from media.orphans()
             return
-        for item in core:
-            if isinstance(item, IngestBatch):
-                yield item
-            else:
-                spill.add("o", item)
+        with closing(read_ahead(core, 1, "gbif-core")) as ahead:
+            for item in ahead:
+                if isinstance(item, IngestBatch):
+                    yield item
+                else:
+                    spill.add("o", item)
         spill.close()
         for part in range(spill.parts):
             media = _MediaIndex(spill.read("m", part))

@@ -172,3 +172,33 @@ def test_join_present_skips_nulls_and_keeps_all_null_rows(rows):
     parts = [pa.array([r[i] for r in rows], pa.string()) for i in range(3)]
     want = ["|".join(v for v in r if v is not None) if any(v is not None for v in r) else None for r in rows]
     assert gbif._join_present(parts, "|").to_pylist() == want
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_producer_failed():
+    def items():
+        yield from range(5)
+        raise ValueError("broken at 5")
+
+    got = []
+    with pytest.raises(ValueError, match="broken at 5"):
+        for x in dwca.read_ahead(items(), 2):
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_closing_read_ahead_early_stops_and_closes_the_producer():
+    import threading
+
+    closed = threading.Event()
+
+    def items():
+        try:
+            yield from range(10**9)
+        finally:
+            closed.set()
+
+    ahead = dwca.read_ahead(items(), 1, name="test-read-ahead")
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert closed.is_set()
+    assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
