@@ -214,8 +214,8 @@ def _outcome(root: Path, stats: dict, steps: dict, total: float, load: float) ->
 
 
 def run_curate(gen: dict) -> dict:
-    """The staged `biocorpus curate` (``jobs.curate`` with the local runner) on the generated data root."""
-    from pipeline.jobs import curate
+    """The staged chain (``jobs.curate_staged``: table stages on the local runner) on the generated data root."""
+    from pipeline.jobs import curate_staged
     from pipeline.runners import make_runner
 
     root = Path(gen["records"]).parent
@@ -223,7 +223,7 @@ def run_curate(gen: dict) -> dict:
     cfg = _config(root)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    stats = curate(cfg, make_runner("local", progress=False))
+    stats = curate_staged(cfg, make_runner("local", progress=False))
     total = time.perf_counter() - t0
     steps = {k: stats[k]["seconds"] for k in ("curate-filter", "curate-dedup-record", "curate-dedup-photo",
                                                "curate-balance")}

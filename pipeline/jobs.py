@@ -73,13 +73,20 @@ def curate(cfg, runner, force: bool = False) -> dict:
     whose chunks and rejects equal the staged chain's (tests/curate/test_fused.py); other runners
     run the chain of table stages.
     """
-    root = _root(cfg)
     if runner.name == "local":
         from pipeline.curate.fused import curate_fused
 
+        root = _root(cfg)
         return curate_fused(root / "resolved", root, cfg.curate, force=force, config=cfg)
+    return curate_staged(cfg, runner, force)
 
+
+def curate_staged(cfg, runner, force: bool = False) -> dict:
+    """The chain of table stages (filter, two dedup layers, balance) and the split step, on any
+    runner: what ``curate`` runs on Beam, and what the fused plan is tested against."""
     from pipeline.stages import curate as c
+
+    root = _root(cfg)
 
     work = root / "work" / "curate"
     steps = [("curate-filter", c.FILTER_STAGE, root / "resolved", work / "filtered"),

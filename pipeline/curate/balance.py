@@ -8,6 +8,7 @@ result is the same whatever the file or row order and whichever runner groups th
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -61,41 +62,47 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
     group = np.asarray(codes.indices.to_numpy(zero_copy_only=False), np.int64)
     sizes = np.bincount(group)
     rid = pc.fill_null(_column(table, "record_id"), "")
-    h = hash_strings(rid, seed=f"cap:{seed}")
     # one global order by hash(seed, record_id); a row's rank inside its taxon follows it
-    order = order_by_hash(h, rid)
-    position = np.empty(n, np.int64)
-    position[order] = np.arange(n)
-    by_group = np.lexsort((position, group))
-    rank = np.empty(n, np.int64)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    rank[by_group] = np.arange(n) - starts[group[by_group]]
-    size = sizes[group]
-    rare = size < min_per_taxon
-    capped = ~rare & (rank >= max_per_taxon) if max_per_taxon is not None else np.zeros(n, bool)
-    dropped = rare | capped
-    # outputs and rejects in hash order, so their files are the same whatever the input order
-    rare, capped, group_o, size = rare[order], capped[order], group[order], size[order]
+    order = order_by_hash(hash_strings(rid, seed=f"cap:{seed}"), rid)
+    group_o = group[order]  # everything below is in hash order
+    size_o = sizes[group_o]
+    rare = size_o < min_per_taxon
+    capped = np.zeros(n, bool)
+    if max_per_taxon is not None:
+        over = ~rare & (size_o > max_per_taxon)  # only taxa over the cap need ranks
+        if over.any():
+            capped[over] = _ranks_within(group_o[over]) >= max_per_taxon
     parts = []
-    for mask, reason, say in ((rare, Reason.RARE_TAXON, f" < {min_per_taxon}"),
-                              (capped, Reason.TAXON_CAP, None)):
+    for mask, reason, detail in ((rare, Reason.RARE_TAXON, f" < {min_per_taxon}"),
+                                 (capped, Reason.TAXON_CAP, None)):
         if not mask.any():
             continue
-        # built with Arrow kernels: a cap can reject millions of rows
-        taxa = pc.take(codes.dictionary, pa.array(group_o[mask]))
-        counts = pc.cast(pa.array(size[mask]), pa.string())
-        detail = (pc.binary_join_element_wise(taxa, ": ", counts, say, "") if say else
-                  pc.binary_join_element_wise(taxa, f": kept {max_per_taxon} of ", counts, ""))
+        # one detail text per taxon, gathered to its rows: a cap can reject millions of rows
+        counts = pc.cast(pa.array(sizes), pa.string())
+        texts = (pc.binary_join_element_wise(codes.dictionary, ": ", counts, detail, "") if detail else
+                 pc.binary_join_element_wise(codes.dictionary, f": kept {max_per_taxon} of ", counts, ""))
         n_rej = int(mask.sum())
         parts.append(pa.table({
             "record_id": pc.take(rid, pa.array(order[mask])), "stage": pa.repeat(pa.scalar(stage, pa.string()), n_rej),
-            "reason": pa.repeat(pa.scalar(str(reason), pa.string()), n_rej), "detail": detail,
+            "reason": pa.repeat(pa.scalar(str(reason), pa.string()), n_rej),
+            "detail": pc.take(texts, pa.array(group_o[mask])),
         }, schema=REJECT_SCHEMA))
+    dropped_o = rare | capped
     if ordered:
-        out = table.take(pa.array(order[~(rare | capped)]))
+        out = table.take(pa.array(order[~dropped_o]))
+    elif dropped_o.any():
+        keep = np.ones(n, bool)
+        keep[order[dropped_o]] = False
+        out = table.filter(pa.array(keep))
     else:
-        out = table.filter(pa.array(~dropped)) if dropped.any() else table
+        out = table
     return StageOutput(out, pa.concat_tables(parts) if parts else empty_rejects())
+
+
+def _ranks_within(groups: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... per group code, in the order the rows come (a cumulative count per group)."""
+    return pl.DataFrame({"g": groups}).select(
+        pl.int_range(pl.len(), dtype=pl.Int64).over("g")).to_series().to_numpy()
 
 
 def decide_balance(group: pa.Table, ctx: StageContext) -> StageOutput:

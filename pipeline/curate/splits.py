@@ -102,21 +102,51 @@ def compact_dictionaries(table: pa.Table) -> pa.Table:
     """Keep in each dictionary column only the values its rows use.
 
     Caption columns share one dictionary of every taxon's captions; a chunk taken from them would
-    otherwise write that whole dictionary (tens of MB) into every file.
+    otherwise write that whole dictionary (tens of MB) into every file. They also share their
+    indices, so the used codes are found once for all of them.
     """
+    last: tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array] | None = None
     for i, field in enumerate(table.schema):
         if not pa.types.is_dictionary(field.type):
             continue
         col = table.column(i).combine_chunks() if table.num_rows else None
         if col is None or len(col.dictionary) <= len(col):
             continue
-        valid = pc.is_valid(col.indices)
         codes = np.asarray(pc.fill_null(col.indices, 0).to_numpy(zero_copy_only=False), np.int64)
-        used, inverse = np.unique(codes, return_inverse=True)
-        indices = pa.array(inverse.astype(np.int32), mask=~np.asarray(valid.to_numpy(zero_copy_only=False), bool))
+        valid = np.asarray(pc.is_valid(col.indices).to_numpy(zero_copy_only=False), bool)
+        if last is not None and np.array_equal(last[0], codes) and np.array_equal(last[1], valid):
+            used, indices = last[2], last[3]
+        else:
+            used, inverse = np.unique(codes, return_inverse=True)
+            indices = pa.array(inverse.astype(np.int32), mask=~valid)
+            last = (codes, valid, used, indices)
         compact = pa.DictionaryArray.from_arrays(indices, col.dictionary.take(pa.array(used)))
         table = table.set_column(i, field.name, compact.cast(field.type) if compact.type != field.type else compact)
     return table
+
+
+class _RowTaker:
+    """``table.take(rows)`` for many small row sets of one big table, cheaper than Arrow's own.
+
+    A chunk's rows are scattered over the whole table: each column is gathered at the sorted
+    rows (memory read in one direction) and then put in the chunk's order within the small
+    result, and columns that are null throughout are not gathered at all.
+    """
+
+    def __init__(self, table: pa.Table):
+        self.schema = table.schema
+        n = table.num_rows
+        self.columns = [None if c.null_count == n else (c.chunk(0) if c.num_chunks == 1 else c.combine_chunks())
+                        for c in table.columns]
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        by_row = np.argsort(rows, kind="stable")
+        place = np.empty(len(rows), np.int64)
+        place[by_row] = np.arange(len(rows))
+        sorted_rows, place = pa.array(rows[by_row]), pa.array(place)
+        cols = [pa.nulls(len(rows), f.type) if c is None else pc.take(pc.take(c, sorted_rows), place)
+                for c, f in zip(self.columns, self.schema, strict=True)]
+        return pa.Table.from_arrays(cols, schema=self.schema)
 
 
 def chunk_path(split: str, index: int) -> str:
@@ -131,16 +161,16 @@ def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, opt
     root = Path(root)
     jobs = []
     for split in sorted(curated_by_split):
-        # one contiguous copy first: Arrow's take on a many-chunk column concatenates it per call
-        table = curated_by_split[split].combine_chunks()
+        table = curated_by_split[split]
         if table.num_rows:
+            taker = _RowTaker(table)
             for n, idx in enumerate(_chunk_rows(table, options)):
-                jobs.append((root / chunk_path(split, n), table, idx))
+                jobs.append((root / chunk_path(split, n), taker, idx))
 
     def write(job) -> str:
-        path, table, idx = job
+        path, taker, idx = job
         # each chunk gathers its own rows in its thread: no shuffled copy of the whole split
-        chunk = compact_dictionaries(table.take(pa.array(idx)))
+        chunk = compact_dictionaries(taker.take(idx))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(chunk, tmp, use_dictionary=[c for c in chunk.column_names if c not in UNIQUE_COLUMNS],

@@ -6,8 +6,11 @@ import random
 from collections import Counter
 
 import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.curate.balance import balance_report, decide_balance, taxon_keys
+from pipeline.curate.balance import balance, balance_report, decide_balance, taxon_keys
+from pipeline.curate.hashing import hash_strings
 from pipeline.stage import StageContext
 from pipeline.stages.curate import Options
 from schemas import Reason
@@ -95,3 +98,22 @@ def test_keys_without_taxon_id_use_the_full_lineage_or_non_living_class():
 def test_empty_group():
     out = decide_balance(from_rows([]), ctx(min_per_taxon=2))
     assert out.out.num_rows == out.rejects.num_rows == 0
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcde"), st.text("xyz0123", min_size=1, max_size=6)), max_size=80,
+                unique_by=lambda t: t[1]),
+       st.integers(0, 4), st.integers(1, 6), st.integers(0, 3))
+def test_keeps_the_lowest_hashes_of_each_taxon(rows, lo, cap, seed):
+    """The definition: a taxon under the minimum goes; else its ``cap`` rows of lowest
+    ``hash(seed, record_id)`` stay (ties by record id), whatever the row order."""
+    table = pa.table({"record_id": [r for _, r in rows], "taxon_id": [t for t, _ in rows]})
+    out = balance(table, table.column("taxon_id"), lo, cap, seed, "curate_balance", ordered=False)
+    h = dict(zip((r for _, r in rows), hash_strings(table.column("record_id"), f"cap:{seed}").tolist(), strict=True))
+    want = set()
+    for taxon in {t for t, _ in rows}:
+        ids = sorted((r for t, r in rows if t == taxon), key=lambda r: (h[r], r))
+        if len(ids) >= lo:
+            want |= set(ids[:cap])
+    assert set(out.out.column("record_id").to_pylist()) == want
+    assert out.out.num_rows + out.rejects.num_rows == len(rows)
+    assert out.out.column("record_id").to_pylist() == [r for _, r in rows if r in want]  # input order kept

@@ -13,7 +13,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.curate.fused import STEPS, curate_fused
 from pipeline.io import atomic_write_parquet, read_dataset
-from pipeline.jobs import curate
+from pipeline.jobs import curate_staged
 from pipeline.runners import make_runner
 from schemas import REJECT_SCHEMA, make_record_id
 from schemas.record import extra_json, from_rows
@@ -103,7 +103,7 @@ def test_fused_matches_staged_curate(tmp_path, case):
     staged_root = _root(tmp_path, "staged", table, part_rows)
     fused_root = _root(tmp_path, "fused", table, part_rows)
     cfg = _config(staged_root, **options)
-    staged = curate(cfg, make_runner("local", workers=1, progress=False))
+    staged = curate_staged(cfg, make_runner("local", workers=1, progress=False))
     fused_cfg = _config(fused_root, **options)
     fused = curate_fused(fused_root / "resolved", fused_root, fused_cfg.curate, config=fused_cfg)
 
