@@ -117,7 +117,11 @@ def balance_report(rejects: pa.Table) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for reason in (Reason.RARE_TAXON, Reason.TAXON_CAP):
         rows = rejects.filter(pc.equal(rejects.column("reason"), str(reason)))
-        taxa = pc.replace_substring_regex(rows.column("detail"), r": [^:]*$", "")
-        counts = pc.value_counts(taxa)
-        out[str(reason)] = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+        # a taxon's rows share one detail text: count the texts, then cut the taxon from each
+        counts = pc.value_counts(rows.column("detail"))
+        taxa = pc.replace_substring_regex(counts.field("values"), r": [^:]*$", "").to_pylist()
+        per_taxon: dict[str, int] = {}
+        for taxon, n in zip(taxa, counts.field("counts").to_pylist(), strict=True):
+            per_taxon[taxon] = per_taxon.get(taxon, 0) + n
+        out[str(reason)] = per_taxon
     return out
