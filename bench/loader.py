@@ -50,41 +50,10 @@ RESULTS = REPO / "bench" / "results" / "loader.md"
 DATA = REPO / "tests" / "data"
 SHARED = REPO / ".." / "shared" / "data"
 SHARD_SIZE, STORED_SIDE, INPUT, BATCH = 128, 512, 224, 64
-CAMERA_TRAPS = {
-    "ocelot": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "Leopardus pardalis"),
-    "american_black_bear": (
-        "Animalia",
-        "Chordata",
-        "Mammalia",
-        "Carnivora",
-        "Ursidae",
-        "Ursus",
-        "Ursus americanus",
-    ),
-    "domestic_cattle": ("Animalia", "Chordata", "Mammalia", "Artiodactyla", "Bovidae", "Bos", "Bos taurus"),
-    "vehicle": (None,) * 7,
-}
-IFCB = {
-    "Mesodinium_rubrum": (
-        "Chromista",
-        "Ciliophora",
-        "Litostomatea",
-        "Cyclotrichiida",
-        "Mesodiniidae",
-        "Mesodinium",
-        "Mesodinium rubrum",
-    ),
-    "Strombidium-like": (
-        "Chromista",
-        "Ciliophora",
-        "Spirotrichea",
-        "Strombidiida",
-        "Strombidiidae",
-        "Strombidium",
-        None,
-    ),
-    "Ciliophora": ("Chromista", "Ciliophora", None, None, None, None, None),
-}
+# the labels' lineages, shared with the training tests
+LINEAGES = json.loads((DATA / "images" / "lineages.json").read_text())
+CAMERA_TRAPS = {k: tuple(v) for k, v in LINEAGES["camera_traps"].items()}
+IFCB = {k: tuple(v) for k, v in LINEAGES["ifcb"].items()}
 
 
 def real_images() -> list[tuple[bytes, tuple]]:

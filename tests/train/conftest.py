@@ -18,43 +18,11 @@ DATA = TESTS / "data"
 SHARED = TESTS.parents[0] / ".." / "shared" / "data"
 IFCB_PARTS = Path("plankton") / "ifcb_labeled"
 
-# the accepted lineage of each label (GBIF backbone / WoRMS); None where the label stops above that rank
-CAMERA_TRAPS = {
-    "ocelot": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae", "Leopardus", "Leopardus pardalis"),
-    "american_black_bear": (
-        "Animalia",
-        "Chordata",
-        "Mammalia",
-        "Carnivora",
-        "Ursidae",
-        "Ursus",
-        "Ursus americanus",
-    ),
-    "domestic_cattle": ("Animalia", "Chordata", "Mammalia", "Artiodactyla", "Bovidae", "Bos", "Bos taurus"),
-    # a non-organism negative: no rank known, every head ignores it
-    "vehicle": (None,) * 7,
-}
-IFCB_LABELS = {
-    "Mesodinium_rubrum": (
-        "Chromista",
-        "Ciliophora",
-        "Litostomatea",
-        "Cyclotrichiida",
-        "Mesodiniidae",
-        "Mesodinium",
-        "Mesodinium rubrum",
-    ),
-    "Strombidium-like": (
-        "Chromista",
-        "Ciliophora",
-        "Spirotrichea",
-        "Strombidiida",
-        "Strombidiidae",
-        "Strombidium",
-        None,
-    ),
-    "Ciliophora": ("Chromista", "Ciliophora", None, None, None, None, None),
-}
+# the accepted lineage of each label (GBIF backbone / WoRMS); None where the label stops above that
+# rank; "vehicle" is a non-organism negative that every head ignores
+LINEAGES = json.loads((DATA / "images" / "lineages.json").read_text())
+CAMERA_TRAPS = {k: tuple(v) for k, v in LINEAGES["camera_traps"].items()}
+IFCB_LABELS = {k: tuple(v) for k, v in LINEAGES["ifcb"].items()}
 # the downloader stores resized images; this keeps decode time in the tests small
 SHARD_IMAGE_SIDE = 96
 
