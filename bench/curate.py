@@ -186,12 +186,18 @@ def run_arbor(gen: dict) -> dict:
     return {**json.loads(line[5:]), "load_before": load}
 
 
-def _config(root: Path):
+def _config(root: Path, peer_ops_only: bool = False):
+    """The bench's curate options; ``peer_ops_only`` also switches off what arbor-process does not do
+    (every filter and both dedup layers), leaving the distribution, rare/cap balance, labels and chunks."""
     from pipeline.config import load_config
+    from pipeline.curate.filters import filter_names
 
-    return load_config(overrides={"data": str(root), "curate.min_per_taxon": RARE, "curate.max_per_taxon": CAP,
-                                  "curate.chunk_size": PART * FILES_PER_CHUNK, "curate.splits": {"train": 1.0},
-                                  "curate.seed": SEED})
+    overrides = {"data": str(root), "curate.min_per_taxon": RARE, "curate.max_per_taxon": CAP,
+                 "curate.chunk_size": PART * FILES_PER_CHUNK, "curate.splits": {"train": 1.0}, "curate.seed": SEED}
+    if peer_ops_only:
+        overrides.update({"curate.disabled_filters": list(filter_names()), "curate.dedup_records": False,
+                          "curate.dedup_photos": False})
+    return load_config(overrides=overrides)
 
 
 def _clean(root: Path) -> None:
@@ -231,13 +237,13 @@ def run_curate(gen: dict) -> dict:
     return _outcome(root, stats, steps, total, load)
 
 
-def run_fused(gen: dict) -> dict:
+def run_fused(gen: dict, peer_ops_only: bool = False) -> dict:
     """The fused local path (``curate_fused``), reading the same ``resolved/`` into a data root of its own."""
     from pipeline.curate.fused import curate_fused
 
-    root = OUT / "fused"
+    root = OUT / ("fused-peer-ops" if peer_ops_only else "fused")
     _clean(root)
-    cfg = _config(root)
+    cfg = _config(root, peer_ops_only)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     stats = curate_fused(Path(gen["records"]), root, cfg.curate, force=True)
@@ -281,7 +287,7 @@ def best_of(fn, gen: dict, runs: int) -> tuple[dict, list[float]]:
 
 
 def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio: float | None, runs: dict,
-                  parity: str) -> None:
+                  parity: str, lean: dict | None = None) -> None:
     header = f"## {gen['rows']:,} rows"
     staged_runs = f", staged curate {runs['staged']} s" if staged else ""
     lines = [
@@ -295,7 +301,7 @@ def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio
         f"arbor-process {runs['arbor']} s{staged_runs}. The measured curate is the local runner's fused path "
         "(`pipeline.curate.fused.curate_fused`: filters, both dedup layers and the balance decided over the "
         "decision columns only, then one read of the survivors' other columns, labels and the shuffled chunks); "
-        "the staged path is `pipeline.jobs.curate` through the runner's four table stages and the split step "
+        "the staged path is `pipeline.jobs.curate_staged` through the runner's four table stages and the split step "
         "(a process per core). Both read the data root's `resolved/` parts; arbor-process runs in its own venv "
         f"in a subprocess. Fused vs staged output: {parity}.", "",
         "| tool | phase | seconds |",
@@ -309,6 +315,9 @@ def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio
                   f"| arbor-process | **total** | **{arbor['total_s']:.1f}** |"]
     lines += [f"| biocorpus curate (fused) | {k} | {v:.1f} |" for k, v in ours["steps_s"].items()]
     lines += [f"| biocorpus curate (fused) | **total** | **{ours['total_s']:.1f}** |"]
+    if lean:
+        lines += [f"| biocorpus curate (fused, arbor's operations only: no filters, no dedup) | **total** | "
+                  f"**{lean['total_s']:.1f}** (runs {runs['lean']}) |"]
     if staged:
         lines += [f"| biocorpus curate (staged) | {k} | {v:.1f} |" for k, v in staged["steps_s"].items()]
         lines += [f"| biocorpus curate (staged) | **total** | **{staged['total_s']:.1f}** |"]
@@ -331,6 +340,10 @@ def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio
                      f"{merged:,} species into others by epithet ({gen['species']:,} true species counted as "
                      f"{arbor['species_counted']:,}); curate merged 0 ({ours['species_counted']:,} taxa in, "
                      f"{ours['binomials_out']:,} distinct binomials out).")
+        if lean and "error" not in arbor:
+            lines.append(f"With only the operations arbor-process runs (filters and dedup off; the distribution, "
+                         f"rare/cap balance, labels, captions and chunks stay), curate takes {lean['total_s']:.1f} s: "
+                         f"**{arbor['total_s'] / lean['total_s']:.2f}x** arbor-process.")
     lines += ["", "Notes: curate also runs its filters, both dedup layers, captions and class indices; "
               "arbor-process's metadata step also draws "
               "its distribution plots (matplotlib), and its cap drops a capped species from the chunks (written "
@@ -365,6 +378,8 @@ def main() -> None:
           f"in {time.perf_counter() - t:.0f} s")
     ours, ours_runs = best_of(run_fused, gen, args.runs)
     print("curate (fused):", json.dumps(ours), "runs", ours_runs)
+    lean, lean_runs = best_of(lambda g: run_fused(g, peer_ops_only=True), gen, args.runs)
+    print("curate (fused, arbor's operations only):", json.dumps(lean), "runs", lean_runs)
     staged, staged_runs, parity = None, [], "not compared (staged path not run)"
     if args.staged_runs:
         staged, staged_runs = best_of(run_curate, gen, args.staged_runs)
@@ -378,7 +393,7 @@ def main() -> None:
         print(f"ratio arbor/curate (fused) = {ratio:.2f}x; species counted: arbor {arbor['species_counted']:,} "
               f"(by epithet), curate {ours['species_counted']:,} (true {gen['species']:,})")
     write_results(gen, arbor, ours, staged, ratio,
-                  {"curate": ours_runs, "arbor": arbor_runs, "staged": staged_runs}, parity)
+                  {"curate": ours_runs, "arbor": arbor_runs, "staged": staged_runs, "lean": lean_runs}, parity, lean)
     print(f"results -> {RESULTS.relative_to(REPO)}")
 
 
