@@ -87,7 +87,6 @@ def curate_staged(cfg, runner, force: bool = False) -> dict:
     from pipeline.stages import curate as c
 
     root = _root(cfg)
-
     work = root / "work" / "curate"
     steps = [("curate-filter", c.FILTER_STAGE, root / "resolved", work / "filtered"),
              ("curate-dedup-record", c.DEDUP_RECORD_STAGE, work / "filtered", work / "dedup-record"),

@@ -73,12 +73,12 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
         if over.any():
             capped[over] = _ranks_within(group_o[over]) >= max_per_taxon
     parts = []
+    counts = pc.cast(pa.array(sizes), pa.string())
     for mask, reason, detail in ((rare, Reason.RARE_TAXON, f" < {min_per_taxon}"),
                                  (capped, Reason.TAXON_CAP, None)):
         if not mask.any():
             continue
         # one detail text per taxon, gathered to its rows: a cap can reject millions of rows
-        counts = pc.cast(pa.array(sizes), pa.string())
         texts = (pc.binary_join_element_wise(codes.dictionary, ": ", counts, detail, "") if detail else
                  pc.binary_join_element_wise(codes.dictionary, f": kept {max_per_taxon} of ", counts, ""))
         n_rej = int(mask.sum())

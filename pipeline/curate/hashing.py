@@ -4,8 +4,8 @@ Python's ``hash`` is salted per process and Polars/DuckDB hashes may change betw
 splits, caps and shuffles would move between runs or runners. This hash never changes: the seed's
 FNV-1a word, then for each 8-byte little-endian word of the UTF-8 bytes (the last one zero-padded)
 ``h = splitmix64(h ^ word)``, and finally ``splitmix64(h ^ byte length)``. It is computed
-column-wise with numpy, one pass per word position (a third of a pass per byte of the old
-byte-wise FNV-1a), so hashing millions of ids costs a fraction of a second.
+column-wise with numpy, one pass per word position over row blocks that fit the cache, so
+hashing millions of ids costs a fraction of a second.
 """
 
 from __future__ import annotations
