@@ -181,7 +181,7 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
             tables = []
             with closing(read_ahead(core, 1, "gbif-core")) as ahead:
                 for item in ahead:
-                    yield item if isinstance(item, IngestBatch) else from_join(media.join(item), options)
+                    yield item if isinstance(item, IngestBatch) else from_join(media.join_rows(item), options)
             yield from media.orphans()
             return
         with closing(read_ahead(core, 1, "gbif-core")) as ahead:
@@ -194,11 +194,11 @@ def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
         for part in range(spill.parts):
             media = _MediaIndex(spill.read("m", part))
             for occ in spill.batches("o", part, options.batch_rows):
-                yield from_join(media.join(occ), options)
+                yield from_join(media.join_rows(occ), options)
             yield from media.orphans()
 
 
-def from_join(t: pa.Table, options: Options) -> IngestBatch:
+def from_join(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     """Records and rejects of one joined batch (an empty batch gives empty tables)."""
     return adapt(t, options) if t.num_rows else IngestBatch(records=pa.table({}), rejects=empty_rejects())
 
@@ -257,6 +257,46 @@ def _canonical_integers(ids: pa.Array) -> bool:
     return bool(pc.all(pc.fill_null(pc.match_substring_regex(ids, _CANONICAL_INT), False)).as_py())
 
 
+class _Rows:
+    """Rows picked from tables side by side, their columns copied only when asked for.
+
+    Each part is a table and the row of it behind each row here (``None``: all its rows, in
+    order; ``-1``: a null row). :meth:`filter` composes the selections instead of copying, so a
+    joined batch that is mostly rejected copies only the kept rows of the columns records need.
+    """
+
+    def __init__(self, parts: list[tuple[pa.Table, np.ndarray | None]], num_rows: int):
+        self.parts, self.num_rows = parts, num_rows
+        self._where: dict[str, int] = {}
+        for i, (table, _) in enumerate(parts):
+            for name in table.column_names:
+                self._where.setdefault(name, i)
+        self.column_names = list(self._where)
+        self._cache: dict[str, pa.Array] = {}
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Rows:
+        return cls([(table, None)], table.num_rows)
+
+    def column(self, name: str) -> pa.Array:
+        if name not in self._cache:
+            table, rows = self.parts[self._where[name]]
+            col = table.column(name)
+            col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if rows is not None:
+                col = col.take(pa.array(rows, mask=rows < 0) if len(rows) and rows.min() < 0 else pa.array(rows))
+            self._cache[name] = col
+        return self._cache[name]
+
+    def filter(self, mask: pa.Array) -> _Rows:
+        keep = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+        parts = [(table, keep if rows is None else rows[keep]) for table, rows in self.parts]
+        return _Rows(parts, len(keep))
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_arrays([self.column(n) for n in self.column_names], names=self.column_names)
+
+
 class _MediaIndex:
     """Media rows sorted by join key, joined to occurrence batches by binary search."""
 
@@ -269,8 +309,8 @@ class _MediaIndex:
         self.exact = media.num_rows == 0 or _canonical_integers(self.ids)
         self.seen = np.zeros(media.num_rows, bool)
 
-    def join(self, occ: pa.Table) -> pa.Table:
-        """``occ`` LEFT JOIN media ON core id, rows in (occurrence, media file) order."""
+    def join_rows(self, occ: pa.Table) -> _Rows:
+        """``occ`` LEFT JOIN media ON core id, rows in (occurrence, media file) order, not yet copied."""
         okeys = join_keys(occ.column("o__id"))
         lo = np.searchsorted(self.keys, okeys, "left")
         hi = np.searchsorted(self.keys, okeys, "right")
@@ -290,9 +330,12 @@ class _MediaIndex:
                 occ_take, media_take = _drop_false_matches(occ_take, media_take, has, same)
         matched = media_take[media_take >= 0]
         self.seen[matched] = True
-        o = occ if len(occ_take) == occ.num_rows else occ.take(pa.array(occ_take))  # no occurrence repeated
-        m = self.media.drop_columns(["m__id"]).take(pa.array(media_take, mask=media_take < 0))
-        return pa.Table.from_arrays([*o.columns, *m.columns], names=[*o.column_names, *m.column_names])
+        o_rows = None if len(occ_take) == occ.num_rows else occ_take  # no occurrence repeated: as it is
+        return _Rows([(occ, o_rows), (self.media.drop_columns(["m__id"]), media_take)], len(occ_take))
+
+    def join(self, occ: pa.Table) -> pa.Table:
+        """``occ`` LEFT JOIN media ON core id, rows in (occurrence, media file) order."""
+        return self.join_rows(occ).table()
 
     def orphans(self) -> Iterator[IngestBatch]:
         """Rejects for the media rows no occurrence claimed."""
@@ -368,7 +411,7 @@ class _Spill:
 # ---------------------------------------------------------------- the adapter
 
 
-def _col(t: pa.Table, name: str) -> pa.Array:
+def _col(t: pa.Table | _Rows, name: str) -> pa.Array:
     if name in t.column_names:
         c = t.column(name)
         c = c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
@@ -411,12 +454,40 @@ def _pick_license(media: pa.Array, occ_license: pa.Array, occ_rights: pa.Array) 
     return normalise_license_column(raw), raw
 
 
-def record_ids(keys: pa.Array) -> pa.Array:
-    """:func:`schemas.make_record_id` of every key (one hash per row: ids must stay stable)."""
-    prefix, blake = f"{SOURCE}-", hashlib.blake2b
-    salt = f"{SOURCE}\x1f"
-    return pa.array([prefix + blake((salt + k).encode(), digest_size=8).hexdigest() for k in keys.to_pylist()],
-                    pa.string())
+def record_ids(keys: pa.Array, source: str = SOURCE) -> pa.Array:
+    """:func:`schemas.make_record_id` of every key (one hash per row: ids must stay stable).
+
+    The keys' UTF-8 bytes are hashed straight from the arrow buffer by a copy of a hash already
+    fed the ``<source>\x1f`` salt, and the digests turned to hex text by numpy; only the hash
+    itself runs per row in Python.
+    """
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    keys = keys.cast(pa.string())
+    n = len(keys)
+    if keys.null_count or n == 0:
+        return pa.array([make_record_id(source, k) for k in keys.to_pylist()], pa.string())
+    _, offsets, data = keys.buffers()
+    ends = np.frombuffer(offsets, np.int32)[keys.offset: keys.offset + n + 1].tolist()
+    view = memoryview(data) if data is not None else memoryview(b"")
+    copy = hashlib.blake2b(f"{source}\x1f".encode(), digest_size=8).copy
+
+    def digest(start: int, end: int) -> bytes:
+        h = copy()
+        h.update(view[start:end])
+        return h.digest()
+
+    digests = np.frombuffer(b"".join(map(digest, ends, ends[1:])), np.uint8).reshape(n, 8)
+    prefix = np.frombuffer(f"{source}-".encode(), np.uint8)
+    width = len(prefix) + 16
+    text = np.empty((n, width), np.uint8)
+    text[:, :len(prefix)] = prefix
+    text[:, len(prefix)::2] = _HEX[digests >> 4]
+    text[:, len(prefix) + 1::2] = _HEX[digests & 15]
+    starts = np.arange(0, width * (n + 1), width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(starts), pa.py_buffer(text))
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 
 
 def _per_unique(a: pa.Array, fn: Callable[[str | None], str | None]) -> pa.Array:
@@ -429,24 +500,40 @@ def _per_unique(a: pa.Array, fn: Callable[[str | None], str | None]) -> pa.Array
 _CONTROL = r"[\x00-\x1f]"
 
 
+def _value_bytes(a: pa.Array) -> np.ndarray:
+    """The bytes a string array's values span in its data buffer (a view, nothing copied)."""
+    _, offsets, data = a.buffers()
+    if data is None or not len(a):
+        return np.zeros(0, np.uint8)
+    ends = np.frombuffer(offsets, np.int32)
+    return np.frombuffer(data, np.uint8)[ends[a.offset]:ends[a.offset + len(a)]]
+
+
 def _extras(cols: dict[str, pa.Array]) -> pa.Array:
     """:func:`schemas.record.extra_json` of every row, built column-wise.
 
     Rows with a control character in a value (which JSON escapes in several ways) go through
-    ``extra_json`` itself.
+    ``extra_json`` itself. Each present value becomes ``, "key": "value"`` (quotes and
+    backslashes escaped, when a column has any), the pieces are concatenated, and the leading
+    separator is cut: a row without any value is null.
     """
     names = sorted(cols)
     pieces = []
     odd = None
     for k in names:
         v = cols[k]
-        hit = pc.fill_null(pc.match_substring_regex(v, _CONTROL), False)
-        odd = hit if odd is None else pc.or_(odd, hit)
-        esc = pc.replace_substring(pc.replace_substring(v, "\\", "\\\\"), '"', '\\"')
-        pieces.append(pc.binary_join_element_wise(pa.scalar(json.dumps(k) + ': "'), esc, pa.scalar('"'), ""))
-    body = _join_present(pieces, ", ")
-    out = pc.binary_join_element_wise("{", body, "}", "")
-    slow = pc.indices_nonzero(odd).to_pylist()
+        raw = _value_bytes(v)
+        if (raw < 0x20).any():
+            hit = pc.fill_null(pc.match_substring_regex(v, _CONTROL), False)
+            odd = hit if odd is None else pc.or_(odd, hit)
+        if ((raw == 0x5C) | (raw == 0x22)).any():
+            v = pc.replace_substring(pc.replace_substring(v, "\\", "\\\\"), '"', '\\"')
+        piece = pc.binary_join_element_wise(pa.scalar(", " + json.dumps(k) + ': "'), v, pa.scalar('"'), "")
+        pieces.append(pc.fill_null(piece, ""))
+    joined = pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
+    out = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 2), "}", "")
+    out = pc.if_else(pc.equal(joined, ""), pa.scalar(None, pa.string()), out)
+    slow = pc.indices_nonzero(odd).to_pylist() if odd is not None else []
     if slow:
         values = out.to_pylist()
         for i in slow:
@@ -465,7 +552,7 @@ def _repr_pairs(a: pa.Array, b: pa.Array, fmt: str) -> pa.Array:
     return pc.take(mapped, pc.index_in(key, value_set=pa.array(uniques, pa.string())))
 
 
-def adapt(t: pa.Table, options: Options) -> IngestBatch:
+def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     """Joined occurrence (``o_*``) + media (``m_*``) rows to records and rejects.
 
     Reasons, first that applies: material citation, no image, not a still image, bad
@@ -475,6 +562,7 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
     n = t.num_rows
     if n == 0:
         return IngestBatch(records=pa.table({}), rejects=empty_rejects())
+    t = _Rows.of(t) if isinstance(t, pa.Table) else t
     g = lambda name: _blank_to_null(_col(t, name))  # noqa: E731
     gbif_id = g("o__id")
     ident = g("m_identifier")
@@ -539,7 +627,8 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
         return IngestBatch(records=pa.table({}), rejects=rejects)
 
     take = lambda a: pc.filter(a, keep)  # noqa: E731
-    gk = lambda name: _blank_to_null(take(_col(t, name)))  # noqa: E731  # kept rows only: cheaper
+    kept_rows = t.filter(keep)
+    gk = lambda name: _blank_to_null(_col(kept_rows, name))  # noqa: E731  # kept rows only: cheaper
     ident_k = take(ident)
     extra_cols = {c: gk(f"o_{c}") for c in _EXTRA_OCC}
     extra_cols["media_title"] = gk("m_title")
@@ -547,7 +636,7 @@ def adapt(t: pa.Table, options: Options) -> IngestBatch:
     extra_cols["media_created"] = gk("m_created")
     lineage = gk("o_higherClassification")
     if lineage.null_count:
-        lineage = pc.coalesce(lineage, _lineage(t.filter(keep)))
+        lineage = pc.coalesce(lineage, _lineage(kept_rows))
     coords_null = lambda a: pc.if_else(take(bad_coords), pa.scalar(None, pa.float64()), take(a))  # noqa: E731
     records = pa.table({
         "record_id": take(ids),
@@ -596,7 +685,7 @@ def _scatter(values: pa.Array, rows: pa.Array, n: int) -> pa.Array:
     return pc.take(values, pa.array(where, mask=where < 0))
 
 
-def _lineage(t: pa.Table) -> pa.Array:
+def _lineage(t: pa.Table | _Rows) -> pa.Array:
     """``kingdom|phylum|...|genus`` from the interpreted ranks, for archives without higherClassification."""
     parts = [_blank_to_null(_col(t, f"o_{r}")) for r in ("kingdom", "phylum", "class", "order", "family", "genus")]
     return _join_present(parts, "|")

@@ -46,7 +46,7 @@ def test_line_chunks_are_whole_lines_and_add_up_to_the_member():
         chunks = list(dwca._line_chunks(src, "occurrence.txt", 1 << 12))
     finally:
         src.close()
-    assert len(chunks) > 50 and all(c.endswith(b"\n") for c in chunks)
+    assert len(chunks) > 50 and all(bytes(c).endswith(b"\n") for c in chunks)
     assert b"".join(chunks) == zipfile.ZipFile(SAMPLE).read("occurrence.txt")
 
 
@@ -165,6 +165,10 @@ def test_extras_are_extra_json_of_each_row(rows):
     cols = {n: pa.array([r[i] or None for r in rows], pa.string()) for i, n in enumerate(names)}
     want = [extra_json({n: r[i] for i, n in enumerate(names)}) for r in rows]
     assert gbif._extras(cols).to_pylist() == want
+    # sliced columns (the adapter's are): offsets not at 0, other bytes around the values
+    sliced = {n: pa.array(['"\x02\\', *[r[i] or None for r in rows], "\x03"], pa.string()).slice(1, len(rows))
+              for i, n in enumerate(names)}
+    assert gbif._extras(sliced).to_pylist() == want
 
 
 @given(st.lists(st.tuples(VALUE, VALUE, VALUE), min_size=1, max_size=6))
@@ -202,3 +206,14 @@ def test_closing_read_ahead_early_stops_and_closes_the_producer():
     ahead.close()
     assert closed.is_set()
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
+
+
+@given(st.lists(st.text(max_size=40), min_size=1, max_size=20), st.integers(0, 5), st.sampled_from(["gbif", "x"]))
+def test_record_ids_are_make_record_id_of_each_key(keys, skip, source):
+    from schemas import make_record_id
+
+    arr = pa.array(["skipped"] * skip + keys, pa.string()).slice(skip)  # a sliced array: offsets not at 0
+    assert gbif.record_ids(arr, source).to_pylist() == [make_record_id(source, k) for k in keys]
+    chunked = pa.chunked_array([arr.slice(0, len(keys) // 2), arr.slice(len(keys) // 2)])
+    assert gbif.record_ids(chunked, source).to_pylist() == [make_record_id(source, k) for k in keys]
+
