@@ -539,17 +539,26 @@ def _zip_member_range(path: Path, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _raw_blocks(src: _Source, member: str, read_bytes: int) -> Iterator[bytes]:
-    """The member's uncompressed bytes in blocks: inflated here, so the caller can run it in a thread."""
+PIECE_BYTES = 64 << 10  # inflated bytes per step: small enough for malloc to reuse (no fresh pages)
+READ_BYTES = 256 << 10  # compressed bytes per file read
+
+
+def _raw_blocks(src: _Source, member: str, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
+    """The member's uncompressed bytes in pieces of at most ``piece_bytes``, inflated here (so the
+    caller can run it in a thread), the CRC and size checked at the end.
+
+    Small pieces matter: large fresh buffers cost a page fault per 4 KiB on first touch, which
+    took as long as the inflating itself.
+    """
     if src.zip is None:
         with open(src.path / member, "rb") as fh:
-            while block := fh.read(read_bytes):
+            while block := fh.read(piece_bytes):
                 yield block
         return
     info = src.zip.getinfo(member)
     if info.compress_type not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED) or info.flag_bits & 0x1:
         with src.zip.open(member) as fh:  # other codecs and encryption: zipfile knows them
-            while block := fh.read(read_bytes):
+            while block := fh.read(piece_bytes):
                 yield block
         return
     start = _zip_member_range(src.path, info)
@@ -558,12 +567,18 @@ def _raw_blocks(src: _Source, member: str, read_bytes: int) -> Iterator[bytes]:
     with open(src.path, "rb") as fh:
         fh.seek(start)
         while left > 0:
-            raw = fh.read(min(left, max(read_bytes // 4, 1 << 16)))
+            raw = fh.read(min(left, READ_BYTES if inflater is not None else piece_bytes))
             if not raw:
                 raise DwcaError(f"{member}: the zip ends {left} bytes before the member does (truncated)")
             left -= len(raw)
-            block = inflater.decompress(raw) if inflater is not None else raw
-            if block:
+            while raw:
+                if inflater is not None:
+                    block = inflater.decompress(raw, piece_bytes)
+                    raw = inflater.unconsumed_tail
+                else:
+                    block, raw = raw, b""
+                if not block:  # all of this read taken in (or the stream's end reached)
+                    break
                 crc = _inflate_lib.crc32(block, crc)
                 size += len(block)
                 yield block
@@ -580,35 +595,51 @@ def _raw_blocks(src: _Source, member: str, read_bytes: int) -> Iterator[bytes]:
                         f"{info.file_size} with {info.CRC:08x}")
 
 
-def _line_chunks(src: _Source, member: str, chunk_bytes: int) -> Iterator[bytes]:
-    """Chunks of whole lines of a member, inflated one chunk ahead in a background thread."""
+def _line_chunks(src: _Source, member: str, chunk_bytes: int,
+                 free: queue.SimpleQueue | None = None) -> Iterator[memoryview]:
+    """Chunks of whole lines of a member, inflated one chunk ahead in a background thread.
+
+    Each chunk is a view of a ``bytearray`` that the inflated pieces are copied into. A caller
+    done with a chunk may put ``chunk.obj`` on ``free``: the buffer is then filled again instead
+    of a new one being allocated (and faulted in page by page). Chunks hold at most
+    ``chunk_bytes``, unless one line is longer (then it and what follows it in one inflated
+    piece).
+    """
     out: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
+    piece_bytes = max(1, min(PIECE_BYTES, chunk_bytes))
+
+    def fresh(need: int) -> bytearray:
+        if free is not None:
+            try:
+                buf = free.get_nowait()
+                if len(buf) >= need:
+                    return buf
+            except queue.Empty:
+                pass
+        return bytearray(max(need, chunk_bytes))
 
     def produce() -> None:
-        parts: list[bytes] = []
-        size = 0
         try:
-            for block in _raw_blocks(src, member, chunk_bytes):
+            buf, fill = fresh(chunk_bytes), 0
+            for piece in _raw_blocks(src, member, piece_bytes):
                 if stop.is_set():
                     return
-                parts.append(block)
-                size += len(block)
-                if size >= chunk_bytes:
-                    whole = b"".join(parts)
-                    pos = 0
-                    while len(whole) - pos >= chunk_bytes:
-                        cut = whole.rfind(b"\n", pos, pos + chunk_bytes) + 1
-                        if cut <= pos:  # a line longer than a chunk: take it whole
-                            cut = whole.find(b"\n", pos + chunk_bytes) + 1
-                        if cut <= pos:
-                            break
-                        out.put(whole[pos:cut])
-                        pos = cut
-                    whole = whole[pos:]
-                    parts, size = [whole], len(whole)
-            if size:
-                out.put(b"".join(parts))
+                if fill + len(piece) > chunk_bytes:
+                    cut = buf.rfind(b"\n", 0, fill) + 1
+                    if cut:  # hand on the whole lines, keep the partial last one
+                        out.put(memoryview(buf)[:cut])
+                        nxt = fresh(fill - cut + len(piece))
+                        nxt[:fill - cut] = memoryview(buf)[cut:fill]
+                        buf, fill = nxt, fill - cut
+                    if fill + len(piece) > len(buf):  # one line longer than the buffer: grow it
+                        bigger = bytearray(max(2 * len(buf), fill + len(piece)))
+                        bigger[:fill] = memoryview(buf)[:fill]
+                        buf = bigger
+                buf[fill:fill + len(piece)] = piece
+                fill += len(piece)
+            if fill:
+                out.put(memoryview(buf)[:fill])
             out.put(None)
         except BaseException as exc:  # handed to the consumer, which raises it
             out.put(exc)
@@ -633,8 +664,9 @@ def _line_chunks(src: _Source, member: str, chunk_bytes: int) -> Iterator[bytes]
         worker.join()
 
 
-def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
+def _skip_lines(chunk: bytes | memoryview, n: int) -> tuple[bytes, int]:
     """``chunk`` without its first ``n`` lines, and how many lines were dropped."""
+    chunk = bytes(chunk)
     dropped = 0
     while dropped < n and chunk:
         cut = chunk.find(b"\n")
@@ -643,14 +675,18 @@ def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
     return chunk, dropped
 
 
-def _parse_chunk(chunk: bytes, first_line: int, spec: FileSpec, names: list[str], include: list[str],
-                 id_col: str | None) -> tuple[pa.Table, list[BadRow]]:
+def _parse_chunk(chunk: bytes | memoryview, first_line: int, spec: FileSpec, names: list[str],
+                 include: list[str], id_col: str | None) -> tuple[pa.Table, list[BadRow]]:
     """One chunk of whole lines to string columns, with its ragged and undecodable rows as bad rows."""
     invalid: list[BadRow] = []
+    text: list[bytes] = []  # the chunk as bytes, made once, for locating ragged rows
 
     def on_invalid(row) -> str:
-        pos = chunk.find(row.text.encode("utf-8", errors="surrogateescape")) if row.text else -1
-        where = f" (line {first_line + chunk.count(NEWLINE, 0, pos) + 1})" if pos >= 0 else ""
+        if not text:
+            text.append(bytes(chunk))
+        whole = text[0]
+        pos = whole.find(row.text.encode("utf-8", errors="surrogateescape")) if row.text else -1
+        where = f" (line {first_line + whole.count(NEWLINE, 0, pos) + 1})" if pos >= 0 else ""
         invalid.append(BadRow(_row_id(row.text, spec), "malformed_row",
                               f"{spec.location}: expected {row.expected_columns} fields, got "
                               f"{row.actual_columns}{where}"))
@@ -696,19 +732,23 @@ def _read_chunked(src, member, spec, width, wanted, index_of, batch_rows, chunk_
     batches = _Rebatcher(batch_rows, lambda t: _finish(t, spec, wanted, index_of), include)
     lines_done = [spec.ignore_header_lines]  # header + rows parsed so far (blank lines are not counted)
 
-    def parse(chunk: bytes) -> tuple[pa.Table, list[BadRow]]:
+    free: queue.SimpleQueue = queue.SimpleQueue()  # parsed chunks' buffers, for the inflater to refill
+
+    def parse(chunk: bytes | memoryview) -> tuple[pa.Table, list[BadRow]]:
         # one worker parses chunks in order, so the count is exact when the next one starts
         table, bad = _parse_chunk(chunk, lines_done[0], spec, names, include, id_col)
         lines_done[0] += table.num_rows + len(bad)
+        if isinstance(chunk, memoryview) and isinstance(chunk.obj, bytearray):
+            free.put(chunk.obj)  # arrow copied what it kept: the buffer can be filled again
         return table, bad
 
-    def chunks() -> Iterator[bytes]:
+    def chunks() -> Iterator[bytes | memoryview]:
         header_left = spec.ignore_header_lines
-        for chunk in _line_chunks(src, member, chunk_bytes):
+        for chunk in _line_chunks(src, member, chunk_bytes, free):
             if header_left:
                 chunk, dropped = _skip_lines(chunk, header_left)
                 header_left -= dropped
-            if len(chunk) < 4096 and not chunk.strip(b"\r\n"):
+            if len(chunk) < 4096 and not bytes(chunk).strip(b"\r\n"):
                 continue
             yield chunk
 

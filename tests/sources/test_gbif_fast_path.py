@@ -217,3 +217,22 @@ def test_record_ids_are_make_record_id_of_each_key(keys, skip, source):
     chunked = pa.chunked_array([arr.slice(0, len(keys) // 2), arr.slice(len(keys) // 2)])
     assert gbif.record_ids(chunked, source).to_pylist() == [make_record_id(source, k) for k in keys]
 
+
+@settings(max_examples=30)
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=40), st.sampled_from([16, 64, 200]))
+def test_recycled_line_chunks_add_up_to_the_member(tmp_path_factory, lengths, chunk_bytes):
+    import queue
+
+    folder = tmp_path_factory.mktemp("member")
+    data = b"".join(bytes([97 + i % 26]) * n + b"\n" for i, n in enumerate(lengths))
+    (folder / "m.txt").write_bytes(data)
+    src = dwca._Source(folder)
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    got = []
+    for chunk in dwca._line_chunks(src, "m.txt", chunk_bytes, free):
+        text = bytes(chunk)
+        longest = max(len(line) + 1 for line in text.split(b"\n")[:-1])
+        assert text.endswith(b"\n") and len(text) <= max(chunk_bytes, longest + chunk_bytes)
+        got.append(text)
+        free.put(chunk.obj)  # what the chunked reader does once a chunk is parsed
+    assert b"".join(got) == data
