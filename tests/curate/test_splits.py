@@ -5,12 +5,16 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.curate.splits import (
     UNSEEN_SPLIT,
+    _RowTaker,
     assign_classes,
     assign_splits,
     chunk_path,
@@ -105,3 +109,24 @@ def test_write_chunks_layout(tmp_path, table):
 def test_bad_split_options_fail_early(bad):
     with pytest.raises(ValueError):
         Options(splits=bad)
+
+
+@given(st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=5)), st.one_of(st.none(), st.integers(-9, 9)),
+                          st.sampled_from(["a", "b", None])), min_size=1, max_size=60),
+       st.integers(1, 4), st.data())
+def test_row_taker_equals_arrow_take(rows, pieces, data):
+    """The chunk gatherer gives ``Table.take`` exactly: any row set and order, chunked columns,
+    all-null columns, dictionary columns."""
+    n = len(rows)
+    table = pa.table({
+        "s": pa.array([r[0] for r in rows], pa.string()),
+        "i": pa.array([r[1] for r in rows], pa.int64()),
+        "d": pa.array([r[2] for r in rows], pa.string()).dictionary_encode(),
+        "null": pa.nulls(n, pa.string()),
+    })
+    cut = sorted(data.draw(st.lists(st.integers(0, n), max_size=pieces)))
+    bounds = [0, *cut, n]
+    table = pa.concat_tables([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)])
+    picked = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+    rows_np = np.asarray(picked, np.int64)
+    assert _RowTaker(table).take(rows_np).equals(table.take(pa.array(rows_np, pa.int64())))
