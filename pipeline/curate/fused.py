@@ -11,6 +11,7 @@ staged stages (``apply_filters``, the ``keep_richest`` ordering, ``balance``, ``
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -65,23 +66,35 @@ class _Records:
         counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
         self.offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
 
-    def decision_table(self) -> pa.Table:
-        parts = []
-        for i, f in enumerate(self.files):
-            names = pq.ParquetFile(f).schema_arrow.names
-            t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names])
-            formats = t.column("format") if "format" in t.column_names else None
-            if URL_COLUMN in names and (formats is None or formats.null_count):
-                url = pq.read_table(f, columns=[URL_COLUMN]).column(URL_COLUMN)
-            else:
-                url = pa.nulls(t.num_rows, pa.string())
-            t = t.append_column(URL_COLUMN, url.cast(pa.string()))
-            rows = np.arange(self.offsets[i], self.offsets[i + 1], dtype=np.int64)
-            parts.append(t.append_column(_ROW, pa.array(rows)))
+    def decision_part(self, i: int) -> pa.Table:
+        """The decision columns of file ``i``, with the URL where needed and the global row numbers."""
+        f = self.files[i]
+        names = pq.ParquetFile(f).schema_arrow.names
+        t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names])
+        formats = t.column("format") if "format" in t.column_names else None
+        if URL_COLUMN in names and (formats is None or formats.null_count):
+            url = pq.read_table(f, columns=[URL_COLUMN]).column(URL_COLUMN)
+        else:
+            url = pa.nulls(t.num_rows, pa.string())
+        t = t.append_column(URL_COLUMN, url.cast(pa.string()))
+        rows = np.arange(self.offsets[i], self.offsets[i + 1], dtype=np.int64)
+        return t.append_column(_ROW, pa.array(rows))
+
+    def filtered(self, options: Options) -> tuple[pa.Table, pa.Table]:
+        """Every file's decision columns read and filtered, a thread per core (Parquet decoding and
+        Arrow kernels release the GIL; the filters are row-wise, so per file is the same as whole)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def part(i: int) -> tuple[pa.Table, pa.Table]:
+            return apply_filters(self.decision_part(i), options, STEPS["curate-filter"])
+
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(part, range(len(self.files))))
         if not parts:
             empty = RECORD_SCHEMA.empty_table().select([*DECISION_COLUMNS, URL_COLUMN])
-            return empty.append_column(_ROW, pa.array([], pa.int64()))
-        return pa.concat_tables(parts, promote_options="default")
+            return empty.append_column(_ROW, pa.array([], pa.int64())), empty_rejects()
+        kept = pa.concat_tables([k for k, _ in parts], promote_options="default")
+        return kept, pa.concat_tables([r for _, r in parts])
 
     def full_rows(self, rows: np.ndarray) -> pa.Table:
         """Every column of the given rows (ascending global row numbers), in that order."""
@@ -162,10 +175,8 @@ def decide(records: _Records, options: Options) -> tuple[pa.Table, dict[str, pa.
     stats: dict = {}
     rejects: dict[str, pa.Table] = {}
     t = time.perf_counter()
-    table = records.decision_table()
-    n = table.num_rows
-    current, rejects["curate-filter"] = apply_filters(table, options, STEPS["curate-filter"])
-    _step(stats, "curate-filter", n, current, rejects["curate-filter"], t)
+    current, rejects["curate-filter"] = records.filtered(options)
+    _step(stats, "curate-filter", int(records.offsets[-1]), current, rejects["curate-filter"], t)
 
     extras: dict[int, str] = {}
     for key, on, keys_fn, reason, merge in (
