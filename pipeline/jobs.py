@@ -84,6 +84,7 @@ def curate(cfg, runner, force: bool = False) -> dict:
 def curate_staged(cfg, runner, force: bool = False) -> dict:
     """The chain of table stages (filter, two dedup layers, balance) and the split step, on any
     runner: what ``curate`` runs on Beam, and what the fused plan is tested against."""
+    from pipeline.curate.hashing import HASH_VERSION
     from pipeline.stages import curate as c
 
     root = _root(cfg)
@@ -94,7 +95,8 @@ def curate_staged(cfg, runner, force: bool = False) -> dict:
              ("curate-balance", c.BALANCE_STAGE, work / "dedup-photo", work / "balanced")]
     stats: dict[str, Any] = {}
     for key, stage, src, dst in steps:
-        res = run_table_stage(stage, cfg.curate, root, src, dst, runner, cfg, key=key, force=force)
+        res = run_table_stage(stage, cfg.curate, root, src, dst, runner, cfg, key=key, force=force,
+                              depends_on={"hash_version": HASH_VERSION})
         stats[key] = res.stats
         force = force or not res.skipped  # a redone step invalidates the ones after it
     from pipeline.curate.balance import balance_report

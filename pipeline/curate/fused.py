@@ -28,7 +28,7 @@ from pipeline.curate import balance as balance_mod
 from pipeline.curate import dedup as dedup_mod
 from pipeline.curate import splits as splits_mod
 from pipeline.curate.filters import apply_filters
-from pipeline.curate.hashing import hash_strings
+from pipeline.curate.hashing import HASH_VERSION, hash_strings
 from pipeline.io import (
     SUCCESS,
     atomic_write_json,
@@ -274,7 +274,7 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
     if not files and not input_dir.exists():
         raise FileNotFoundError(f"curate: input {input_dir} does not exist; run `biocorpus resolve` first")
     curated = root / "curated"
-    fp = fingerprint("curate-fused", config_hash(options), files_identity(files))
+    fp = fingerprint("curate-fused", config_hash(options), files_identity(files), HASH_VERSION)
     marker = curated / SUCCESS
     if marker.exists() and not force:
         import json

@@ -23,6 +23,7 @@ from pipeline.curate import dedup as dedup_mod
 from pipeline.curate import splits as splits_mod
 from pipeline.curate.captions import CAPTION_TYPES, add_captions
 from pipeline.curate.filters import apply_filters, filter_names
+from pipeline.curate.hashing import HASH_VERSION
 from pipeline.stage import GlobalStage, MapStage, StageContext, StageOutput, check_accounting
 from schemas import RANKS, empty_rejects
 
@@ -255,7 +256,7 @@ def write_splits(src, dst, options: Options | None = None, force: bool = False) 
     options = options or Options()
     src, dst = Path(src), Path(dst)
     inputs = parquet_files(src)
-    fp = fingerprint("curate-split", config_hash(options), files_identity(inputs))
+    fp = fingerprint("curate-split", config_hash(options), files_identity(inputs), HASH_VERSION)
     # this step rejects nothing: its staged rejects folder is removed before the move
     staged = StagedOutput(dst.parent, f"{dst.name}-split", dst, dst.parent / "rejects" / "stage=curate-split", fp)
     done = staged.finished()

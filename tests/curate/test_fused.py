@@ -146,6 +146,18 @@ def test_fused_rerun_is_skipped_and_force_redoes(tmp_path):
     assert "skipped" not in curate_fused(root / "resolved", root, other)
 
 
+def test_a_new_hash_definition_redoes_the_curate(tmp_path, monkeypatch):
+    """Seeded choices follow the hash: chunks made with an older definition are not reused."""
+    import pipeline.curate.fused as fused_mod
+
+    root = _root(tmp_path, "fused", sample_records(), 350)
+    options = _config(root, min_per_taxon=2).curate
+    curate_fused(root / "resolved", root, options)
+    assert curate_fused(root / "resolved", root, options)["skipped"] is True
+    monkeypatch.setattr(fused_mod, "HASH_VERSION", fused_mod.HASH_VERSION + 1)
+    assert "skipped" not in curate_fused(root / "resolved", root, options)
+
+
 def test_fused_empty_input(tmp_path):
     root = tmp_path / "empty"
     (root / "resolved").mkdir(parents=True)
