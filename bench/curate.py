@@ -279,6 +279,28 @@ def same_output(staged_root: Path, fused_root: Path) -> str:
     return f"identical: {len(a)} chunks (captions decoded) and every reject row"
 
 
+def run_floor(gen: dict, rows_out: int) -> dict:
+    """The physical floor of curate's output on this machine: DuckDB (every core) reading the same
+    ``resolved/`` parts, sampling as many rows as curate keeps, shuffling them by a hash and writing
+    them as zstd Parquet in 10,000-row groups. No filters, dedup, balance, captions or labels, and the
+    59 record columns only (curate's chunks carry 71)."""
+    import duckdb
+
+    out = OUT / "floor.parquet"
+    out.unlink(missing_ok=True)
+    percent = 100.0 * rows_out / gen["rows"]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with duckdb.connect() as con:
+        con.execute(f"COPY (SELECT * FROM read_parquet('{gen['records']}/*.parquet') "
+                    f"USING SAMPLE {percent:.4f} PERCENT (bernoulli, {SEED}) ORDER BY hash(record_id)) "
+                    f"TO '{out}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {PART * FILES_PER_CHUNK})")
+        written = con.execute(f"SELECT count(*) FROM '{out}'").fetchone()[0]
+    total = time.perf_counter() - t0
+    out.unlink()
+    return {"total_s": total, "rows_out": written, "load_before": load}
+
+
 def best_of(fn, gen: dict, runs: int) -> tuple[dict, list[float]]:
     """The fastest of ``runs`` runs (the machine is shared: the minimum is the least disturbed)."""
     results = [fn(gen) for _ in range(runs)]
@@ -287,7 +309,7 @@ def best_of(fn, gen: dict, runs: int) -> tuple[dict, list[float]]:
 
 
 def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio: float | None, runs: dict,
-                  parity: str, lean: dict | None = None) -> None:
+                  parity: str, lean: dict | None = None, floor: dict | None = None) -> None:
     header = f"## {gen['rows']:,} rows"
     staged_runs = f", staged curate {runs['staged']} s" if staged else ""
     lines = [
@@ -318,6 +340,9 @@ def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio
     if lean:
         lines += [f"| biocorpus curate (fused, arbor's operations only: no filters, no dedup) | **total** | "
                   f"**{lean['total_s']:.1f}** (runs {runs['lean']}) |"]
+    if floor:
+        lines += [f"| floor: DuckDB reads the same parts, samples {floor['rows_out']:,} rows, shuffles and writes "
+                  f"them (59 columns, no curate work) | **total** | **{floor['total_s']:.1f}** (runs {runs['floor']}) |"]
     if staged:
         lines += [f"| biocorpus curate (staged) | {k} | {v:.1f} |" for k, v in staged["steps_s"].items()]
         lines += [f"| biocorpus curate (staged) | **total** | **{staged['total_s']:.1f}** |"]
@@ -344,6 +369,11 @@ def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio
             lines.append(f"With only the operations arbor-process runs (filters and dedup off; the distribution, "
                          f"rare/cap balance, labels, captions and chunks stay), curate takes {lean['total_s']:.1f} s: "
                          f"**{arbor['total_s'] / lean['total_s']:.2f}x** arbor-process.")
+        if floor and "error" not in arbor:
+            lines.append(f"The floor (DuckDB on every core only reading, shuffling and writing as many rows as curate "
+                         f"keeps) takes {floor['total_s']:.1f} s, {arbor['total_s'] / floor['total_s']:.2f}x arbor-process; "
+                         f"curate takes {ours['total_s'] / floor['total_s']:.2f}x the floor. 10x arbor-process would "
+                         f"be {arbor['total_s'] / 10:.1f} s.")
     lines += ["", "Notes: curate also runs its filters, both dedup layers, captions and class indices; "
               "arbor-process's metadata step also draws "
               "its distribution plots (matplotlib), and its cap drops a capped species from the chunks (written "
@@ -380,6 +410,8 @@ def main() -> None:
     print("curate (fused):", json.dumps(ours), "runs", ours_runs)
     lean, lean_runs = best_of(lambda g: run_fused(g, peer_ops_only=True), gen, args.runs)
     print("curate (fused, arbor's operations only):", json.dumps(lean), "runs", lean_runs)
+    floor, floor_runs = best_of(lambda g: run_floor(g, ours["rows_out"]), gen, args.runs)
+    print("floor (DuckDB read + sample + shuffle + write):", json.dumps(floor), "runs", floor_runs)
     staged, staged_runs, parity = None, [], "not compared (staged path not run)"
     if args.staged_runs:
         staged, staged_runs = best_of(run_curate, gen, args.staged_runs)
@@ -393,7 +425,8 @@ def main() -> None:
         print(f"ratio arbor/curate (fused) = {ratio:.2f}x; species counted: arbor {arbor['species_counted']:,} "
               f"(by epithet), curate {ours['species_counted']:,} (true {gen['species']:,})")
     write_results(gen, arbor, ours, staged, ratio,
-                  {"curate": ours_runs, "arbor": arbor_runs, "staged": staged_runs, "lean": lean_runs}, parity, lean)
+                  {"curate": ours_runs, "arbor": arbor_runs, "staged": staged_runs, "lean": lean_runs,
+                   "floor": floor_runs}, parity, lean, floor)
     print(f"results -> {RESULTS.relative_to(REPO)}")
 
 
