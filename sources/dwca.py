@@ -540,7 +540,7 @@ def _zip_member_range(path: Path, info: zipfile.ZipInfo) -> int:
 
 
 PIECE_BYTES = 64 << 10  # inflated bytes per step: small enough for malloc to reuse (no fresh pages)
-READ_BYTES = 256 << 10  # compressed bytes per file read
+READ_BYTES = 16 << 10  # compressed bytes per file read: about one piece inflated (no leftover input to copy)
 
 
 def _raw_blocks(src: _Source, member: str, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
@@ -636,7 +636,7 @@ def _line_chunks(src: _Source, member: str, chunk_bytes: int,
                         bigger = bytearray(max(2 * len(buf), fill + len(piece)))
                         bigger[:fill] = memoryview(buf)[:fill]
                         buf = bigger
-                buf[fill:fill + len(piece)] = piece
+                memoryview(buf)[fill:fill + len(piece)] = piece  # (bytearray slices copy twice)
                 fill += len(piece)
             if fill:
                 out.put(memoryview(buf)[:fill])
