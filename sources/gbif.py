@@ -137,6 +137,16 @@ class GBIFConnector(ApiConnector):
 
 
 def read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
+    """:func:`_read_archive` run in a background thread one batch ahead of the caller.
+
+    The caller (a runner writing Parquet) then works while the next batch is joined and adapted:
+    two threads of Python-driven work, each mostly in arrow code that releases the GIL.
+    """
+    with closing(read_ahead(_read_archive(path, options), 1, "gbif-adapt")) as batches:
+        yield from batches
+
+
+def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     """Records of one GBIF DwC-A: every multimedia row of every occurrence, or a reject for it.
 
     The multimedia extension (needed columns only) is read first into a table sorted by a
@@ -204,10 +214,13 @@ def from_join(t: pa.Table | _Rows, options: Options) -> IngestBatch:
 
 
 def _prefixed(archive, spec, columns, prefix: str, options: Options) -> Iterator[pa.Table | IngestBatch]:
-    """One archive file as tables of prefixed string columns plus a row number; bad rows as rejects."""
+    """One archive file as tables of prefixed string columns plus a row number; bad rows as rejects.
+
+    Each column comes as one chunk: joined here, in the reader's thread, rather than by the adapter.
+    """
     row = 0
     for batch in read_file(archive, spec, columns, batch_rows=options.batch_rows):
-        t = batch.table
+        t = batch.table.combine_chunks()
         t = t.rename_columns([prefix + c for c in t.column_names])
         t = t.append_column(prefix + "row", pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
         row += t.num_rows
@@ -282,7 +295,8 @@ class _Rows:
         if name not in self._cache:
             table, rows = self.parts[self._where[name]]
             col = table.column(name)
-            col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            if isinstance(col, pa.ChunkedArray):
+                col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
             if rows is not None:
                 col = col.take(pa.array(rows, mask=rows < 0) if len(rows) and rows.min() < 0 else pa.array(rows))
             self._cache[name] = col
