@@ -539,8 +539,8 @@ def _zip_member_range(path: Path, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-PIECE_BYTES = 64 << 10  # inflated bytes per step: small enough for malloc to reuse (no fresh pages)
-READ_BYTES = 16 << 10  # compressed bytes per file read: about one piece inflated (no leftover input to copy)
+PIECE_BYTES = 256 << 10  # inflated bytes per step: small enough for malloc to reuse (no fresh pages)
+READ_BYTES = 64 << 10  # compressed bytes per file read: about one piece inflated (little leftover to copy)
 
 
 def _raw_blocks(src: _Source, member: str, piece_bytes: int = PIECE_BYTES) -> Iterator[bytes]:
