@@ -8,6 +8,7 @@ archive larger than memory works; the search API (pygbif,
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
@@ -154,7 +156,8 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     batch, so memory holds one occurrence batch and the media. Media larger than
     ``join_memory_mb`` is partitioned with the core by key hash into spill files under a
     temporary folder and joined partition by partition instead. The core is read one batch
-    ahead in a background thread, so its inflating and parsing overlap the join and the adapter.
+    ahead in a background thread, so its inflating and parsing overlap the join and the adapter,
+    which work on ``ADAPT_THREADS`` batches at once (in memory).
     """
     try:
         archive = open_archive(path)
@@ -189,9 +192,11 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
         if spill is None:
             media = _MediaIndex(_concat(tables, MEDIA_COLUMNS, "m_"))
             tables = []
+            def join(item: pa.Table | IngestBatch) -> IngestBatch:
+                return item if isinstance(item, IngestBatch) else from_join(media.join_rows(item), options)
+
             with closing(read_ahead(core, 1, "gbif-core")) as ahead:
-                for item in ahead:
-                    yield item if isinstance(item, IngestBatch) else from_join(media.join_rows(item), options)
+                yield from map_ahead(join, ahead, ADAPT_THREADS)
             yield from media.orphans()
             return
         with closing(read_ahead(core, 1, "gbif-core")) as ahead:
@@ -206,6 +211,28 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
             for occ in spill.batches("o", part, options.batch_rows):
                 yield from_join(media.join_rows(occ), options)
             yield from media.orphans()
+
+
+ADAPT_THREADS = 2  # batches joined and adapted at once (arrow compute releases the GIL)
+
+
+def map_ahead(fn: Callable, items: Iterator, workers: int) -> Iterator:
+    """``fn(item)`` of each item, up to ``workers`` computed at once in threads; results in order."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="gbif-adapt") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def from_join(t: pa.Table | _Rows, options: Options) -> IngestBatch:

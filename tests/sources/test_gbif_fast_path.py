@@ -236,3 +236,20 @@ def test_recycled_line_chunks_add_up_to_the_member(tmp_path_factory, lengths, ch
         got.append(text)
         free.put(chunk.obj)  # what the chunked reader does once a chunk is parsed
     assert b"".join(got) == data
+
+
+def test_map_ahead_keeps_the_order_and_raises():
+    import time
+
+    def slow_first(x):
+        time.sleep(0.02 if x % 3 == 0 else 0)
+        if x == 7:
+            raise ValueError("seven")
+        return x * 10
+
+    assert list(gbif.map_ahead(slow_first, iter(range(7)), 2)) == [x * 10 for x in range(7)]
+    got = []
+    with pytest.raises(ValueError, match="seven"):
+        for y in gbif.map_ahead(slow_first, iter(range(10)), 3):
+            got.append(y)
+    assert got == [x * 10 for x in range(7)]
