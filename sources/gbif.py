@@ -35,7 +35,7 @@ from sources.base import IngestBatch
 from sources.dwca import DwcaError, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
 from sources.licenses import normalise_license_column
-from sources.photokey import photo_key
+from sources.photokey import hex_digests, photo_keys
 
 log = logging.getLogger(__name__)
 
@@ -498,37 +498,12 @@ def _pick_license(media: pa.Array, occ_license: pa.Array, occ_rights: pa.Array) 
 def record_ids(keys: pa.Array, source: str = SOURCE) -> pa.Array:
     """:func:`schemas.make_record_id` of every key (one hash per row: ids must stay stable).
 
-    The keys' UTF-8 bytes are hashed straight from the arrow buffer by a copy of a hash already
-    fed the ``<source>\x1f`` salt, and the digests turned to hex text by numpy; only the hash
-    itself runs per row in Python.
+    Hashed by :func:`sources.photokey.hex_digests` (the salt is ``<source>\x1f``).
     """
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    keys = keys.cast(pa.string())
-    n = len(keys)
-    if keys.null_count or n == 0:
+    if keys.null_count or len(keys) == 0:
         return pa.array([make_record_id(source, k) for k in keys.to_pylist()], pa.string())
-    _, offsets, data = keys.buffers()
-    ends = np.frombuffer(offsets, np.int32)[keys.offset: keys.offset + n + 1].tolist()
-    view = memoryview(data) if data is not None else memoryview(b"")
-    copy = hashlib.blake2b(f"{source}\x1f".encode(), digest_size=8).copy
-
-    def digest(start: int, end: int) -> bytes:
-        h = copy()
-        h.update(view[start:end])
-        return h.digest()
-
-    digests = np.frombuffer(b"".join(map(digest, ends, ends[1:])), np.uint8).reshape(n, 8)
-    prefix = np.frombuffer(f"{source}-".encode(), np.uint8)
-    width = len(prefix) + 16
-    text = np.empty((n, width), np.uint8)
-    text[:, :len(prefix)] = prefix
-    text[:, len(prefix)::2] = _HEX[digests >> 4]
-    text[:, len(prefix) + 1::2] = _HEX[digests & 15]
-    starts = np.arange(0, width * (n + 1), width, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(starts), pa.py_buffer(text))
-
-
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+    return hex_digests(keys, f"{source}\x1f".encode(), f"{source}-")
 
 
 def _per_unique(a: pa.Array, fn: Callable[[str | None], str | None]) -> pa.Array:
@@ -685,7 +660,7 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
         "source_dataset": gk("o_datasetKey"),
         "occurrence_id": pc.coalesce(gk("o_occurrenceID"), take(gbif_id)),
         "media_id": take(media_ids),
-        "photo_key": _per_unique(ident_k, photo_key),
+        "photo_key": photo_keys(ident_k),
         "identifier": ident_k,
         "format": take(mformat),
         "license": take(license_code),

@@ -68,3 +68,29 @@ def test_keys_are_dot_free_and_deterministic(url):
 def test_no_url_no_key():
     assert photo_key(None) is None and photo_key("  ") is None and photo_key_of(None, "") is None
     assert normalise_url("HTTP://A.b/c#d") == "https://a.b/c"
+
+
+# URLs built from parts that exercise every branch of photo_keys' fast path and its fallback
+_SCHEMES = st.sampled_from(["http://", "https://", "HTTPS://", "Http://", "ftp://", "//", "", " https://"])
+_HOSTS = st.sampled_from(["static.inaturalist.org", "Static.iNaturalist.ORG", "www.inaturalist.org",
+                          "inaturalist-open-data.s3.amazonaws.com", "s3.amazonaws.com/inaturalist-open-data",
+                          "example.org", "Example.ORG", "example.org:80", "example.org:8080", "user@host.org",
+                          "[::1]", "ex-ample.org.", "bücher.de", ""])
+_PATHS = st.one_of(
+    st.just(""), st.just("/"),
+    st.integers(0, 10**12).map(lambda i: f"/photos/{i}/large.jpg"),
+    st.sampled_from(["/photos/00123", "/photos/0/x.png", "/Photos/77.jpg", "/photos/12abc", "//double/slash",
+                     "/a b.jpg", "/ä.jpg", "/p%20q.jpg", "/x\\y.jpg", "/t\tab.jpg", "/semi;colon.jpg"]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12).map(lambda t: "/" + t))
+_TAILS = st.sampled_from(["", "?", "?1598551272", "?a=1&b=2", "?x?y", "#frag", "?q#f", " ", "\n", "\u00a0"])
+
+
+@given(st.lists(st.one_of(st.none(), st.tuples(_SCHEMES, _HOSTS, _PATHS, _TAILS).map("".join)),
+                min_size=1, max_size=12), st.booleans())
+def test_photo_keys_column_is_photo_key_of_each_url(urls, repeat):
+    import pyarrow as pa
+
+    from sources.photokey import photo_keys
+
+    values = urls * 3 if repeat else urls  # repeats take the once-per-distinct-URL path
+    assert photo_keys(pa.array(values, pa.string())).to_pylist() == [photo_key(u) for u in values]
