@@ -208,8 +208,8 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
         spill.close()
         for part in range(spill.parts):
             media = _MediaIndex(spill.read("m", part))
-            for occ in spill.batches("o", part, options.batch_rows):
-                yield from_join(media.join_rows(occ), options)
+            yield from map_ahead(lambda occ, media=media: from_join(media.join_rows(occ), options),
+                                 spill.batches("o", part, options.batch_rows), ADAPT_THREADS)
             yield from media.orphans()
 
 
