@@ -24,7 +24,7 @@ from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_rows
 from schemas.rejects import REJECT_SCHEMA
 from sources.base import IngestBatch
-from sources.http import ApiConnector, ApiOptions, HttpClient
+from sources.http import ApiConnector, ApiOptions
 from sources.licenses import normalise_license
 from sources.photokey import photo_key_of
 
@@ -78,10 +78,7 @@ class EOLConnector(ApiConnector):
     def read(self, task: str, options: Options) -> Iterator[IngestBatch]:
         if task.startswith("page:"):
             pid = task.split(":", 1)[1]
-            client = HttpClient(options.api_base_url, rate=options.rate, max_retries=options.max_retries,
-                                timeout_s=options.timeout_s, user_agent=options.user_agent,
-                                sleep=self.sleep, clock=self.clock)
-            doc = client.get_json(f"pages/1.0/{pid}.json", params={
+            doc = self.client(options).get_json(f"pages/1.0/{pid}.json", params={
                 "images_per_page": options.images_per_page, "videos_per_page": 0, "sounds_per_page": 0,
                 "texts_per_page": 0, "licenses": "all", "details": "true", "taxonomy": "true"})
             yield read_json(doc, options, page_hint=pid)

@@ -112,11 +112,6 @@ class GBIFConnector(ApiConnector):
         else:
             yield from read_archive(Path(task), options)
 
-    def client(self, options: Options) -> HttpClient:
-        return HttpClient(options.api_base_url, rate=options.rate, max_retries=options.max_retries,
-                          timeout_s=options.timeout_s, user_agent=options.user_agent,
-                          sleep=self.sleep, clock=self.clock)
-
     def _fetch(self, url: str, options: Options) -> Path:
         name = hashlib.blake2b(url.encode(), digest_size=8).hexdigest() + ".zip"
         return self.client(options).fetch(url, Path(options.cache_dir) / name)

@@ -30,6 +30,7 @@ T = TypeVar("T")
 class ApiOptions(SourceOptions):
     """The options every source that calls an HTTP API shares (its own Options extend these)."""
 
+    api_base_url: str = Field(description="API root (each source sets its own; tests point it at loopback)")
     rate: float = Field(1.0, gt=0, description="API requests per second")
     max_retries: int = Field(5, ge=0, description="retries of a transient HTTP failure")
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
@@ -41,6 +42,12 @@ class ApiConnector:
 
     def __init__(self, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
         self.sleep, self.clock = sleep, clock
+
+    def client(self, options: ApiOptions) -> HttpClient:
+        """The polite client of the source's API (``options.api_base_url``), with this connector's clock."""
+        return HttpClient(options.api_base_url, rate=options.rate, max_retries=options.max_retries,
+                          timeout_s=options.timeout_s, user_agent=options.user_agent,
+                          sleep=self.sleep, clock=self.clock)
 
 
 class HttpError(RuntimeError):

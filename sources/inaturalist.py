@@ -78,11 +78,6 @@ class INaturalistConnector(ApiConnector):
             files = locate_dump(task, options, self.client(options))
             yield from read_dump(files, options)
 
-    def client(self, options: Options) -> HttpClient:
-        return HttpClient(options.api_base_url, rate=options.rate, max_retries=options.max_retries,
-                          timeout_s=options.timeout_s, user_agent=options.user_agent,
-                          sleep=self.sleep, clock=self.clock)
-
 
 # ---------------------------------------------------------------- open-data dump
 
