@@ -63,13 +63,15 @@ class _Records:
 
     def __init__(self, files: list[Path]):
         self.files = files
-        counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+        footers = [pq.ParquetFile(f) for f in files]  # each footer read once: row counts and columns
+        self.names = [footer.schema_arrow.names for footer in footers]
+        counts = [footer.metadata.num_rows for footer in footers]
         self.offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
 
     def decision_part(self, i: int) -> pa.Table:
         """The decision columns of file ``i``, with the URL where needed and the global row numbers."""
         f = self.files[i]
-        names = pq.ParquetFile(f).schema_arrow.names
+        names = self.names[i]
         t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names])
         formats = t.column("format") if "format" in t.column_names else None
         if URL_COLUMN in names and (formats is None or formats.null_count):
@@ -210,7 +212,7 @@ def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> p
     """
     rows = _rows(decided)
     file_of = np.searchsorted(records.offsets, rows, side="right") - 1
-    names = pq.ParquetFile(records.files[0]).schema_arrow.names
+    names = records.names[0]
     held = [c for c in DECISION_COLUMNS if c in names]
     rest = [c for c in names if c not in held]
     parts = []
