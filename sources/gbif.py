@@ -456,8 +456,40 @@ def _col(t: pa.Table | _Rows, name: str) -> pa.Array:
 
 
 def _blank_to_null(a: pa.Array) -> pa.Array:
+    """Values trimmed of whitespace; empty ones null.
+
+    Most columns have no value that starts or ends with a byte that might be whitespace (ASCII
+    space or control, or any non-ASCII byte): those keep their buffers and only get nulls where
+    a value is empty. The rest are trimmed by arrow.
+    """
+    fast = _untrimmed_blank_to_null(a)
+    if fast is not None:
+        return fast
     a = pc.utf8_trim_whitespace(a)
     return pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a)
+
+
+def _untrimmed_blank_to_null(a: pa.Array) -> pa.Array | None:
+    """``a`` with its empty values null when no value needs trimming, else ``None``."""
+    if a.type != pa.string() or not len(a):
+        return None
+    validity, offsets, data = a.buffers()
+    n, off = len(a), a.offset
+    ends = np.frombuffer(offsets, np.int32)[off: off + n + 1]
+    lengths = np.diff(ends)
+    present = lengths > 0
+    if data is not None and present.any():
+        raw = np.frombuffer(data, np.uint8)
+        starts = ends[:-1][present]
+        edges = np.concatenate([raw[starts], raw[ends[1:][present] - 1]])
+        if ((edges <= 0x20) | (edges >= 0x7F)).any():
+            return None
+    if a.null_count == 0 and present.all():
+        return a
+    if a.null_count:
+        present &= a.is_valid().to_numpy(zero_copy_only=False)
+    bits = np.packbits(np.concatenate([np.zeros(off, bool), present]), bitorder="little")
+    return pa.StringArray.from_buffers(n, offsets, data, pa.py_buffer(bits), -1, off)
 
 
 def _floats(a: pa.Array) -> tuple[pa.Array, pa.Array]:

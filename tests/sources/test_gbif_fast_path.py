@@ -253,3 +253,20 @@ def test_map_ahead_keeps_the_order_and_raises():
         for y in gbif.map_ahead(slow_first, iter(range(10)), 3):
             got.append(y)
     assert got == [x * 10 for x in range(7)]
+
+
+BLANKISH = st.one_of(st.none(), st.just(""), st.text(max_size=6),
+                     st.sampled_from([" ", " a", "b ", "\t", "x\ny", "\u00a0z", "é", "a b", "\x7f", "\u3000"]))
+
+
+@given(st.lists(BLANKISH, min_size=1, max_size=12), st.integers(0, 3))
+def test_blank_to_null_is_trim_then_empty_to_null(values, skip):
+    import pyarrow.compute as pc
+
+    arr = pa.array(["  skipped "] * skip + values, pa.string()).slice(skip)  # offsets not at 0
+    trimmed = pc.utf8_trim_whitespace(arr)
+    want = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+    got = gbif._blank_to_null(arr)
+    assert got.to_pylist() == want.to_pylist()
+    assert got.null_count == want.null_count
+    assert pc.equal(got, want).to_pylist() == pc.equal(want, want).to_pylist()
