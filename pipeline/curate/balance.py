@@ -54,13 +54,25 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
 
     Rows come out in ``hash(seed, record_id)`` order, or in input order with ``ordered=False``.
     """
-    n = table.num_rows
-    if n == 0:
+    if table.num_rows == 0:
         return StageOutput(table, empty_rejects())
+    keep, order, rejects = balance_rows(table, keys, min_per_taxon, max_per_taxon, seed, stage)
+    if ordered:
+        out = table.take(pa.array(order[keep[order]]))
+    else:
+        out = table if keep.all() else table.filter(pa.array(keep))
+    return StageOutput(out, rejects)
+
+
+def balance_rows(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: int | None,
+                 seed: int, stage: str) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """The decision of :func:`balance` without moving any row: ``(keep mask in input order,
+    the hash order of the rows, rejects)``. Only ``record_id`` of ``table`` is read."""
+    n = table.num_rows
     codes = pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) \
         else pc.dictionary_encode(keys)
     group = np.asarray(codes.indices.to_numpy(zero_copy_only=False), np.int64)
-    sizes = np.bincount(group)
+    sizes = np.bincount(group, minlength=len(codes.dictionary))
     rid = pc.fill_null(_column(table, "record_id"), "")
     # one global order by hash(seed, record_id); a row's rank inside its taxon follows it
     order = order_by_hash(hash_strings(rid, seed=f"cap:{seed}"), rid)
@@ -87,16 +99,9 @@ def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: 
             "reason": pa.repeat(pa.scalar(str(reason), pa.string()), n_rej),
             "detail": pc.take(texts, pa.array(group_o[mask])),
         }, schema=REJECT_SCHEMA))
-    dropped_o = rare | capped
-    if ordered:
-        out = table.take(pa.array(order[~dropped_o]))
-    elif dropped_o.any():
-        keep = np.ones(n, bool)
-        keep[order[dropped_o]] = False
-        out = table.filter(pa.array(keep))
-    else:
-        out = table
-    return StageOutput(out, pa.concat_tables(parts) if parts else empty_rejects())
+    keep = np.ones(n, bool)
+    keep[order[rare | capped]] = False
+    return keep, order, pa.concat_tables(parts) if parts else empty_rejects()
 
 
 def _ranks_within(groups: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,7 +164,9 @@ def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str
 
 def _step(stats: dict, key: str, n_in: int, out: pa.Table, rejects: pa.Table, started: float) -> None:
     check_accounting(STEPS[key], n_in, out.num_rows, rejects.num_rows)
-    reasons = Counter(rejects.column("reason").to_pylist()) if rejects.num_rows else Counter()
+    counts = pc.value_counts(rejects.column("reason").combine_chunks()) if rejects.num_rows else None
+    reasons = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)) \
+        if counts is not None else {}
     stats[key] = {"stage": key, "in": n_in, "out": out.num_rows, "rejected": rejects.num_rows,
                   "rejected_by_reason": dict(sorted(reasons.items())), "runner": "local-fused",
                   "seconds": round(time.perf_counter() - started, 3)}
@@ -194,13 +195,13 @@ def decide(records: _Records, options: Options) -> tuple[pa.Table, dict[str, pa.
         _step(stats, key, before, current, rejects[key], t)
 
     t, before = time.perf_counter(), current.num_rows
-    ctx = StageContext(STEPS["curate-balance"], options, {"ordered": False})
-    # the balance reads a few columns: it filters those, and the kept rows are found by row number
-    narrow = current.select([c for c in (*BALANCE_COLUMNS, _ROW) if c in current.column_names])
-    result = balance_mod.decide_balance(narrow, ctx)
-    rejects["curate-balance"] = result.rejects
-    if result.out.num_rows != current.num_rows:
-        current = current.filter(pa.array(np.isin(_rows(current), _rows(result.out), assume_unique=True)))
+    # the decision of ``decide_balance``, as a mask over the rows: only the kept rows are moved, once
+    narrow = current.select([c for c in BALANCE_COLUMNS if c in current.column_names])
+    keep, _, rejects["curate-balance"] = balance_mod.balance_rows(
+        narrow, balance_mod.taxon_keys(narrow), options.min_per_taxon, options.max_per_taxon, options.seed,
+        STEPS["curate-balance"])
+    if not keep.all():
+        current = current.filter(pa.array(keep))
     _step(stats, "curate-balance", before, current, rejects["curate-balance"], t)
     return current, rejects, extras, stats
 

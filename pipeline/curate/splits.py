@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 UNSEEN_SPLIT = "unseen"
 # chunk files: zstd at a low level (fast to write, small to read every epoch); no dictionary
 # pages for per-record ids and URLs (they never repeat), statistics only where readers filter
-UNIQUE_COLUMNS = ("record_id", "occurrence_id", "media_id", "photo_key", "identifier", "extra")
+UNIQUE_COLUMNS = ("record_id", "occurrence_id", "media_id", "photo_key", "identifier", "references", "extra")
 CHUNK_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=64 * 1024,
                      write_statistics=["split", "cls"])
+# rows gathered at once by the chunk writer (a whole number of chunks): bounds the shuffled copy
+CHUNK_BLOCK_ROWS = 1 << 20
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:
@@ -98,55 +101,59 @@ def _chunk_rows(table: pa.Table, options: Options) -> list[np.ndarray]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def compact_dictionaries(table: pa.Table) -> pa.Table:
-    """Keep in each dictionary column only the values its rows use.
+def _compact(col: pa.DictionaryArray, memo: dict) -> pa.DictionaryArray:
+    """``col`` with only the dictionary values its rows use (same values per row).
 
-    Caption columns share one dictionary of every taxon's captions; a chunk taken from them would
-    otherwise write that whole dictionary (tens of MB) into every file. They also share their
-    indices, so the used codes are found once for all of them.
+    A chunk cut from a split-wide dictionary (every taxon's captions, every genus) would otherwise
+    write that whole dictionary into every file; small dictionaries are kept as they are. Caption
+    columns share their codes, so ``memo`` finds the used codes once for all of them.
     """
-    last: tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array] | None = None
-    for i, field in enumerate(table.schema):
-        if not pa.types.is_dictionary(field.type):
-            continue
-        col = table.column(i).combine_chunks() if table.num_rows else None
-        if col is None or len(col.dictionary) <= len(col):
-            continue
-        codes = np.asarray(pc.fill_null(col.indices, 0).to_numpy(zero_copy_only=False), np.int64)
-        valid = np.asarray(pc.is_valid(col.indices).to_numpy(zero_copy_only=False), bool)
-        if last is not None and np.array_equal(last[0], codes) and np.array_equal(last[1], valid):
-            used, indices = last[2], last[3]
+    n = len(col)
+    if len(col.dictionary) <= n:
+        return col
+    idx = col.indices
+    codes = np.asarray(pc.fill_null(idx, -1).to_numpy(zero_copy_only=False) if idx.null_count
+                       else idx.to_numpy(), np.int64)
+    last = memo.get("last")
+    if last is not None and np.array_equal(last[0], codes):
+        used, indices = last[1], last[2]
+    else:
+        valid = codes >= 0
+        used, inverse = np.unique(codes[valid], return_inverse=True)
+        if valid.all():
+            indices = pa.array(inverse.astype(np.int32))
         else:
-            used, inverse = np.unique(codes, return_inverse=True)
-            indices = pa.array(inverse.astype(np.int32), mask=~valid)
-            last = (codes, valid, used, indices)
-        compact = pa.DictionaryArray.from_arrays(indices, col.dictionary.take(pa.array(used)))
-        table = table.set_column(i, field.name, compact.cast(field.type) if compact.type != field.type else compact)
-    return table
+            full = np.zeros(n, np.int32)
+            full[valid] = inverse
+            indices = pa.array(full, mask=~valid)
+        memo["last"] = (codes, used, indices)
+    return pa.DictionaryArray.from_arrays(indices, col.dictionary.take(pa.array(used)))
 
 
-class _RowTaker:
-    """``table.take(rows)`` for many small row sets of one big table, cheaper than Arrow's own.
+def _chunk_columns(table: pa.Table, pool) -> tuple[pa.Schema, list[pa.Array | None]]:
+    """The split's columns as the chunks write them: ``None`` for a column null throughout (not
+    gathered), dictionaries for the string columns whose values repeat (taxa, vocabularies,
+    captions: gathered as 4-byte codes and encoded by the writer from a chunk's few values), the
+    per-record columns (:data:`UNIQUE_COLUMNS`) as they are. Types follow the column names only,
+    so every chunk of every split has one schema. Columns are prepared on ``pool``'s threads."""
+    n = table.num_rows
 
-    A chunk's rows are scattered over the whole table: each column is gathered at the sorted
-    rows (memory read in one direction) and then put in the chunk's order within the small
-    result, and columns that are null throughout are not gathered at all.
-    """
+    def coded(field: pa.Field) -> bool:
+        return pa.types.is_string(field.type) and field.name not in UNIQUE_COLUMNS
 
-    def __init__(self, table: pa.Table):
-        self.schema = table.schema
-        n = table.num_rows
-        self.columns = [None if c.null_count == n else (c.chunk(0) if c.num_chunks == 1 else c.combine_chunks())
-                        for c in table.columns]
+    def prepare(i: int) -> pa.Array | None:
+        col = table.column(i)
+        if col.null_count == n:
+            return None
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        return pc.dictionary_encode(arr) if coded(table.schema.field(i)) else arr
 
-    def take(self, rows: np.ndarray) -> pa.Table:
-        by_row = np.argsort(rows, kind="stable")
-        place = np.empty(len(rows), np.int64)
-        place[by_row] = np.arange(len(rows))
-        sorted_rows, place = pa.array(rows[by_row]), pa.array(place)
-        cols = [pa.nulls(len(rows), f.type) if c is None else pc.take(pc.take(c, sorted_rows), place)
-                for c, f in zip(self.columns, self.schema, strict=True)]
-        return pa.Table.from_arrays(cols, schema=self.schema)
+    fields = [f.with_type(pa.dictionary(pa.int32(), pa.string())) if coded(f) else f for f in table.schema]
+    return pa.schema(fields, metadata=table.schema.metadata), list(pool.map(prepare, range(table.num_columns)))
+
+
+def _take(col: pa.Array | None, rows: pa.Array) -> pa.Array | None:
+    return None if col is None else pc.take(col, rows)
 
 
 def chunk_path(split: str, index: int) -> str:
@@ -155,22 +162,25 @@ def chunk_path(split: str, index: int) -> str:
 
 def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, options: Options) -> list[str]:
     """Write each split's shuffled chunks under ``root`` (``split=<s>/chunk-<n>.parquet``), each
-    file written to a temporary name and renamed, so a reader never sees a partial chunk."""
+    file written to a temporary name and renamed, so a reader never sees a partial chunk.
+
+    The rows of a block of chunks are gathered column by column (a random gather over the whole
+    split is bound by memory latency: one 4-byte code per row for the repeating columns), then
+    each chunk of the block is a slice, written on its own thread.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     root = Path(root)
-    jobs = []
-    for split in sorted(curated_by_split):
-        table = curated_by_split[split]
-        if table.num_rows:
-            taker = _RowTaker(table)
-            for n, idx in enumerate(_chunk_rows(table, options)):
-                jobs.append((root / chunk_path(split, n), taker, idx))
+    written: list[str] = []
+    size = options.chunk_size
+    per_block = max(1, CHUNK_BLOCK_ROWS // size) * size
 
-    def write(job) -> str:
-        path, taker, idx = job
-        # each chunk gathers its own rows in its thread: no shuffled copy of the whole split
-        chunk = compact_dictionaries(taker.take(idx))
+    def write(job: tuple[Path, pa.Schema, list[pa.Array | None], int]) -> str:
+        path, schema, cols, n = job
+        memo: dict = {}
+        arrays = [pa.nulls(n, f.type) if c is None else (_compact(c, memo) if pa.types.is_dictionary(c.type) else c)
+                  for c, f in zip(cols, schema, strict=True)]
+        chunk = pa.Table.from_arrays(arrays, schema=schema)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         pq.write_table(chunk, tmp, use_dictionary=[c for c in chunk.column_names if c not in UNIQUE_COLUMNS],
@@ -178,6 +188,20 @@ def write_chunks(curated_by_split: Mapping[str, pa.Table], root: str | Path, opt
         os.replace(tmp, path)
         return str(path)
 
-    # Parquet encoding releases the GIL: one writer thread per core
+    # Arrow's gather and Parquet encoding release the GIL: one thread per core
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        return list(pool.map(write, jobs))
+        for split in sorted(curated_by_split):
+            table = curated_by_split[split]
+            if not table.num_rows:
+                continue
+            shuffled = pool.submit(shuffle_order, table, options.seed)
+            schema, columns = _chunk_columns(table, pool)
+            order = shuffled.result()
+            for start in range(0, len(order), per_block):
+                rows = pa.array(order[start:start + per_block])
+                block = list(pool.map(partial(_take, rows=rows), columns))
+                jobs = [(root / chunk_path(split, (start + i) // size), schema,
+                         [None if c is None else c.slice(i, size) for c in block], min(size, len(rows) - i))
+                        for i in range(0, len(rows), size)]
+                written.extend(pool.map(write, jobs))
+    return written

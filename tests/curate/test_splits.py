@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from pipeline.curate.splits import (
     UNSEEN_SPLIT,
-    _RowTaker,
     assign_classes,
     assign_splits,
     chunk_path,
@@ -111,22 +110,41 @@ def test_bad_split_options_fail_early(bad):
         Options(splits=bad)
 
 
+def _plain(table: pa.Table) -> pa.Table:
+    return pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
+                    names=table.column_names)
+
+
 @given(st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=5)), st.one_of(st.none(), st.integers(-9, 9)),
-                          st.sampled_from(["a", "b", None])), min_size=1, max_size=60),
-       st.integers(1, 4), st.data())
-def test_row_taker_equals_arrow_take(rows, pieces, data):
-    """The chunk gatherer gives ``Table.take`` exactly: any row set and order, chunked columns,
-    all-null columns, dictionary columns."""
+                          st.sampled_from(["a", "b", None]), st.text("xyz", max_size=2)), min_size=1, max_size=60),
+       st.integers(1, 4), st.integers(1, 7), st.integers(1, 3), st.data())
+def test_written_chunks_equal_arrow_take(rows, pieces, size, per_block, data):
+    """The chunk writer (dictionary codes, gathered a block of chunks at a time, dictionaries cut to
+    what a chunk uses) writes exactly ``make_chunks``'s ``Table.take`` of the shuffled rows: any
+    rows, chunked columns, nulls, all-null columns, dictionary columns; one schema in every file."""
     n = len(rows)
     table = pa.table({
+        "record_id": pa.array([f"r{i}" for i in range(n)], pa.string()),
         "s": pa.array([r[0] for r in rows], pa.string()),
         "i": pa.array([r[1] for r in rows], pa.int64()),
         "d": pa.array([r[2] for r in rows], pa.string()).dictionary_encode(),
+        "genus": pa.array([r[3] for r in rows], pa.string()),
         "null": pa.nulls(n, pa.string()),
     })
     cut = sorted(data.draw(st.lists(st.integers(0, n), max_size=pieces)))
     bounds = [0, *cut, n]
     table = pa.concat_tables([table.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)])
-    picked = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
-    rows_np = np.asarray(picked, np.int64)
-    assert _RowTaker(table).take(rows_np).equals(table.take(pa.array(rows_np, pa.int64())))
+    opts = Options(chunk_size=size, seed=data.draw(st.integers(0, 3)))
+    import tempfile
+
+    import pipeline.curate.splits as splits_mod
+
+    with tempfile.TemporaryDirectory() as root, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(splits_mod, "CHUNK_BLOCK_ROWS", size * per_block)
+        written = write_chunks({"train": table}, root, opts)
+        got = [pq.read_table(p) for p in written]
+    expected = make_chunks(table, opts)
+    assert len(got) == len(expected) == -(-n // size)
+    assert len({t.schema for t in got}) == 1
+    for g, e in zip(got, expected, strict=True):
+        assert _plain(g).equals(_plain(e))
