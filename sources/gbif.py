@@ -470,20 +470,24 @@ def _blank_to_null(a: pa.Array) -> pa.Array:
 
 
 def _untrimmed_blank_to_null(a: pa.Array) -> pa.Array | None:
-    """``a`` with its empty values null when no value needs trimming, else ``None``."""
+    """``a`` with its empty values null when no value needs trimming, else ``None``.
+
+    The first and last byte of every value are looked at (of an empty value, those of its
+    neighbours, which are looked at anyway): none may be a space, a control or a non-ASCII byte.
+    """
     if a.type != pa.string() or not len(a):
         return None
     validity, offsets, data = a.buffers()
     n, off = len(a), a.offset
     ends = np.frombuffer(offsets, np.int32)[off: off + n + 1]
     lengths = np.diff(ends)
+    if data is not None and ends[-1] > ends[0]:
+        raw = np.frombuffer(data, np.uint8)[:ends[-1]]
+        for at in (ends[:-1], ends[1:] - 1):
+            edge = raw.take(at, mode="clip") - np.uint8(0x21)  # wraps: 0x21..0x7e -> 0..0x5d
+            if (edge > 0x5D).any():
+                return None
     present = lengths > 0
-    if data is not None and present.any():
-        raw = np.frombuffer(data, np.uint8)
-        starts = ends[:-1][present]
-        edges = np.concatenate([raw[starts], raw[ends[1:][present] - 1]])
-        if ((edges <= 0x20) | (edges >= 0x7F)).any():
-            return None
     if a.null_count == 0 and present.all():
         return a
     if a.null_count:
@@ -556,15 +560,18 @@ def _extras(cols: dict[str, pa.Array]) -> pa.Array:
     """:func:`schemas.record.extra_json` of every row, built column-wise.
 
     Rows with a control character in a value (which JSON escapes in several ways) go through
-    ``extra_json`` itself. Each present value becomes ``, "key": "value"`` (quotes and
-    backslashes escaped, when a column has any), the pieces are concatenated, and the leading
-    separator is cut: a row without any value is null.
+    ``extra_json`` itself. Columns without any value are left out; in the others each present
+    value becomes ``, "key": "value"`` (quotes and backslashes escaped, when a column has any),
+    the pieces are concatenated, and the leading separator is cut: a row without any value is
+    null.
     """
     names = sorted(cols)
     pieces = []
     odd = None
     for k in names:
         v = cols[k]
+        if v.null_count == len(v):  # adds nothing to any row
+            continue
         raw = _value_bytes(v)
         if (raw < 0x20).any():
             hit = pc.fill_null(pc.match_substring_regex(v, _CONTROL), False)
@@ -573,6 +580,8 @@ def _extras(cols: dict[str, pa.Array]) -> pa.Array:
             v = pc.replace_substring(pc.replace_substring(v, "\\", "\\\\"), '"', '\\"')
         piece = pc.binary_join_element_wise(pa.scalar(", " + json.dumps(k) + ': "'), v, pa.scalar('"'), "")
         pieces.append(pc.fill_null(piece, ""))
+    if not pieces:
+        return pa.nulls(len(cols[names[0]]) if names else 0, pa.string())
     joined = pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
     out = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 2), "}", "")
     out = pc.if_else(pc.equal(joined, ""), pa.scalar(None, pa.string()), out)
@@ -729,9 +738,40 @@ def _scatter(values: pa.Array, rows: pa.Array, n: int) -> pa.Array:
 
 
 def _lineage(t: pa.Table | _Rows) -> pa.Array:
-    """``kingdom|phylum|...|genus`` from the interpreted ranks, for archives without higherClassification."""
+    """``kingdom|phylum|...|genus`` from the interpreted ranks, for archives without higherClassification.
+
+    Rows share few rank combinations (one per genus at most), so the lineage text is built once
+    per distinct combination and taken for every row.
+    """
     parts = [_blank_to_null(_col(t, f"o_{r}")) for r in ("kingdom", "phylum", "class", "order", "family", "genus")]
-    return _join_present(parts, "|")
+    groups = _distinct_rows(parts)
+    if groups is None:
+        return _join_present(parts, "|")
+    first, inverse = groups
+    return _join_present([p.take(first) for p in parts], "|").take(inverse)
+
+
+def _distinct_rows(parts: list[pa.Array]) -> tuple[pa.Array, pa.Array] | None:
+    """For rows of equal values in every part (nulls equal to nulls): the first row of each
+    group and each row's group; ``None`` when most rows are distinct (nothing to gain)."""
+    n = len(parts[0])
+    if n < 64:
+        return None
+    key = np.zeros(n, np.int64)
+    bound = 1
+    for p in parts:
+        encoded = pc.dictionary_encode(p)
+        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        size = len(encoded.dictionary) + 1
+        if bound * size >= 1 << 62:  # renumber the combinations so far before they overflow
+            _, key = np.unique(key, return_inverse=True)
+            bound = int(key.max()) + 1
+        key = key * size + codes
+        bound *= size
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(first) > n // 2:
+        return None
+    return pa.array(first), pa.array(inverse.reshape(-1))
 
 
 def _join_present(parts: list[pa.Array], sep: str) -> pa.Array:

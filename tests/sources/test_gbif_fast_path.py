@@ -270,3 +270,31 @@ def test_blank_to_null_is_trim_then_empty_to_null(values, skip):
     assert got.to_pylist() == want.to_pylist()
     assert got.null_count == want.null_count
     assert pc.equal(got, want).to_pylist() == pc.equal(want, want).to_pylist()
+
+
+def test_extras_of_all_null_columns_are_null():
+    cols = {"a": pa.nulls(3, pa.string()), "b": pa.array([None, "x", None], pa.string())}
+    assert gbif._extras(cols).to_pylist() == [None, '{"b": "x"}', None]
+    assert gbif._extras({"a": pa.nulls(2, pa.string())}).to_pylist() == [None, None]
+
+
+RANK = st.one_of(st.none(), st.sampled_from(["Animalia", "Plantae", "Apis", "Bombus", "x|y", "é"]))
+
+
+@settings(max_examples=40)
+@given(st.lists(st.tuples(RANK, RANK, RANK), min_size=1, max_size=300))
+def test_lineage_per_distinct_combination_is_join_present_of_each_row(rows):
+    ranks = ("kingdom", "phylum", "class", "order", "family", "genus")
+    cols = {f"o_{r}": pa.array([row[i % 3] for row in rows], pa.string()) for i, r in enumerate(ranks)}
+    t = pa.table(cols)
+    want = gbif._join_present([cols[f"o_{r}"] for r in ranks], "|")
+    assert gbif._lineage(t).to_pylist() == want.to_pylist()
+
+
+def test_distinct_rows_renumbers_before_the_key_overflows():
+    n = 5000
+    parts = [pa.array([f"v{(i // 2) % 2500}-{j}" for i in range(n)], pa.string()) for j in range(6)]
+    first, inverse = gbif._distinct_rows(parts)
+    assert len(first) == 2500
+    joined = [gbif._join_present([p.take(first) for p in parts], "|").take(inverse).to_pylist()]
+    assert joined[0] == gbif._join_present(parts, "|").to_pylist()
