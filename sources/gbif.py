@@ -545,6 +545,7 @@ def _per_unique(a: pa.Array, fn: Callable[[str | None], str | None]) -> pa.Array
 
 
 _CONTROL = r"[\x00-\x1f]"
+_IMAGE_URL = r"\.(jpe?g|png|gif|tiff?|webp|bmp)(\?|$)"
 
 
 def _value_bytes(a: pa.Array) -> np.ndarray:
@@ -631,10 +632,16 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     license_code, license_raw = _pick_license(g("m_license"), g("o_license"), g("o_rights"))
 
     is_image_type = pc.fill_null(pc.is_in(pc.utf8_lower(mtype), pa.array(["stillimage", "image"])), False)
-    looks_image = pc.fill_null(pc.or_(
-        pc.starts_with(pc.utf8_lower(mformat), "image/"),
-        pc.match_substring_regex(pc.utf8_lower(ident), r"\.(jpe?g|png|gif|tiff?|webp|bmp)(\?|$)")), False)
-    still = pc.or_(is_image_type, pc.and_(pc.is_null(mtype), looks_image))
+    # without a type, a row is a still image when its format and URL look like one: only rows
+    # with a format and a URL can, so only those are looked at
+    untyped = pc.and_(pc.is_null(mtype), pc.and_(pc.is_valid(mformat), pc.is_valid(ident)))
+    if pc.any(untyped).as_py():
+        rows = pc.indices_nonzero(untyped)
+        looks_image = pc.or_(pc.starts_with(pc.utf8_lower(mformat.take(rows)), "image/"),
+                             pc.match_substring_regex(pc.utf8_lower(ident.take(rows)), _IMAGE_URL))
+        still = pc.or_(is_image_type, pc.fill_null(_scatter(looks_image, rows, n), False))
+    else:
+        still = is_image_type
     out_of_range = pc.fill_null(pc.or_(
         pc.or_(pc.less(lat, -90.0), pc.greater(lat, 90.0)),
         pc.or_(pc.less(lon, -180.0), pc.greater(lon, 180.0))), False)

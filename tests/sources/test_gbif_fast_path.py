@@ -298,3 +298,39 @@ def test_distinct_rows_renumbers_before_the_key_overflows():
     assert len(first) == 2500
     joined = [gbif._join_present([p.take(first) for p in parts], "|").take(inverse).to_pylist()]
     assert joined[0] == gbif._join_present(parts, "|").to_pylist()
+
+
+MEDIA_TYPE = st.one_of(st.none(), st.sampled_from(["", " ", "StillImage", "image", "Sound", "MovingImage", " stillimage "]))
+MEDIA_FORMAT = st.one_of(st.none(), st.sampled_from(["", "image/jpeg", "IMAGE/png", "audio/mp3", "text/html"]))
+MEDIA_URL = st.one_of(st.none(), st.sampled_from(["", " ", "http://x.org/a.jpg", "http://x.org/a.JPEG?s=1",
+                                                   "http://x.org/page", "http://x.org/a.png.html", "x.tif"]))
+
+
+@settings(max_examples=60)
+@given(st.lists(st.tuples(MEDIA_TYPE, MEDIA_FORMAT, MEDIA_URL), min_size=1, max_size=20))
+def test_still_image_test_is_type_else_format_or_url(rows):
+    import re
+
+    def blank(v):
+        return v.strip() or None if v is not None else None
+
+    def still(mtype, mformat, url):
+        mtype, mformat, url = blank(mtype), blank(mformat), blank(url)
+        if mtype is not None:
+            return mtype.lower() in ("stillimage", "image")
+        return mformat is not None and url is not None and (
+            mformat.lower().startswith("image/") or bool(re.search(r"\.(jpe?g|png|gif|tiff?|webp|bmp)(\?|$)", url.lower())))
+
+    n = len(rows)
+    t = pa.table({"o__id": pa.array([str(i) for i in range(n)]), "o_license": pa.array(["CC0"] * n),
+                  "m_type": pa.array([r[0] for r in rows], pa.string()),
+                  "m_format": pa.array([r[1] for r in rows], pa.string()),
+                  "m_identifier": pa.array([r[2] for r in rows], pa.string()),
+                  "m_row": pa.array(range(n), pa.int64())})
+    out = gbif.adapt(t, Options(keep_unknown_license=True))
+    reasons = dict(zip(out.rejects.column("record_id").to_pylist(), out.rejects.column("reason").to_pylist(), strict=True))
+    ids = gbif.record_ids(pa.array([f"{i}/{r[2].strip() if r[2] and r[2].strip() else None}" for i, r in enumerate(rows)]))
+    for i, (rid, r) in enumerate(zip(ids.to_pylist(), rows, strict=True)):
+        if blank(r[2]) is None:
+            continue  # no image: rejected before the still-image test
+        assert (reasons.get(rid) == "not_still_image") == (not still(*r)), (i, r)
