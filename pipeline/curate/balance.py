@@ -21,7 +21,8 @@ def _column(table: pa.Table, name: str, type_=pa.string()) -> pa.Array:
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type_)
     col = table.column(name)
-    return col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
 
 
 def taxon_keys(batch: pa.Table, ctx: StageContext | None = None) -> pa.Array:

@@ -34,6 +34,8 @@ def _column(table: pa.Table, name: str) -> pa.Array:
         return pa.nulls(table.num_rows, pa.string())
     col = table.column(name)
     col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
     col = pc.utf8_trim_whitespace(col)
     return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
 

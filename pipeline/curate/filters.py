@@ -53,11 +53,15 @@ class Filter:
     fn: Callable[[pa.Table, Options], tuple[np.ndarray, Detail]]
 
 
-def _col(table: pa.Table, name: str, type_: pa.DataType = pa.string()) -> pa.Array:
+def _col(table: pa.Table, name: str, type_: pa.DataType = pa.string(), dictionary: bool = False) -> pa.Array:
+    """Column ``name`` as one array of ``type_``; with ``dictionary``, a dictionary column of
+    ``type_`` values is returned as it is (the vocabulary filters work on its values)."""
     if name not in table.column_names:
         return pa.nulls(table.num_rows, type_)
     col = table.column(name)
     col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    if dictionary and pa.types.is_dictionary(col.type) and col.type.value_type == type_:
+        return col
     return col if col.type == type_ else pc.cast(col, type_)
 
 
@@ -71,7 +75,7 @@ def _distinct(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
     Vocabulary columns (licence, basis, status) hold a handful of values over millions of rows:
     string kernels run on the distinct values and the answers are gathered back by index.
     """
-    enc = pc.dictionary_encode(col)
+    enc = col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col)
     idx = np.asarray(pc.fill_null(enc.indices, len(enc.dictionary)).to_numpy(zero_copy_only=False), np.int64)
     return enc.dictionary, idx
 
@@ -106,7 +110,7 @@ def license_family(codes: pa.Array) -> pa.Array:
 
 
 def refuse_license(table: pa.Table, options: Options):
-    values, idx = _distinct(_col(table, "license"))
+    values, idx = _distinct(_col(table, "license", dictionary=True))
     ok = _mask(pc.is_in(license_family(values), pa.array(sorted(license_families(options)), pa.string())))
     bad = ~_gather(ok, False, idx)
     return bad, _describe(values.to_pylist(), idx, "license {} not allowed", "license missing")
@@ -126,7 +130,7 @@ def excluded_basis(options: Options) -> set[str]:
 
 
 def refuse_basis(table: pa.Table, options: Options):
-    values, idx = _distinct(_col(table, "basis_of_record"))
+    values, idx = _distinct(_col(table, "basis_of_record", dictionary=True))
     basis = normalise_basis(values)
     bad = _gather(_mask(pc.is_in(basis, pa.array(sorted(excluded_basis(options)), pa.string()))), False, idx)
     return bad, _describe(basis.to_pylist(), idx, "basis of record {}", "")
@@ -147,7 +151,7 @@ def refuse_non_living(table: pa.Table, options: Options):
 def refuse_lineage(table: pa.Table, options: Options):
     depth = RANKS.index(options.min_rank) + 1
     needed = RANKS[:depth] if options.require_all_ranks else ("kingdom", options.min_rank)
-    missing = {r: _mask(pc.is_null(_empty_to_null(_col(table, r)))) for r in dict.fromkeys(needed)}
+    missing = {r: _blank(_col(table, r, dictionary=True)) for r in dict.fromkeys(needed)}
     bad = np.zeros(table.num_rows, bool)
     for m in missing.values():
         bad |= m
@@ -159,6 +163,14 @@ def refuse_lineage(table: pa.Table, options: Options):
                 for i in pos.tolist()]
 
     return bad, detail
+
+
+def _blank(col: pa.Array) -> np.ndarray:
+    """Rows that are null or whitespace only (a dictionary column is tested on its values)."""
+    if pa.types.is_dictionary(col.type):
+        values, idx = _distinct(col)
+        return _gather(_mask(pc.is_null(_empty_to_null(values))), True, idx)
+    return _mask(pc.is_null(_empty_to_null(col)))
 
 
 def _empty_to_null(col: pa.Array) -> pa.Array:
@@ -192,7 +204,7 @@ def _refuse_vocabulary(column: str, option: str, label: str):
         allowed = getattr(options, option)
         if allowed is None:
             return _none(table.num_rows)
-        values, idx = _distinct(_col(table, column))
+        values, idx = _distinct(_col(table, column, dictionary=True))
         norm = pc.utf8_lower(pc.utf8_trim_whitespace(values))
         ok = _mask(pc.is_in(norm, pa.array(sorted(v.lower() for v in allowed), pa.string())))
         return ~_gather(ok, True, idx), _describe(values.to_pylist(), idx, f"{label} {{}}", "")
@@ -209,7 +221,7 @@ def normalise_format(values: pa.Array) -> pa.Array:
 
 
 def refuse_image_type(table: pa.Table, options: Options):
-    values, idx = _distinct(_col(table, "format"))
+    values, idx = _distinct(_col(table, "format", dictionary=True))
     fmt = normalise_format(values)
     allowed = pa.array(sorted(f.lower() for f in options.image_formats), pa.string())
     bad_fmt = _gather(~_mask(pc.is_in(fmt, allowed)), False, idx)

@@ -64,6 +64,11 @@ class _Records:
         self.files = files
         footers = [pq.ParquetFile(f) for f in files]  # each footer read once: row counts and columns
         self.names = [footer.schema_arrow.names for footer in footers]
+        # string columns whose values repeat (taxa, vocabularies) are read as dictionaries: cheaper
+        # to decode, filter and gather, and the chunks write them so; decoded where text is needed
+        self.coded = [[f.name for f in footer.schema_arrow if pa.types.is_string(f.type)
+                       and f.name not in splits_mod.UNIQUE_COLUMNS]
+                      for footer in footers]
         counts = [footer.metadata.num_rows for footer in footers]
         self.offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
 
@@ -71,10 +76,11 @@ class _Records:
         """The decision columns of file ``i``, with the URL where needed and the global row numbers."""
         f = self.files[i]
         names = self.names[i]
-        t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names])
+        t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names], read_dictionary=self.coded[i],
+                          use_threads=False)  # the files are read a thread per core
         formats = t.column("format") if "format" in t.column_names else None
         if URL_COLUMN in names and (formats is None or formats.null_count):
-            url = pq.read_table(f, columns=[URL_COLUMN]).column(URL_COLUMN)
+            url = pq.read_table(f, columns=[URL_COLUMN], use_threads=False).column(URL_COLUMN)
         else:
             url = pa.nulls(t.num_rows, pa.string())
         t = t.append_column(URL_COLUMN, url.cast(pa.string()))
@@ -219,7 +225,7 @@ def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> p
     parts = []
     for i in np.unique(file_of).tolist():
         pos = rows[file_of == i] - records.offsets[i]
-        part = pq.read_table(records.files[i], columns=rest)
+        part = pq.read_table(records.files[i], columns=rest, read_dictionary=records.coded[i])
         parts.append(part if len(pos) == part.num_rows else part.take(pa.array(pos)))
     read = pa.concat_tables(parts, promote_options="default")
     table = pa.Table.from_arrays([decided.column(c) if c in held else read.column(c) for c in names],
