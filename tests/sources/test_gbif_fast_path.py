@@ -334,3 +334,21 @@ def test_still_image_test_is_type_else_format_or_url(rows):
         if blank(r[2]) is None:
             continue  # no image: rejected before the still-image test
         assert (reasons.get(rid) == "not_still_image") == (not still(*r)), (i, r)
+
+
+def test_a_line_longer_than_a_parse_block_is_read(tmp_path):
+    long_value = b"y" * (3 * dwca.PARSE_BLOCK_BYTES)
+
+    def damage(lines):
+        f = lines[3].split(b"\t")
+        f[173] = long_value  # scientificName
+        lines[3] = b"\t".join(f)
+        lines[9] = lines[9] + b"\textra"  # a ragged row too: reported once, not once per parse
+
+    a = open_archive(rewrite(SAMPLE, tmp_path / "x.zip", {"occurrence.txt": _edit_lines(damage)}))
+    rows, bad = [], []
+    for b in read_file(a, a.core, ["gbifID", "scientificName"]):
+        rows.extend(b.table.column("scientificName").to_pylist())
+        bad.extend(b.bad)
+    assert len(rows) == 469 and rows.count(long_value.decode()) == 1
+    assert [b.reason for b in bad] == ["malformed_row"] and "(line 10)" in bad[0].detail
