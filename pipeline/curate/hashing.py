@@ -11,6 +11,7 @@ hashing millions of ids costs a fraction of a second.
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -136,7 +137,9 @@ def order_by_hash(h: np.ndarray, keys: pa.Array) -> np.ndarray:
     never depends on file or row order. Equal keys (same text) may come in any order: callers
     use this where keys are unique or where such rows are interchangeable.
     """
-    order = np.argsort(h, kind="stable")
+    # a stable sort (equal hashes keep their input order before the text tie-break), on every core
+    order = pl.DataFrame({"h": h}).with_row_index().sort("h", maintain_order=True)["index"].to_numpy() \
+        .astype(np.int64, copy=False) if len(h) else np.zeros(0, np.int64)
     hs = h[order]
     ties = np.nonzero(hs[1:] == hs[:-1])[0]
     if ties.size:

@@ -211,3 +211,28 @@ def test_all_filters_first_reason_wins_and_counts_add_up():
 def test_empty_batch():
     kept, rej = apply_filters(from_rows([]), Options())
     assert kept.num_rows == rej.num_rows == 0
+
+
+def _as_dictionaries(table: pa.Table, names: list[str]) -> pa.Table:
+    return pa.table([pc.dictionary_encode(c) if n in names else c for n, c in zip(table.column_names, table.columns,
+                                                                                   strict=True)],
+                    names=table.column_names)
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    return pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
+                    names=table.column_names)
+
+
+@pytest.mark.parametrize("options", [Options(), Options(allow_nc=True, keep_specimens=True, keep_non_living=True),
+                                     Options(min_rank="genus", require_all_ranks=True, quality_grades=("research",))])
+def test_dictionary_columns_decide_as_plain_text(options):
+    """The fused curate reads repeating text columns as dictionaries: every filter decides and
+    describes those rows exactly as it does on plain text (real samples, blank ranks included)."""
+    table = from_rows(dwca_rows() + search_rows())
+    names = [f.name for f in table.schema if pa.types.is_string(f.type) and f.name not in ("record_id", "identifier")]
+    kept, rej = apply_filters(table, options)
+    kept_d, rej_d = apply_filters(_as_dictionaries(table, names), options)
+    assert _plain(kept_d).equals(kept)
+    assert rej_d.equals(rej)
+    assert rej.num_rows > 0
