@@ -34,7 +34,7 @@ from pydantic import Field
 from schemas import Reason, empty_rejects, make_record_id, make_rejects
 from schemas.record import extra_json
 from sources.base import IngestBatch, SourceOptions
-from sources.http import HttpClient, HttpError
+from sources.http import USER_AGENT, HttpClient, HttpError
 from sources.ifcb import parse_adc, parse_bin_name
 from sources.localuri import zip_uri
 
@@ -59,6 +59,7 @@ class IfcbDashboardOptions(SourceOptions):
     rate: float = Field(2.0, gt=0, description="requests per second to the dashboard")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
     max_retries: int = Field(5, ge=0, description="retries of a transient failure (429, 5xx, timeout)")
+    user_agent: str = Field(USER_AGENT, description="User-Agent sent with every request to the dashboard")
 
 
 def split_dashboard_input(input: str | None, options: IfcbDashboardOptions) -> tuple[str, str]:
@@ -106,8 +107,9 @@ def _coordinate(value, bound: float) -> float | None:
 
 
 def make_client(options: IfcbDashboardOptions) -> HttpClient:
+    """The polite client of a dashboard (full URLs: the dashboard root comes from INPUT or the options)."""
     return HttpClient(rate=options.rate, burst=max(1.0, options.rate), max_retries=options.max_retries,
-                      timeout_s=options.timeout_s)
+                      timeout_s=options.timeout_s, user_agent=options.user_agent)
 
 
 class IfcbDashboardConnector:
@@ -118,12 +120,21 @@ class IfcbDashboardConnector:
 
     def __init__(self, client_factory=make_client):
         self.client_factory = client_factory
+        self._clients: dict[str, HttpClient] = {}
+
+    def client(self, options: IfcbDashboardOptions) -> HttpClient:
+        """One client per options in this process: the rate holds across the bins a worker reads,
+        instead of every bin starting with a full burst."""
+        key = options.model_dump_json()
+        if key not in self._clients:
+            self._clients[key] = self.client_factory(options)
+        return self._clients[key]
 
     def tasks(self, input: str | None, options: IfcbDashboardOptions) -> list[str]:
         """Every bin of the dataset as ``{base}/api/bin/{pid}?dataset={dataset}``, in pid order."""
         base, dataset = split_dashboard_input(input, options)
         params = {k: v for k, v in (("start_date", options.start_date), ("end_date", options.end_date)) if v}
-        client = self.client_factory(options)
+        client = self.client(options)
         resp = client.get(f"{base}/api/export_metadata/{quote(dataset)}", params=params)
         rows = parse_export_metadata(resp.text)
         pids = sorted({(r.get("pid") or "").strip().rsplit("/", 1)[-1] for r in rows})
@@ -142,7 +153,7 @@ class IfcbDashboardConnector:
         if name is None:
             yield _bin_reject(pid, Reason.MALFORMED_ROW, f"{pid!r} is not an IFCB bin pid")
             return
-        client = self.client_factory(options)
+        client = self.client(options)
         try:
             details = client.get(f"{base}/api/bin/{quote(pid)}", params={"include_coordinates": "false"}).json()
         except HttpError as e:

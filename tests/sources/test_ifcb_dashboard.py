@@ -88,6 +88,7 @@ class Dashboard:
     def __init__(self, skip: set[str] = frozenset(), fail_once: set[str] = frozenset(), drop: set[int] = frozenset()):
         self.skip, self.fail_once, self.drop = set(skip), set(fail_once), set(drop)
         self.paths: list[str] = []
+        self.agents: set[str] = set()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -112,6 +113,7 @@ class Dashboard:
             def do_GET(self):
                 path = urlsplit(self.path).path
                 dash.paths.append(path)
+                dash.agents.add(self.headers.get("User-Agent", ""))
                 if path in dash.fail_once:
                     dash.fail_once.discard(path)
                     return self.send(503, b"busy", "text/plain")
@@ -203,6 +205,26 @@ def test_bins_listed_by_export_metadata_and_read_as_png_urls(dashboard):
     assert np.array_equal(np.array(Image.open(io.BytesIO(png))), raw)
     # the 503 on the first /api/bin call was retried
     assert dashboard.paths.count("/api/bin/D20220522T000439_IFCB134") == 2
+
+
+def test_the_real_client_names_itself_and_keeps_its_rate():
+    """``make_client`` (what ``make ingest SOURCE=ifcb_dashboard`` uses) sends the configured
+    User-Agent on every request and spaces requests at the configured rate."""
+    import time
+
+    with Dashboard() as d:
+        options = IfcbDashboardOptions(rate=4.0, user_agent="biocorpus-test/1 (+mailto:lab@example.org)")
+        connector = IfcbDashboardConnector()
+        started = time.monotonic()
+        tasks = connector.tasks(f"{d.url}/api/export_metadata/mvco", options)
+        for task in tasks:
+            for _ in connector.read(task, options):
+                pass
+        elapsed = time.monotonic() - started
+    assert d.agents == {"biocorpus-test/1 (+mailto:lab@example.org)"}
+    assert len(d.paths) >= 3
+    # one token bucket (burst = rate) for every bin this process reads: past the burst, 1 / rate each
+    assert elapsed >= (len(d.paths) - 4) / 4.0 * 0.9
 
 
 def test_zip_mode_caches_each_bin_zip_and_rejects_missing_pngs(tmp_path):
