@@ -228,9 +228,12 @@ def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> p
         part = pq.read_table(records.files[i], columns=rest, read_dictionary=records.coded[i])
         parts.append(part if len(pos) == part.num_rows else part.take(pa.array(pos)))
     read = pa.concat_tables(parts, promote_options="default")
-    table = pa.Table.from_arrays([decided.column(c) if c in held else read.column(c) for c in names],
-                                 schema=pa.schema([decided.schema.field(c) if c in held else read.schema.field(c)
-                                                   for c in names]))
+    columns = [decided.column(c) if c in held else read.column(c) for c in names]
+    # each file brought its own dictionaries: unified once here, not by every step that combines them
+    columns = [pa.chunked_array([c.combine_chunks()]) if pa.types.is_dictionary(c.type) and c.num_chunks > 1 else c
+               for c in columns]
+    table = pa.Table.from_arrays(columns, schema=pa.schema([decided.schema.field(c) if c in held
+                                                            else read.schema.field(c) for c in names]))
     if extras:
         idx = table.column_names.index("extra")
         mask = np.isin(rows, np.fromiter(extras, np.int64, len(extras)))
