@@ -698,7 +698,7 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     keep = pc.is_null(reason)
     rejected = pc.invert(keep)
     if pc.any(rejected).as_py():
-        rejects = pa.table({"record_id": pc.filter(ids, rejected), "stage": pa.array([STAGE] * pc.sum(rejected).as_py()),
+        rejects = pa.table({"record_id": pc.filter(ids, rejected), "stage": pa.repeat(pa.scalar(STAGE), pc.sum(rejected).as_py()),
                             "reason": pc.filter(reason, rejected), "detail": pc.filter(detail, rejected)},
                            schema=REJECT_SCHEMA)
     else:
@@ -721,7 +721,7 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     coords_null = lambda a: pc.if_else(take(bad_coords), pa.scalar(None, pa.float64()), take(a))  # noqa: E731
     records = pa.table({
         "record_id": take(ids),
-        "source": pa.array([SOURCE] * kept, pa.string()),
+        "source": pa.repeat(pa.scalar(SOURCE, pa.string()), kept),
         "source_dataset": gk("o_datasetKey"),
         "occurrence_id": pc.coalesce(gk("o_occurrenceID"), take(gbif_id)),
         "media_id": take(media_ids),
