@@ -672,29 +672,42 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
 
     media_row = t.column("m_row") if "m_row" in t.column_names else pa.nulls(n, pa.int64())
     no_media = pc.is_null(media_row)
-    tests: list[tuple[pa.Array, str, Callable[[], pa.Array]]] = [
+    # each test explains the rows it rejects (computed on those rows only)
+    tests: list[tuple[pa.Array, str, Callable[[pa.Array], pa.Array]]] = [
         (pc.equal(basis, "MATERIAL_CITATION"), Reason.MATERIAL_CITATION,
-         lambda: pa.array(["basisOfRecord MATERIAL_CITATION"] * n, pa.string())),
+         lambda rows: pa.repeat(pa.scalar("basisOfRecord MATERIAL_CITATION"), len(rows))),
         (pc.is_null(ident), Reason.NO_IMAGE,
-         lambda: pc.if_else(no_media, "occurrence has no media", "media row has no identifier URL")),
+         lambda rows: pc.if_else(no_media.take(rows), "occurrence has no media", "media row has no identifier URL")),
         (pc.invert(still), Reason.NOT_STILL_IMAGE,
-         lambda: _repr_pairs(mtype, mformat, "media type {}, format {}")),
+         lambda rows: _repr_pairs(mtype.take(rows), mformat.take(rows), "media type {}, format {}")),
         (bad_coords, Reason.BAD_COORDINATES,
-         lambda: _repr_pairs(lat_raw, lon_raw, "decimalLatitude={} decimalLongitude={}")),
+         lambda rows: _repr_pairs(lat_raw.take(rows), lon_raw.take(rows), "decimalLatitude={} decimalLongitude={}")),
     ]
     if not options.keep_unknown_license:
         tests.append((pc.equal(license_code, "unknown"), Reason.UNKNOWN_LICENSE,
-                      lambda: _per_unique(license_raw, lambda v: f"licence {v!r} not recognised" if v
-                                          else "no licence given")))
-    reason = pa.nulls(n, pa.string())
-    detail = pa.nulls(n, pa.string())
-    for mask, why, explain in reversed(tests):  # the first test that applies wins
+                      lambda rows: _per_unique(license_raw.take(rows), lambda v: f"licence {v!r} not recognised"
+                                               if v else "no licence given")))
+    # the first test that applies wins: applied last to first, each overwriting, then one take
+    which = np.full(n, -1, np.int64)  # row -> its detail among the explained rows
+    test_of = np.full(n, -1, np.int64)  # row -> the test that rejects it
+    details: list[pa.Array] = []
+    explained = 0
+    for k in reversed(range(len(tests))):
+        mask, _, explain = tests[k]
         mask = pc.fill_null(mask, False)
         if pc.any(mask).as_py():
             rows = pc.indices_nonzero(mask)
-            sub_detail = pc.take(explain(), rows) if len(rows) < n else explain()
-            detail = pc.if_else(mask, _scatter(sub_detail, rows, n), detail)
-            reason = pc.if_else(mask, pa.scalar(str(why)), reason)
+            details.append(explain(rows))
+            at = rows.to_numpy()
+            which[at] = np.arange(explained, explained + len(at))
+            test_of[at] = k
+            explained += len(at)
+    if details:
+        detail = pc.take(pa.concat_arrays(details), pa.array(which, mask=which < 0))
+        reason = pc.take(pa.array([str(why) for _, why, _ in tests], pa.string()),
+                         pa.array(test_of, mask=test_of < 0))
+    else:
+        detail = reason = pa.nulls(n, pa.string())
     keep = pc.is_null(reason)
     rejected = pc.invert(keep)
     if pc.any(rejected).as_py():
