@@ -139,7 +139,8 @@ def _chunk_columns(table: pa.Table, pool) -> tuple[pa.Schema, list[pa.Array | No
     n = table.num_rows
 
     def coded(field: pa.Field) -> bool:
-        return pa.types.is_string(field.type) and field.name not in UNIQUE_COLUMNS
+        # ``split`` stays text: readers of the folder get it from the hive path (split=<s>/) as text too
+        return pa.types.is_string(field.type) and field.name not in (*UNIQUE_COLUMNS, "split")
 
     def prepare(i: int) -> pa.Array | None:
         col = table.column(i)
