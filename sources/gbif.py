@@ -633,11 +633,43 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     Reasons, first that applies: material citation, no image, not a still image, bad
     coordinates, unknown licence (unless kept). Column-wise throughout: Python runs once per
     row only for the record id hash, else once per distinct value.
+
+    Rows without an image URL (often most of an archive: occurrences without media) can only
+    be rejected, as material citations or for having no image: they are told apart by their
+    basisOfRecord alone, and only the rows with a URL go through every test.
     """
     n = t.num_rows
     if n == 0:
         return IngestBatch(records=pa.table({}), rejects=empty_rejects())
     t = _Rows.of(t) if isinstance(t, pa.Table) else t
+    no_url = pc.is_null(_blank_to_null(_col(t, "m_identifier")))
+    if not pc.any(no_url).as_py():
+        return _adapt_rows(t, options)[0]
+    without = t.filter(no_url)
+    gid_text = pc.fill_null(_blank_to_null(_col(without, "o__id")), "None")
+    material = pc.fill_null(pc.equal(_blank_to_null(_col(without, "o_basisOfRecord")), "MATERIAL_CITATION"), False)
+    no_media = (pc.is_null(without.column("m_row")) if "m_row" in without.column_names
+                else pa.repeat(pa.scalar(True), without.num_rows))
+    rejects = pa.table({
+        "record_id": record_ids(pc.binary_join_element_wise("occurrence", gid_text, "/")),
+        "stage": pa.repeat(pa.scalar(STAGE), without.num_rows),
+        "reason": pc.if_else(material, str(Reason.MATERIAL_CITATION), str(Reason.NO_IMAGE)),
+        "detail": pc.if_else(material, "basisOfRecord MATERIAL_CITATION",
+                             pc.if_else(no_media, "occurrence has no media", "media row has no identifier URL")),
+    }, schema=REJECT_SCHEMA)
+    if without.num_rows == n:
+        return IngestBatch(records=pa.table({}), rejects=rejects)
+    no_url_np = no_url.to_numpy(zero_copy_only=False)
+    with_url, url_rejected = _adapt_rows(t.filter(pc.invert(no_url)), options)
+    # both sets of rejects, in row order
+    at = np.concatenate([np.flatnonzero(no_url_np), np.flatnonzero(~no_url_np)[url_rejected]])
+    both = pa.concat_tables([rejects, with_url.rejects]).combine_chunks()
+    return IngestBatch(records=with_url.records, rejects=both.take(pa.array(np.argsort(at, kind="stable"))))
+
+
+def _adapt_rows(t: _Rows, options: Options) -> tuple[IngestBatch, np.ndarray]:
+    """:func:`adapt` of every row through every test, and which rows were rejected."""
+    n = t.num_rows
     g = lambda name: _blank_to_null(_col(t, name))  # noqa: E731
     gbif_id = g("o__id")
     ident = g("m_identifier")
@@ -717,8 +749,9 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     else:
         rejects = REJECT_SCHEMA.empty_table()
     kept = pc.sum(keep).as_py() or 0
+    rejected_np = rejected.to_numpy(zero_copy_only=False)
     if not kept:
-        return IngestBatch(records=pa.table({}), rejects=rejects)
+        return IngestBatch(records=pa.table({}), rejects=rejects), rejected_np
 
     take = lambda a: pc.filter(a, keep)  # noqa: E731
     kept_rows = t.filter(keep)
@@ -767,7 +800,7 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
         "sex": gk("o_sex"),
         "extra": _extras(extra_cols),
     })
-    return IngestBatch(records=records, rejects=rejects)
+    return IngestBatch(records=records, rejects=rejects), rejected_np
 
 
 def _scatter(values: pa.Array, rows: pa.Array, n: int) -> pa.Array:

@@ -352,3 +352,32 @@ def test_a_line_longer_than_a_parse_block_is_read(tmp_path):
         bad.extend(b.bad)
     assert len(rows) == 469 and rows.count(long_value.decode()) == 1
     assert [b.reason for b in bad] == ["malformed_row"] and "(line 10)" in bad[0].detail
+
+
+JOINED_ROW = st.fixed_dictionaries({
+    "o__id": st.sampled_from(["1", "22", " 3 ", "", None]),
+    "o_basisOfRecord": st.sampled_from(["HUMAN_OBSERVATION", "MATERIAL_CITATION", " ", None]),
+    "o_decimalLatitude": st.sampled_from(["12.5", "-91", "abc", "", None]),
+    "o_decimalLongitude": st.sampled_from(["12.5", "181", "", None]),
+    "o_license": st.sampled_from(["CC_BY_4_0", "", None, "weird"]),
+    "m_type": st.sampled_from(["StillImage", "Sound", "", None]),
+    "m_format": st.sampled_from(["image/jpeg", "audio/mp3", None]),
+    "m_identifier": st.sampled_from(["http://x.org/a.jpg", "http://x.org/page", "", " ", None]),
+    "o_recordedBy": st.sampled_from(['a "q"', "\x01ctl", None]),
+    "m_row": st.sampled_from([1, None]),
+})
+
+
+@settings(max_examples=60)
+@given(st.lists(JOINED_ROW, min_size=1, max_size=25), st.booleans())
+def test_rows_without_a_url_are_rejected_as_every_test_would(rows, keep_unknown):
+    t = pa.Table.from_pylist(rows, schema=pa.schema(
+        [(k, pa.int64() if k == "m_row" else pa.string()) for k in rows[0]]))
+    options = Options(keep_unknown_license=keep_unknown)
+    got = gbif.adapt(t, options)
+    want, _ = gbif._adapt_rows(gbif._Rows.of(t), options)
+    assert got.rejects.equals(want.rejects)
+    assert got.records.num_rows == want.records.num_rows
+    if want.records.num_rows:
+        assert got.records.equals(want.records)
+    assert got.records.num_rows + got.rejects.num_rows == len(rows)
