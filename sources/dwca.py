@@ -792,44 +792,71 @@ def read_ahead(items: Iterator, depth: int = 1, name: str = "read-ahead") -> Ite
 
     The producer's work overlaps the consumer's wherever either releases the GIL (inflating,
     arrow's parser and compute do). An exception in the producer is raised at the consumer's
-    next item; closing the returned iterator stops the producer and closes ``items``.
+    next item; closing the returned iterator stops the producer and closes ``items``. The
+    thread starts at the first item asked for; :class:`Prefetch` starts it at once.
     """
-    out: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-    stop = threading.Event()
-    done = object()
+    ahead = Prefetch(items, depth, name)
+    try:
+        yield from ahead
+    finally:
+        ahead.close()
 
-    def put(item) -> bool:
-        while not stop.is_set():
+
+class Prefetch:
+    """:func:`read_ahead` whose producer thread starts when it is made, not at the first item.
+
+    Iterate it once; :meth:`close` (also after an early stop, or an error) stops the producer
+    and closes ``items``.
+    """
+
+    _DONE = object()
+
+    def __init__(self, items: Iterator, depth: int = 1, name: str = "prefetch"):
+        self._items = items
+        self._out: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._finished = False
+        self._worker = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._worker.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
             try:
-                out.put(item, timeout=0.05)
+                self._out.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
         try:
-            for item in items:
-                if not put((item, None)):
+            for item in self._items:
+                if not self._put((item, None)):
                     return
-            put((done, None))
+            self._put((self._DONE, None))
         except BaseException as exc:  # handed to the consumer, which raises it
-            put((done, exc))
+            self._put((self._DONE, exc))
         finally:
-            close = getattr(items, "close", None)
+            close = getattr(self._items, "close", None)
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, exc = out.get()
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        item, exc = self._out.get()
+        if item is self._DONE:
+            self._finished = True
+            self.close()
             if exc is not None:
                 raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        self._stop.set()
+        self._worker.join()

@@ -32,7 +32,7 @@ from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import IngestBatch
-from sources.dwca import DwcaError, open_archive, read_ahead, read_file
+from sources.dwca import DwcaError, Prefetch, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
 from sources.licenses import normalise_license_column
 from sources.photokey import hex_digests, photo_keys
@@ -151,19 +151,26 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     batch, so memory holds one occurrence batch and the media. Media larger than
     ``join_memory_mb`` is partitioned with the core by key hash into spill files under a
     temporary folder and joined partition by partition instead. The core is read one batch
-    ahead in a background thread, so its inflating and parsing overlap the join and the adapter,
-    which work on ``ADAPT_THREADS`` batches at once (in memory).
+    ahead in a background thread started before the media is read, so its inflating and parsing
+    overlap reading the media, the join and the adapter, which work on ``ADAPT_THREADS`` batches
+    at once (in memory).
     """
     try:
         archive = open_archive(path)
     except DwcaError as exc:
         raise DwcaError(f"gbif: {exc}") from exc
     media_spec = archive.extension("Multimedia")
-    core = _prefixed(archive, archive.core, OCCURRENCE_COLUMNS, "o_", options)
+    # the core is read from now on, one batch ahead, so its start overlaps reading the media
+    with closing(Prefetch(_prefixed(archive, archive.core, OCCURRENCE_COLUMNS, "o_", options), 1,
+                          "gbif-core")) as ahead:
+        yield from _join_archive(archive, media_spec, ahead, options)
+
+
+def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Iterator[IngestBatch]:
+    """:func:`_read_archive` once the core is being read (``ahead``: its tables and rejects)."""
     if media_spec is None:
-        with closing(read_ahead(core, 1, "gbif-core")) as ahead:
-            for item in ahead:
-                yield item if isinstance(item, IngestBatch) else adapt(item, options)
+        for item in ahead:
+            yield item if isinstance(item, IngestBatch) else adapt(item, options)
         return
     budget = int(options.join_memory_mb * 2**20)
     tables: list[pa.Table] = []
@@ -190,16 +197,14 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
             def join(item: pa.Table | IngestBatch) -> IngestBatch:
                 return item if isinstance(item, IngestBatch) else from_join(media.join_rows(item), options)
 
-            with closing(read_ahead(core, 1, "gbif-core")) as ahead:
-                yield from map_ahead(join, ahead, ADAPT_THREADS)
+            yield from map_ahead(join, ahead, ADAPT_THREADS)
             yield from media.orphans()
             return
-        with closing(read_ahead(core, 1, "gbif-core")) as ahead:
-            for item in ahead:
-                if isinstance(item, IngestBatch):
-                    yield item
-                else:
-                    spill.add("o", item)
+        for item in ahead:
+            if isinstance(item, IngestBatch):
+                yield item
+            else:
+                spill.add("o", item)
         spill.close()
         for part in range(spill.parts):
             media = _MediaIndex(spill.read("m", part))

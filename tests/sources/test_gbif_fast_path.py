@@ -381,3 +381,35 @@ def test_rows_without_a_url_are_rejected_as_every_test_would(rows, keep_unknown)
     if want.records.num_rows:
         assert got.records.equals(want.records)
     assert got.records.num_rows + got.rejects.num_rows == len(rows)
+
+
+def test_prefetch_starts_at_once_and_close_stops_the_producer():
+    import threading
+
+    started, closed = threading.Event(), threading.Event()
+
+    def items():
+        started.set()
+        try:
+            yield from range(10**9)
+        finally:
+            closed.set()
+
+    ahead = dwca.Prefetch(items(), 1, name="test-prefetch")
+    assert started.wait(5)  # before any item is asked for
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert closed.is_set() and not any(t.name == "test-prefetch" for t in threading.enumerate())
+    with pytest.raises(StopIteration):
+        next(ahead)
+
+
+def test_prefetch_raises_the_producers_error_after_its_items():
+    def items():
+        yield 1
+        raise DwcaError("broken core")
+
+    ahead = dwca.Prefetch(items(), 1)
+    assert next(ahead) == 1
+    with pytest.raises(DwcaError, match="broken core"):
+        next(ahead)
