@@ -135,3 +135,9 @@ def dwca_table() -> pa.Table:
 @pytest.fixture(scope="session")
 def search_table() -> pa.Table:
     return from_rows(search_rows())
+
+
+def plain_text(table: pa.Table) -> pa.Table:
+    """``table`` with its dictionary columns decoded: compares values, not their encoding."""
+    return pa.table([col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+                     for col in table.columns], names=table.column_names)

@@ -12,7 +12,7 @@ from pipeline.curate.filters import FILTERS, apply_filters, license_family, norm
 from pipeline.stages.curate import Options
 from schemas import Reason
 from schemas.record import from_rows
-from tests.curate.conftest import dwca_rows, search_rows
+from tests.curate.conftest import dwca_rows, plain_text, search_rows
 
 # filters off except the one under test, so each test counts one reason
 ALL_OFF = tuple(f.name for f in FILTERS)
@@ -219,11 +219,6 @@ def _as_dictionaries(table: pa.Table, names: list[str]) -> pa.Table:
                     names=table.column_names)
 
 
-def _plain(table: pa.Table) -> pa.Table:
-    return pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
-                    names=table.column_names)
-
-
 @pytest.mark.parametrize("options", [Options(), Options(allow_nc=True, keep_specimens=True, keep_non_living=True),
                                      Options(min_rank="genus", require_all_ranks=True, quality_grades=("research",))])
 def test_dictionary_columns_decide_as_plain_text(options):
@@ -233,6 +228,6 @@ def test_dictionary_columns_decide_as_plain_text(options):
     names = [f.name for f in table.schema if pa.types.is_string(f.type) and f.name not in ("record_id", "identifier")]
     kept, rej = apply_filters(table, options)
     kept_d, rej_d = apply_filters(_as_dictionaries(table, names), options)
-    assert _plain(kept_d).equals(kept)
+    assert plain_text(kept_d).equals(kept)
     assert rej_d.equals(rej)
     assert rej.num_rows > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +22,7 @@ from pipeline.curate.splits import (
 )
 from pipeline.stages.curate import Options
 from schemas.record import from_rows
-from tests.curate.conftest import dwca_rows, search_rows
+from tests.curate.conftest import dwca_rows, plain_text, search_rows
 
 
 def shuffled(table: pa.Table, seed: int) -> pa.Table:
@@ -110,11 +109,6 @@ def test_bad_split_options_fail_early(bad):
         Options(splits=bad)
 
 
-def _plain(table: pa.Table) -> pa.Table:
-    return pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
-                    names=table.column_names)
-
-
 @given(st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=5)), st.one_of(st.none(), st.integers(-9, 9)),
                           st.sampled_from(["a", "b", None]), st.text("xyz", max_size=2)), min_size=1, max_size=60),
        st.integers(1, 4), st.integers(1, 7), st.integers(1, 3), st.data())
@@ -147,4 +141,4 @@ def test_written_chunks_equal_arrow_take(rows, pieces, size, per_block, data):
     assert len(got) == len(expected) == -(-n // size)
     assert len({t.schema for t in got}) == 1
     for g, e in zip(got, expected, strict=True):
-        assert _plain(g).equals(_plain(e))
+        assert plain_text(g).equals(plain_text(e))
