@@ -718,7 +718,7 @@ def _parse_chunk(chunk: bytes | memoryview, first_line: int, spec: FileSpec, nam
         raise AssertionError("unreachable")
 
     try:  # strings straight away (arrow checks the UTF-8); bytes only to find the bad rows
-        return read(pa.string()), invalid
+        return read(pa.string()).combine_chunks(), invalid  # one chunk a column: fewer to handle downstream
     except pa.ArrowInvalid as exc:
         if "utf8" not in str(exc).lower() and "utf-8" not in str(exc).lower():
             raise
