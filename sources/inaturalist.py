@@ -15,16 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
-from schemas import Reason, make_record_id, make_rejects
+from schemas import RECORD_SCHEMA, Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_rows
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import IngestBatch
 from sources.http import ApiConnector, ApiOptions, HttpClient
 from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
-from sources.photokey import photo_key
+from sources.photokey import hex_digests, photo_key, photo_keys
 
 SOURCE = "inaturalist"
 STAGE = "ingest"
@@ -139,6 +141,12 @@ ORDER BY TRY_CAST(p.photo_id AS BIGINT), p.photo_id
 
 def read_dump(files: dict[str, Path], options: Options) -> Iterator[IngestBatch]:
     """One record per photo of the dump (or a reject saying why not)."""
+    for item in read_joined(files, options):
+        yield item if isinstance(item, IngestBatch) else adapt_dump(item, options)
+
+
+def read_joined(files: dict[str, Path], options: Options) -> Iterator[IngestBatch | pa.Table]:
+    """The rows DuckDB could not read (as an IngestBatch), then the joined rows in batches."""
     import duckdb
 
     with tempfile.TemporaryDirectory(prefix="biocorpus-inat-") as tmp:
@@ -154,7 +162,7 @@ def read_dump(files: dict[str, Path], options: Options) -> Iterator[IngestBatch]
                 f"max(a.name) FILTER (WHERE a.rank = '{r}') AS rank_{r}" for r in RANK_COLUMNS)
             reader = con.sql(_JOIN_SQL.format(rank_cols=rank_cols)).to_arrow_reader(options.batch_rows)
             for batch in reader:
-                yield adapt_dump(pa.Table.from_batches([batch]), options)
+                yield pa.Table.from_batches([batch])
         finally:
             con.close()
 
@@ -217,53 +225,262 @@ def _coords(lat_raw: Any, lon_raw: Any) -> tuple[float | None, float | None, str
 
 
 def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
-    """Joined dump rows to records: reasons are orphan, bad coordinates, grade, unknown licence."""
-    codes = normalise_license_column(t.column("license")).to_pylist()
-    cols = {name: t.column(name).to_pylist() for name in t.column_names}
-    rows, rej_ids, rej_reasons, rej_details = [], [], [], []
-    for i in range(t.num_rows):
-        photo_id = cols["photo_id"][i]
-        rid = make_record_id(SOURCE, photo_id)
-        lat, lon, bad = _coords(cols["latitude"][i], cols["longitude"][i])
-        reason = detail = None
-        if not cols["has_observation"][i]:
-            reason, detail = Reason.ORPHAN_MEDIA, f"observation {cols['observation_uuid'][i]} not in the dump"
-        elif bad:
-            reason, detail = Reason.BAD_COORDINATES, bad
-        elif options.research_only and cols["quality_grade"][i] != "research":
-            reason, detail = Reason.NOT_RESEARCH_GRADE, f"quality_grade {cols['quality_grade'][i]!r}"
-        elif codes[i] == "unknown" and not options.keep_unknown_license:
-            reason, detail = Reason.UNKNOWN_LICENSE, f"licence {cols['license'][i]!r} not recognised"
-        if reason:
-            rej_ids.append(rid)
-            rej_reasons.append(reason)
-            rej_details.append(detail)
-            continue
-        ext = cols["extension"][i] or "jpg"
-        url = f"{options.photo_base_url.rstrip('/')}/{photo_id}/{options.photo_size}.{ext}"
-        w, h = _scaled(_int(cols["width"][i]), _int(cols["height"][i]), options.photo_size)
-        holder = cols["observer_name"][i] or cols["login"][i]
-        unc, _ = _float(cols["positional_accuracy"][i])
-        rows.append({
-            "record_id": rid, "source": SOURCE, "source_dataset": "inaturalist-open-data",
-            "occurrence_id": cols["observation_uuid"][i], "media_id": photo_id, "photo_key": photo_key(url),
-            "identifier": url, "format": f"image/{'jpeg' if ext.lower() in ('jpg', 'jpeg') else ext.lower()}",
-            "license": codes[i], "license_raw": cols["license"][i], "rights_holder": holder, "creator": holder,
-            "references": f"https://www.inaturalist.org/observations/{cols['observation_uuid'][i]}",
-            "verbatim_name": cols["taxon_name"][i], "verbatim_rank": cols["taxon_rank"][i],
-            **{f"verbatim_{r}": cols[f"rank_{r}"][i] for r in RANK_COLUMNS},
-            "verbatim_lineage": cols["lineage"][i], "source_taxon_id": cols["taxon_id"][i],
-            "decimal_latitude": lat, "decimal_longitude": lon,
-            "coordinate_uncertainty_m": unc if unc is None or unc >= 0 else None,
-            "event_date": cols["observed_on"][i], "quality_grade": cols["quality_grade"][i],
-            "width": w, "height": h,
-            "extra": extra_json({"photo_uuid": cols["photo_uuid"][i], "position": _int(cols["position"][i]),
-                                 "observer_id": cols["observer_id"][i], "observer_login": cols["login"][i],
-                                 "ancestry": cols["ancestry"][i],
-                                 "taxon_in_dump": cols["taxon_name"][i] is not None}),
-        })
-    rejects = make_rejects(rej_ids, STAGE, rej_reasons, rej_details) if rej_ids else REJECT_SCHEMA.empty_table()
-    return IngestBatch(records=_records(rows), rejects=rejects)
+    """Joined dump rows to records, column-wise: reasons are orphan, bad coordinates, grade, unknown licence.
+
+    The first reason that applies wins, in that order; rejects keep the rows' order. Text that
+    needs Python's own rules (``repr`` in details, ``int``/``float`` of anything but plain ASCII
+    numbers, ``str.lower`` of extensions) is computed once per distinct value.
+    """
+    n = t.num_rows
+    if n == 0:
+        return IngestBatch(records=pa.table({}), rejects=REJECT_SCHEMA.empty_table())
+    col = {name: _text(t.column(name)) if name != "has_observation" else _flat(t.column(name))
+           for name in t.column_names}
+    codes = normalise_license_column(col["license"])
+    photo_text = pc.fill_null(col["photo_id"], "None")  # make_record_id / the URL format a null as 'None'
+    rids = hex_digests(photo_text, f"{SOURCE}\x1f".encode(), f"{SOURCE}-")
+    lat, lat_ok, lat_bad = _floats(col["latitude"])
+    lon, lon_ok, lon_bad = _floats(col["longitude"])
+    with np.errstate(invalid="ignore"):
+        bad_coords = lat_bad | lon_bad | (lat_ok != lon_ok) | (lat_ok & ~((lat >= -90) & (lat <= 90))) | \
+            (lon_ok & ~((lon >= -180) & (lon <= 180)))
+    orphan = ~_mask(pc.fill_null(col["has_observation"], False))
+    grade = col["quality_grade"]
+    not_research = ~_mask(pc.fill_null(pc.equal(grade, "research"), False)) if options.research_only \
+        else np.zeros(n, bool)
+    unknown = _mask(pc.equal(codes, "unknown")) if not options.keep_unknown_license else np.zeros(n, bool)
+    # the first reason that applies, as in the order of the tests
+    reason = np.select([orphan, bad_coords, not_research, unknown], [1, 2, 3, 4], 0).astype(np.int8)
+    rejects = _dump_rejects(reason, rids, col, codes)
+    keep = np.flatnonzero(reason == 0)
+    if not len(keep):
+        return IngestBatch(records=pa.table({}), rejects=rejects)
+    idx = pa.array(keep)
+    k = {name: pc.take(a, idx) for name, a in col.items()}
+    ext = pc.fill_null(pc.if_else(pc.equal(k["extension"], ""), pa.scalar(None, pa.string()), k["extension"]),
+                       "jpg")
+    url = pc.binary_join_element_wise(f"{options.photo_base_url.rstrip('/')}/", pc.take(photo_text, idx),
+                                      f"/{options.photo_size}.", ext, "")
+    w, h = _scaled_columns(k["width"], k["height"], options.photo_size)
+    name = k["observer_name"]
+    holder = pc.if_else(pc.fill_null(pc.not_equal(name, ""), False), name, k["login"])
+    unc, unc_ok, _ = _floats(k["positional_accuracy"])
+    with np.errstate(invalid="ignore"):
+        unc_ok &= unc >= 0
+    m = len(keep)
+    values = {
+        "record_id": pc.take(rids, idx), "source": pa.repeat(SOURCE, m),
+        "source_dataset": pa.repeat("inaturalist-open-data", m),
+        "occurrence_id": k["observation_uuid"], "media_id": k["photo_id"], "photo_key": photo_keys(url),
+        "identifier": url, "format": _per_distinct(_format_of, ext),
+        "license": pc.take(codes, idx), "license_raw": k["license"], "rights_holder": holder, "creator": holder,
+        "references": pc.binary_join_element_wise("https://www.inaturalist.org/observations/",
+                                                  pc.fill_null(k["observation_uuid"], "None"), ""),
+        "verbatim_name": k["taxon_name"], "verbatim_rank": k["taxon_rank"],
+        **{f"verbatim_{r}": k[f"rank_{r}"] for r in RANK_COLUMNS},
+        "verbatim_lineage": k["lineage"], "source_taxon_id": k["taxon_id"],
+        "decimal_latitude": _float_array(lat[keep], lat_ok[keep]),
+        "decimal_longitude": _float_array(lon[keep], lon_ok[keep]),
+        "coordinate_uncertainty_m": _float_array(unc, unc_ok),
+        "event_date": k["observed_on"], "quality_grade": k["quality_grade"],
+        "width": w, "height": h,
+        "extra": _dump_extras(k),
+    }
+    return IngestBatch(records=_records_of_columns(values, m), rejects=rejects)
+
+
+_REASONS = (None, Reason.ORPHAN_MEDIA, Reason.BAD_COORDINATES, Reason.NOT_RESEARCH_GRADE, Reason.UNKNOWN_LICENSE)
+
+
+def _dump_rejects(reason: np.ndarray, rids: pa.Array, col: dict[str, pa.Array], codes: pa.Array) -> pa.Table:
+    """Reject rows in the batch's order; each detail computed on its own reason's rows only."""
+    rejected = np.flatnonzero(reason)
+    if not len(rejected):
+        return REJECT_SCHEMA.empty_table()
+    of = reason[rejected]
+    parts, where = [], []
+    for code in np.unique(of):
+        at = np.flatnonzero(of == code)
+        rows = pa.array(rejected[at])
+        if code == 1:
+            detail = pc.binary_join_element_wise(
+                "observation ", pc.fill_null(pc.take(col["observation_uuid"], rows), "None"), " not in the dump", "")
+        elif code == 2:
+            detail = _per_distinct(lambda a, b: f"latitude={a!r} longitude={b!r}",
+                                   pc.take(col["latitude"], rows), pc.take(col["longitude"], rows))
+        elif code == 3:
+            detail = _per_distinct(lambda g: f"quality_grade {g!r}", pc.take(col["quality_grade"], rows))
+        else:
+            detail = _per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(col["license"], rows))
+        parts.append(detail)
+        where.append(at)
+    details = pc.take(pa.concat_arrays(parts), pa.array(np.argsort(np.concatenate(where), kind="stable")))
+    names = pa.array([str(r) if r else "" for r in _REASONS], pa.string())
+    return pa.Table.from_arrays(
+        [pc.take(rids, pa.array(rejected)), pa.repeat(STAGE, len(rejected)), pc.take(names, pa.array(of)), details],
+        schema=REJECT_SCHEMA)
+
+
+def _records_of_columns(values: dict[str, pa.Array], n: int) -> pa.Table:
+    """The table ``_records`` builds from the same values as rows: every record column, then those
+    without any value dropped."""
+    schema = pa.schema([f.with_nullable(True) for f in RECORD_SCHEMA], metadata=RECORD_SCHEMA.metadata)
+    arrays = [values[f.name].cast(f.type) if f.name in values else pa.nulls(n, f.type) for f in schema]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return table.select([f.name for f, a in zip(schema, arrays, strict=True) if a.null_count < n])
+
+
+# ---------------------------------------------------------------- column helpers
+
+
+def _flat(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
+
+
+def _text(a: pa.Array | pa.ChunkedArray) -> pa.Array:
+    a = _flat(a)
+    return a if a.type == pa.string() else a.cast(pa.string())
+
+
+def _mask(a: pa.Array) -> np.ndarray:
+    """A non-null boolean array as numpy booleans."""
+    return np.asarray(a.to_numpy(zero_copy_only=False), bool)
+
+
+def _float_array(values: np.ndarray, ok: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.float64(), mask=~ok)
+
+
+def _distinct(*cols: pa.Array) -> tuple[list[tuple], np.ndarray]:
+    """The distinct value tuples of parallel columns (null is a value) and each row's index into them."""
+    key = None
+    dicts, codes = [], []
+    for c in cols:
+        d = pc.dictionary_encode(c, null_encoding="encode")
+        dicts.append(d.dictionary.to_pylist())
+        codes.append(d.indices.to_numpy(zero_copy_only=False).astype(np.int64))
+    key = codes[0]
+    for c, d in zip(codes[1:], dicts[1:], strict=True):
+        key = key * len(d) + c
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return [tuple(d[c[i]] for d, c in zip(dicts, codes, strict=True)) for i in first], inverse.ravel()
+
+
+def _per_distinct(fn, *cols: pa.Array) -> pa.Array:
+    """``fn(*values)`` of every row, called once per distinct tuple of values."""
+    if not len(cols[0]):
+        return pa.array([], pa.string())
+    uniques, inverse = _distinct(*cols)
+    return pc.take(pa.array([fn(*u) for u in uniques], pa.string()), pa.array(inverse))
+
+
+def _format_of(ext: str) -> str:
+    return f"image/{'jpeg' if ext.lower() in ('jpg', 'jpeg') else ext.lower()}"
+
+
+# plain ASCII decimals: arrow parses these exactly as float() does (correctly rounded); anything
+# else (blank, spaces, '1_0', 'nan', other scripts' digits) goes through _float once per value
+_PLAIN_FLOAT = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+# plain ASCII integers small enough to be exact as float64 (so _scaled's arithmetic is numpy's)
+_PLAIN_INT = r"^-?[0-9]{1,15}$"
+
+
+def _floats(a: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_float` of every value: (values, has a value, unparseable) as numpy arrays."""
+    n = len(a)
+    plain = _mask(pc.fill_null(pc.match_substring_regex(a, _PLAIN_FLOAT), False))
+    values = np.full(n, np.nan)
+    ok = plain.copy()
+    bad = np.zeros(n, bool)
+    if plain.any():
+        parsed = pc.cast(pc.if_else(pa.array(plain), a, pa.scalar(None, pa.string())), pa.float64())
+        values[plain] = parsed.filter(pa.array(plain)).to_numpy()
+    rest = np.flatnonzero(~plain & _mask(pc.is_valid(a)))
+    if len(rest):
+        uniques, inverse = _distinct(pc.take(a, pa.array(rest)))
+        got = [_float(u[0]) for u in uniques]
+        v = np.array([np.nan if x is None else x for x, _ in got], float)[inverse]
+        has = np.array([x is not None for x, _ in got], bool)[inverse]
+        values[rest] = v
+        ok[rest] = has
+        bad[rest] = np.array([b for _, b in got], bool)[inverse]
+    return values, ok, bad
+
+
+def _ints(a: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_int` of the plain values: (values, has a value, needs Python) as numpy arrays."""
+    plain = _mask(pc.fill_null(pc.match_substring_regex(a, _PLAIN_INT), False))
+    values = np.zeros(len(a), np.int64)
+    if plain.any():
+        parsed = pc.cast(pc.if_else(pa.array(plain), a, pa.scalar(None, pa.string())), pa.int64())
+        values[plain] = parsed.filter(pa.array(plain)).to_numpy()
+    return values, plain, ~plain & _mask(pc.is_valid(a))
+
+
+def _scaled_columns(width: pa.Array, height: pa.Array, size: str) -> tuple[pa.Array, pa.Array]:
+    """:func:`_scaled` of every row; rows with a value that is not a plain integer go through it."""
+    w, w_ok, w_odd = _ints(width)
+    h, h_ok, h_odd = _ints(height)
+    ok = w_ok & h_ok & (w > 0) & (h > 0)
+    wf, hf = w.astype(np.float64), h.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.minimum(1.0, SIZE_PX[size] / np.maximum(wf, hf))
+        sw = np.where(ok, np.rint(wf * scale), 0).astype(np.int64)  # round() is half-even, as rint
+        sh = np.where(ok, np.rint(hf * scale), 0).astype(np.int64)
+    odd = np.flatnonzero(w_odd | h_odd)
+    if len(odd):
+        ws, hs = pc.take(width, pa.array(odd)).to_pylist(), pc.take(height, pa.array(odd)).to_pylist()
+        for i, a, b in zip(odd, ws, hs, strict=True):
+            x, y = _scaled(_int(a), _int(b), size)
+            ok[i] = x is not None
+            sw[i], sh[i] = (x, y) if x is not None else (0, 0)
+    return pa.array(sw, pa.int64(), mask=~ok), pa.array(sh, pa.int64(), mask=~ok)
+
+
+def _position_text(a: pa.Array) -> pa.Array:
+    """``str(_int(v))`` of every value (null where ``_int`` gives ``None``)."""
+    v, ok, odd = _ints(a)
+    out = pc.cast(pa.array(v, pa.int64(), mask=~ok), pa.string())
+    if odd.any():
+        rows = pa.array(np.flatnonzero(odd))
+        slow = _per_distinct(lambda s: None if _int(s) is None else str(_int(s)), pc.take(a, rows))
+        where = np.full(len(a), -1, np.int64)
+        where[odd] = np.arange(len(rows))
+        out = pc.if_else(pa.array(odd), pc.take(slow, pa.array(where, mask=where < 0)), out)
+    return out
+
+
+_JSON_ESCAPES = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
+
+
+def _json_text(a: pa.Array) -> pa.Array:
+    """The body of ``json.dumps(v, ensure_ascii=False)`` of every value (without the quotes)."""
+    _, offsets, data = a.buffers()
+    if data is None or not len(a):
+        return a
+    ends = np.frombuffer(offsets, np.int32)
+    raw = np.frombuffer(data, np.uint8)[ends[a.offset]:ends[a.offset + len(a)]]
+    if (raw == 0x5C).any():
+        a = pc.replace_substring(a, "\\", "\\\\")
+    if (raw == 0x22).any():
+        a = pc.replace_substring(a, '"', '\\"')
+    for c in np.unique(raw[raw < 0x20]).tolist():
+        a = pc.replace_substring(a, chr(c), _JSON_ESCAPES.get(c, f"\\u{c:04x}"))
+    return a
+
+
+def _dump_extras(k: dict[str, pa.Array]) -> pa.Array:
+    """:func:`schemas.record.extra_json` of every row's leftovers (keys sorted; empty values left out)."""
+    pieces = [pa.scalar("{")]
+    for key, name in (("ancestry", "ancestry"), ("observer_id", "observer_id"),
+                      ("observer_login", "login"), ("photo_uuid", "photo_uuid")):
+        v = k[name]
+        v = pc.if_else(pc.equal(v, ""), pa.scalar(None, pa.string()), v)
+        pieces.append(pc.fill_null(pc.binary_join_element_wise(f'"{key}": "', _json_text(v), '", ', ""), ""))
+    position = _position_text(k["position"])
+    pieces.append(pc.fill_null(pc.binary_join_element_wise('"position": ', position, ", ", ""), ""))
+    pieces.append(pc.if_else(pc.is_valid(k["taxon_name"]), '"taxon_in_dump": true}', '"taxon_in_dump": false}'))
+    return pc.binary_join_element_wise(*pieces, "")
 
 
 def _records(rows: list[dict]) -> pa.Table:

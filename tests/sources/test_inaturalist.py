@@ -131,3 +131,243 @@ def test_api_non_research_observations_are_rejected():
     assert set(b.rejects.column("reason").to_pylist()) == {"not_research_grade"} and b.rejects.num_rows == 4
     kept = adapt_api(doc["results"], Options(research_only=False))
     assert kept.records.num_rows == 4 and kept.records.column("coordinate_uncertainty_m")[0].as_py() == 27754
+
+
+# ---------------------------------------------------------------- the column-wise dump adapter
+# The per-row loop adapt_dump was before it went column-wise, kept here word for word (with the
+# helpers it used) as the reference the column-wise adapter must equal, table for table.
+
+from typing import Any  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from schemas import Reason, make_record_id, make_rejects  # noqa: E402
+from schemas.record import extra_json, from_rows  # noqa: E402
+from schemas.rejects import REJECT_SCHEMA  # noqa: E402
+from sources.inaturalist import RANK_COLUMNS, SIZE_PX, SOURCE, STAGE, adapt_dump, locate_dump, read_joined  # noqa: E402
+from sources.licenses import normalise_license_column  # noqa: E402
+from sources.photokey import photo_key  # noqa: E402
+
+
+def _ref_scaled(w: int | None, h: int | None, size: str) -> tuple[int | None, int | None]:
+    if w is None or h is None or w <= 0 or h <= 0:
+        return None, None
+    scale = min(1.0, SIZE_PX[size] / max(w, h))
+    return round(w * scale), round(h * scale)
+
+
+def _ref_int(v: str | None) -> int | None:
+    try:
+        return int(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _ref_float(v: Any) -> tuple[float | None, bool]:
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None, False
+    try:
+        return float(v), False
+    except (TypeError, ValueError):
+        return None, True
+
+
+def _ref_coords(lat_raw: Any, lon_raw: Any) -> tuple[float | None, float | None, str | None]:
+    lat, bad_lat = _ref_float(lat_raw)
+    lon, bad_lon = _ref_float(lon_raw)
+    if bad_lat or bad_lon or (lat is None) != (lon is None) or \
+            (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
+        return None, None, f"latitude={lat_raw!r} longitude={lon_raw!r}"
+    return lat, lon, None
+
+
+def _ref_records(rows: list[dict]) -> pa.Table:
+    if not rows:
+        return pa.table({})
+    table = from_rows(rows)
+    keep = [n for n in table.column_names if any(r.get(n) is not None for r in rows)]
+    return table.select(keep)
+
+
+def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Table]:
+    """The former row loop: (records, rejects)."""
+    codes = normalise_license_column(t.column("license")).to_pylist()
+    cols = {name: t.column(name).to_pylist() for name in t.column_names}
+    rows, rej_ids, rej_reasons, rej_details = [], [], [], []
+    for i in range(t.num_rows):
+        photo_id = cols["photo_id"][i]
+        rid = make_record_id(SOURCE, photo_id)
+        lat, lon, bad = _ref_coords(cols["latitude"][i], cols["longitude"][i])
+        reason = detail = None
+        if not cols["has_observation"][i]:
+            reason, detail = Reason.ORPHAN_MEDIA, f"observation {cols['observation_uuid'][i]} not in the dump"
+        elif bad:
+            reason, detail = Reason.BAD_COORDINATES, bad
+        elif options.research_only and cols["quality_grade"][i] != "research":
+            reason, detail = Reason.NOT_RESEARCH_GRADE, f"quality_grade {cols['quality_grade'][i]!r}"
+        elif codes[i] == "unknown" and not options.keep_unknown_license:
+            reason, detail = Reason.UNKNOWN_LICENSE, f"licence {cols['license'][i]!r} not recognised"
+        if reason:
+            rej_ids.append(rid)
+            rej_reasons.append(reason)
+            rej_details.append(detail)
+            continue
+        ext = cols["extension"][i] or "jpg"
+        url = f"{options.photo_base_url.rstrip('/')}/{photo_id}/{options.photo_size}.{ext}"
+        w, h = _ref_scaled(_ref_int(cols["width"][i]), _ref_int(cols["height"][i]), options.photo_size)
+        holder = cols["observer_name"][i] or cols["login"][i]
+        unc, _ = _ref_float(cols["positional_accuracy"][i])
+        rows.append({
+            "record_id": rid, "source": SOURCE, "source_dataset": "inaturalist-open-data",
+            "occurrence_id": cols["observation_uuid"][i], "media_id": photo_id, "photo_key": photo_key(url),
+            "identifier": url, "format": f"image/{'jpeg' if ext.lower() in ('jpg', 'jpeg') else ext.lower()}",
+            "license": codes[i], "license_raw": cols["license"][i], "rights_holder": holder, "creator": holder,
+            "references": f"https://www.inaturalist.org/observations/{cols['observation_uuid'][i]}",
+            "verbatim_name": cols["taxon_name"][i], "verbatim_rank": cols["taxon_rank"][i],
+            **{f"verbatim_{r}": cols[f"rank_{r}"][i] for r in RANK_COLUMNS},
+            "verbatim_lineage": cols["lineage"][i], "source_taxon_id": cols["taxon_id"][i],
+            "decimal_latitude": lat, "decimal_longitude": lon,
+            "coordinate_uncertainty_m": unc if unc is None or unc >= 0 else None,
+            "event_date": cols["observed_on"][i], "quality_grade": cols["quality_grade"][i],
+            "width": w, "height": h,
+            "extra": extra_json({"photo_uuid": cols["photo_uuid"][i], "position": _ref_int(cols["position"][i]),
+                                 "observer_id": cols["observer_id"][i], "observer_login": cols["login"][i],
+                                 "ancestry": cols["ancestry"][i],
+                                 "taxon_in_dump": cols["taxon_name"][i] is not None}),
+        })
+    rejects = make_rejects(rej_ids, STAGE, rej_reasons, rej_details) if rej_ids else REJECT_SCHEMA.empty_table()
+    return _ref_records(rows), rejects
+
+
+def _joined_sample(options: Options | None = None) -> pa.Table:
+    options = options or Options()
+    tables = [t for t in read_joined(locate_dump(str(DUMP), options, None), options) if isinstance(t, pa.Table)]
+    return pa.concat_tables(tables)
+
+
+def assert_same_tables(got: pa.Table, want: pa.Table) -> None:
+    assert got.schema.equals(want.schema, check_metadata=True), (got.schema, want.schema)
+    for name in want.column_names:  # column by column: a failure names the column and the rows
+        a, b = got.column(name).to_pylist(), want.column(name).to_pylist()
+        same = _same_floats(a, b) if pa.types.is_floating(want.column(name).type) else a == b
+        assert same, (name, [(i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y][:5])
+    assert got.equals(want, check_metadata=True)
+
+
+def _same_floats(a: list, b: list) -> bool:  # NaN == NaN, and -0.0 told from 0.0
+    import math
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (isinstance(x, float) and isinstance(y, float)
+                                      and (x == y or math.isnan(x) and math.isnan(y))
+                                      and math.copysign(1, x) == math.copysign(1, y))
+        for x, y in zip(a, b, strict=True))
+
+
+def assert_same_as_reference(t: pa.Table, options: Options) -> None:
+    got = adapt_dump(t, options)
+    records, rejects = adapt_dump_reference(t, options)
+    assert_same_tables(got.records, records)
+    assert_same_tables(got.rejects, rejects)
+    assert got.records.num_rows + got.rejects.num_rows == t.num_rows  # nothing lost
+
+
+@pytest.mark.parametrize("opts", [{}, {"research_only": False}, {"keep_unknown_license": True, "photo_size": "small"},
+                                  {"research_only": False, "photo_size": "original",
+                                   "photo_base_url": "http://example.org/p///"}])
+def test_dump_adapter_equals_the_row_loop_on_the_sample(opts):
+    options = Options(**opts)
+    t = _joined_sample(options)
+    assert t.num_rows == 50
+    assert_same_as_reference(t, options)
+    for start, size in ((0, 1), (3, 7), (49, 1)):  # slices: offsets into the arrays' buffers
+        assert_same_as_reference(t.slice(start, size), options)
+
+
+def test_dump_adapter_empty_and_all_rejected():
+    t = _joined_sample()
+    assert_same_as_reference(t.slice(0, 0), Options())
+    orphans = t.set_column(t.column_names.index("has_observation"), "has_observation",
+                           pa.array([False] * t.num_rows))
+    b = adapt_dump(orphans, Options())
+    assert b.records.num_rows == 0 and b.records.num_columns == 0
+    assert_same_as_reference(orphans, Options())
+
+
+def _sometimes(values: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.none(), st.just(""), values)
+
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
+_WEIRD = st.sampled_from([" ", "\t", "\n", "\x00", "\x1f", "\x7f", '"', "'", "\\", "'\"", "é", "İ", "ß", "ǅ",
+                          "\u2028", "\u00a0", "𝔸", "١٢", "٣"])
+_NUMBER = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.floats(-200, 200).map(lambda f: f"{f:.{abs(hash(f)) % 12}f}"),
+    st.integers(-300, 300).map(str),
+    st.sampled_from(["90", "-90", "90.0000001", "-180", "180", "180.0", "1e2", "1E+01", "+.5", "5.", ".5", "-0",
+                     "0.0", "nan", "NaN", "inf", "-Infinity", "1_0", " 5", "5 ", "\t5\n", "5\n", "abc", "-",
+                     "1e400", "0x10", "１２", "٣", "1.2.3", "--1", "+-1", "e5", "00012.50", "9" * 30]),
+    _TEXT, _WEIRD)
+_INT = st.one_of(
+    st.integers(-5, 5000).map(str), st.integers(-10**20, 10**20).map(str),
+    st.sampled_from(["+12", "-0", "007", " 12 ", "1_000", "12.5", "0", "-5", "٣", "１２", "abc", "2048", "2049",
+                     "4095", "1023", "3", "9223372036854775807", "9007199254740993", "000000000000000000001"]),
+    _TEXT)
+_FREE = st.one_of(_TEXT, _WEIRD, st.lists(st.one_of(_TEXT, _WEIRD), max_size=3).map("".join))
+
+
+@st.composite
+def joined_batches(draw) -> pa.Table:
+    n = draw(st.integers(0, 25))
+
+    def column(values: st.SearchStrategy, nulls: bool = True) -> list:
+        return draw(st.lists(_sometimes(values) if nulls else values, min_size=n, max_size=n))
+
+    photo_ids = column(st.one_of(st.integers(0, 10**9).map(str), st.just("00042"), _FREE))
+    cols = {
+        "photo_id": photo_ids,
+        "photo_uuid": column(_FREE),
+        "extension": column(st.one_of(st.sampled_from(["jpg", "JPG", "jpeg", "JPEG", "png", "PNG", "gif", "tiff",
+                                                       "İ", "ß", "Jpg", "ǅ"]), _FREE)),
+        "license": column(st.one_of(st.sampled_from(["CC-BY", "CC-BY-NC", "CC-BY-SA", "CC0", "cc-by-nc-nd",
+                                                     "WTFPL", "PD", "all rights reserved", "CC-B\ufffd"]), _FREE)),
+        "width": column(_INT), "height": column(_INT), "position": column(_INT),
+        "observation_uuid": column(_FREE),
+        "has_observation": column(st.booleans(), nulls=False),
+        "latitude": column(_NUMBER), "longitude": column(_NUMBER), "positional_accuracy": column(_NUMBER),
+        "taxon_id": column(_FREE),
+        "quality_grade": column(st.one_of(st.sampled_from(["research", "needs_id", "casual", "Research"]), _FREE)),
+        "observed_on": column(_FREE), "observer_id": column(_FREE), "login": column(_FREE),
+        "observer_name": column(_FREE), "taxon_name": column(_FREE), "taxon_rank": column(_FREE),
+        "ancestry": column(_FREE), "lineage": column(_FREE),
+        **{f"rank_{r}": column(_FREE) for r in RANK_COLUMNS},
+    }
+    if draw(st.booleans()):  # mostly valid rows, so the records side gets exercised too
+        ok = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+        for i in range(n):
+            if ok[i]:
+                cols["has_observation"][i] = True
+                cols["quality_grade"][i] = "research"
+                cols["license"][i] = "CC-BY-NC"
+                cols["latitude"][i] = draw(st.floats(-90, 90).map(repr))
+                cols["longitude"][i] = draw(st.floats(-180, 180).map(repr))
+    types = {"has_observation": pa.bool_()}
+    t = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in cols.items()})
+    if n > 2 and draw(st.booleans()):  # several chunks, and a slice
+        t = pa.concat_tables([t.slice(0, n // 2), t.slice(n // 2)]).slice(1)
+    return t
+
+
+_OPTIONS = st.builds(
+    Options, research_only=st.booleans(), keep_unknown_license=st.booleans(),
+    photo_size=st.sampled_from(["original", "large", "medium", "small"]),
+    photo_base_url=st.sampled_from(["https://inaturalist-open-data.s3.amazonaws.com/photos/",
+                                    "https://static.inaturalist.org/photos", "http://Example.ORG:8080/x//",
+                                    "https://example.org/p/", "", "weird base/"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(joined_batches(), _OPTIONS)
+def test_dump_adapter_equals_the_row_loop(t, options):
+    assert_same_as_reference(t, options)
