@@ -69,15 +69,26 @@ class _Records:
         self.coded = [[f.name for f in footer.schema_arrow if pa.types.is_string(f.type)
                        and f.name not in splits_mod.UNIQUE_COLUMNS]
                       for footer in footers]
+        self.types = [{f.name: pa.dictionary(pa.int32(), f.type) if f.name in coded else f.type
+                       for f in footer.schema_arrow} for footer, coded in zip(footers, self.coded, strict=True)]
+        self.empty = [_null_columns(footer.metadata) for footer in footers]
         counts = [footer.metadata.num_rows for footer in footers]
         self.offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+    def read(self, i: int, columns: list[str]) -> pa.Table:
+        """``columns`` of file ``i`` (repeating text as dictionaries); a column its footer says is
+        null throughout is not decoded but made as nulls of the same type."""
+        wanted = [c for c in columns if c not in self.empty[i]]
+        t = pq.read_table(self.files[i], columns=wanted, read_dictionary=self.coded[i],
+                          use_threads=False)  # the files are read a thread per core
+        n = int(self.offsets[i + 1] - self.offsets[i])
+        return pa.table({c: t.column(c) if c in wanted else pa.nulls(n, self.types[i][c]) for c in columns})
 
     def decision_part(self, i: int) -> pa.Table:
         """The decision columns of file ``i``, with the URL where needed and the global row numbers."""
         f = self.files[i]
         names = self.names[i]
-        t = pq.read_table(f, columns=[c for c in DECISION_COLUMNS if c in names], read_dictionary=self.coded[i],
-                          use_threads=False)  # the files are read a thread per core
+        t = self.read(i, [c for c in DECISION_COLUMNS if c in names])
         formats = t.column("format") if "format" in t.column_names else None
         if URL_COLUMN in names and (formats is None or formats.null_count):
             url = pq.read_table(f, columns=[URL_COLUMN], use_threads=False).column(URL_COLUMN)
@@ -111,6 +122,22 @@ class _Records:
             pos = rows[file_of == i] - self.offsets[i]
             parts.append(pq.read_table(self.files[i]).take(pa.array(pos)))
         return pa.concat_tables(parts, promote_options="default")
+
+
+def _null_columns(meta: pq.FileMetaData) -> set[str]:
+    """Top-level columns whose statistics say every value is null, in every row group."""
+    empty = None
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        here = set()
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            stats = col.statistics
+            if stats is not None and stats.has_null_count and stats.null_count == rg.num_rows \
+                    and "." not in col.path_in_schema:
+                here.add(col.path_in_schema)
+        empty = here if empty is None else empty & here
+    return empty or set()
 
 
 def _rows(table: pa.Table) -> np.ndarray:
@@ -222,11 +249,17 @@ def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> p
     names = records.names[0]
     held = [c for c in DECISION_COLUMNS if c in names]
     rest = [c for c in names if c not in held]
-    parts = []
-    for i in np.unique(file_of).tolist():
+
+    def part(i: int) -> pa.Table:
         pos = rows[file_of == i] - records.offsets[i]
-        part = pq.read_table(records.files[i], columns=rest, read_dictionary=records.coded[i])
-        parts.append(part if len(pos) == part.num_rows else part.take(pa.array(pos)))
+        t = records.read(i, rest)
+        return t if len(pos) == t.num_rows else t.take(pa.array(pos))
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    # a thread per core over the files, as the decision columns were read
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(part, np.unique(file_of).tolist()))
     read = pa.concat_tables(parts, promote_options="default")
     columns = [decided.column(c) if c in held else read.column(c) for c in names]
     # each file brought its own dictionaries: unified once here, not by every step that combines them
