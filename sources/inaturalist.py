@@ -259,8 +259,8 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
     k = {name: pc.take(a, idx) for name, a in col.items()}
     ext = pc.fill_null(pc.if_else(pc.equal(k["extension"], ""), pa.scalar(None, pa.string()), k["extension"]),
                        "jpg")
-    url = pc.binary_join_element_wise(f"{options.photo_base_url.rstrip('/')}/", pc.take(photo_text, idx),
-                                      f"/{options.photo_size}.", ext, "")
+    base = f"{options.photo_base_url.rstrip('/')}/"
+    url = pc.binary_join_element_wise(base, pc.take(photo_text, idx), f"/{options.photo_size}.", ext, "")
     w, h = _scaled_columns(k["width"], k["height"], options.photo_size)
     name = k["observer_name"]
     holder = pc.if_else(pc.fill_null(pc.not_equal(name, ""), False), name, k["login"])
@@ -271,7 +271,7 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
     values = {
         "record_id": pc.take(rids, idx), "source": pa.repeat(SOURCE, m),
         "source_dataset": pa.repeat("inaturalist-open-data", m),
-        "occurrence_id": k["observation_uuid"], "media_id": k["photo_id"], "photo_key": photo_keys(url),
+        "occurrence_id": k["observation_uuid"], "media_id": k["photo_id"], "photo_key": _photo_keys(url, k["photo_id"], base, options.photo_size),
         "identifier": url, "format": _per_distinct(_format_of, ext),
         "license": pc.take(codes, idx), "license_raw": k["license"], "rights_holder": holder, "creator": holder,
         "references": pc.binary_join_element_wise("https://www.inaturalist.org/observations/",
@@ -287,6 +287,28 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
         "extra": _dump_extras(k),
     }
     return IngestBatch(records=_records_of_columns(values, m), rejects=rejects)
+
+
+def _photo_keys(url: pa.Array, photo_id: pa.Array, base: str, size: str) -> pa.Array:
+    """:func:`photo_key` of every URL ``base + photo_id + "/" + size + "." + ext``.
+
+    When the base is one :func:`photo_key` reads the photo id after (probed with two ids: the
+    match of its iNaturalist pattern then ends at the base, whatever the digits), the key of a
+    URL whose photo id is ASCII digits is ``inat-photo-<the id as an integer>``: no regex per
+    row. Other URLs (another base, an id that is not digits) go through ``photo_keys``.
+    """
+    if not all(photo_key(f"{base}{p}/{size}.jpg") == f"inat-photo-{p}" for p in ("1", "20")):
+        return photo_keys(url)
+    digits = pc.fill_null(pc.match_substring_regex(photo_id, r"^[0-9]+$"), False)
+    trimmed = pc.utf8_ltrim(photo_id, "0")
+    keys = pc.binary_join_element_wise("inat-photo-", pc.if_else(pc.equal(trimmed, ""), "0", trimmed), "")
+    rest = np.flatnonzero(~_mask(digits))
+    if not len(rest):
+        return keys
+    where = np.full(len(url), -1, np.int64)
+    where[rest] = np.arange(len(rest))
+    others = pc.take(photo_keys(pc.take(url, pa.array(rest))), pa.array(where, mask=where < 0))
+    return pc.if_else(digits, keys, others)
 
 
 _REASONS = (None, Reason.ORPHAN_MEDIA, Reason.BAD_COORDINATES, Reason.NOT_RESEARCH_GRADE, Reason.UNKNOWN_LICENSE)

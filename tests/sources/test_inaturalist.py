@@ -364,7 +364,9 @@ _OPTIONS = st.builds(
     photo_size=st.sampled_from(["original", "large", "medium", "small"]),
     photo_base_url=st.sampled_from(["https://inaturalist-open-data.s3.amazonaws.com/photos/",
                                     "https://static.inaturalist.org/photos", "http://Example.ORG:8080/x//",
-                                    "https://example.org/p/", "", "weird base/"]))
+                                    "https://example.org/p/", "", "weird base/",
+                                    "https://static.inaturalist.org/photos/5", " https://www.iNaturalist.org/photos/",
+                                    "https://static.inaturalist.org/photos/5/photos/", "//inaturalist.org/photos"]))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
