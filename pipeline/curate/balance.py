@@ -49,6 +49,17 @@ def taxon_keys(batch: pa.Table, ctx: StageContext | None = None) -> pa.Array:
     return pa.array(values, pa.string())
 
 
+def taxon_key_codes(batch: pa.Table) -> pa.DictionaryArray:
+    """:func:`taxon_keys` as a dictionary array (distinct values); a dictionary ``taxon_id``
+    column (the fused curate reads it so) without blanks is those keys already."""
+    if "taxon_id" in batch.column_names and pa.types.is_dictionary(batch.schema.field("taxon_id").type):
+        col = batch.column("taxon_id")
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+        if not col.null_count and not pc.any(pc.equal(col.dictionary, "")).as_py():
+            return col
+    return pc.dictionary_encode(taxon_keys(batch))
+
+
 def balance(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_taxon: int | None,
             seed: int, stage: str, ordered: bool = True) -> StageOutput:
     """Apply the minimum and the cap to every key present in ``table`` (one or many groups).
@@ -70,8 +81,11 @@ def balance_rows(table: pa.Table, keys: pa.Array, min_per_taxon: int, max_per_ta
     """The decision of :func:`balance` without moving any row: ``(keep mask in input order,
     the hash order of the rows, rejects)``. Only ``record_id`` of ``table`` is read."""
     n = table.num_rows
-    codes = pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) \
-        else pc.dictionary_encode(keys)
+    if n == 0:
+        return np.ones(0, bool), np.zeros(0, np.int64), empty_rejects()
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    codes = keys if pa.types.is_dictionary(keys.type) else pc.dictionary_encode(keys)
     group = np.asarray(codes.indices.to_numpy(zero_copy_only=False), np.int64)
     sizes = np.bincount(group, minlength=len(codes.dictionary))
     rid = pc.fill_null(_column(table, "record_id"), "")

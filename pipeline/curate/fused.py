@@ -231,7 +231,7 @@ def decide(records: _Records, options: Options) -> tuple[pa.Table, dict[str, pa.
     # the decision of ``decide_balance``, as a mask over the rows: only the kept rows are moved, once
     narrow = current.select([c for c in BALANCE_COLUMNS if c in current.column_names])
     keep, _, rejects["curate-balance"] = balance_mod.balance_rows(
-        narrow, balance_mod.taxon_keys(narrow), options.min_per_taxon, options.max_per_taxon, options.seed,
+        narrow, balance_mod.taxon_key_codes(narrow), options.min_per_taxon, options.max_per_taxon, options.seed,
         STEPS["curate-balance"])
     if not keep.all():
         current = current.filter(pa.array(keep))

@@ -117,3 +117,24 @@ def test_keeps_the_lowest_hashes_of_each_taxon(rows, lo, cap, seed):
     assert set(out.out.column("record_id").to_pylist()) == want
     assert out.out.num_rows + out.rejects.num_rows == len(rows)
     assert out.out.column("record_id").to_pylist() == [r for _, r in rows if r in want]  # input order kept
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "", None]), st.text("xyz0123", min_size=1, max_size=6)),
+                max_size=80, unique_by=lambda t: t[1]),
+       st.integers(0, 4), st.integers(1, 6), st.integers(1, 3))
+def test_dictionary_taxon_ids_balance_as_plain_text(rows, lo, cap, pieces):
+    """The fused curate gives the balance its ``taxon_id`` dictionary (file by file, so chunked with
+    different dictionaries) as the keys: kept rows and rejects equal those of the plain keys,
+    blank and missing ids included (those fall back to the lineage)."""
+    from pipeline.curate.balance import balance_rows, taxon_key_codes
+
+    plain = pa.table({"record_id": [r for _, r in rows], "taxon_id": pa.array([t for t, _ in rows], pa.string()),
+                      "kingdom": ["Animalia"] * len(rows)})
+    size = max(1, -(-len(rows) // pieces))
+    coded = plain.set_column(1, "taxon_id", pa.chunked_array(
+        [plain.column("taxon_id").slice(i, size).combine_chunks().dictionary_encode()
+         for i in range(0, len(rows), size)] or [pa.array([], pa.string()).dictionary_encode()]))
+    keep_p, _, rej_p = balance_rows(plain, taxon_keys(plain), lo, cap, 1, "curate_balance")
+    keep_d, _, rej_d = balance_rows(coded, taxon_key_codes(coded), lo, cap, 1, "curate_balance")
+    assert (keep_p == keep_d).all()
+    assert rej_p.equals(rej_d)
