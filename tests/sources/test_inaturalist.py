@@ -134,71 +134,44 @@ def test_api_non_research_observations_are_rejected():
 
 
 # ---------------------------------------------------------------- the column-wise dump adapter
-# The per-row loop adapt_dump was before it went column-wise, kept here word for word (with the
-# helpers it used) as the reference the column-wise adapter must equal, table for table.
+# The per-row loop adapt_dump was before it went column-wise, kept here word for word (its row
+# helpers are the connector's) as the reference the column-wise adapter must equal, table for table.
 
-from typing import Any  # noqa: E402
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from schemas import Reason, make_record_id, make_rejects  # noqa: E402
-from schemas.record import extra_json, from_rows  # noqa: E402
+from schemas.record import extra_json  # noqa: E402
 from schemas.rejects import REJECT_SCHEMA  # noqa: E402
-from sources.inaturalist import RANK_COLUMNS, SIZE_PX, SOURCE, STAGE, adapt_dump, locate_dump, read_joined  # noqa: E402
+from sources.inaturalist import (  # noqa: E402
+    RANK_COLUMNS,
+    SOURCE,
+    STAGE,
+    _coords,
+    _float,
+    _int,
+    _records,
+    _scaled,
+    adapt_dump,
+    locate_dump,
+    read_joined,
+)
 from sources.licenses import normalise_license_column  # noqa: E402
 from sources.photokey import photo_key  # noqa: E402
 
 
-def _ref_scaled(w: int | None, h: int | None, size: str) -> tuple[int | None, int | None]:
-    if w is None or h is None or w <= 0 or h <= 0:
-        return None, None
-    scale = min(1.0, SIZE_PX[size] / max(w, h))
-    return round(w * scale), round(h * scale)
-
-
-def _ref_int(v: str | None) -> int | None:
-    try:
-        return int(v) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _ref_float(v: Any) -> tuple[float | None, bool]:
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None, False
-    try:
-        return float(v), False
-    except (TypeError, ValueError):
-        return None, True
-
-
-def _ref_coords(lat_raw: Any, lon_raw: Any) -> tuple[float | None, float | None, str | None]:
-    lat, bad_lat = _ref_float(lat_raw)
-    lon, bad_lon = _ref_float(lon_raw)
-    if bad_lat or bad_lon or (lat is None) != (lon is None) or \
-            (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
-        return None, None, f"latitude={lat_raw!r} longitude={lon_raw!r}"
-    return lat, lon, None
-
-
-def _ref_records(rows: list[dict]) -> pa.Table:
-    if not rows:
-        return pa.table({})
-    table = from_rows(rows)
-    keep = [n for n in table.column_names if any(r.get(n) is not None for r in rows)]
-    return table.select(keep)
-
-
 def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Table]:
-    """The former row loop: (records, rejects)."""
+    """The former row loop: (records, rejects). Its row helpers (``_coords``, ``_float``, ``_int``,
+    ``_scaled``, ``_records``: Python's own ``float``/``int`` rules) are the connector's, which the
+    API adapter still uses row by row."""
     codes = normalise_license_column(t.column("license")).to_pylist()
     cols = {name: t.column(name).to_pylist() for name in t.column_names}
     rows, rej_ids, rej_reasons, rej_details = [], [], [], []
     for i in range(t.num_rows):
         photo_id = cols["photo_id"][i]
         rid = make_record_id(SOURCE, photo_id)
-        lat, lon, bad = _ref_coords(cols["latitude"][i], cols["longitude"][i])
+        lat, lon, bad = _coords(cols["latitude"][i], cols["longitude"][i])
         reason = detail = None
         if not cols["has_observation"][i]:
             reason, detail = Reason.ORPHAN_MEDIA, f"observation {cols['observation_uuid'][i]} not in the dump"
@@ -215,9 +188,9 @@ def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Ta
             continue
         ext = cols["extension"][i] or "jpg"
         url = f"{options.photo_base_url.rstrip('/')}/{photo_id}/{options.photo_size}.{ext}"
-        w, h = _ref_scaled(_ref_int(cols["width"][i]), _ref_int(cols["height"][i]), options.photo_size)
+        w, h = _scaled(_int(cols["width"][i]), _int(cols["height"][i]), options.photo_size)
         holder = cols["observer_name"][i] or cols["login"][i]
-        unc, _ = _ref_float(cols["positional_accuracy"][i])
+        unc, _ = _float(cols["positional_accuracy"][i])
         rows.append({
             "record_id": rid, "source": SOURCE, "source_dataset": "inaturalist-open-data",
             "occurrence_id": cols["observation_uuid"][i], "media_id": photo_id, "photo_key": photo_key(url),
@@ -231,13 +204,13 @@ def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Ta
             "coordinate_uncertainty_m": unc if unc is None or unc >= 0 else None,
             "event_date": cols["observed_on"][i], "quality_grade": cols["quality_grade"][i],
             "width": w, "height": h,
-            "extra": extra_json({"photo_uuid": cols["photo_uuid"][i], "position": _ref_int(cols["position"][i]),
+            "extra": extra_json({"photo_uuid": cols["photo_uuid"][i], "position": _int(cols["position"][i]),
                                  "observer_id": cols["observer_id"][i], "observer_login": cols["login"][i],
                                  "ancestry": cols["ancestry"][i],
                                  "taxon_in_dump": cols["taxon_name"][i] is not None}),
         })
     rejects = make_rejects(rej_ids, STAGE, rej_reasons, rej_details) if rej_ids else REJECT_SCHEMA.empty_table()
-    return _ref_records(rows), rejects
+    return _records(rows), rejects
 
 
 def _joined_sample(options: Options | None = None) -> pa.Table:
