@@ -38,8 +38,16 @@ def inat_photo_id(url: str | None) -> int | None:
 
 
 def normalise_url(url: str) -> str:
-    """Canonical form of a URL for hashing: http and https alike, lower-case host, no fragment."""
-    parts = urlsplit(url.strip())
+    """Canonical form of a URL for hashing: http and https alike, lower-case host, no fragment.
+
+    Text that does not parse as a URL (an unclosed IPv6 bracket in the host, as messy sources
+    have) is its own form, without a fragment: it still gets a key, and never stops an ingest.
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text.split("#", 1)[0]
     scheme = parts.scheme.lower()
     try:
         host = (parts.hostname or "").lower()
