@@ -11,22 +11,26 @@ import csv
 import gzip
 import html
 import io
+import itertools
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 from pydantic import Field
 
-from schemas import Reason, make_record_id, make_rejects
+from schemas import RECORD_SCHEMA, Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_rows
 from schemas.rejects import REJECT_SCHEMA
 from sources.base import IngestBatch
 from sources.http import ApiConnector, ApiOptions
-from sources.licenses import normalise_license
-from sources.photokey import photo_key_of
+from sources.licenses import normalise_license, normalise_license_column
+from sources.photokey import hex_digests, photo_key_of, photo_keys
 
 SOURCE = "eol"
 STAGE = "ingest"
@@ -259,57 +263,317 @@ def _manifest_fields(header: list[str]) -> dict[str, int]:
 
 
 def read_manifest(path: Path, options: Options) -> Iterator[IngestBatch]:
-    """An EOL media manifest (CSV or TSV, plain or gzip), in batches; unreadable rows are rejects."""
+    """An EOL media manifest (CSV or TSV, plain or gzip), in batches; unreadable rows are rejects.
+
+    Column-wise: blocks of whole lines are split by pyarrow's CSV reader while they hold no
+    quote, carriage return or NUL (then a line is a row and a delimiter a field boundary, as for
+    ``csv.reader``); from the first block that holds one on, the rest is read by ``csv.reader``
+    itself. Either way the records are built from columns (:func:`_manifest_columns`). A row with
+    the wrong number of fields is a ``malformed_row`` reject; text that is not UTF-8 raises, as
+    reading the file as text does.
+    """
     with _open(path) as fh:
         sample = fh.read(1 << 16)
         delim = "\t" if sample.count("\t") > sample.count(",") else ","
-    with _open(path) as fh:
-        reader = csv.reader(fh, delimiter=delim)
+    with _raw(path) as raw:
+        yield from _read_manifest(raw, path, delim, options)
+
+
+def _raw(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix`` then the rest of ``stream``, as one binary stream."""
+
+    def __init__(self, prefix: bytes, stream) -> None:
+        self._prefix, self._stream = memoryview(prefix), stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if len(self._prefix):
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._stream.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+_BLOCK = 1 << 24
+
+
+def _unsimple(data: bytes) -> bool:
+    """Whether ``data`` holds a quote, carriage return or NUL (where csv.reader's rules matter)."""
+    return b'"' in data or b"\r" in data or b"\x00" in data
+
+
+
+class _Pending:
+    """Rows read but not yet batched: column chunks, their row numbers, and the malformed rows."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.chunks: list[dict[str, pa.Array]] = []
+        self.lines: list[np.ndarray] = []
+        self.bad: list[tuple[int, str, str]] = []  # (row number, id text, detail)
+        self.rows = 0
+
+    def add(self, cols: dict[str, pa.Array], lines: np.ndarray, bad: list[tuple[int, str, str]]) -> None:
+        if len(lines):
+            self.chunks.append(cols)
+            self.lines.append(lines)
+            self.rows += len(lines)
+        self.bad.extend(bad)
+
+    def full_batches(self, size: int) -> Iterator[tuple[dict[str, pa.Array], list[tuple[int, str, str]]]]:
+        """Batches of ``size`` rows, each with the malformed rows read before its last row."""
+        while self.rows >= size:
+            cols = {k: pa.concat_arrays([c[k] for c in self.chunks]) for k in self.keys}
+            lines = np.concatenate(self.lines)
+            last = int(lines[size - 1])
+            take = [b for b in self.bad if b[0] < last]
+            self.bad = [b for b in self.bad if b[0] > last]
+            self.chunks = [{k: a.slice(size) for k, a in cols.items()}]
+            self.lines = [lines[size:]]
+            self.rows -= size
+            yield {k: a.slice(0, size) for k, a in cols.items()}, take
+
+    def rest(self) -> tuple[dict[str, pa.Array], list[tuple[int, str, str]]]:
+        cols = {k: pa.concat_arrays([c[k] for c in self.chunks]) if self.chunks else pa.array([], pa.string())
+                for k in self.keys}
+        return cols, self.bad
+
+
+def _read_manifest(raw, path: Path, delim: str, options: Options) -> Iterator[IngestBatch]:
+    buf = b""
+    while b"\n" not in buf:
+        chunk = raw.read(1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+    if not buf:
+        return
+    cut = buf.find(b"\n") + 1 or len(buf)
+    head, buf = buf[:cut], buf[cut:]
+    simple = not _unsimple(head)
+    if simple:
+        line = head.rstrip(b"\n").decode("utf-8")
+        header = line.split(delim) if line else []
+        lineno = 2
+    else:  # the header itself needs the csv module's rules
+        text = io.TextIOWrapper(io.BufferedReader(_Prefixed(head + buf, raw)), encoding="utf-8", newline="")
+        reader = csv.reader(text, delimiter=delim)
         try:
             header = next(reader)
         except StopIteration:
             return
-        fields = _manifest_fields(header)
-        missing = {"content_id", "copy_url"} - fields.keys()
-        if missing:
-            raise ValueError(f"eol: {path} lacks manifest columns {sorted(missing)} "
-                             f"(found {header}); expected EOL's names, e.g. 'EOL content ID'")
-        media: list[dict] = []
-        bad_ids, bad_details = [], []
-        page_of: list[str | None] = []
-        for lineno, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                bad_ids.append(make_record_id(SOURCE, row[fields["content_id"]] if len(row) > fields["content_id"]
-                                              else f"{path.name}:{lineno}"))
-                bad_details.append(f"{path.name} line {lineno}: expected {len(header)} fields, got {len(row)}")
+        lineno = 2
+    fields = _manifest_fields(header)
+    missing = {"content_id", "copy_url"} - fields.keys()
+    if missing:
+        raise ValueError(f"eol: {path} lacks manifest columns {sorted(missing)} "
+                         f"(found {header}); expected EOL's names, e.g. 'EOL content ID'")
+    keys = list(fields)
+    pending = _Pending(keys)
+    width = len(header)
+
+    def batches():
+        for cols, bad in pending.full_batches(options.batch_rows):
+            yield _manifest_columns(cols, bad, options)
+
+    if simple:
+        eof = False
+        while buf or not eof:
+            while len(buf) < _BLOCK and not eof:
+                chunk = raw.read(_BLOCK)
+                eof = not chunk
+                buf += chunk
+            end = len(buf) if eof else buf.rfind(b"\n") + 1
+            if not eof and end == 0:  # one line longer than a block: read on
+                more = raw.read(_BLOCK)
+                eof = not more
+                buf += more
                 continue
-            get = lambda k, row=row: (row[fields[k]].strip() or None) if k in fields else None  # noqa: E731
-            media.append({"media_id": get("content_id"), "url": get("copy_url"), "source_url": get("source_url"),
-                          "license_raw": get("license"), "license_name": None, "owner": clean_name(get("owner")),
-                          "dataset": None, "type": None, "extra": {}})
-            page_of.append(get("page_id"))
-            if len(media) >= options.batch_rows:
-                yield _manifest_batch(media, page_of, bad_ids, bad_details, options)
-                media, page_of, bad_ids, bad_details = [], [], [], []
-        yield _manifest_batch(media, page_of, bad_ids, bad_details, options)
+            block, buf = buf[:end], buf[end:]
+            if _unsimple(block):
+                simple = False
+                buf = block + buf
+                break
+            if block:
+                cols, lines, bad, lineno = _split_block(block, delim, width, fields, lineno, path.name)
+                pending.add(cols, lines, bad)
+                yield from batches()
+        if not simple:
+            text = io.TextIOWrapper(io.BufferedReader(_Prefixed(buf, raw)), encoding="utf-8", newline="")
+            reader = csv.reader(text, delimiter=delim)
+    if not simple:
+        for cols, lines, bad in _csv_chunks(reader, width, fields, lineno, path.name):
+            pending.add(cols, lines, bad)
+            yield from batches()
+    cols, bad = pending.rest()
+    yield _manifest_columns(cols, bad, options)
 
 
-def _manifest_batch(media, page_of, bad_ids, bad_details, options) -> IngestBatch:
-    tables, rejects = [], []
-    # a manifest mixes pages: build per page so each record carries its own page id
-    by_page: dict[str | None, list[dict]] = {}
-    for m, p in zip(media, page_of, strict=False):
-        by_page.setdefault(p, []).append(m)
-    for page, items in by_page.items():
-        b = _build(items, page, {}, None, options, {})
-        if b.records.num_rows:
-            tables.append(b.records)
-        rejects.append(b.rejects)
-    if bad_ids:
-        rejects.append(make_rejects(bad_ids, STAGE, Reason.MALFORMED_ROW, bad_details))
-    records = pa.concat_tables(tables) if tables else pa.table({})
-    rej = pa.concat_tables(rejects) if rejects else REJECT_SCHEMA.empty_table()
-    return IngestBatch(records=records, rejects=rej)
+def _malformed(row: list[str], width: int, content: int, lineno: int, name: str) -> tuple[int, str, str]:
+    key = row[content] if len(row) > content else f"{name}:{lineno}"
+    return lineno, key, f"{name} line {lineno}: expected {width} fields, got {len(row)}"
+
+
+def _split_block(block: bytes, delim: str, width: int, fields: dict[str, int], lineno: int, name: str):
+    """Whole lines without quotes, CRs or NULs: (columns, row numbers, malformed rows, next row number)."""
+    block.decode("utf-8")  # raises on bad bytes, as the text reader would
+    data = np.frombuffer(block, np.uint8)
+    nl = np.flatnonzero(data == 10)
+    ends = nl if block.endswith(b"\n") else np.append(nl, len(data))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    seps = np.flatnonzero(data == ord(delim))
+    count = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
+    good = (count == width - 1) & (ends > starts)
+    n = len(ends)
+    numbers = np.arange(lineno, lineno + n)
+    bad = []
+    if not good.all():
+        for i in np.flatnonzero(~good).tolist():
+            line = block[starts[i]:ends[i]].decode("utf-8")
+            row = line.split(delim) if line else []
+            bad.append(_malformed(row, width, fields["content_id"], int(numbers[i]), name))
+        block = data[np.repeat(good, np.diff(np.append(starts, len(data))))].tobytes()
+    lines = numbers[good]
+    if not len(lines):
+        return {k: pa.array([], pa.string()) for k in fields}, lines, bad, lineno + n
+    names = [f"c{i}" for i in range(width)]
+    table = pacsv.read_csv(
+        io.BytesIO(block),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 26),
+        parse_options=pacsv.ParseOptions(delimiter=delim, quote_char=False, escape_char=False,
+                                         newlines_in_values=False, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(include_columns=[names[i] for i in fields.values()],
+                                             column_types={names[i]: pa.string() for i in fields.values()},
+                                             strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                             null_values=[]))
+    if table.num_rows != len(lines):
+        raise AssertionError(f"eol: {name}: {table.num_rows} rows parsed, {len(lines)} expected")
+    cols = {k: table.column(names[i]).combine_chunks() for k, i in fields.items()}
+    return cols, lines, bad, lineno + n
+
+
+def _csv_chunks(reader, width: int, fields: dict[str, int], lineno: int, name: str, size: int = 1 << 16):
+    """``csv.reader`` rows, as column chunks of ``size`` rows (and the malformed rows among them)."""
+    while rows := list(itertools.islice(reader, size)):
+        numbers = np.arange(lineno, lineno + len(rows))
+        ok = [len(r) == width for r in rows]
+        bad = []
+        if not all(ok):
+            bad = [_malformed(r, width, fields["content_id"], int(numbers[i]), name)
+                   for i, (r, o) in enumerate(zip(rows, ok, strict=True)) if not o]
+            rows = [r for r, o in zip(rows, ok, strict=True) if o]
+            numbers = numbers[np.array(ok, bool)]
+        columns = list(zip(*rows, strict=True)) if rows else [()] * width
+        yield {k: pa.array(columns[i], pa.string()) for k, i in fields.items()}, numbers, bad
+        lineno += len(ok)
+
+
+# ---------------------------------------------------------------- column-wise records
+
+# a value whose first and last characters are printable ASCII other than space: str.strip keeps it
+_TRIMMED = (r"^[!-~]", r"[!-~]$")
+
+
+def _per_distinct(fn, a: pa.Array) -> pa.Array:
+    """``fn(v)`` of every value (null included), called once per distinct value."""
+    if not len(a):
+        return pa.array([], pa.string())
+    d = pc.dictionary_encode(a, null_encoding="encode")
+    out = pa.array([fn(v) for v in d.dictionary.to_pylist()], pa.string())
+    return pc.take(out, d.indices)
+
+
+def _stripped(a: pa.Array) -> pa.Array:
+    """``v.strip() or None`` of every value: Python's own strip where the ends are not plain ASCII."""
+    plain = pc.and_(pc.match_substring_regex(a, _TRIMMED[0]), pc.match_substring_regex(a, _TRIMMED[1]))
+    if pc.all(plain).as_py() is not False:
+        return a
+    rest = pc.if_else(plain, pa.scalar(None, pa.string()), a)
+    return pc.if_else(plain, a, _per_distinct(lambda v: (v.strip() or None) if v is not None else None, rest))
+
+
+def _page_extra(page: str | None) -> str | None:
+    return extra_json({"eol_page_id": page, "hierarchy": None})
+
+
+def _manifest_columns(cols: dict[str, pa.Array], bad: list[tuple[int, str, str]], options: Options) -> IngestBatch:
+    """The batch ``_build`` makes of these rows page by page (records and rejects grouped by page in
+    order of first appearance, rows in order within a page), then the malformed rows."""
+    n = len(cols["content_id"])
+    nulls = pa.nulls(n, pa.string())
+    get = {k: _stripped(cols[k]) if k in cols else nulls for k in MANIFEST_COLUMNS}
+    media = pc.fill_null(get["content_id"], "None")  # str(None), as make_record_id is given
+    rids = hex_digests(media, f"{SOURCE}\x1f".encode(), f"{SOURCE}-")
+    url, lic_raw, page = get["copy_url"], get["license"], get["page_id"]
+    codes = normalise_license_column(lic_raw)
+    no_image = np.asarray(pc.is_null(url).to_numpy(zero_copy_only=False), bool)
+    unknown = np.asarray(pc.equal(codes, "unknown").to_numpy(zero_copy_only=False), bool) \
+        if not options.keep_unknown_license else np.zeros(n, bool)
+    reason = np.where(no_image, 1, np.where(unknown, 2, 0)).astype(np.int8)
+    # each row's page group, numbered in order of the page's first row
+    if n:
+        groups = pc.dictionary_encode(page, null_encoding="encode").indices.to_numpy(zero_copy_only=False)
+        _, first = np.unique(groups, return_index=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        group = rank[groups]
+    else:
+        group = np.zeros(0, np.int64)
+    rej_rows = np.flatnonzero(reason != 0)
+    rej_rows = rej_rows[np.argsort(group[rej_rows], kind="stable")]
+    keep = np.flatnonzero(reason == 0)
+    keep = keep[np.argsort(group[keep], kind="stable")]
+    rejects = [_reject_table(rej_rows, reason, rids, lic_raw)]
+    if bad:
+        rejects.append(make_rejects([make_record_id(SOURCE, b[1]) for b in bad], STAGE, Reason.MALFORMED_ROW,
+                                    [b[2] for b in bad]))
+    rej = pa.concat_tables(rejects) if len(rejects) > 1 else rejects[0]
+    if not len(keep):
+        return IngestBatch(records=pa.table({}), rejects=rej)
+    idx = pa.array(keep)
+    k = {name: pc.take(a, idx) for name, a in get.items()}
+    m = len(keep)
+    owner = _per_distinct(clean_name, k["owner"]) if "owner" in cols else pa.nulls(m, pa.string())
+    values = {
+        "record_id": pc.take(rids, idx), "source": pa.repeat(SOURCE, m), "media_id": pc.take(media, idx),
+        "photo_key": _photo_key_of(k["source_url"], k["copy_url"]),
+        "identifier": k["copy_url"], "license": pc.take(codes, idx), "license_raw": k["license"],
+        "rights_holder": owner, "creator": owner, "references": k["source_url"],
+        "source_taxon_id": k["page_id"], "extra": _per_distinct(_page_extra, k["page_id"]),
+    }
+    schema = pa.schema([f.with_nullable(True) for f in RECORD_SCHEMA], metadata=RECORD_SCHEMA.metadata)
+    arrays = [values[f.name].cast(f.type) if f.name in values else pa.nulls(m, f.type) for f in schema]
+    return IngestBatch(records=pa.Table.from_arrays(arrays, schema=schema), rejects=rej)
+
+
+def _photo_key_of(source_url: pa.Array, url: pa.Array) -> pa.Array:
+    """``photo_key_of(source_url, url)`` of every row (both stripped, ``url`` never null)."""
+    ks, ku = photo_keys(source_url), photo_keys(url)
+    inat_s = pc.fill_null(pc.starts_with(ks, "inat-photo-"), False)
+    inat_u = pc.fill_null(pc.starts_with(ku, "inat-photo-"), False)
+    other = pc.if_else(pc.is_valid(ks), ks, ku)
+    return pc.if_else(inat_s, ks, pc.if_else(inat_u, ku, other))
+
+
+def _reject_table(rows: np.ndarray, reason: np.ndarray, rids: pa.Array, lic_raw: pa.Array) -> pa.Table:
+    if not len(rows):
+        return REJECT_SCHEMA.empty_table()
+    idx = pa.array(rows)
+    r = reason[rows]
+    names = pa.array(["", str(Reason.NO_IMAGE), str(Reason.UNKNOWN_LICENSE)], pa.string())
+    licence = _per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(lic_raw, idx))
+    detail = pc.if_else(pa.array(r == 1), "medium has no base_url / full-size copy URL", licence)
+    return pa.Table.from_arrays([pc.take(rids, idx), pa.repeat(STAGE, len(rows)),
+                                 pc.take(names, pa.array(r)), detail], schema=REJECT_SCHEMA)
 
 
 CONNECTOR = EOLConnector()
