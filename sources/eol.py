@@ -269,14 +269,18 @@ def read_manifest(path: Path, options: Options) -> Iterator[IngestBatch]:
     quote, carriage return or NUL (then a line is a row and a delimiter a field boundary, as for
     ``csv.reader``); from the first block that holds one on, the rest is read by ``csv.reader``
     itself. Either way the records are built from columns (:func:`_manifest_columns`). A row with
-    the wrong number of fields is a ``malformed_row`` reject; text that is not UTF-8 raises, as
-    reading the file as text does.
+    the wrong number of fields is a ``malformed_row`` reject; text that is not UTF-8 stops the
+    file with an error that names it and says what to do.
     """
-    with _open(path) as fh:
-        sample = fh.read(1 << 16)
-        delim = "\t" if sample.count("\t") > sample.count(",") else ","
-    with _raw(path) as raw:
-        yield from _read_manifest(raw, path, delim, options)
+    try:
+        with _open(path) as fh:
+            sample = fh.read(1 << 16)
+            delim = "\t" if sample.count("\t") > sample.count(",") else ","
+        with _raw(path) as raw:
+            yield from _read_manifest(raw, path, delim, options)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"eol: {path} is not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x}); "
+                         f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and ingest it again") from exc
 
 
 def _raw(path: Path):

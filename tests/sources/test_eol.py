@@ -103,6 +103,19 @@ def test_manifest_without_the_needed_columns_is_a_clear_error(tmp_path):
         list(CONNECTOR.read(str(path), Options()))
 
 
+def test_manifest_that_is_not_utf8_is_a_clear_error(tmp_path):
+    """Real media rows, one owner written in Latin-1: the ingest stops with the file's name and
+    how to fix it (the CLI prints the message, no traceback)."""
+    store = json.loads(STORE.read_text())
+    path = tmp_path / "media_manifest.tsv"
+    rows = ["eol_content_id\teol_page_id\tmedium_source_url\teol_full_size_copy_url\tlicense_name\tcopyright_owner"]
+    rows += [f"{m['guid']}\t{store['id']}\t{m['source_url']}\t{m['base_url']}_orig.jpg\t{m['license']['name']}\t"
+             f"{m['owner']}" for m in store["media"][:5]]
+    path.write_bytes(("\n".join(rows) + "\n").encode() + "Jos\u00e9 Pe\u00f1a\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"media_manifest.tsv is not UTF-8 text .*iconv"):
+        list(CONNECTOR.read(str(path), Options()))
+
+
 def test_unknown_licence_and_folder_tasks(tmp_path):
     store = json.loads(STORE.read_text())
     store["media"][0]["license"] = {"name": "some licence", "source_url": "http://example.org/terms"}
@@ -188,22 +201,25 @@ def _manifest_batch_reference(media, page_of, bad_ids, bad_details, options) -> 
 
 
 def _outcome(reader, path, options):
-    """The batches a reader yields, and the type of the error it ends with (None if none)."""
+    """The batches a reader yields, and the error it ends with (None if none)."""
     out = []
     try:
         for b in reader(path, options):
             out.append(b)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return out, type(exc)
+    except ValueError as exc:  # UnicodeDecodeError included
+        return out, exc
     return out, None
 
 
 def assert_same_batches(path, options):
     ref, ref_err = _outcome(read_manifest_reference, path, options)
     got, got_err = _outcome(read_manifest, path, options)
-    assert got_err is ref_err
-    if ref_err is UnicodeDecodeError:
-        return  # both give up on text that is not UTF-8
+    if isinstance(ref_err, UnicodeDecodeError):
+        # the reference gave up with the codec's words; the reader names the file and the way out
+        assert type(got_err) is ValueError and "is not UTF-8 text" in str(got_err) and "iconv" in str(got_err)
+        assert isinstance(got_err.__cause__, UnicodeDecodeError)
+        return
+    assert type(got_err) is type(ref_err)
     assert len(got) == len(ref)
     for g, r in zip(got, ref, strict=True):
         assert g.records.schema.equals(r.records.schema, check_metadata=True)
