@@ -17,7 +17,7 @@ BIOCORPUS  = $(BIN)/biocorpus
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-train demo test test-slow test-all lint ingest backbone resolve curate download \
-        train query report run chromium bench-ingest bench-ingest-inat bench-ifcb bench-resolve bench-curate bench-download \
+        train query report run chromium bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-download \
         bench-loader bench clean
 
 help: ## list the targets
@@ -91,6 +91,9 @@ bench-ingest: $(VENV)/.installed ## GBIF DwC-A ingest vs python-dwca-reader
 bench-ingest-inat: $(VENV)/.installed ## iNaturalist dump adapter vs the former per-row loop
 	$(BIN)/python bench/ingest_inat.py $(BENCH_ARGS)
 
+bench-ingest-eol: $(VENV)/.installed ## EOL media manifest reader vs the former per-row loop
+	$(BIN)/python bench/ingest_eol.py $(BENCH_ARGS)
+
 bench-ifcb: $(VENV)/.installed ## IFCB ROI extraction vs a per-ROI Python loop
 	$(BIN)/python bench/ifcb_rois.py $(BENCH_ARGS)
 
@@ -106,7 +109,7 @@ bench-download: $(VENV)/.installed ## downloader vs img2dataset on a loopback se
 bench-loader: $(VENV)/.installed-train ## training loader vs a plain PIL loop
 	$(BIN)/python bench/loader.py $(BENCH_ARGS)
 
-bench: bench-ingest bench-ingest-inat bench-ifcb bench-resolve bench-curate bench-download bench-loader ## every benchmark
+bench: bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-download bench-loader ## every benchmark
 
 clean: ## remove the data root and caches (not .venv)
 	rm -rf $(DATA) .pytest_cache .ruff_cache .hypothesis
