@@ -315,7 +315,6 @@ def _unsimple(data: bytes) -> bool:
     return b'"' in data or b"\r" in data or b"\x00" in data
 
 
-
 class _Pending:
     """Rows read but not yet batched: column chunks, their row numbers, and the malformed rows."""
 
