@@ -179,6 +179,17 @@ def from_rows(rows: Sequence[dict]) -> pa.Table:
     return pa.table(cols, schema=_nullable_schema())
 
 
+def from_columns(columns: dict[str, pa.Array], n: int) -> pa.Table:
+    """:func:`from_rows` for values given as columns of ``n`` rows: each cast to its record type,
+    absent columns null; unknown names are an error."""
+    unknown = set(columns) - set(RECORD_SCHEMA.names)
+    if unknown:
+        raise KeyError(f"not record columns: {sorted(unknown)}")
+    schema = _nullable_schema()
+    return pa.Table.from_arrays([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type)
+                                 for f in schema], schema=schema)
+
+
 def _nullable_schema() -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in RECORD_SCHEMA], metadata=RECORD_SCHEMA.metadata)
 

@@ -24,10 +24,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from pydantic import Field
 
-from schemas import RECORD_SCHEMA, Reason, make_record_id, make_rejects
-from schemas.record import extra_json, from_rows
+from schemas import Reason, make_record_id, make_rejects
+from schemas.record import extra_json, from_columns, from_rows
 from schemas.rejects import REJECT_SCHEMA
 from sources.base import IngestBatch
+from sources.columns import per_distinct
 from sources.http import ApiConnector, ApiOptions
 from sources.licenses import normalise_license, normalise_license_column
 from sources.photokey import hex_digests, photo_key_of, photo_keys
@@ -486,22 +487,13 @@ def _csv_chunks(reader, width: int, fields: dict[str, int], lineno: int, name: s
 _TRIMMED = (r"^[!-~]", r"[!-~]$")
 
 
-def _per_distinct(fn, a: pa.Array) -> pa.Array:
-    """``fn(v)`` of every value (null included), called once per distinct value."""
-    if not len(a):
-        return pa.array([], pa.string())
-    d = pc.dictionary_encode(a, null_encoding="encode")
-    out = pa.array([fn(v) for v in d.dictionary.to_pylist()], pa.string())
-    return pc.take(out, d.indices)
-
-
 def _stripped(a: pa.Array) -> pa.Array:
     """``v.strip() or None`` of every value: Python's own strip where the ends are not plain ASCII."""
     plain = pc.and_(pc.match_substring_regex(a, _TRIMMED[0]), pc.match_substring_regex(a, _TRIMMED[1]))
     if pc.all(plain).as_py() is not False:
         return a
     rest = pc.if_else(plain, pa.scalar(None, pa.string()), a)
-    return pc.if_else(plain, a, _per_distinct(lambda v: (v.strip() or None) if v is not None else None, rest))
+    return pc.if_else(plain, a, per_distinct(lambda v: (v.strip() or None) if v is not None else None, rest))
 
 
 def _page_extra(page: str | None) -> str | None:
@@ -545,17 +537,15 @@ def _manifest_columns(cols: dict[str, pa.Array], bad: list[tuple[int, str, str]]
     idx = pa.array(keep)
     k = {name: pc.take(a, idx) for name, a in get.items()}
     m = len(keep)
-    owner = _per_distinct(clean_name, k["owner"]) if "owner" in cols else pa.nulls(m, pa.string())
+    owner = per_distinct(clean_name, k["owner"]) if "owner" in cols else pa.nulls(m, pa.string())
     values = {
         "record_id": pc.take(rids, idx), "source": pa.repeat(SOURCE, m), "media_id": pc.take(media, idx),
         "photo_key": _photo_key_of(k["source_url"], k["copy_url"]),
         "identifier": k["copy_url"], "license": pc.take(codes, idx), "license_raw": k["license"],
         "rights_holder": owner, "creator": owner, "references": k["source_url"],
-        "source_taxon_id": k["page_id"], "extra": _per_distinct(_page_extra, k["page_id"]),
+        "source_taxon_id": k["page_id"], "extra": per_distinct(_page_extra, k["page_id"]),
     }
-    schema = pa.schema([f.with_nullable(True) for f in RECORD_SCHEMA], metadata=RECORD_SCHEMA.metadata)
-    arrays = [values[f.name].cast(f.type) if f.name in values else pa.nulls(m, f.type) for f in schema]
-    return IngestBatch(records=pa.Table.from_arrays(arrays, schema=schema), rejects=rej)
+    return IngestBatch(records=from_columns(values, m), rejects=rej)
 
 
 def _photo_key_of(source_url: pa.Array, url: pa.Array) -> pa.Array:
@@ -573,7 +563,7 @@ def _reject_table(rows: np.ndarray, reason: np.ndarray, rids: pa.Array, lic_raw:
     idx = pa.array(rows)
     r = reason[rows]
     names = pa.array(["", str(Reason.NO_IMAGE), str(Reason.UNKNOWN_LICENSE)], pa.string())
-    licence = _per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(lic_raw, idx))
+    licence = per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(lic_raw, idx))
     detail = pc.if_else(pa.array(r == 1), "medium has no base_url / full-size copy URL", licence)
     return pa.Table.from_arrays([pc.take(rids, idx), pa.repeat(STAGE, len(rows)),
                                  pc.take(names, pa.array(r)), detail], schema=REJECT_SCHEMA)

@@ -32,6 +32,7 @@ from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import IngestBatch
+from sources.columns import per_distinct
 from sources.dwca import DwcaError, Prefetch, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
 from sources.licenses import normalise_license_column
@@ -542,13 +543,6 @@ def record_ids(keys: pa.Array, source: str = SOURCE) -> pa.Array:
     return hex_digests(keys, f"{source}\x1f".encode(), f"{source}-")
 
 
-def _per_unique(a: pa.Array, fn: Callable[[str | None], str | None]) -> pa.Array:
-    """``fn`` applied once per distinct value of ``a`` (URLs and licences repeat across rows)."""
-    uniques = pc.unique(a)
-    mapped = pa.array([fn(v) for v in uniques.to_pylist()], pa.string())
-    return pc.take(mapped, pc.index_in(a, value_set=uniques))
-
-
 _CONTROL = r"[\x00-\x1f]"
 _IMAGE_URL = r"\.(jpe?g|png|gif|tiff?|webp|bmp)(\?|$)"
 
@@ -624,12 +618,7 @@ def _braced(joined: pa.Array) -> pa.Array:
 
 def _repr_pairs(a: pa.Array, b: pa.Array, fmt: str) -> pa.Array:
     """``fmt.format(repr(x), repr(y))`` per row, computed once per distinct pair."""
-    key = pc.binary_join_element_wise(pc.fill_null(a, "\x00N"), pc.fill_null(b, "\x00N"), "\x1f")
-    uniques = pc.unique(key).to_pylist()
-    back = lambda s: None if s == "\x00N" else s  # noqa: E731
-    mapped = pa.array([fmt.format(repr(back(u.split("\x1f", 1)[0])), repr(back(u.split("\x1f", 1)[1])))
-                       for u in uniques], pa.string())
-    return pc.take(mapped, pc.index_in(key, value_set=pa.array(uniques, pa.string())))
+    return per_distinct(lambda x, y: fmt.format(repr(x), repr(y)), a, b)
 
 
 def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
@@ -722,8 +711,8 @@ def _adapt_rows(t: _Rows, options: Options) -> tuple[IngestBatch, np.ndarray]:
     ]
     if not options.keep_unknown_license:
         tests.append((pc.equal(license_code, "unknown"), Reason.UNKNOWN_LICENSE,
-                      lambda rows: _per_unique(license_raw.take(rows), lambda v: f"licence {v!r} not recognised"
-                                               if v else "no licence given")))
+                      lambda rows: per_distinct(lambda v: f"licence {v!r} not recognised" if v else "no licence given",
+                                                license_raw.take(rows))))
     # the first test that applies wins: applied last to first, each overwriting, then one take
     which = np.full(n, -1, np.int64)  # row -> its detail among the explained rows
     test_of = np.full(n, -1, np.int64)  # row -> the test that rejects it

@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from schemas import RECORD_SCHEMA, Reason, make_record_id, make_rejects
-from schemas.record import extra_json, from_rows
+from schemas import Reason, make_record_id, make_rejects
+from schemas.record import extra_json, from_columns, from_rows
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import IngestBatch
+from sources.columns import distinct, per_distinct
 from sources.http import ApiConnector, ApiOptions, HttpClient
 from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
 from sources.photokey import hex_digests, photo_key, photo_keys
@@ -272,7 +273,7 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
         "record_id": pc.take(rids, idx), "source": pa.repeat(SOURCE, m),
         "source_dataset": pa.repeat("inaturalist-open-data", m),
         "occurrence_id": k["observation_uuid"], "media_id": k["photo_id"], "photo_key": _photo_keys(url, k["photo_id"], base, options.photo_size),
-        "identifier": url, "format": _per_distinct(_format_of, ext),
+        "identifier": url, "format": per_distinct(_format_of, ext),
         "license": pc.take(codes, idx), "license_raw": k["license"], "rights_holder": holder, "creator": holder,
         "references": pc.binary_join_element_wise("https://www.inaturalist.org/observations/",
                                                   pc.fill_null(k["observation_uuid"], "None"), ""),
@@ -328,12 +329,12 @@ def _dump_rejects(reason: np.ndarray, rids: pa.Array, col: dict[str, pa.Array], 
             detail = pc.binary_join_element_wise(
                 "observation ", pc.fill_null(pc.take(col["observation_uuid"], rows), "None"), " not in the dump", "")
         elif code == 2:
-            detail = _per_distinct(lambda a, b: f"latitude={a!r} longitude={b!r}",
+            detail = per_distinct(lambda a, b: f"latitude={a!r} longitude={b!r}",
                                    pc.take(col["latitude"], rows), pc.take(col["longitude"], rows))
         elif code == 3:
-            detail = _per_distinct(lambda g: f"quality_grade {g!r}", pc.take(col["quality_grade"], rows))
+            detail = per_distinct(lambda g: f"quality_grade {g!r}", pc.take(col["quality_grade"], rows))
         else:
-            detail = _per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(col["license"], rows))
+            detail = per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(col["license"], rows))
         parts.append(detail)
         where.append(at)
     details = pc.take(pa.concat_arrays(parts), pa.array(np.argsort(np.concatenate(where), kind="stable")))
@@ -346,10 +347,8 @@ def _dump_rejects(reason: np.ndarray, rids: pa.Array, col: dict[str, pa.Array], 
 def _records_of_columns(values: dict[str, pa.Array], n: int) -> pa.Table:
     """The table ``_records`` builds from the same values as rows: every record column, then those
     without any value dropped."""
-    schema = pa.schema([f.with_nullable(True) for f in RECORD_SCHEMA], metadata=RECORD_SCHEMA.metadata)
-    arrays = [values[f.name].cast(f.type) if f.name in values else pa.nulls(n, f.type) for f in schema]
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    return table.select([f.name for f, a in zip(schema, arrays, strict=True) if a.null_count < n])
+    table = from_columns(values, n)
+    return table.select([c.name for c, col in zip(table.schema, table.columns, strict=True) if col.null_count < n])
 
 
 # ---------------------------------------------------------------- column helpers
@@ -371,29 +370,6 @@ def _mask(a: pa.Array) -> np.ndarray:
 
 def _float_array(values: np.ndarray, ok: np.ndarray) -> pa.Array:
     return pa.array(values, pa.float64(), mask=~ok)
-
-
-def _distinct(*cols: pa.Array) -> tuple[list[tuple], np.ndarray]:
-    """The distinct value tuples of parallel columns (null is a value) and each row's index into them."""
-    key = None
-    dicts, codes = [], []
-    for c in cols:
-        d = pc.dictionary_encode(c, null_encoding="encode")
-        dicts.append(d.dictionary.to_pylist())
-        codes.append(d.indices.to_numpy(zero_copy_only=False).astype(np.int64))
-    key = codes[0]
-    for c, d in zip(codes[1:], dicts[1:], strict=True):
-        key = key * len(d) + c
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return [tuple(d[c[i]] for d, c in zip(dicts, codes, strict=True)) for i in first], inverse.ravel()
-
-
-def _per_distinct(fn, *cols: pa.Array) -> pa.Array:
-    """``fn(*values)`` of every row, called once per distinct tuple of values."""
-    if not len(cols[0]):
-        return pa.array([], pa.string())
-    uniques, inverse = _distinct(*cols)
-    return pc.take(pa.array([fn(*u) for u in uniques], pa.string()), pa.array(inverse))
 
 
 def _format_of(ext: str) -> str:
@@ -419,7 +395,7 @@ def _floats(a: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values[plain] = parsed.filter(pa.array(plain)).to_numpy()
     rest = np.flatnonzero(~plain & _mask(pc.is_valid(a)))
     if len(rest):
-        uniques, inverse = _distinct(pc.take(a, pa.array(rest)))
+        uniques, inverse = distinct(pc.take(a, pa.array(rest)))
         got = [_float(u[0]) for u in uniques]
         v = np.array([np.nan if x is None else x for x, _ in got], float)[inverse]
         has = np.array([x is not None for x, _ in got], bool)[inverse]
@@ -465,7 +441,7 @@ def _position_text(a: pa.Array) -> pa.Array:
     out = pc.cast(pa.array(v, pa.int64(), mask=~ok), pa.string())
     if odd.any():
         rows = pa.array(np.flatnonzero(odd))
-        slow = _per_distinct(lambda s: None if _int(s) is None else str(_int(s)), pc.take(a, rows))
+        slow = per_distinct(lambda s: None if _int(s) is None else str(_int(s)), pc.take(a, rows))
         where = np.full(len(a), -1, np.int64)
         where[odd] = np.arange(len(rows))
         out = pc.if_else(pa.array(odd), pc.take(slow, pa.array(where, mask=where < 0)), out)

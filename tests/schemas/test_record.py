@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import RANKS, RECORD_SCHEMA, Record, conform, make_record_id
-from schemas.record import REQUIRED, from_rows
+from schemas.record import REQUIRED, from_columns, from_rows
 
 
 def test_arrow_schema_is_derived_from_the_model():
@@ -62,3 +63,12 @@ def test_conform_accounts_for_every_row(lats):
     good, rejects = conform(from_rows(rows) if rows else from_rows([_row()]).slice(0, 0), "ingest")
     assert good.num_rows + rejects.num_rows == len(lats)
     assert all(-90 <= v <= 90 for v in good.column("decimal_latitude").to_pylist() if v is not None)
+
+
+def test_from_columns_is_from_rows_of_the_same_values():
+    rows = [{"record_id": "gbif-1", "source": "gbif", "identifier": "https://a.org/1.jpg", "width": 640},
+            {"record_id": "gbif-2", "source": "gbif", "identifier": None, "width": None}]
+    columns = {k: pa.array([r[k] for r in rows]) for k in rows[0]}
+    assert from_columns(columns, 2).equals(from_rows(rows), check_metadata=True)
+    with pytest.raises(KeyError, match="not record columns"):
+        from_columns({"colour": pa.array(["red"])}, 1)
