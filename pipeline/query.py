@@ -30,6 +30,11 @@ def _has(root: Path, pattern: str) -> bool:
     return any(root.glob(pattern))
 
 
+def _literal(path: Path | str) -> str:
+    """``path`` as a SQL string literal's contents: a quote in a folder name must not end it."""
+    return Path(path).as_posix().replace("'", "''")
+
+
 def connect(root: Path):
     """A DuckDB connection with the views that exist under ``root`` (empty views are left out)."""
     import duckdb
@@ -38,7 +43,7 @@ def connect(root: Path):
     root = Path(root)
     for name, pattern in VIEWS.items():
         if _has(root, pattern):
-            path = (root / pattern).as_posix()
+            path = _literal(root / pattern)
             if name == "rejects":
                 # reject rows carry their own stage; their folders nest to different depths, so the
                 # source of an ingest reject is read from its path instead of hive partitioning
@@ -66,13 +71,13 @@ def connect(root: Path):
         con.execute(
             "CREATE VIEW shards AS SELECT regexp_extract(filename, '([^/]+)\\.parquet$', 1) AS shard, count(*) AS "
             "attempted, count(*) FILTER (WHERE status = 'ok') AS ok, count(*) FILTER (WHERE status <> 'ok') AS failed "
-            f"FROM read_parquet('{(root / VIEWS['downloads']).as_posix()}', filename = true, union_by_name = true) "
+            f"FROM read_parquet('{_literal(root / VIEWS['downloads'])}', filename = true, union_by_name = true) "
             "GROUP BY 1 ORDER BY 1"
         )
     if _has(root, "runs/*/run.json"):
         try:
             con.execute(
-                f"CREATE VIEW runs AS SELECT * FROM read_json_auto('{(root / 'runs/*/run.json').as_posix()}', "
+                f"CREATE VIEW runs AS SELECT * FROM read_json_auto('{_literal(root / 'runs/*/run.json')}', "
                 "union_by_name = true, maximum_object_size = 67108864)"
             )
         except duckdb.Error as exc:  # one malformed run.json must not take every other view down

@@ -210,9 +210,14 @@ class _Source:
         return None
 
     def open(self, name: str):
-        if self.zip is not None:
+        if self.zip is None:
+            return open(self.path / name, "rb")
+        try:
             return self.zip.open(name)
-        return open(self.path / name, "rb")
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            # a damaged central directory: a member's offset or header points nowhere
+            raise DwcaError(f"{self.path}: member {name!r} cannot be opened, the zip is damaged ({exc}); "
+                            "download the archive again") from exc
 
     def close(self) -> None:
         if self.zip is not None:
@@ -558,7 +563,7 @@ def _raw_blocks(src: _Source, member: str, piece_bytes: int = PIECE_BYTES) -> It
         return
     info = src.zip.getinfo(member)
     if info.compress_type not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED) or info.flag_bits & 0x1:
-        with src.zip.open(member) as fh:  # other codecs and encryption: zipfile knows them
+        with src.open(member) as fh:  # other codecs and encryption: zipfile knows them
             while block := fh.read(piece_bytes):
                 yield block
         return

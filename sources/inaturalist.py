@@ -32,6 +32,15 @@ from sources.photokey import hex_digests, photo_key, photo_keys
 SOURCE = "inaturalist"
 STAGE = "ingest"
 DUMP_FILES = ("photos", "observations", "taxa", "observers")
+# the columns the join reads from each dump file (newer dumps add others, which are ignored)
+DUMP_COLUMNS = {
+    "photos": ("photo_uuid", "photo_id", "observation_uuid", "observer_id", "extension", "license", "width",
+               "height", "position"),
+    "observations": ("observation_uuid", "observer_id", "latitude", "longitude", "positional_accuracy",
+                     "taxon_id", "quality_grade", "observed_on"),
+    "taxa": ("taxon_id", "ancestry", "rank", "name"),
+    "observers": ("observer_id", "login", "name"),
+}
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")
 # longest side of each size iNaturalist serves (the original is capped at 2048 px)
 SIZE_PX = {"original": 2048, "large": 1024, "medium": 500, "small": 240}
@@ -107,7 +116,8 @@ def locate_dump(where: str, options: Options, client: HttpClient) -> dict[str, P
 
 def _read_csv(path: Path, table: str) -> str:
     # The dump is tab-separated with no quoting at all: a '"' is a literal character.
-    return (f"CREATE TABLE {table} AS SELECT * FROM read_csv('{path}', delim='\t', quote='', escape='', "
+    literal = str(path).replace("'", "''")  # a quote in a folder name must not end the SQL string
+    return (f"CREATE TABLE {table} AS SELECT * FROM read_csv('{literal}', delim='\t', quote='', escape='', "
             f"header=true, all_varchar=true, store_rejects=true, rejects_table='rej_{table}', "
             f"rejects_scan='scan_{table}')")
 
@@ -157,7 +167,7 @@ def read_joined(files: dict[str, Path], options: Options) -> Iterator[IngestBatc
             con.execute("SET enable_progress_bar=false")  # it writes to stdout, which callers may own
             con.execute("SET preserve_insertion_order=true")
             for name in DUMP_FILES:
-                con.execute(_read_csv(files[name], name))
+                _load(con, files[name], name)
             yield from _file_rejects(con)
             rank_cols = ",\n           ".join(
                 f"max(a.name) FILTER (WHERE a.rank = '{r}') AS rank_{r}" for r in RANK_COLUMNS)
@@ -166,6 +176,24 @@ def read_joined(files: dict[str, Path], options: Options) -> Iterator[IngestBatc
                 yield pa.Table.from_batches([batch])
         finally:
             con.close()
+
+
+def _load(con, path: Path, name: str) -> None:
+    """Load one dump file; a file that cannot be one (empty, not tab-separated, a header without
+    the columns the join needs) stops with what is wrong, as no row of it can be read."""
+    import duckdb
+
+    hint = (f"the iNaturalist open-data {name} file is tab-separated with a header line "
+            f"({', '.join(DUMP_COLUMNS[name])}); check that {path} is that file, whole")
+    try:
+        con.execute(_read_csv(path, name))
+    except duckdb.Error as exc:
+        raise ValueError(f"inaturalist: {path} cannot be read ({str(exc).splitlines()[0]}); {hint}") from exc
+    found = [r[0] for r in con.execute(f"DESCRIBE {name}").fetchall()]
+    missing = [c for c in DUMP_COLUMNS[name] if c not in found]
+    if missing:
+        raise ValueError(f"inaturalist: {path} lacks the column(s) {', '.join(missing)} "
+                         f"(its header gives {', '.join(found[:12])}); {hint}")
 
 
 def _file_rejects(con) -> Iterator[IngestBatch]:

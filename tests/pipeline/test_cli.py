@@ -48,3 +48,17 @@ def test_console_script_runs():
 def test_query_over_an_empty_root_says_what_to_do(tmp_path):
     res = cli.invoke(app, ["query", "SELECT 1", "--data", str(tmp_path)])
     assert res.exit_code == 2 and "run a stage first" in res.output
+
+
+def test_query_over_a_root_whose_path_has_a_quote(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.io import atomic_write_parquet
+
+    root = tmp_path / "o'brien's data"
+    atomic_write_parquet(pa.table({"record_id": ["a", "b"], "family": ["Ursidae", "Ursidae"]}),
+                         root / "raw/source=gbif/dataset=x/part-00000.parquet")
+    res = cli.invoke(app, ["query", "SELECT family, count(*) AS n FROM records GROUP BY 1", "--data", str(root),
+                           "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[1:] == ['"Ursidae",2']

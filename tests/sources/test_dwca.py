@@ -88,6 +88,24 @@ def test_corrupt_member_is_a_clear_error(tmp_path):
         rows_of(a, a.core, ["gbifID"])
 
 
+def test_bytes_lost_before_the_directory_are_a_clear_error(tmp_path):
+    """200 bytes cut out of the first member: zipfile then finds that member at a negative offset
+    (found by a mutation fuzz: the read ended in a bare ``OSError: [Errno 22] Invalid argument``)."""
+    data = SAMPLE.read_bytes()
+    with zipfile.ZipFile(SAMPLE) as z:
+        first = min(z.infolist(), key=lambda i: i.header_offset)
+    assert first.filename == "occurrence.txt" and first.header_offset == 0
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(data[:100] + data[300:])
+    a = open_archive(cut)  # meta.xml, after the cut, is still where the directory says
+    with pytest.raises(DwcaError, match="'occurrence.txt' cannot be opened, the zip is damaged"):
+        rows_of(a, a.core, ["gbifID"])
+    from sources.gbif import CONNECTOR
+
+    with pytest.raises(DwcaError, match="occurrence.txt"):
+        list(CONNECTOR.read(str(cut), CONNECTOR.Options()))
+
+
 def test_missing_meta(tmp_path):
     with pytest.raises(DwcaError, match="no meta.xml"):
         open_archive(rewrite(SAMPLE, tmp_path / "x.zip", drop={"meta.xml"}))

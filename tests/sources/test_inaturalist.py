@@ -94,6 +94,29 @@ def test_bad_rows_in_the_dump(tmp_path):
     assert records.num_rows + rejects.num_rows == 50
 
 
+
+@pytest.mark.parametrize("name, damage, message", [
+    # found by a mutation fuzz of the sample: each ended in DuckDB's bare BinderException
+    ("observers", lambda b: b.replace(b"\t", b",", 2), r"observers.csv lacks the column\(s\) observer_id, login"),
+    ("taxa", lambda b: b.replace(b"taxon_id", b"taxon_i\xff", 1), r"taxa.csv lacks the column\(s\) taxon_id"),
+    ("observations", lambda b: b.split(b"\n", 1)[1], r"observations.csv lacks the column\(s\) observation_uuid"),
+    ("photos", lambda b: b"", r"photos.csv lacks the column\(s\) photo_uuid"),
+])
+def test_a_dump_file_that_cannot_be_one_is_a_clear_error(tmp_path, name, damage, message):
+    d = tmp_path / "it's here"  # a quote in the folder name must not break the SQL either
+    shutil.copytree(DUMP, d)
+    (d / f"{name}.csv").write_bytes(damage((d / f"{name}.csv").read_bytes()))
+    with pytest.raises(ValueError, match=message) as err:
+        ingest(CONNECTOR, str(d), Options())
+    assert "tab-separated with a header line" in str(err.value)
+
+
+def test_a_quote_in_the_folder_name(tmp_path):
+    d = tmp_path / "o'brien"
+    shutil.copytree(DUMP, d)
+    records, _, _ = ingest(CONNECTOR, str(d), Options())
+    assert records.num_rows == 39
+
 def test_api_pull_continues_from_the_saved_cursor(loopback, tmp_path, clock):
     page = (API / "get_observations_page1.json").read_bytes()
     detail = (API / "get_observation.json").read_bytes()
