@@ -179,6 +179,44 @@ def from_rows(rows: Sequence[dict]) -> pa.Table:
     return pa.table(cols, schema=_nullable_schema())
 
 
+def _python_kinds() -> dict[str, tuple[type, ...]]:
+    """Per record column, the Python types :func:`from_rows` takes as its values (``bool`` is no number)."""
+    kinds: dict[str, tuple[type, ...]] = {}
+    for f in RECORD_SCHEMA:
+        if pa.types.is_string(f.type):
+            kinds[f.name] = (str,)
+        elif pa.types.is_floating(f.type):
+            kinds[f.name] = (int, float)
+        elif pa.types.is_integer(f.type):
+            kinds[f.name] = (int,)
+        elif pa.types.is_boolean(f.type):
+            kinds[f.name] = (bool,)
+    return kinds
+
+
+_KINDS = _python_kinds()
+
+
+def row_problem(row: dict) -> str | None:
+    """Why :func:`from_rows` could not take ``row`` (a value of the wrong kind: a list or an object
+    where a source's JSON should have had text or a number), or ``None``. Adapters of JSON sources
+    check each row, so one malformed item becomes its own reject instead of failing the batch."""
+    for name, value in row.items():
+        kinds = _KINDS.get(name)
+        if value is None or kinds is None:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return f"{name} is {type(value).__name__} {_short(value)}, not {kinds[-1].__name__}"
+        if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 63):
+            return f"{name} {value} does not fit in 64 bits"
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def from_columns(columns: dict[str, pa.Array], n: int) -> pa.Table:
     """:func:`from_rows` for values given as columns of ``n`` rows: each cast to its record type,
     absent columns null; unknown names are an error."""

@@ -46,3 +46,25 @@ class Connector(Protocol):
     def read(self, task: str, options: SourceOptions) -> Iterator[IngestBatch]:
         """Read one task; transient network errors are retried inside, bad rows become rejects."""
         ...
+
+
+# What reading a JSON item of the wrong shape raises (a string where an object should be, an
+# object where a list should be...): an adapter catches these per item and rejects that item.
+SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def item_key(item: object, *names: str) -> str | None:
+    """The first of ``names`` that ``item`` (a JSON object, or not) has as a plain scalar, as text."""
+    if not isinstance(item, dict):
+        return None
+    for name in names:
+        value = item.get(name)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return None
+
+
+def shape_detail(what: str, exc: BaseException | str) -> str:
+    """The reject detail of a malformed JSON item: which item, and what was wrong with it."""
+    problem = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return f"{what}: malformed JSON ({problem})"

@@ -14,7 +14,8 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +26,9 @@ import pyarrow.csv as pacsv
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json, from_columns, from_rows
+from schemas.record import extra_json, from_columns, from_rows, row_problem
 from schemas.rejects import REJECT_SCHEMA
-from sources.base import IngestBatch
+from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.http import ApiConnector, ApiOptions
 from sources.licenses import normalise_license, normalise_license_column
@@ -166,19 +167,34 @@ def _api_lineage(concept: dict) -> tuple[dict[str, Any], str | None]:
 
 def read_json(doc: dict, options: Options, page_hint: str | None = None) -> IngestBatch:
     """A page export (``media`` + ``native_node``) or a pages API response (``taxonConcept``)."""
-    if "taxonConcept" in doc:
-        concept = doc["taxonConcept"]
-        page_id = str(concept.get("identifier") or page_hint)
-        taxon, lineage = _api_lineage(concept)
-        media = [_api_medium(o) for o in concept.get("dataObjects") or []]
-    elif "media" in doc or "native_node" in doc:
-        page_id = str(doc.get("id") or page_hint)
-        taxon, lineage = _native_lineage(doc.get("native_node"))
-        media = [_export_medium(m, options) for m in doc.get("media") or []]
-    else:
-        raise ValueError(f"eol: JSON for page {page_hint} is neither a page export nor a pages API response")
-    skipped = {} if media else {"page_without_media": 1}
-    return _build(media, page_id, taxon, lineage, options, skipped)
+    try:
+        if isinstance(doc, dict) and "taxonConcept" in doc:
+            concept = doc["taxonConcept"]
+            page_id = str(concept.get("identifier") or page_hint)
+            taxon, lineage = _api_lineage(concept)
+            items, medium = _list(concept.get("dataObjects")), _api_medium
+        elif isinstance(doc, dict) and ("media" in doc or "native_node" in doc):
+            page_id = str(doc.get("id") or page_hint)
+            taxon, lineage = _native_lineage(doc.get("native_node"))
+            items, medium = _list(doc.get("media")), partial(_export_medium, options=options)
+        else:
+            raise ValueError(f"eol: JSON for page {page_hint} is neither a page export nor a pages API response")
+    except SHAPE_ERRORS as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("eol: "):
+            raise
+        # the page's own fields (its taxon and hierarchy) hold every medium's lineage: no medium can be read
+        raise ValueError(f"eol: page {page_hint}: {shape_detail('the page', exc)}; its media cannot be "
+                         "placed in a taxon") from exc
+    skipped = {} if items else {"page_without_media": 1}
+    return _build(items, medium, page_id, taxon, lineage, options, skipped)
+
+
+def _list(value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of media, got {type(value).__name__}")
+    return value
 
 
 def _export_medium(m: dict, options: Options) -> dict:
@@ -215,41 +231,59 @@ def _api_medium(o: dict) -> dict:
     }
 
 
-def _build(media: list[dict], page_id: str | None, taxon: dict, lineage: str | None, options: Options,
-           skipped: dict[str, int]) -> IngestBatch:
+def _build(items: list, medium: Callable[[dict], dict], page_id: str | None, taxon: dict, lineage: str | None,
+           options: Options, skipped: dict[str, int]) -> IngestBatch:
+    """Each medium of a page (``medium`` reads one item of its JSON) to a record or a reject; an
+    item of the wrong shape is a ``malformed_row`` reject of its own."""
     rows, rej_ids, rej_reasons, rej_details = [], [], [], []
     hierarchy = taxon.pop("_hierarchy", None)
-    for m in media:
-        rid = make_record_id(SOURCE, str(m["media_id"]))
-        lic_raw = m["license_raw"]
-        code = normalise_license(lic_raw)
-        if code == "unknown" and m.get("license_name"):
-            code = normalise_license(m["license_name"])
-        reason = detail = None
-        if m.get("type") and m["type"] not in STILL_IMAGE:
-            reason, detail = Reason.NOT_STILL_IMAGE, f"dataType {m['type']!r}"
-        elif not m["url"]:
-            reason, detail = Reason.NO_IMAGE, "medium has no base_url / full-size copy URL"
-        elif code == "unknown" and not options.keep_unknown_license:
-            reason, detail = Reason.UNKNOWN_LICENSE, f"licence {lic_raw!r} not recognised"
-        if reason:
-            rej_ids.append(rid)
-            rej_reasons.append(reason)
-            rej_details.append(detail)
-            continue
-        rows.append({
-            "record_id": rid, "source": SOURCE, "source_dataset": m.get("dataset"),
-            "occurrence_id": None, "media_id": str(m["media_id"]),
-            "photo_key": photo_key_of(m.get("source_url"), m["url"]),
-            "identifier": m["url"], "license": code, "license_raw": lic_raw,
-            "rights_holder": m.get("owner"), "creator": m.get("creator") or m.get("owner"),
-            "references": m.get("source_url"), **taxon, "verbatim_lineage": lineage,
-            "source_taxon_id": page_id,
-            "extra": extra_json({**m.get("extra", {}), "eol_page_id": page_id, "hierarchy": hierarchy}),
-        })
+    for i, item in enumerate(items):
+        try:
+            m = medium(item)
+            row = _medium_row(m, page_id, taxon, lineage, hierarchy, options)
+            problem = row_problem(row) if "record_id" in row else None
+        except SHAPE_ERRORS as exc:
+            row, problem = {}, exc
+        if problem is not None:
+            key = item_key(item, "guid", "resource_pk", "identifier", "dataObjectVersionID")
+            rej_ids.append(make_record_id(SOURCE, key or f"page-{page_id}/medium-{i}"))
+            rej_reasons.append(Reason.MALFORMED_ROW)
+            rej_details.append(shape_detail(f"page {page_id} medium {key or f'#{i}'}", problem))
+        elif "reason" in row:
+            rej_ids.append(row["id"])
+            rej_reasons.append(row["reason"])
+            rej_details.append(row["detail"])
+        else:
+            rows.append(row)
     rejects = make_rejects(rej_ids, STAGE, rej_reasons, rej_details) if rej_ids else REJECT_SCHEMA.empty_table()
     records = from_rows(rows) if rows else pa.table({})
     return IngestBatch(records=records, rejects=rejects, skipped=skipped)
+
+
+def _medium_row(m: dict, page_id: str | None, taxon: dict, lineage: str | None, hierarchy: Any,
+                options: Options) -> dict:
+    """One medium's record row, or ``{"id", "reason", "detail"}`` when it is rejected."""
+    rid = make_record_id(SOURCE, str(m["media_id"]))
+    lic_raw = m["license_raw"]
+    code = normalise_license(lic_raw)
+    if code == "unknown" and m.get("license_name"):
+        code = normalise_license(m["license_name"])
+    if m.get("type") and m["type"] not in STILL_IMAGE:
+        return {"id": rid, "reason": Reason.NOT_STILL_IMAGE, "detail": f"dataType {m['type']!r}"}
+    if not m["url"]:
+        return {"id": rid, "reason": Reason.NO_IMAGE, "detail": "medium has no base_url / full-size copy URL"}
+    if code == "unknown" and not options.keep_unknown_license:
+        return {"id": rid, "reason": Reason.UNKNOWN_LICENSE, "detail": f"licence {lic_raw!r} not recognised"}
+    return {
+        "record_id": rid, "source": SOURCE, "source_dataset": m.get("dataset"),
+        "occurrence_id": None, "media_id": str(m["media_id"]),
+        "photo_key": photo_key_of(m.get("source_url"), m["url"]),
+        "identifier": m["url"], "license": code, "license_raw": lic_raw,
+        "rights_holder": m.get("owner"), "creator": m.get("creator") or m.get("owner"),
+        "references": m.get("source_url"), **taxon, "verbatim_lineage": lineage,
+        "source_taxon_id": page_id,
+        "extra": extra_json({**m.get("extra", {}), "eol_page_id": page_id, "hierarchy": hierarchy}),
+    }
 
 
 def _manifest_fields(header: list[str]) -> dict[str, int]:

@@ -31,7 +31,7 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import IngestBatch
+from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.dwca import DwcaError, Prefetch, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
@@ -119,13 +119,23 @@ class GBIFConnector(ApiConnector):
 
     def _read_search(self, options: Options) -> Iterator[IngestBatch]:
         rows: list[dict] = []
-        for result in search_occurrences(options, self.client(options)):
-            rows.extend(api_rows(result))
+        bad: list[tuple[str, str]] = []  # (record key, detail) of occurrences of a malformed shape
+        for n, result in enumerate(search_occurrences(options, self.client(options))):
+            try:
+                rows.extend(api_rows(result))
+            except SHAPE_ERRORS as exc:
+                key = item_key(result, "gbifID", "key")
+                bad.append((f"occurrence/{key}" if key else f"search-result/{n}",
+                            shape_detail(f"occurrence {key or f'#{n} of the search'}", exc)))
             if len(rows) >= options.batch_rows:
                 yield adapt(rows_table(rows), options)
                 rows = []
         if rows:
             yield adapt(rows_table(rows), options)
+        if bad:
+            yield IngestBatch(records=pa.table({}), rejects=make_rejects(
+                [make_record_id(SOURCE, k) for k, _ in bad], STAGE, [Reason.MALFORMED_ROW] * len(bad),
+                [d for _, d in bad]))
 
     def _download(self, options: Options) -> Path:
         return request_download(options, self.client(options), sleep=self.sleep, clock=self.clock)
@@ -890,7 +900,10 @@ def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
         limit = min(options.page_size, limit_total - offset)
         page = client.call(lambda limit=limit, offset=offset: gbif_occ.search(limit=limit, offset=offset, timeout=options.timeout_s, **params),
                            what=f"occurrence/search offset={offset}")
-        results = page.get("results") or []
+        results = page.get("results") if isinstance(page, dict) else None
+        if not isinstance(results, list):
+            raise HttpError(f"gbif: occurrence/search offset={offset} answered {type(page).__name__} "
+                            f"without a list of results; is api_base_url ({options.api_base_url}) GBIF's API?")
         yield from results
         offset += len(results)
         if page.get("endOfRecords", True) or not results:

@@ -21,11 +21,11 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json, from_columns, from_rows
+from schemas.record import extra_json, from_columns, from_rows, row_problem
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import IngestBatch
+from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import distinct, per_distinct
-from sources.http import ApiConnector, ApiOptions, HttpClient
+from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
 from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
 from sources.photokey import hex_digests, photo_key, photo_keys
 
@@ -553,12 +553,19 @@ def read_api(options: Options, client: HttpClient) -> Iterator[IngestBatch]:
         if options.research_only:
             params["quality_grade"] = "research"
         page = client.get_json("observations", params=params)
-        results = page.get("results") or []
+        results = (page.get("results") if isinstance(page, dict) else None) or []
+        if not isinstance(results, list):
+            raise HttpError(f"inaturalist: the observations page after id {cursor} has results of type "
+                            f"{type(results).__name__}, not a list; is api_base_url iNaturalist's API v1?")
         if not results:
             return
+        ids = [o["id"] for o in results if isinstance(o, dict) and type(o.get("id")) is int]
+        if not ids:
+            raise HttpError(f"inaturalist: an observations page after id {cursor} has no integer observation "
+                            "ids, so the cursor cannot move on; is api_base_url iNaturalist's API v1?")
         yield adapt_api(results, options)
         # saved only after the consumer took the batch, so a crash re-reads the page, never skips it
-        cursor = max(int(o["id"]) for o in results)
+        cursor = max(ids)
         save_cursor(options, cursor)
 
 
@@ -574,63 +581,95 @@ def _api_lineage(obs: dict) -> tuple[str | None, dict[str, str]]:
 
 
 def adapt_api(results: list[dict], options: Options) -> IngestBatch:
-    """API v1 observations to one record per photo (or a reject)."""
-    rows, rej_ids, rej_reasons, rej_details = [], [], [], []
-    for obs in results:
-        photos = [p.get("photo") or p for p in obs.get("observation_photos") or []] or obs.get("photos") or []
-        coords = (obs.get("geojson") or {}).get("coordinates") or [None, None]
-        lat, lon, bad = _coords(coords[1], coords[0])
-        grade = obs.get("quality_grade")
-        taxon = obs.get("taxon") or {}
-        lineage, ranks = _api_lineage(obs)
-        user = obs.get("user") or {}
-        holder = user.get("name") or user.get("login")
-        if not photos:
-            rej_ids.append(make_record_id(SOURCE, f"observation/{obs.get('id')}"))
-            rej_reasons.append(Reason.NO_IMAGE)
-            rej_details.append(f"observation {obs.get('id')} has no photos")
+    """API v1 observations to one record per photo (or a reject).
+
+    An observation whose JSON has the wrong shape (an object where a list should be, a list where
+    text should be) is one ``malformed_row`` reject, whatever it held; the others are unaffected.
+    """
+    rows: list[dict] = []
+    ids: list[str] = []
+    reasons: list[str] = []
+    details: list[str] = []
+    for i, obs in enumerate(results):
+        problem: BaseException | str | None
+        try:
+            got, (rej_ids, rej_reasons, rej_details) = _api_observation(obs, options)
+            problem = next((p for p in map(row_problem, got) if p), None)
+        except SHAPE_ERRORS as exc:
+            problem = exc
+        if problem is not None:
+            key = item_key(obs, "id")
+            ids.append(make_record_id(SOURCE, f"observation/{key or f'page-item-{i}'}"))
+            reasons.append(Reason.MALFORMED_ROW)
+            details.append(shape_detail(f"observation {key or f'#{i} of the page'}", problem))
             continue
-        for pos, photo in enumerate(photos):
-            pid = str(photo.get("id"))
-            rid = make_record_id(SOURCE, pid)
-            raw = photo.get("license_code")
-            # iNaturalist: a photo without a licence code is all rights reserved
-            code = normalise_license(raw) if raw else ALL_RIGHTS_RESERVED
-            reason = detail = None
-            if bad:
-                reason, detail = Reason.BAD_COORDINATES, bad
-            elif options.research_only and grade != "research":
-                reason, detail = Reason.NOT_RESEARCH_GRADE, f"quality_grade {grade!r}"
-            elif code == "unknown" and not options.keep_unknown_license:
-                reason, detail = Reason.UNKNOWN_LICENSE, f"licence {raw!r} not recognised"
-            if reason:
-                rej_ids.append(rid)
-                rej_reasons.append(reason)
-                rej_details.append(detail)
-                continue
-            url = (photo.get("url") or "").replace("/square.", f"/{options.photo_size}.")
-            dims = photo.get("original_dimensions") or {}
-            w, h = _scaled(dims.get("width"), dims.get("height"), options.photo_size)
-            unc = obs.get("public_positional_accuracy") or obs.get("positional_accuracy")
-            rows.append({
-                "record_id": rid, "source": SOURCE, "source_dataset": "inaturalist-api-v1",
-                "occurrence_id": str(obs.get("id")), "media_id": pid, "photo_key": photo_key(url),
-                "identifier": url, "license": code, "license_raw": raw, "rights_holder": holder,
-                "creator": holder, "references": obs.get("uri"),
-                "verbatim_name": taxon.get("name"), "verbatim_rank": taxon.get("rank"),
-                **{f"verbatim_{r}": ranks.get(r) for r in RANK_COLUMNS},
-                "verbatim_lineage": lineage, "source_taxon_id": str(taxon["id"]) if taxon.get("id") else None,
-                "decimal_latitude": lat, "decimal_longitude": lon,
-                "coordinate_uncertainty_m": float(unc) if unc is not None else None,
-                "event_date": obs.get("time_observed_at") or obs.get("observed_on"),
-                "quality_grade": grade, "width": w, "height": h,
-                "extra": extra_json({"attribution": photo.get("attribution"), "position": pos,
-                                     "observation_uuid": obs.get("uuid"), "captive": obs.get("captive"),
-                                     "obscured": obs.get("obscured"), "ancestor_ids": taxon.get("ancestor_ids"),
-                                     "vernacular_name": taxon.get("preferred_common_name")}),
-            })
-    rejects = make_rejects(rej_ids, STAGE, rej_reasons, rej_details) if rej_ids else REJECT_SCHEMA.empty_table()
+        rows.extend(got)
+        ids.extend(rej_ids)
+        reasons.extend(rej_reasons)
+        details.extend(rej_details)
+    rejects = make_rejects(ids, STAGE, reasons, details) if ids else REJECT_SCHEMA.empty_table()
     return IngestBatch(records=_records(rows), rejects=rejects)
+
+
+def _api_observation(obs: dict, options: Options) -> tuple[list[dict], tuple[list, list, list]]:
+    """One observation's records, and its rejects as (ids, reasons, details)."""
+    rows: list[dict] = []
+    rej_ids: list[str] = []
+    rej_reasons: list[str] = []
+    rej_details: list[str] = []
+    photos = [p.get("photo") or p for p in obs.get("observation_photos") or []] or obs.get("photos") or []
+    coords = (obs.get("geojson") or {}).get("coordinates") or [None, None]
+    lat, lon, bad = _coords(coords[1], coords[0])
+    grade = obs.get("quality_grade")
+    taxon = obs.get("taxon") or {}
+    lineage, ranks = _api_lineage(obs)
+    user = obs.get("user") or {}
+    holder = user.get("name") or user.get("login")
+    if not photos:
+        rej_ids.append(make_record_id(SOURCE, f"observation/{obs.get('id')}"))
+        rej_reasons.append(Reason.NO_IMAGE)
+        rej_details.append(f"observation {obs.get('id')} has no photos")
+        return rows, (rej_ids, rej_reasons, rej_details)
+    for pos, photo in enumerate(photos):
+        pid = str(photo.get("id"))
+        rid = make_record_id(SOURCE, pid)
+        raw = photo.get("license_code")
+        # iNaturalist: a photo without a licence code is all rights reserved
+        code = normalise_license(raw) if raw else ALL_RIGHTS_RESERVED
+        reason = detail = None
+        if bad:
+            reason, detail = Reason.BAD_COORDINATES, bad
+        elif options.research_only and grade != "research":
+            reason, detail = Reason.NOT_RESEARCH_GRADE, f"quality_grade {grade!r}"
+        elif code == "unknown" and not options.keep_unknown_license:
+            reason, detail = Reason.UNKNOWN_LICENSE, f"licence {raw!r} not recognised"
+        if reason:
+            rej_ids.append(rid)
+            rej_reasons.append(reason)
+            rej_details.append(detail)
+            continue
+        url = (photo.get("url") or "").replace("/square.", f"/{options.photo_size}.")
+        dims = photo.get("original_dimensions") or {}
+        w, h = _scaled(dims.get("width"), dims.get("height"), options.photo_size)
+        unc = obs.get("public_positional_accuracy") or obs.get("positional_accuracy")
+        rows.append({
+            "record_id": rid, "source": SOURCE, "source_dataset": "inaturalist-api-v1",
+            "occurrence_id": str(obs.get("id")), "media_id": pid, "photo_key": photo_key(url),
+            "identifier": url, "license": code, "license_raw": raw, "rights_holder": holder,
+            "creator": holder, "references": obs.get("uri"),
+            "verbatim_name": taxon.get("name"), "verbatim_rank": taxon.get("rank"),
+            **{f"verbatim_{r}": ranks.get(r) for r in RANK_COLUMNS},
+            "verbatim_lineage": lineage, "source_taxon_id": str(taxon["id"]) if taxon.get("id") else None,
+            "decimal_latitude": lat, "decimal_longitude": lon,
+            "coordinate_uncertainty_m": float(unc) if unc is not None else None,
+            "event_date": obs.get("time_observed_at") or obs.get("observed_on"),
+            "quality_grade": grade, "width": w, "height": h,
+            "extra": extra_json({"attribution": photo.get("attribution"), "position": pos,
+                                 "observation_uuid": obs.get("uuid"), "captive": obs.get("captive"),
+                                 "obscured": obs.get("obscured"), "ancestor_ids": taxon.get("ancestor_ids"),
+                                 "vernacular_name": taxon.get("preferred_common_name")}),
+        })
+    return rows, (rej_ids, rej_reasons, rej_details)
 
 
 CONNECTOR = INaturalistConnector()

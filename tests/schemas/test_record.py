@@ -72,3 +72,26 @@ def test_from_columns_is_from_rows_of_the_same_values():
     assert from_columns(columns, 2).equals(from_rows(rows), check_metadata=True)
     with pytest.raises(KeyError, match="not record columns"):
         from_columns({"colour": pa.array(["red"])}, 1)
+
+
+_JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=3), inner, max_size=2)),
+    max_leaves=4)
+
+
+@given(st.dictionaries(st.sampled_from(RECORD_SCHEMA.names), _JSON_VALUES, max_size=6))
+def test_row_problem_says_exactly_when_from_rows_fails(row):
+    """Any JSON-like values in any record columns: ``row_problem`` is None iff ``from_rows`` takes the row."""
+    from schemas.record import row_problem
+
+    problem = row_problem(row)
+    try:
+        t = from_rows([row])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        assert problem is not None
+    else:
+        assert problem is None, (problem, t)
+        for name, value in row.items():
+            got = t.column(name)[0].as_py()
+            assert got == value or (value != value and got != got)  # NaN stays NaN

@@ -31,6 +31,29 @@ def test_page_export_media_become_records():
     assert row["source_taxon_id"] == "328598"
 
 
+def test_media_of_the_wrong_shape_are_rejects_of_their_own(tmp_path):
+    """Found by a fuzz of the real export: one odd medium (its URL a number, its licence a list)
+    failed the whole page with an AttributeError / ArrowTypeError."""
+    doc = json.loads(STORE.read_text())
+    doc["media"][3]["eol_full_size_copy_url"] = 12.5
+    doc["media"][5]["license"] = ["cc-by"]
+    doc["media"].append("not a medium")
+    (tmp_path / "store-328598.json").write_text(json.dumps(doc))
+    records, rejects, reasons = ingest(CONNECTOR, str(tmp_path / "store-328598.json"), Options())
+    assert records.num_rows == 98 and reasons == {"malformed_row": 3}
+    details = rejects.column("detail").to_pylist()
+    assert details[0].startswith(f"page 328598 medium {doc['media'][3]['guid']}: malformed JSON (TypeError")
+    assert details[1].startswith(f"page 328598 medium {doc['media'][5]['guid']}: malformed JSON")
+    assert details[2].startswith("page 328598 medium #100: malformed JSON (AttributeError")
+
+
+def test_a_page_whose_hierarchy_has_the_wrong_shape_is_a_clear_error(tmp_path):
+    doc = json.loads(STORE.read_text())
+    doc["native_node"]["parent"] = ["not", "a", "node"]
+    (tmp_path / "store-328598.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="eol: page 328598: the page: malformed JSON .* cannot be placed in a taxon"):
+        ingest(CONNECTOR, str(tmp_path / "store-328598.json"), Options())
+
 def test_image_size_option():
     records, _, _ = ingest(CONNECTOR, str(STORE), Options(image_size="large"))
     assert all(u.endswith("_580_360.jpg") for u in records.column("identifier").to_pylist())
@@ -189,7 +212,7 @@ def _manifest_batch_reference(media, page_of, bad_ids, bad_details, options) -> 
     for m, p in zip(media, page_of, strict=False):
         by_page.setdefault(p, []).append(m)
     for page, items in by_page.items():
-        b = _build(items, page, {}, None, options, {})
+        b = _build(items, lambda m: m, page, {}, None, options, {})
         if b.records.num_rows:
             tables.append(b.records)
         rejects.append(b.rejects)

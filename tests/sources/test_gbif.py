@@ -191,3 +191,37 @@ def test_download_api_needs_credentials(monkeypatch, tmp_path):
     opts = Options(mode="download", taxon_key=1, cache_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="GBIF_USER, GBIF_PWD, GBIF_EMAIL"):
         list(CONNECTOR.read(CONNECTOR.tasks(None, opts)[0], opts))
+
+
+def test_search_results_of_the_wrong_shape_are_rejects_of_their_own(loopback, clock):
+    """Found by a fuzz of the recorded page: one odd occurrence (media an object, issues a number,
+    a bare string in the results) failed the whole pull with an AttributeError / TypeError."""
+    page = json.loads(SEARCH.read_text())
+    results = page["results"]
+    with_media = [i for i, o in enumerate(results) if o.get("media")]
+    first, second = results[with_media[0]], results[with_media[1]]
+    lost = len(first["media"]) + len(second["media"])  # rows the two would have given
+    first["media"] = 3.5
+    second["issues"] = 7
+    results.append("not an occurrence")
+    page["endOfRecords"] = True
+    server = loopback(lambda req: Reply(200, json.dumps(page).encode()))
+    opts = Options(taxon_key=3329049, api_base_url=server.url, max_records=300, rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    records, rejects, reasons = ingest(conn, conn.tasks(None, opts)[0], opts)
+    bad = rejects.filter(pa.compute.equal(rejects.column("reason"), "malformed_row")).to_pylist()
+    assert len(bad) == 3
+    assert f"occurrence {first['key']}: malformed JSON (TypeError" in bad[0]["detail"]
+    assert f"occurrence {second['key']}: malformed JSON (TypeError" in bad[1]["detail"]
+    assert "occurrence #300 of the search: malformed JSON (AttributeError" in bad[2]["detail"]
+    # the other occurrences as in the recorded page: 487 media rows + 13 without media, less the two
+    assert records.num_rows + rejects.num_rows == 500 - lost + 3
+    assert conform(records, "ingest")[1].num_rows == 0
+
+
+def test_a_search_answer_without_results_is_a_clear_error(loopback, clock):
+    server = loopback(lambda req: Reply(200, b'{"results": "none"}'))
+    opts = Options(taxon_key=1, api_base_url=server.url, rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    with pytest.raises(Exception, match="without a list of results; is api_base_url"):
+        ingest(conn, conn.tasks(None, opts)[0], opts)

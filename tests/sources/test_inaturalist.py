@@ -156,6 +156,35 @@ def test_api_non_research_observations_are_rejected():
     assert kept.records.num_rows == 4 and kept.records.column("coordinate_uncertainty_m")[0].as_py() == 27754
 
 
+
+def test_api_observations_of_the_wrong_shape_are_rejects_of_their_own():
+    """Found by a fuzz of the recorded responses: one odd observation failed the whole page."""
+    from sources.inaturalist import adapt_api
+    doc = json.loads((API / "get_observation_with_ofvs.json").read_text())
+    good = adapt_api(doc["results"], Options(research_only=False))
+    results = doc["results"] + [dict(doc["results"][0], id=11, user="someone"),         # user: text
+                                dict(doc["results"][0], id=12, taxon={"name": ["a", "b"]}),  # name: a list
+                                dict(doc["results"][0], id=13, observation_photos=4.5),
+                                ["not", "an", "observation"]]
+    b = adapt_api(results, Options(research_only=False))
+    assert b.records.equals(good.records)
+    bad = b.rejects.to_pylist()
+    assert [r["reason"] for r in bad] == ["malformed_row"] * 4
+    assert bad[0]["detail"].startswith("observation 11: malformed JSON (AttributeError: 'str'")
+    assert bad[1]["detail"] == ("observation 12: malformed JSON (verbatim_name is list ['a', 'b'], not str)")
+    assert bad[2]["detail"].startswith("observation 13: malformed JSON (TypeError")
+    assert bad[3]["detail"].startswith("observation #4 of the page: malformed JSON")
+    assert len({r["record_id"] for r in bad}) == 4
+
+
+def test_api_page_without_integer_ids_is_a_clear_error(loopback, tmp_path, clock):
+    server = loopback(lambda req: Reply(200, json.dumps({"results": [{"id": "x"}]}).encode()))
+    conn = INaturalistConnector(sleep=clock.sleep, clock=clock)
+    opts = Options(api_base_url=server.url, cache_dir=str(tmp_path))
+    with pytest.raises(Exception, match="no integer observation ids, so the cursor cannot move on"):
+        ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert load_cursor(opts) == 0
+
 # ---------------------------------------------------------------- the column-wise dump adapter
 # The per-row loop adapt_dump was before it went column-wise, kept here word for word (its row
 # helpers are the connector's) as the reference the column-wise adapter must equal, table for table.
