@@ -254,7 +254,8 @@ def _coords(lat_raw: Any, lon_raw: Any) -> tuple[float | None, float | None, str
 
 
 def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
-    """Joined dump rows to records, column-wise: reasons are orphan, bad coordinates, grade, unknown licence.
+    """Joined dump rows to records, column-wise: reasons are a photo without its id (malformed), orphan,
+    bad coordinates, grade, unknown licence.
 
     The first reason that applies wins, in that order; rejects keep the rows' order. Text that
     needs Python's own rules (``repr`` in details, ``int``/``float`` of anything but plain ASCII
@@ -266,8 +267,12 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
     col = {name: _text(t.column(name)) if name != "has_observation" else _flat(t.column(name))
            for name in t.column_names}
     codes = normalise_license_column(col["license"])
-    photo_text = pc.fill_null(col["photo_id"], "None")  # make_record_id / the URL format a null as 'None'
-    rids = hex_digests(photo_text, f"{SOURCE}\x1f".encode(), f"{SOURCE}-")
+    # a photo without its id has no URL and no id of its own: it is keyed by its uuid and rejected
+    no_id = ~_mask(pc.fill_null(pc.not_equal(col["photo_id"], ""), False))
+    photo_text = pc.fill_null(col["photo_id"], "None")
+    keys = pc.if_else(pa.array(no_id), pc.binary_join_element_wise(
+        "photo-uuid/", pc.fill_null(col["photo_uuid"], "None"), ""), photo_text) if no_id.any() else photo_text
+    rids = hex_digests(keys, f"{SOURCE}\x1f".encode(), f"{SOURCE}-")
     lat, lat_ok, lat_bad = _floats(col["latitude"])
     lon, lon_ok, lon_bad = _floats(col["longitude"])
     with np.errstate(invalid="ignore"):
@@ -279,7 +284,7 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
         else np.zeros(n, bool)
     unknown = _mask(pc.equal(codes, "unknown")) if not options.keep_unknown_license else np.zeros(n, bool)
     # the first reason that applies, as in the order of the tests
-    reason = np.select([orphan, bad_coords, not_research, unknown], [1, 2, 3, 4], 0).astype(np.int8)
+    reason = np.select([no_id, orphan, bad_coords, not_research, unknown], [5, 1, 2, 3, 4], 0).astype(np.int8)
     rejects = _dump_rejects(reason, rids, col, codes)
     keep = np.flatnonzero(reason == 0)
     if not len(keep):
@@ -340,7 +345,8 @@ def _photo_keys(url: pa.Array, photo_id: pa.Array, base: str, size: str) -> pa.A
     return pc.if_else(digits, keys, others)
 
 
-_REASONS = (None, Reason.ORPHAN_MEDIA, Reason.BAD_COORDINATES, Reason.NOT_RESEARCH_GRADE, Reason.UNKNOWN_LICENSE)
+_REASONS = (None, Reason.ORPHAN_MEDIA, Reason.BAD_COORDINATES, Reason.NOT_RESEARCH_GRADE, Reason.UNKNOWN_LICENSE,
+            Reason.MALFORMED_ROW)
 
 
 def _dump_rejects(reason: np.ndarray, rids: pa.Array, col: dict[str, pa.Array], codes: pa.Array) -> pa.Table:
@@ -361,8 +367,11 @@ def _dump_rejects(reason: np.ndarray, rids: pa.Array, col: dict[str, pa.Array], 
                                    pc.take(col["latitude"], rows), pc.take(col["longitude"], rows))
         elif code == 3:
             detail = per_distinct(lambda g: f"quality_grade {g!r}", pc.take(col["quality_grade"], rows))
-        else:
+        elif code == 4:
             detail = per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(col["license"], rows))
+        else:
+            detail = pc.binary_join_element_wise(
+                "photo ", pc.fill_null(pc.take(col["photo_uuid"], rows), "None"), " has no photo_id", "")
         parts.append(detail)
         where.append(at)
     details = pc.take(pa.concat_arrays(parts), pa.array(np.argsort(np.concatenate(where), kind="stable")))
@@ -631,6 +640,11 @@ def _api_observation(obs: dict, options: Options) -> tuple[list[dict], tuple[lis
         rej_details.append(f"observation {obs.get('id')} has no photos")
         return rows, (rej_ids, rej_reasons, rej_details)
     for pos, photo in enumerate(photos):
+        if item_key(photo, "id") is None:  # no id, no URL of its own: it would share "None" with others
+            rej_ids.append(make_record_id(SOURCE, f"observation/{obs.get('id')}/photo-{pos}"))
+            rej_reasons.append(Reason.MALFORMED_ROW)
+            rej_details.append(f"observation {obs.get('id')} photo #{pos} has no id")
+            continue
         pid = str(photo.get("id"))
         rid = make_record_id(SOURCE, pid)
         raw = photo.get("license_code")

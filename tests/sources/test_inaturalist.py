@@ -177,6 +177,36 @@ def test_api_observations_of_the_wrong_shape_are_rejects_of_their_own():
     assert len({r["record_id"] for r in bad}) == 4
 
 
+def test_photos_without_an_id_are_rejected_each_with_its_own_id(tmp_path):
+    """They used to become records keyed 'None' (one record id for all of them, a URL without an id)."""
+    from sources.inaturalist import adapt_api
+    shutil.copytree(DUMP, tmp_path / "d")
+    photos = (tmp_path / "d/photos.csv").read_text().split("\n")
+    header = photos[0].split("\t")
+    at = header.index("photo_id")
+    uuids = []
+    for i in (1, 2):
+        f = photos[i].split("\t")
+        f[at] = ""
+        uuids.append(f[header.index("photo_uuid")])
+        photos[i] = "\t".join(f)
+    (tmp_path / "d/photos.csv").write_text("\n".join(photos))
+    records, rejects, reasons = ingest(CONNECTOR, str(tmp_path / "d"), Options())
+    assert records.num_rows + rejects.num_rows == 50 and reasons["malformed_row"] == 2
+    bad = rejects.filter(pa.compute.equal(rejects.column("reason"), "malformed_row")).to_pylist()
+    assert sorted(r["detail"] for r in bad) == sorted(f"photo {u} has no photo_id" for u in uuids)
+    assert len({r["record_id"] for r in bad}) == 2
+    assert None not in records.column("media_id").to_pylist()
+
+    doc = json.loads((API / "get_observation_with_ofvs.json").read_text())
+    obs = doc["results"][0]
+    for p in obs["observation_photos"]:
+        p["photo"].pop("id")
+    b = adapt_api([obs], Options(research_only=False))
+    n = len(obs["observation_photos"])
+    assert b.records.num_rows == 0 and b.rejects.column("reason").to_pylist() == ["malformed_row"] * n
+    assert len(set(b.rejects.column("record_id").to_pylist())) == n
+
 def test_api_page_without_integer_ids_is_a_clear_error(loopback, tmp_path, clock):
     server = loopback(lambda req: Reply(200, json.dumps({"results": [{"id": "x"}]}).encode()))
     conn = INaturalistConnector(sleep=clock.sleep, clock=clock)
@@ -225,7 +255,10 @@ def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Ta
         rid = make_record_id(SOURCE, photo_id)
         lat, lon, bad = _coords(cols["latitude"][i], cols["longitude"][i])
         reason = detail = None
-        if not cols["has_observation"][i]:
+        if photo_id in (None, ""):  # added with the column-wise adapter: such rows shared one record id
+            rid = make_record_id(SOURCE, f"photo-uuid/{cols['photo_uuid'][i]}")
+            reason, detail = Reason.MALFORMED_ROW, f"photo {cols['photo_uuid'][i]} has no photo_id"
+        elif not cols["has_observation"][i]:
             reason, detail = Reason.ORPHAN_MEDIA, f"observation {cols['observation_uuid'][i]} not in the dump"
         elif bad:
             reason, detail = Reason.BAD_COORDINATES, bad
