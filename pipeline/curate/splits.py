@@ -118,13 +118,18 @@ def _compact(col: pa.DictionaryArray, memo: dict) -> pa.DictionaryArray:
     if last is not None and np.array_equal(last[0], codes):
         used, indices = last[1], last[2]
     else:
+        # the used codes by marking them (a chunk's rows against a dictionary a few times larger:
+        # cheaper than sorting them), each renumbered by its rank among the used
         valid = codes >= 0
-        used, inverse = np.unique(codes[valid], return_inverse=True)
+        seen = np.zeros(len(col.dictionary), bool)
+        seen[codes[valid]] = True
+        used = np.flatnonzero(seen)
+        rank = np.cumsum(seen, dtype=np.int32) - 1
         if valid.all():
-            indices = pa.array(inverse.astype(np.int32))
+            indices = pa.array(rank[codes])
         else:
             full = np.zeros(n, np.int32)
-            full[valid] = inverse
+            full[valid] = rank[codes[valid]]
             indices = pa.array(full, mask=~valid)
         memo["last"] = (codes, used, indices)
     return pa.DictionaryArray.from_arrays(indices, col.dictionary.take(pa.array(used)))
