@@ -85,8 +85,10 @@ def connect(root: Path):
     return con
 
 
-def run_query(root: Path, sql: str, fmt: str = "table", out=sys.stdout) -> None:
-    """Run ``sql`` and print the result as a table, CSV or JSON, or write it to Parquet."""
+def run_query(root: Path, sql: str, fmt: str = "table", out=None) -> None:
+    """Run ``sql`` and print the result (to ``out``, default the current ``sys.stdout``) as a table,
+    CSV or JSON, or write it to Parquet."""
+    out = out if out is not None else sys.stdout
     con = connect(root)
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     if not views:

@@ -19,6 +19,7 @@ import math
 import posixpath
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,14 +158,35 @@ class EcoTaxaOptions(SourceOptions):
     batch_size: int = Field(50_000, gt=0, description="records per yielded batch")
 
 
+def _open_zip(path: str | Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"ecotaxa: {path} is not a zip archive or is damaged ({exc}); export it again") from exc
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 text (a BOM dropped); bytes that are not UTF-8 stay as lone surrogates, so the rows
+    that hold them are rejected ``undecodable_text`` instead of being changed silently."""
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def _task_text(task: str) -> tuple[str, str, zipfile.ZipFile | None, str]:
     """``(tsv text, dataset name, open zip or None, tsv member dir)`` for a task."""
     if "!/" in task:
         archive, _, member = task.partition("!/")
-        zf = zipfile.ZipFile(archive)
-        text = zf.read(member).decode("utf-8-sig", errors="replace")
-        return text, Path(archive).stem, zf, posixpath.dirname(member)
-    return Path(task).read_text(encoding="utf-8-sig", errors="replace"), Path(task).stem, None, ""
+        zf = _open_zip(archive)
+        try:
+            data = zf.read(member)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            zf.close()
+            raise ValueError(f"ecotaxa: {member} in {archive} cannot be read, the zip is damaged ({exc}); "
+                             "export it again") from exc
+        return _decode(data), Path(archive).stem, zf, posixpath.dirname(member)
+    return _decode(Path(task).read_bytes()), Path(task).stem, None, ""
 
 
 class EcoTaxaConnector:
@@ -185,7 +207,7 @@ class EcoTaxaConnector:
         out: list[str] = []
         for f in files:
             if f.suffix.lower() == ".zip":
-                with zipfile.ZipFile(f) as zf:
+                with _open_zip(f) as zf:
                     out += [f"{f.resolve()}!/{m}" for m in sorted(zf.namelist())
                             if m.lower().endswith(".tsv") and not m.startswith("__MACOSX/")]
             else:
@@ -206,6 +228,11 @@ def _read_tsv(task: str, text: str, stem: str, zf: zipfile.ZipFile | None, membe
               options: EcoTaxaOptions) -> Iterator[IngestBatch]:
     table = read_table(text)
     col = {name: i for i, name in enumerate(table.header)}
+    if table.rows and "object_id" not in col:
+        # not an EcoTaxa export (or its header line is damaged): no row of it could be identified
+        raise ValueError(f"ecotaxa: {task} has no object_id column (its header starts "
+                         f"{_UNDECODED.sub(chr(0xFFFD), ', '.join(table.header[:6]))[:200]}); "
+                         "give an EcoTaxa export TSV (or a zip of them)")
     members = set(zf.namelist()) if zf is not None else set()
     base_dir = Path(task).parent
     dataset = options.dataset or stem
@@ -235,6 +262,13 @@ def _read_tsv(task: str, text: str, stem: str, zf: zipfile.ZipFile | None, membe
     for line, raw in table.rows:
         where = f"{Path(task.split('!/')[-1]).name} line {line}"
         object_id = (raw[col["object_id"]].strip() if "object_id" in col and len(raw) > col["object_id"] else "")
+        bad = next((m for m in map(_UNDECODED.search, raw) if m), None)
+        if bad is not None:
+            field = bad.string
+            reject(make_record_id(SOURCE, f"{task}#{line}"), Reason.UNDECODABLE_TEXT,
+                   f"{where}: bytes that are not UTF-8 in "
+                   f"{field.encode('utf-8', 'surrogateescape')[:60]!r}")
+            continue
         if len(raw) != len(table.header):
             rid = make_record_id(SOURCE, f"{task}#{line}")
             reject(rid, Reason.MALFORMED_ROW, f"{where}: {len(raw)} fields, header has {len(table.header)}")

@@ -62,3 +62,12 @@ def test_query_over_a_root_whose_path_has_a_quote(tmp_path):
                            "--format", "csv"])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines()[1:] == ['"Ursidae",2']
+
+
+@pytest.mark.parametrize("source", ["ifcb", "gbif", "eol", "ecotaxa"])
+def test_ingest_of_a_folder_with_nothing_to_read_says_so(tmp_path, source):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a source file")
+    res = cli.invoke(app, ["ingest", source, "--input", str(tmp_path / "empty"), "--data", str(tmp_path / "d")])
+    assert res.exit_code == 2, res.output
+    assert f"ingest {source}: nothing to read in" in res.output and "check INPUT" in res.output

@@ -181,6 +181,37 @@ def test_bad_rows_are_rejected_with_reasons(tmp_path):
     assert rejects.num_rows + records.num_rows == 9
 
 
+
+def test_rows_with_bytes_that_are_not_utf8_are_rejected_the_others_unchanged(tmp_path):
+    """They used to be decoded with U+FFFD in place of the bytes, silently."""
+    lines = ZOOSCAN.read_bytes().split(b"\n")
+    header = lines[0].decode().split("\t")
+    at = header.index("object_annotation_category")
+    first = 2 if is_type_row(lines[1].decode().split("\t")) else 1
+    cells = lines[first + 1].split(b"\t")
+    cells[at] = cells[at] + b" caf\xe9"  # latin-1 e-acute
+    lines[first + 1] = b"\t".join(cells)
+    bad = tmp_path / "latin1.tsv"
+    bad.write_bytes(b"\n".join(lines))
+    records, rejects = read_all(str(bad), require_image=False)
+    want, _ = read_all(str(ZOOSCAN), require_image=False)
+    assert rejects.column("reason").to_pylist() == [Reason.UNDECODABLE_TEXT]
+    assert "bytes that are not UTF-8" in rejects.column("detail")[0].as_py()
+    assert b"caf\\xe9" in rejects.column("detail")[0].as_py().encode()
+    assert records.num_rows == want.num_rows - 1
+    assert not any("\ufffd" in (v or "") for v in records.column("verbatim_name").to_pylist())
+
+
+def test_a_file_that_is_no_export_is_a_clear_error(tmp_path):
+    readme = tmp_path / "notes.tsv"
+    readme.write_text("# my notes\tabout\nplankton\tthings\n")
+    with pytest.raises(ValueError, match="has no object_id column .* give an EcoTaxa export TSV"):
+        read_all(str(readme))
+    broken = tmp_path / "export.zip"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="is not a zip archive or is damaged"):
+        CONNECTOR.tasks(str(broken), EcoTaxaOptions())
+
 @pytest.mark.parametrize("d, t", [("20110230", None), ("20111301", None), ("2011062", None), ("20110628", "246000"),
                                   ("20110628", "12:00")])
 def test_bad_dates_and_times_raise(d, t):
