@@ -35,7 +35,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    if "\\ud" in text:  # lone surrogates (a file name that was not UTF-8) or a pair (an emoji): check
+        text = json.dumps(_valid_text(obj), indent=2, sort_keys=True, default=str)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _valid_text(obj: Any) -> Any:
+    """``obj`` with every string that holds lone surrogates (undecodable bytes of a file name)
+    written with those bytes as ``\\xNN``, so the JSON is valid for strict readers (DuckDB)."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+            return obj
+        except UnicodeEncodeError:
+            return obj.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(obj, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_text(v) for v in obj]
+    return obj
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:

@@ -120,6 +120,15 @@ class FoldersConnector:
                 skipped[f"non_image_file{path.suffix.lower() or '_noext'}"] += 1
                 continue
             media_id = f"{dataset}/{relpath}"
+            if _not_utf8(media_id):
+                # a name from a latin-1 (or other) file system: Python holds its bytes as lone
+                # surrogates, which no record can carry; the bytes are shown escaped
+                shown = _escaped(media_id)
+                rej_ids.append(make_record_id(SOURCE, shown))
+                rej_reasons.append(str(Reason.UNDECODABLE_TEXT))
+                rej_details.append(f"{_escaped(relpath)}: the file or folder name is not UTF-8; rename it "
+                                   "(e.g. convmv -f latin1 -t utf8 -r --notest <root>) and ingest again")
+                continue
             rid = make_record_id(SOURCE, media_id)
             if not label:
                 rej_ids.append(rid)
@@ -163,6 +172,20 @@ class FoldersConnector:
                 yield _batch(rows, rej_ids, rej_reasons, rej_details, skipped)
                 rows, rej_ids, rej_reasons, rej_details, skipped = [], [], [], [], Counter()
         yield _batch(rows, rej_ids, rej_reasons, rej_details, skipped)
+
+
+def _not_utf8(name: str) -> bool:
+    """Whether ``name`` (from the file system) holds bytes that were not UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _escaped(name: str) -> str:
+    """``name`` with its undecodable bytes written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 _STRING_COLUMNS = ("record_id", "source", "source_dataset", "occurrence_id", "media_id", "identifier", "format",

@@ -112,6 +112,36 @@ def test_missing_root_is_a_clear_error(tmp_path):
         CONNECTOR.tasks(str(tmp_path / "nope"), FoldersOptions())
 
 
+def test_names_that_are_not_utf8_are_rejected_and_the_run_record_stays_valid_json(tmp_path):
+    """A latin-1 file system's names (old ZooScan archives): the ingest stopped with
+    "'utf-8' codec can't encode character '\\udce9'"; now each such image is a reject."""
+    import os
+
+    from pipeline.cli import app
+    from tests.pipeline.test_cli import cli
+
+    root = tmp_path / "zooscan"
+    for folder, name in ((b"Copepoda", b"ok.png"), (b"Copepoda", b"caf\xe9.png"), (b"Cop\xe9poda", b"b.png")):
+        os.makedirs(os.path.join(os.fsencode(root), folder), exist_ok=True)
+        shutil.copy(PNGS[0], os.path.join(os.fsencode(root), folder, name))
+    records, rejects, _ = read_dataset(root)
+    assert records.column("verbatim_name").to_pylist() == ["Copepoda"]
+    assert sorted(rejects.column("detail").to_pylist()) == [
+        "Cop\\xe9poda/b.png: the file or folder name is not UTF-8; rename it "
+        "(e.g. convmv -f latin1 -t utf8 -r --notest <root>) and ingest again",
+        "Copepoda/caf\\xe9.png: the file or folder name is not UTF-8; rename it "
+        "(e.g. convmv -f latin1 -t utf8 -r --notest <root>) and ingest again"]
+    assert set(rejects.column("reason").to_pylist()) == {str(Reason.UNDECODABLE_TEXT)}
+    data = tmp_path / "data"
+    res = cli.invoke(app, ["ingest", "folders", "--input", str(root), "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    runs = list((data / "runs").glob("*/run.json"))
+    text = runs[0].read_text()
+    assert "Cop\\\\xe9poda" in text and "\\udc" not in text
+    res = cli.invoke(app, ["query", "SELECT count(*) AS n FROM runs", "--data", str(data), "--format", "csv"])
+    assert res.exit_code == 0 and "warning" not in res.output and res.output.splitlines()[1:] == ["1"]
+
+
 @pytest.mark.skipif(not UVP6.is_dir(), reason="../shared/data/plankton/uvp6_labeled not present")
 def test_real_uvp6_class_folders():
     records, rejects, skipped = read_dataset(UVP6)
