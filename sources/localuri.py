@@ -17,7 +17,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, unquote_to_bytes, urlsplit
 
 LOCAL_SCHEMES: tuple[str, ...] = ("file", "zip", "ifcb")
 
@@ -26,20 +26,28 @@ MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 def file_uri(path: str | os.PathLike) -> str:
-    """``file://`` URI of an absolute (or made absolute) path."""
+    """``file://`` URI of an absolute (or made absolute) path (its bytes percent-encoded)."""
     return Path(path).resolve().as_uri()
+
+
+def _quoted_path(path: str | os.PathLike) -> str:
+    # the path's own bytes, percent-encoded: a name that is not UTF-8 (a latin-1 file system) too
+    return quote(os.fsencode(Path(path).resolve()))
+
+
+def _path(quoted: str) -> Path:
+    """The path of a percent-encoded URI part, byte for byte (the inverse of :func:`_quoted_path`)."""
+    return Path(os.fsdecode(unquote_to_bytes(quoted)))
 
 
 def zip_uri(zip_path: str | os.PathLike, member: str) -> str:
     """``zip://`` URI of ``member`` inside the archive at ``zip_path``."""
-    archive = quote(str(Path(zip_path).resolve()))
-    return f"zip://{archive}!/{quote(member.lstrip('/'))}"
+    return f"zip://{_quoted_path(zip_path)}!/{quote(member.lstrip('/'))}"
 
 
 def ifcb_uri(roi_path: str | os.PathLike, offset: int, width: int, height: int) -> str:
     """``ifcb://`` URI of one ROI: ``width*height`` bytes at ``offset`` of the ``.roi`` file."""
-    path = quote(str(Path(roi_path).resolve()))
-    return f"ifcb://{path}?offset={int(offset)}&width={int(width)}&height={int(height)}"
+    return f"ifcb://{_quoted_path(roi_path)}?offset={int(offset)}&width={int(width)}&height={int(height)}"
 
 
 def is_local(uri: str | None) -> bool:
@@ -71,7 +79,7 @@ def _read_file(uri: str) -> bytes:
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost"):
         raise ValueError(f"file URI with a remote host is not local: {uri!r}")
-    path = Path(unquote(parts.path))
+    path = _path(parts.path)
     if not path.is_file():
         raise FileNotFoundError(f"no file for {uri!r}")
     return path.read_bytes()
@@ -83,7 +91,7 @@ def split_zip_uri(uri: str) -> tuple[Path, str]:
     archive, sep, member = body.partition("!/")
     if not sep or not archive or not member:
         raise ValueError(f"zip URI must look like zip:///abs/archive.zip!/member: {uri!r}")
-    return Path(unquote(archive)), unquote(member)
+    return _path(archive), unquote(member)
 
 
 def _read_zip(uri: str) -> bytes:
@@ -113,7 +121,7 @@ def parse_ifcb_uri(uri: str) -> tuple[Path, int, int, int]:
         raise ValueError(f"ifcb URI needs integer offset, width and height: {uri!r}") from None
     if offset < 0 or width <= 0 or height <= 0:
         raise ValueError(f"ifcb URI needs offset >= 0 and a positive size: {uri!r}")
-    return Path(unquote(parts.netloc + parts.path)), offset, width, height
+    return _path(parts.netloc + parts.path), offset, width, height
 
 
 def _read_ifcb(uri: str) -> bytes:

@@ -114,3 +114,36 @@ def test_zip_uri_round_trips_any_names(member, folder):
     got_archive, got_member = split_zip_uri(zip_uri(archive, member))
     assert got_member == member
     assert got_archive == archive.resolve()
+
+
+def test_uris_of_paths_that_are_not_utf8_read_back(tmp_path):
+    """A folder named in latin-1 (bytes ``caf\\xe9``): zip:// and ifcb:// could not be built
+    (UnicodeEncodeError) and file:// read back the wrong path (``%E9`` decoded as U+FFFD)."""
+    import os
+    import shutil
+
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9")))
+    folder.mkdir()
+    shutil.copy(PNG, folder / "a.png")
+    for ext in (".adc", ".hdr", ".roi"):
+        shutil.copy(BIN.with_suffix(ext), folder / (BIN.name + ext))
+    with zipfile.ZipFile(folder / "x.zip", "w") as zf:
+        zf.writestr("img/a.png", PNG.read_bytes())
+    uris = [file_uri(folder / "a.png"), zip_uri(folder / "x.zip", "img/a.png"),
+            ifcb_uri(folder / (BIN.name + ".roi"), 0, 160, 74)]
+    assert all("caf%E9" in u and u.isascii() for u in uris)
+    assert read_local(uris[0]) == read_local(uris[1]) == PNG.read_bytes()
+    assert read_local(uris[2]) == read_local(ifcb_uri(BIN.with_suffix(".roi"), 0, 160, 74))
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1,
+                    max_size=30))
+def test_uris_of_utf8_paths_are_as_before(name):
+    """Percent-encoding a path's bytes gives what percent-encoding its text did for UTF-8 names."""
+    from urllib.parse import quote
+
+    path = Path("/tmp") / name / "x.roi"
+    assert zip_uri(path, "m.png") == f"zip://{quote(str(path.resolve()))}!/m.png"
+    assert ifcb_uri(path, 1, 2, 3) == f"ifcb://{quote(str(path.resolve()))}?offset=1&width=2&height=3"
+    assert parse_ifcb_uri(ifcb_uri(path, 1, 2, 3))[0] == path.resolve()
