@@ -167,21 +167,19 @@ def _api_lineage(concept: dict) -> tuple[dict[str, Any], str | None]:
 
 def read_json(doc: dict, options: Options, page_hint: str | None = None) -> IngestBatch:
     """A page export (``media`` + ``native_node``) or a pages API response (``taxonConcept``)."""
+    if not isinstance(doc, dict) or not {"taxonConcept", "media", "native_node"} & doc.keys():
+        raise ValueError(f"eol: JSON for page {page_hint} is neither a page export nor a pages API response")
     try:
-        if isinstance(doc, dict) and "taxonConcept" in doc:
+        if "taxonConcept" in doc:
             concept = doc["taxonConcept"]
             page_id = str(concept.get("identifier") or page_hint)
             taxon, lineage = _api_lineage(concept)
             items, medium = _list(concept.get("dataObjects")), _api_medium
-        elif isinstance(doc, dict) and ("media" in doc or "native_node" in doc):
+        else:
             page_id = str(doc.get("id") or page_hint)
             taxon, lineage = _native_lineage(doc.get("native_node"))
             items, medium = _list(doc.get("media")), partial(_export_medium, options=options)
-        else:
-            raise ValueError(f"eol: JSON for page {page_hint} is neither a page export nor a pages API response")
     except SHAPE_ERRORS as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith("eol: "):
-            raise
         # the page's own fields (its taxon and hierarchy) hold every medium's lineage: no medium can be read
         raise ValueError(f"eol: page {page_hint}: {shape_detail('the page', exc)}; its media cannot be "
                          "placed in a taxon") from exc

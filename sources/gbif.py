@@ -900,7 +900,7 @@ def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
         limit = min(options.page_size, limit_total - offset)
         page = client.call(lambda limit=limit, offset=offset: gbif_occ.search(limit=limit, offset=offset, timeout=options.timeout_s, **params),
                            what=f"occurrence/search offset={offset}")
-        results = page.get("results") if isinstance(page, dict) else None
+        results = (page.get("results") or []) if isinstance(page, dict) else None
         if not isinstance(results, list):
             raise HttpError(f"gbif: occurrence/search offset={offset} answered {type(page).__name__} "
                             f"without a list of results; is api_base_url ({options.api_base_url}) GBIF's API?")

@@ -126,6 +126,19 @@ class Options(BaseModel):
 
 
 def _read_table(path: str, options: Options) -> pa.Table:
+    """The input table; a file that cannot be read as one stops with its name and what is wrong."""
+    try:
+        return _read_input(path, options)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                         "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and run again") from exc
+    except pa.ArrowInvalid as exc:
+        hint = ("fix that line (every row needs the header's columns)" if path.lower().endswith((".csv", ".tsv"))
+                else "give a curated folder, a Parquet dataset, or a .csv / .tsv / .txt URL list")
+        raise ValueError(f"{path}: {exc}; {hint} and run again") from exc
+
+
+def _read_input(path: str, options: Options) -> pa.Table:
     fs, local = fsspec.core.url_to_fs(path)
     lower = local.lower()
     if fs.isfile(local) and lower.endswith((".csv", ".tsv")):

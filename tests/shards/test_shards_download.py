@@ -195,6 +195,19 @@ def test_input_without_urls_is_a_clear_error(tmp_path):
         read_rows(str(tmp_path / "x.parquet"), Options())
 
 
+@pytest.mark.parametrize("name, data, message", [
+    ("urls.csv", b"url,key\nhttp://127.0.0.1:9/a.jpg,1\nhttp://127.0.0.1:9/b.jpg,2,extra\n",
+     r"urls.csv: CSV parse error: Expected 2 columns, got 3.*fix that line"),
+    ("urls.txt", b"http://127.0.0.1:9/a.jpg\nhttp://127.0.0.1:9/caf\xe9.jpg\n",
+     r"urls.txt is not UTF-8 text \(byte 0xe9 at offset 47\); re-encode it"),
+    ("urls.parquet", b"url\nhttp://127.0.0.1:9/a.jpg\n", r"urls.parquet: .*give a curated folder, a Parquet dataset"),
+])
+def test_an_unreadable_url_list_is_a_clear_error_naming_it(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        read_rows(str(tmp_path / name), Options())
+
+
 def test_retry_failed_redoes_only_failures(server, tmp_path):
     urls = [server.url("/img/ocelot.jpg"), server.url("/img/small.jpg"),
             server.url("/retry429/small.png?n=2&after=0&t=retry")]
