@@ -33,7 +33,7 @@ from pydantic import Field
 
 from schemas import Reason, empty_rejects, make_record_id, make_rejects
 from schemas.record import extra_json
-from sources.base import IngestBatch, SourceOptions
+from sources.base import SHAPE_ERRORS, IngestBatch, SourceOptions, shape_detail
 from sources.http import USER_AGENT, HttpClient, HttpError
 from sources.ifcb import parse_adc, parse_bin_name
 from sources.localuri import zip_uri
@@ -164,6 +164,10 @@ class IfcbDashboardConnector:
         except ValueError as e:
             yield _bin_reject(pid, Reason.MALFORMED_ROW, f"/api/bin/{pid} is not JSON: {e}")
             return
+        if not isinstance(details, dict):
+            yield _bin_reject(pid, Reason.MALFORMED_ROW, shape_detail(
+                f"/api/bin/{pid}", f"a JSON {type(details).__name__}, not an object"))
+            return
         if _truthy(details.get("skip")) and not options.include_skipped:
             yield IngestBatch(records=_empty_records(), skipped={"ifcb_dashboard_bin_skipped": 1})
             return
@@ -192,7 +196,13 @@ class IfcbDashboardConnector:
             except zipfile.BadZipFile as e:
                 zip_path.unlink(missing_ok=True)
                 raise HttpError(f"GET {base}/data/{pid}.zip: not a zip archive ({e})") from e
-        yield _bin_batch(base, dataset, pid, name.instrument, details, rows, members, zip_path, options)
+        try:
+            batch = _bin_batch(base, dataset, pid, name.instrument, details, rows, members, zip_path, options)
+        except SHAPE_ERRORS as e:  # Arrow's conversion errors are ValueError / TypeError too
+            # a bin field of the wrong kind (a list where the instrument or time should be)
+            yield _bin_reject(pid, Reason.MALFORMED_ROW, shape_detail(f"/api/bin/{pid}", e))
+            return
+        yield batch
 
 
 def _empty_records() -> pa.Table:

@@ -85,8 +85,10 @@ def bin_zip(pid: str, drop: set[int]) -> bytes:
 class Dashboard:
     """Loopback ifcbdb: routes of dashboard/urls.py; records every request path."""
 
-    def __init__(self, skip: set[str] = frozenset(), fail_once: set[str] = frozenset(), drop: set[int] = frozenset()):
+    def __init__(self, skip: set[str] = frozenset(), fail_once: set[str] = frozenset(), drop: set[int] = frozenset(),
+                 bin_json=None):
         self.skip, self.fail_once, self.drop = set(skip), set(fail_once), set(drop)
+        self.bin_json = bin_json or {}  # pid -> fn(the bin's JSON) -> what /api/bin answers instead
         self.paths: list[str] = []
         self.agents: set[str] = set()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -122,8 +124,9 @@ class Dashboard:
                     body = export_csv(sorted([*BINS, MISSING]), dash.skip)
                     return self.send(200, body.encode(), "text/csv")
                 if parts[:2] == ["api", "bin"] and parts[2] in BINS:
-                    return self.send(200, json.dumps(bin_json(parts[2], parts[2] in dash.skip)).encode(),
-                                     "application/json")
+                    doc = bin_json(parts[2], parts[2] in dash.skip)
+                    doc = dash.bin_json.get(parts[2], lambda d: d)(doc)
+                    return self.send(200, json.dumps(doc).encode(), "application/json")
                 if parts[0] == "data" and len(parts) == 2:
                     stem, _, ext = parts[1].rpartition(".")
                     if ext == "adc" and stem in BINS:
@@ -250,6 +253,21 @@ def test_skipped_bins_are_counted_not_read(tmp_path):
     with Dashboard(skip={"D20130526T095207_IFCB013"}) as dash:
         _, records, _, _ = read_dataset(f"{dash.url}/api/export_metadata/testds", include_skipped=True)
     assert records.num_rows == 26
+
+
+def test_bin_json_of_the_wrong_shape_rejects_that_bin():
+    """Found by a fuzz of the API adapters: a bin's JSON as a list, or its instrument as a list,
+    stopped the ingest with AttributeError / ArrowTypeError."""
+    first, second = sorted(BINS)
+    with Dashboard(bin_json={first: lambda d: [d], second: lambda d: {**d, "instrument": ["a", "b"]}}) as dash:
+        options = IfcbDashboardOptions()
+        tasks = CONNECTOR.tasks(f"{dash.url}/api/export_metadata/testds", options)
+        batches = [b for t in tasks for b in CONNECTOR.read(t, options)]
+    rejects = pa.concat_tables([b.rejects for b in batches]).to_pylist()
+    bad = {r["detail"].split(":")[0]: r for r in rejects if r["reason"] == Reason.MALFORMED_ROW}
+    assert set(bad) == {f"/api/bin/{first}", f"/api/bin/{second}"}
+    assert "a JSON list, not an object" in bad[f"/api/bin/{first}"]["detail"]
+    assert "malformed JSON" in bad[f"/api/bin/{second}"]["detail"]
 
 
 def test_a_bad_pid_in_the_export_is_rejected():
