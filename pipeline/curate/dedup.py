@@ -55,10 +55,18 @@ def richness(table: pa.Table) -> np.ndarray:
     """Number of non-null, non-empty fields per row: the measure of the "richest" record."""
     score = np.zeros(table.num_rows, np.int64)
     for name in table.column_names:
-        col = _column(table, name)
-        valid = pc.is_valid(col)
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            valid = pc.and_(valid, pc.greater(pc.utf8_length(pc.fill_null(col, "")), 0))
+        col = table.column(name)
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+        if pa.types.is_dictionary(col.type):
+            # whether each distinct value is non-empty, taken to the rows (no text decoded per row)
+            values = col.dictionary
+            text = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+            filled = pc.greater(pc.utf8_length(values), 0) if text else pc.is_valid(values)
+            valid = pc.fill_null(pc.take(filled, col.indices), False)
+        else:
+            valid = pc.is_valid(col)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                valid = pc.and_(valid, pc.greater(pc.utf8_length(pc.fill_null(col, "")), 0))
         score += np.asarray(valid.to_numpy(zero_copy_only=False), np.int64)
     return score
 
@@ -73,10 +81,12 @@ def rank_duplicates(keys: pa.Array, rows: pa.Table, index: np.ndarray) -> tuple[
     """Order ``rows`` (which share keys) within each key: most non-null fields, then smallest
     ``record_id``, then row content. Returns, as entries of ``index``, the winner of each key, the
     other rows and the winner each of them lost to."""
-    work = pa.table({
-        "k": keys, "rich": pa.array(richness(rows)), "rid": pc.fill_null(_column(rows, "record_id"), ""),
-        "fp": pa.array(_fingerprint(rows)), "i": pa.array(index),
-    })
+    rid = pc.fill_null(_column(rows, "record_id"), "")
+    # the content hash only ever breaks ties between rows with the same record id: where every
+    # record id differs (photo keys after the record layer) it cannot change the order
+    fp = _fingerprint(rows) if pc.count_distinct(rid).as_py() < len(rid) else np.zeros(len(rid), np.uint64)
+    work = pa.table({"k": keys, "rich": pa.array(richness(rows)), "rid": rid, "fp": pa.array(fp),
+                     "i": pa.array(index)})
     ordered = work.sort_by([("k", "ascending"), ("rich", "descending"), ("rid", "ascending"), ("fp", "ascending")])
     order = ordered.column("i").to_numpy()
     sorted_keys = ordered.column("k").to_numpy(zero_copy_only=False)
@@ -145,28 +155,107 @@ def _reordered(table: pa.Table, keys: pa.Array) -> StageOutput:
 
 
 def _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders) -> pa.Table:
-    # only the absorbed rows and the rows that absorbed them are read into Python
+    """``out`` (rows ``kept_rows`` of ``table``) with each absorbing row's ``extra`` JSON listing
+    the rows it absorbed under ``merged_from`` (sorted by record id), as
+    ``json.dumps(..., sort_keys=True, ensure_ascii=False)`` writes it.
+
+    Each absorbed row's entry is written column-wise; Python touches each absorbing row once,
+    to put the list into its own ``extra``.
+    """
+    if not len(dup_rows):
+        return out
     take = pa.array(dup_rows)
-    src = pc.take(_column(table, "source"), take).to_pylist()
-    rid = pc.take(_column(table, "record_id"), take).to_pylist()
-    ident = pc.take(_column(table, "identifier"), take).to_pylist()
-    absorbed: dict[int, list[dict]] = {}
-    for k, lead in enumerate(dup_leaders.tolist()):
-        absorbed.setdefault(lead, []).append({"record_id": rid[k], "source": src[k], "identifier": ident[k]})
-    targets = np.nonzero(np.isin(kept_rows, np.fromiter(absorbed, np.int64, len(absorbed))))[0]
-    extra_col = _column(out, "extra")
-    values = []
-    for pos, old in zip(targets.tolist(), pc.take(extra_col, pa.array(targets)).to_pylist(), strict=True):
-        merged = _load_extra(old)
-        merged.setdefault("merged_from", [])
-        merged["merged_from"] = sorted(merged["merged_from"] + absorbed[int(kept_rows[pos])],
-                                       key=lambda m: m["record_id"] or "")
-        values.append(json.dumps(merged, sort_keys=True, ensure_ascii=False))
+    rid = pc.take(_column(table, "record_id"), take)
+    entries = _text_join(
+        '{"identifier": ', _json_strings(pc.take(_column(table, "identifier"), take)),
+        ', "record_id": ', _json_strings(rid),
+        ', "source": ', _json_strings(pc.take(_column(table, "source"), take)), "}")
+    # each leader's entries, by record id (a missing one sorts as ""), then in absorbed order
+    order = pa.table({"lead": pa.array(dup_leaders), "rid": pc.fill_null(rid, ""),
+                      "k": pa.array(np.arange(len(dup_rows)))}).sort_by(
+        [("lead", "ascending"), ("rid", "ascending"), ("k", "ascending")])
+    leads = order.column("lead").combine_chunks().to_numpy()
+    starts = np.flatnonzero(np.concatenate(([True], leads[1:] != leads[:-1])))
+    ends = np.append(starts[1:], len(leads))
+    k = order.column("k").combine_chunks()
+    grouped = pa.ListArray.from_arrays(pa.array(np.append(starts, len(leads)).astype(np.int32)),
+                                       pc.take(entries, k))
+    lists = _text_join("[", pc.binary_join(grouped, pa.scalar(", ", pa.large_string())), "]")
+    lead_ids = leads[starts]  # ascending
+
+    targets = np.nonzero(np.isin(kept_rows, lead_ids))[0]
+    group = np.searchsorted(lead_ids, np.asarray(kept_rows)[targets])
+    extra_col = _column(out, "extra").cast(pa.string())
+    old = pc.take(extra_col, pa.array(targets))
+    # an absorbing row without extra (the usual case) gets {"merged_from": [...]}, column-wise
+    values = _text_join('{"merged_from": ', pc.take(lists, pa.array(group)), "}")
+    has_extra = np.asarray(pc.fill_null(pc.not_equal(old, ""), False).to_numpy(zero_copy_only=False), bool)
+    if has_extra.any():
+        at = np.flatnonzero(has_extra)
+        texts = pc.take(lists, pa.array(group[at])).to_pylist()
+        plain: list | None = None  # the entries as Python dicts, in order: only for lists merged before
+        rewritten = []
+        for g, text, raw in zip(group[at].tolist(), texts, pc.take(old, pa.array(at)).to_pylist(), strict=True):
+            merged = _load_extra(raw)
+            if "merged_from" in merged or _PLACEHOLDER in raw:
+                # merged before (a curated table curated again): both lists, sorted by record id
+                if plain is None:
+                    cols = [pc.take(pc.take(_column(table, c), take), k).to_pylist()
+                            for c in ("identifier", "record_id", "source")]
+                    plain = [{"identifier": i, "record_id": r, "source": s} for i, r, s in zip(*cols, strict=True)]
+                previous = merged.get("merged_from", [])
+                if not isinstance(previous, list):  # a source's own field of that name: kept aside
+                    merged["merged_from_raw"], previous = previous, []
+                merged["merged_from"] = sorted(previous + plain[starts[g]:ends[g]], key=_by_record_id)
+                rewritten.append(json.dumps(merged, sort_keys=True, ensure_ascii=False))
+            else:
+                merged["merged_from"] = _PLACEHOLDER
+                rewritten.append(_ENCODE(merged).replace(_PLACEHOLDER_JSON, text, 1))
+        values = pc.replace_with_mask(values, pa.array(has_extra), pa.array(rewritten, pa.large_string()))
     mask = np.zeros(out.num_rows, bool)
     mask[targets] = True
-    merged_col = pc.replace_with_mask(extra_col.cast(pa.string()), pa.array(mask), pa.array(values, pa.string()))
+    merged_col = pc.replace_with_mask(extra_col, pa.array(mask), values.cast(pa.string()))
     idx = out.column_names.index("extra")
     return out.set_column(idx, out.schema.field("extra"), merged_col)
+
+
+# stands for the merged_from list while the rest of an extra is serialised (no JSON text has it:
+# a noncharacter, which json.dumps writes as itself)
+_PLACEHOLDER = "\ufdd0merged_from\ufdd0"
+_PLACEHOLDER_JSON = json.dumps(_PLACEHOLDER, ensure_ascii=False)
+# json.dumps(..., sort_keys=True, ensure_ascii=False) without building an encoder per call
+_ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+
+
+def _by_record_id(entry) -> str:
+    """Sort key of a ``merged_from`` entry (one merged before may be anything JSON holds)."""
+    rid = entry.get("record_id") if isinstance(entry, dict) else None
+    return "" if rid is None else str(rid)
+
+
+def _text_join(*parts) -> pa.Array:
+    """The parts (text, or arrays of it) concatenated row by row, as large strings."""
+    big = [pa.scalar(p, pa.large_string()) if isinstance(p, str) else p.cast(pa.large_string()) for p in parts]
+    return pc.binary_join_element_wise(*big, pa.scalar("", pa.large_string()))
+
+
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'
+
+
+def _json_strings(a: pa.Array) -> pa.Array:
+    """Each value as ``json.dumps(value, ensure_ascii=False)`` writes it (``null`` for a null):
+    quoted as it is unless it holds a quote, a backslash or a control character. Large strings:
+    millions of entries joined can pass the 2 GiB a string array holds."""
+    a = a.cast(pa.large_string())
+    quoted = pc.fill_null(_text_join('"', a, '"'), "null")
+    special = np.asarray(pc.fill_null(pc.match_substring_regex(a, _NEEDS_ESCAPE), False).to_numpy(
+        zero_copy_only=False), bool)
+    if not special.any():
+        return quoted
+    at = np.flatnonzero(special)
+    escaped = pa.array([json.dumps(v, ensure_ascii=False) for v in pc.take(a, pa.array(at)).to_pylist()],
+                       pa.large_string())
+    return pc.replace_with_mask(quoted, pa.array(special), escaped)
 
 
 def _load_extra(text: str | None) -> dict:

@@ -115,12 +115,19 @@ class _Records:
         return kept, pa.concat_tables([r for _, r in parts])
 
     def full_rows(self, rows: np.ndarray) -> pa.Table:
-        """Every column of the given rows (ascending global row numbers), in that order."""
+        """Every column of the given rows (ascending global row numbers), in that order; repeating
+        text as dictionaries, as :meth:`read` gives it; the files are read a thread per core."""
+        from concurrent.futures import ThreadPoolExecutor
+
         file_of = np.searchsorted(self.offsets, rows, side="right") - 1
-        parts = []
-        for i in np.unique(file_of).tolist():
+
+        def part(i: int) -> pa.Table:
             pos = rows[file_of == i] - self.offsets[i]
-            parts.append(pq.read_table(self.files[i]).take(pa.array(pos)))
+            t = self.read(i, self.names[i])
+            return t if len(pos) == t.num_rows else t.take(pa.array(pos))
+
+        with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(part, np.unique(file_of).tolist()))
         return pa.concat_tables(parts, promote_options="default")
 
 
@@ -186,7 +193,9 @@ def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str
     extras: dict[int, str] = {}
     if merge:
         winners = np.sort(winners)
-        merged = dedup_mod._merge_provenance(full, full.take(pa.array(winners)), winners, dup_rows, dup_leaders)
+        # only the winners' extra is rewritten: the other columns are not gathered
+        merged = dedup_mod._merge_provenance(full, full.select(["extra"]).take(pa.array(winners)), winners,
+                                             dup_rows, dup_leaders)
         targets = np.nonzero(np.isin(winners, dup_leaders))[0]
         texts = pc.take(merged.column("extra"), pa.array(targets)).to_pylist()
         extras = dict(zip(rows[winners[targets]].tolist(), texts, strict=True))
