@@ -17,7 +17,7 @@ BIOCORPUS  = $(BIN)/biocorpus
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-train demo test test-slow test-all lint ingest backbone resolve curate download \
-        train query report run chromium bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-download \
+        train query report run chromium bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-curate-dedup bench-download \
         bench-loader bench clean
 
 help: ## list the targets
@@ -103,13 +103,16 @@ bench-resolve: $(VENV)/.installed ## 1M names against a 3M-row backbone vs a per
 bench-curate: $(VENV)/.installed ## curate vs BioTrove's arbor-process on 5M rows
 	$(BIN)/python bench/curate.py $(BENCH_ARGS)
 
+bench-curate-dedup: $(VENV)/.installed ## curate's dedup by record and photo vs the former row-by-row code
+	$(BIN)/python bench/curate_dedup.py $(BENCH_ARGS)
+
 bench-download: $(VENV)/.installed ## downloader vs img2dataset on a loopback server
 	$(BIN)/python bench/download.py $(BENCH_ARGS)
 
 bench-loader: $(VENV)/.installed-train ## training loader vs a plain PIL loop
 	$(BIN)/python bench/loader.py $(BENCH_ARGS)
 
-bench: bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-download bench-loader ## every benchmark
+bench: bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-curate-dedup bench-download bench-loader ## every benchmark
 
 clean: ## remove the data root and caches (not .venv)
 	rm -rf $(DATA) .pytest_cache .ruff_cache .hypothesis

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from pipeline.curate.hashing import hash_strings, order_by_hash
 from pipeline.stage import StageContext, StageOutput
 from schemas import Reason, empty_rejects, make_rejects
+from sources.columns import per_distinct
 
 if TYPE_CHECKING:
     from pipeline.stages.curate import Options
@@ -191,27 +192,30 @@ def _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders) -> pa.Table:
     values = _text_join('{"merged_from": ', pc.take(lists, pa.array(group)), "}")
     has_extra = np.asarray(pc.fill_null(pc.not_equal(old, ""), False).to_numpy(zero_copy_only=False), bool)
     if has_extra.any():
+        # the rest of an extra does not depend on the list: its text around the list is made
+        # once per distinct extra, and the list put in between column-wise
         at = np.flatnonzero(has_extra)
-        texts = pc.take(lists, pa.array(group[at])).to_pylist()
-        plain: list | None = None  # the entries as Python dicts, in order: only for lists merged before
-        rewritten = []
-        for g, text, raw in zip(group[at].tolist(), texts, pc.take(old, pa.array(at)).to_pylist(), strict=True):
-            merged = _load_extra(raw)
-            if "merged_from" in merged or _PLACEHOLDER in raw:
-                # merged before (a curated table curated again): both lists, sorted by record id
-                if plain is None:
-                    cols = [pc.take(pc.take(_column(table, c), take), k).to_pylist()
-                            for c in ("identifier", "record_id", "source")]
-                    plain = [{"identifier": i, "record_id": r, "source": s} for i, r, s in zip(*cols, strict=True)]
+        raw = pc.take(old, pa.array(at))
+        template = per_distinct(_extra_template, raw)
+        parts = pc.split_pattern(pc.fill_null(template, _PLACEHOLDER_JSON), _PLACEHOLDER_JSON, max_splits=1)
+        joined = _text_join(pc.list_element(parts, 0), pc.take(lists, pa.array(group[at])), pc.list_element(parts, 1))
+        redo = np.flatnonzero(np.asarray(pc.is_null(template).to_numpy(zero_copy_only=False), bool))
+        if len(redo):
+            # merged before (a curated table curated again): both lists, sorted by record id
+            cols = [pc.take(pc.take(_column(table, c), take), k).to_pylist() for c in ("identifier", "record_id", "source")]
+            plain = [{"identifier": i, "record_id": r, "source": s} for i, r, s in zip(*cols, strict=True)]
+            rewritten = []
+            for g, text in zip(group[at][redo].tolist(), pc.take(raw, pa.array(redo)).to_pylist(), strict=True):
+                merged = _load_extra(text)
                 previous = merged.get("merged_from", [])
                 if not isinstance(previous, list):  # a source's own field of that name: kept aside
                     merged["merged_from_raw"], previous = previous, []
                 merged["merged_from"] = sorted(previous + plain[starts[g]:ends[g]], key=_by_record_id)
                 rewritten.append(json.dumps(merged, sort_keys=True, ensure_ascii=False))
-            else:
-                merged["merged_from"] = _PLACEHOLDER
-                rewritten.append(_ENCODE(merged).replace(_PLACEHOLDER_JSON, text, 1))
-        values = pc.replace_with_mask(values, pa.array(has_extra), pa.array(rewritten, pa.large_string()))
+            where = np.zeros(len(at), bool)
+            where[redo] = True
+            joined = pc.replace_with_mask(joined, pa.array(where), pa.array(rewritten, pa.large_string()))
+        values = pc.replace_with_mask(values, pa.array(has_extra), joined)
     mask = np.zeros(out.num_rows, bool)
     mask[targets] = True
     merged_col = pc.replace_with_mask(extra_col, pa.array(mask), values.cast(pa.string()))
@@ -225,6 +229,17 @@ _PLACEHOLDER = "\ufdd0merged_from\ufdd0"
 _PLACEHOLDER_JSON = json.dumps(_PLACEHOLDER, ensure_ascii=False)
 # json.dumps(..., sort_keys=True, ensure_ascii=False) without building an encoder per call
 _ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+
+
+def _extra_template(raw: str) -> str | None:
+    """``raw`` extra with ``merged_from`` set to the placeholder, serialised; ``None`` when it has a
+    ``merged_from`` already (or holds the placeholder itself), which the caller merges by hand."""
+    merged = _load_extra(raw)
+    if "merged_from" in merged:
+        return None
+    merged["merged_from"] = _PLACEHOLDER
+    text = _ENCODE(merged)
+    return text if text.count(_PLACEHOLDER_JSON) == 1 else None
 
 
 def _by_record_id(entry) -> str:
