@@ -188,7 +188,7 @@ def _merge_provenance(table, out, kept_rows, dup_rows, dup_leaders) -> pa.Table:
     group = np.searchsorted(lead_ids, np.asarray(kept_rows)[targets])
     extra_col = _column(out, "extra").cast(pa.string())
     old = pc.take(extra_col, pa.array(targets))
-    # an absorbing row without extra (the usual case) gets {"merged_from": [...]}, column-wise
+    # an absorbing row without extra gets {"merged_from": [...]}, column-wise
     values = _text_join('{"merged_from": ', pc.take(lists, pa.array(group)), "}")
     has_extra = np.asarray(pc.fill_null(pc.not_equal(old, ""), False).to_numpy(zero_copy_only=False), bool)
     if has_extra.any():
@@ -233,7 +233,7 @@ _ENCODE = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 
 def _extra_template(raw: str) -> str | None:
     """``raw`` extra with ``merged_from`` set to the placeholder, serialised; ``None`` when it has a
-    ``merged_from`` already (or holds the placeholder itself), which the caller merges by hand."""
+    ``merged_from`` already (or its own values hold the placeholder), which the caller merges by hand."""
     merged = _load_extra(raw)
     if "merged_from" in merged:
         return None
