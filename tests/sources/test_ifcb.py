@@ -275,7 +275,9 @@ def test_parse_adc_never_raises_and_accounts_for_every_line(text, layout):
     assert parsed.n_rows == sum(1 for line in lines if line.strip())
 
 
-hdr_key = st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters="_()%"), min_size=1, max_size=20)
+# "_lines" is where parse_hdr puts the lines that are not key: value (no IFCB header has that key)
+hdr_key = st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters="_()%"), min_size=1,
+                  max_size=20).filter(lambda k: k != "_lines")
 hdr_value = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), max_size=30).map(str.strip)
 
 
