@@ -109,8 +109,9 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
                config: Any = None, force: bool = False) -> StageResult:
     """Ingest one source input into ``raw/source=<name>/dataset=<dataset>/``."""
     task_list = connector.tasks(input, options)
-    if not task_list:
+    if not task_list and input and "://" not in input:
         # a folder without a single file of the source's kind is a wrong INPUT, not an empty dataset
+        # (a query or a dashboard whose window holds nothing new is: it runs to 0 records)
         raise FileNotFoundError(f"ingest {connector.name}: nothing to read in {input} (no file of the kind the "
                                 f"{connector.name} source reads); check INPUT")
     ident = [_task_identity(t) for t in task_list]

@@ -71,3 +71,19 @@ def test_ingest_of_a_folder_with_nothing_to_read_says_so(tmp_path, source):
     res = cli.invoke(app, ["ingest", source, "--input", str(tmp_path / "empty"), "--data", str(tmp_path / "d")])
     assert res.exit_code == 2, res.output
     assert f"ingest {source}: nothing to read in" in res.output and "check INPUT" in res.output
+
+
+def test_an_api_query_with_nothing_new_runs_to_zero_records(tmp_path):
+    """Only a local INPUT with nothing to read is an error: a dashboard or API window without new
+    items (a daily pull) is an ingest of 0 records."""
+    from pipeline.execute import run_ingest
+    from pipeline.runners import make_runner
+    from sources.ifcb_dashboard import CONNECTOR, IfcbDashboardOptions
+
+    class NothingNew(type(CONNECTOR)):
+        def tasks(self, input, options):
+            return []
+
+    result = run_ingest(NothingNew(), IfcbDashboardOptions(), "https://ifcb.example.org/api/export_metadata/x",
+                        tmp_path, make_runner("local", workers=1, progress=False), "x")
+    assert result.stats["in"] == 0 and result.stats["tasks"] == 0
