@@ -34,7 +34,7 @@ from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.dwca import DwcaError, Prefetch, open_archive, read_ahead, read_file
-from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
+from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
 from sources.licenses import normalise_license_column
 from sources.photokey import hex_digests, photo_keys
 
@@ -900,10 +900,7 @@ def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
         limit = min(options.page_size, limit_total - offset)
         page = client.call(lambda limit=limit, offset=offset: gbif_occ.search(limit=limit, offset=offset, timeout=options.timeout_s, **params),
                            what=f"occurrence/search offset={offset}")
-        results = (page.get("results") or []) if isinstance(page, dict) else None
-        if not isinstance(results, list):
-            raise HttpError(f"gbif: occurrence/search offset={offset} answered {type(page).__name__} "
-                            f"without a list of results; is api_base_url ({options.api_base_url}) GBIF's API?")
+        results = page_results(page, f"gbif: occurrence/search offset={offset} at {options.api_base_url}")
         yield from results
         offset += len(results)
         if page.get("endOfRecords", True) or not results:

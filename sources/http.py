@@ -58,6 +58,16 @@ class HttpError(RuntimeError):
         self.status = status
 
 
+def page_results(page: Any, what: str) -> list:
+    """The ``results`` list of a JSON page (none: ``[]``, the end); a page that is no object or
+    whose results are no list means the base URL is not the API it should be: an error saying so."""
+    results = (page.get("results") or []) if isinstance(page, dict) else None
+    if not isinstance(results, list):
+        got = type(page).__name__ if not isinstance(page, dict) else f"results of type {type(results).__name__}"
+        raise HttpError(f"{what} answered {got}, not a list of results; is api_base_url that API?")
+    return results
+
+
 class TokenBucket:
     """Token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
 

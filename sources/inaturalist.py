@@ -25,7 +25,7 @@ from schemas.record import extra_json, from_columns, from_rows, row_problem
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import distinct, per_distinct
-from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError
+from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
 from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
 from sources.photokey import hex_digests, photo_key, photo_keys
 
@@ -562,10 +562,7 @@ def read_api(options: Options, client: HttpClient) -> Iterator[IngestBatch]:
         if options.research_only:
             params["quality_grade"] = "research"
         page = client.get_json("observations", params=params)
-        results = (page.get("results") if isinstance(page, dict) else None) or []
-        if not isinstance(results, list):
-            raise HttpError(f"inaturalist: the observations page after id {cursor} has results of type "
-                            f"{type(results).__name__}, not a list; is api_base_url iNaturalist's API v1?")
+        results = page_results(page, f"inaturalist: observations after id {cursor} at {options.api_base_url}")
         if not results:
             return
         ids = [o["id"] for o in results if isinstance(o, dict) and type(o.get("id")) is int]

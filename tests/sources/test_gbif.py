@@ -223,5 +223,5 @@ def test_a_search_answer_without_results_is_a_clear_error(loopback, clock):
     server = loopback(lambda req: Reply(200, b'{"results": "none"}'))
     opts = Options(taxon_key=1, api_base_url=server.url, rate=50)
     conn = GBIFConnector(sleep=clock.sleep, clock=clock)
-    with pytest.raises(Exception, match="without a list of results; is api_base_url"):
+    with pytest.raises(Exception, match="answered results of type str, not a list of results; is api_base_url"):
         ingest(conn, conn.tasks(None, opts)[0], opts)

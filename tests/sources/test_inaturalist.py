@@ -207,6 +207,15 @@ def test_photos_without_an_id_are_rejected_each_with_its_own_id(tmp_path):
     assert b.records.num_rows == 0 and b.rejects.column("reason").to_pylist() == ["malformed_row"] * n
     assert len(set(b.rejects.column("record_id").to_pylist())) == n
 
+def test_an_api_answer_that_is_no_page_is_a_clear_error(loopback, tmp_path, clock):
+    """A JSON list instead of the page object used to end the pull as if nothing were new."""
+    server = loopback(lambda req: Reply(200, b"[1, 2]"))
+    conn = INaturalistConnector(sleep=clock.sleep, clock=clock)
+    opts = Options(api_base_url=server.url, cache_dir=str(tmp_path))
+    with pytest.raises(Exception, match="answered list, not a list of results; is api_base_url"):
+        ingest(conn, conn.tasks(None, opts)[0], opts)
+
+
 def test_api_page_without_integer_ids_is_a_clear_error(loopback, tmp_path, clock):
     server = loopback(lambda req: Reply(200, json.dumps({"results": [{"id": "x"}]}).encode()))
     conn = INaturalistConnector(sleep=clock.sleep, clock=clock)
