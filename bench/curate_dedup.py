@@ -78,25 +78,25 @@ def make_input(rows: int, shared: float, again: float) -> Path:
     return out
 
 
-def _former_full_rows(self, rows):
+def _former_rows_of(self, rows, columns=None):
     file_of = np.searchsorted(self.offsets, rows, side="right") - 1
     parts = []
     for i in np.unique(file_of).tolist():
         pos = rows[file_of == i] - self.offsets[i]
-        parts.append(pq.read_table(self.files[i]).take(pa.array(pos)))
+        parts.append(pq.read_table(self.files[i], columns=columns).take(pa.array(pos)))
     return pa.concat_tables(parts, promote_options="default")
 
 
 @contextlib.contextmanager
 def former_code():
-    saved = (dedup.rank_duplicates, dedup._merge_provenance, fused._Records.full_rows)
+    saved = (dedup.rank_duplicates, dedup._merge_provenance, fused._Records.rows_of)
     dedup.rank_duplicates = rank_reference
     dedup._merge_provenance = lambda table, out, *rest: merge_provenance_reference(table, out, *rest)
-    fused._Records.full_rows = _former_full_rows
+    fused._Records.rows_of = _former_rows_of
     try:
         yield
     finally:
-        dedup.rank_duplicates, dedup._merge_provenance, fused._Records.full_rows = saved
+        dedup.rank_duplicates, dedup._merge_provenance, fused._Records.rows_of = saved
 
 
 def run(folder: Path, options: Options) -> tuple[dict, tuple]:

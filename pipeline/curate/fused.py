@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,8 +102,6 @@ class _Records:
     def filtered(self, options: Options) -> tuple[pa.Table, pa.Table]:
         """Every file's decision columns read and filtered, a thread per core (Parquet decoding and
         Arrow kernels release the GIL; the filters are row-wise, so per file is the same as whole)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         def part(i: int) -> tuple[pa.Table, pa.Table]:
             return apply_filters(self.decision_part(i), options, STEPS["curate-filter"])
 
@@ -114,16 +113,15 @@ class _Records:
         kept = pa.concat_tables([k for k, _ in parts], promote_options="default")
         return kept, pa.concat_tables([r for _, r in parts])
 
-    def full_rows(self, rows: np.ndarray) -> pa.Table:
-        """Every column of the given rows (ascending global row numbers), in that order; repeating
-        text as dictionaries, as :meth:`read` gives it; the files are read a thread per core."""
-        from concurrent.futures import ThreadPoolExecutor
-
+    def rows_of(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """``columns`` (default: every column) of the given rows (ascending global row numbers), in
+        that order; repeating text as dictionaries, as :meth:`read` gives it. The files are read a
+        thread per core."""
         file_of = np.searchsorted(self.offsets, rows, side="right") - 1
 
         def part(i: int) -> pa.Table:
             pos = rows[file_of == i] - self.offsets[i]
-            t = self.read(i, self.names[i])
+            t = self.read(i, self.names[i] if columns is None else columns)
             return t if len(pos) == t.num_rows else t.take(pa.array(pos))
 
         with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
@@ -186,7 +184,7 @@ def _keep_richest(table: pa.Table, keys: pa.Array, records: _Records, stage: str
     if not multi.size:
         return table, empty_rejects(), {}
     rows = _rows(table)[multi]  # ascending: the decision table is in global row order
-    full = records.full_rows(rows)
+    full = records.rows_of(rows)
     winners, dup_rows, dup_leaders = dedup_mod.rank_duplicates(
         pc.take(keys, pa.array(multi)), full, np.arange(len(multi)))
     rejects = dedup_mod.duplicate_rejects(full, dup_rows, dup_leaders, stage, reason)
@@ -254,22 +252,10 @@ def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> p
     The decision columns are already in memory: only the other columns are read from the files.
     """
     rows = _rows(decided)
-    file_of = np.searchsorted(records.offsets, rows, side="right") - 1
     names = records.names[0]
     held = [c for c in DECISION_COLUMNS if c in names]
     rest = [c for c in names if c not in held]
-
-    def part(i: int) -> pa.Table:
-        pos = rows[file_of == i] - records.offsets[i]
-        t = records.read(i, rest)
-        return t if len(pos) == t.num_rows else t.take(pa.array(pos))
-
-    from concurrent.futures import ThreadPoolExecutor
-
-    # a thread per core over the files, as the decision columns were read
-    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-        parts = list(pool.map(part, np.unique(file_of).tolist()))
-    read = pa.concat_tables(parts, promote_options="default")
+    read = records.rows_of(rows, rest)
     columns = [decided.column(c) if c in held else read.column(c) for c in names]
     # each file brought its own dictionaries: unified once here, not by every step that combines them
     columns = [pa.chunked_array([c.combine_chunks()]) if pa.types.is_dictionary(c.type) and c.num_chunks > 1 else c
