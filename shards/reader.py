@@ -43,6 +43,9 @@ def _sample(raw: dict[str, Any]) -> dict[str, Any]:
         "image": image,
         "json": raw.get("json"),
         "txt": raw.get("txt"),
+        # BioCLIP's text types ({key}.sci.txt ... -> "sci"), for trainers that pick or mix them;
+        # webdataset lowercases member extensions, so {key}.taxonTag.txt comes as "taxontag"
+        "texts": {ext[:-4]: v for ext, v in raw.items() if ext.endswith(".txt") and not ext.startswith("_")},
         "cls": raw.get("cls"),
         "shard": raw.get("__url__"),
     }
@@ -60,7 +63,9 @@ def open_dataset(
     empty_check: bool = True,
     nodesplitter=wds.single_node_only,
 ) -> wds.DataPipeline:
-    """A webdataset pipeline yielding dicts ``key, image, json, txt, cls, shard``.
+    """A webdataset pipeline yielding dicts ``key, image, json, txt, texts, cls, shard`` (``texts``:
+    BioCLIP's text types of the sample, ``{"sci": ..., "taxontag_com": ...}``, lowercased as
+    webdataset gives every extension).
 
     ``shuffle``: sample shuffle buffer size (0 = none). ``shardshuffle``: shuffle the shard order
     (True = over all shards, an int = that buffer size). ``resampled``: draw shards with

@@ -1,8 +1,9 @@
 """Webdataset shard writing: per-image spool for resume, deterministic tar and sidecar Parquet.
 
 A shard ``{split}-{n:06d}.tar`` holds, per image, ``{key}.jpg`` (or ``.png`` when the original
-PNG was kept), ``{key}.json`` (the record, with license and attribution), ``{key}.txt`` (caption)
-and ``{key}.cls`` (class index) when given. Members are sorted by key then extension and carry a
+PNG was kept), ``{key}.json`` (the record, with license and attribution), ``{key}.txt`` (caption),
+``{key}.cls`` (class index) and BioCLIP's text types (``{key}.sci.txt``, ``{key}.taxonTag_com.txt``,
+``{key}.common_name.txt``..., as in the TreeOfLife shards) when given. Members are sorted by key then extension and carry a
 fixed mtime, owner and mode, so the same images always give the same bytes. Beside it,
 ``{split}-{n:06d}.parquet`` lists every attempted image (``shards.status.STATUS_SCHEMA``). Both
 are written to ``<name>.tmp`` and renamed; the Parquet is written last, so a shard is finished
@@ -27,6 +28,7 @@ from shards.status import STATUS_COLUMNS, status_table
 
 MTIME = 0  # fixed member mtime: byte-identical shards across runs and machines
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_TEXT_TYPE = re.compile(r"^[A-Za-z0-9_]+$")
 _STATUS_FILE = "_status.jsonl"
 
 
@@ -57,8 +59,12 @@ def sample_members(
     record: Mapping | None,
     caption: str | None = None,
     cls: int | None = None,
+    texts: Mapping[str, str | None] | None = None,
 ) -> dict[str, bytes]:
-    """The members of one sample, extension -> bytes."""
+    """The members of one sample, extension -> bytes. ``texts`` maps a text type (``sci``,
+    ``taxonTag_com``, ``common_name``...) to its text, written as ``{key}.{type}.txt``; webdataset
+    splits a member name at the first dot of its base name, so the sample gets the extension
+    ``{type}.txt`` and its default decoder reads it as text."""
     check_key(key)
     members = {ext: image}
     if record is not None:
@@ -67,6 +73,11 @@ def sample_members(
         members["txt"] = str(caption).encode()
     if cls is not None:
         members["cls"] = str(int(cls)).encode()
+    for name, text in (texts or {}).items():
+        if not _TEXT_TYPE.match(name):
+            raise ValueError(f"text type {name!r} must match [A-Za-z0-9_]+ (it becomes the member {{key}}.{name}.txt)")
+        if text is not None:
+            members[f"{name}.txt"] = str(text).encode()
     return members
 
 

@@ -31,6 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.curate.captions import CAPTION_TYPES, NAME_COLUMNS
 from schemas.record import make_record_id
 from shards import status
 from shards.fetch import DEFAULT_USER_AGENT, Fetcher, FetchOptions, HostLimit, host_of
@@ -88,6 +89,10 @@ class Options(BaseModel):
     max_redirects: int = Field(5, ge=0, description="redirects followed per request")
     processes: int | None = Field(0, ge=0, description="decode processes; 0 (default) decodes on threads in the fetching process, fastest on small machines; None = one per CPU")
     caption_column: str = Field("caption", description="input column written as {key}.txt")
+    text_members: bool = Field(
+        True, description="also write each caption type and name column of curated input as BioCLIP's "
+        "TreeOfLife shards do ({key}.sci.txt, {key}.taxonTag_com.txt, {key}.common_name.txt...), "
+        "for trainers that pick or mix text types; false writes {key}.txt alone")
     cls_column: str = Field("cls", description="input column written as {key}.cls")
     url_column: str = Field("url", description="URL column of a plain URL list")
     key_column: str = Field("key", description="key column of a plain URL list (optional)")
@@ -166,10 +171,15 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
+# input column -> text type of its member ({key}.{type}.txt), BioCLIP's names
+TEXT_MEMBERS = {**{f"caption_{t}": t for t in CAPTION_TYPES.values()}, **{n: n for n in NAME_COLUMNS}}
+
+
 def read_rows(path: str, options: Options) -> list[dict]:
-    """Input rows as ``key, url, split, caption, cls, record`` (record: JSON text of the row's
-    non-null columns). Curated records are recognised by ``identifier``; anything with
-    ``options.url_column`` is a URL list."""
+    """Input rows as ``key, url, split, caption, cls, texts, record`` (texts: BioCLIP's text types
+    present in the row, see :data:`TEXT_MEMBERS`; record: JSON text of the row's non-null columns).
+    Curated records are recognised by ``identifier``; anything with ``options.url_column`` is a URL
+    list."""
     table = _read_table(path, options)
     names = set(table.column_names)
     if "identifier" in names:
@@ -180,6 +190,7 @@ def read_rows(path: str, options: Options) -> list[dict]:
         raise ValueError(
             f"{path}: neither a record table (column 'identifier') nor a URL list "
             f"(column {options.url_column!r}); columns are {sorted(names)}")
+    text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
     rows = []
     for row in table.to_pylist():
         url = row.get(url_col)
@@ -197,6 +208,7 @@ def read_rows(path: str, options: Options) -> list[dict]:
             "split": split,
             "caption": None if caption is None else str(caption),
             "cls": None if cls is None else int(cls),
+            "texts": {t: str(row[c]) for c, t in text_columns.items() if row.get(c) is not None},
             "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str),
         })
     return rows
@@ -279,7 +291,8 @@ async def download_item(
         "width": result["stored_width"],
         "height": result["stored_height"],
     }
-    members = sample_members(item["key"], result["data"], result["ext"], record, item["caption"], item["cls"])
+    members = sample_members(item["key"], result["data"], result["ext"], record, item["caption"], item["cls"],
+                             item.get("texts"))
     row = _status_row(
         item,
         status=status.OK,

@@ -381,7 +381,9 @@ def render_card(data: dict, config: dict, options: Options, root: Path, generate
     lines += [
         "## Files", "",
         "- `shards/{split}-{n:06d}.tar`: webdataset shards, per sample `{key}.jpg` (image), `{key}.json` (record "
-        "with licence and attribution), `{key}.txt` (caption), `{key}.cls` (class index when given).",
+        "with licence and attribution), `{key}.txt` (caption), `{key}.cls` (class index when given), and for curated "
+        "records BioCLIP's text types `{key}.sci.txt`, `{key}.taxonTag_com.txt`, `{key}.common_name.txt`... "
+        "(`download.text_members`).",
         "- `shards/{split}-{n:06d}.parquet`: one row per attempted image (status, reason, host, sha256, sizes).",
         "- `raw/`, `resolved/`, `curated/`, `rejects/`: Parquet tables; query them with `biocorpus query \"SQL\"`.",
         "- `croissant.json` (also in `report/`): MLCommons Croissant 1.0 metadata; its paths are relative to the data root.",
@@ -433,6 +435,9 @@ _CONTEXT = {
 PARQUET = "application/x-parquet"
 # Croissant matches ``includes`` with fnmatch over paths relative to the data root, where ``*``
 # also crosses folders; these cover the layouts that pipeline.query's views read.
+# a text member's name: {key}.txt or {key}.<type>.txt (keys are dot-free, types are words)
+TEXT_KEY_REGEX = {"regex": "^(?:.*/)?([A-Za-z0-9_-]+)\\.(?:[A-Za-z0-9_]+\\.)?txt$"}
+TEXT_MEMBER_REGEX = {"regex": "^(?:.*/)?[A-Za-z0-9_-]+\\.((?:[A-Za-z0-9_]+\\.)?txt)$"}
 INCLUDES = {"raw": "raw/*.parquet", "resolved": "resolved/*.parquet", "curated": "curated/*.parquet",
             "downloads": "shards/*.parquet", "shards": "shards/*.tar"}
 RECORD_FIELDS = (
@@ -559,7 +564,8 @@ def build_croissant(root: Path, data: dict, options: Options, generated: str) ->
              "encodingFormat": "application/json", "includes": "*.json",
              "description": "each image's record with licence and attribution, {key}.json"},
             {"@type": "cr:FileSet", "@id": "shard-captions", "name": "shard-captions", "containedIn": containers,
-             "encodingFormat": "text/plain", "includes": "*.txt", "description": "each image's caption, {key}.txt"},
+             "encodingFormat": "text/plain", "includes": "*.txt",
+             "description": "each image's caption, {key}.txt, and BioCLIP's text types, {key}.<type>.txt"},
         ]
         key_regex = {"regex": "^(?:.*/)?([A-Za-z0-9_-]+)\\.[a-z]+$"}
         image_fields = [
@@ -573,12 +579,17 @@ def build_croissant(root: Path, data: dict, options: Options, generated: str) ->
                             "description": "the images in the shards; key = records/record_id = downloads/key",
                             "field": image_fields})
         record_sets.append({
-            "@type": "cr:RecordSet", "@id": "captions", "name": "captions", "key": {"@id": "captions/key"},
-            "description": "the caption of each image",
+            "@type": "cr:RecordSet", "@id": "captions", "name": "captions",
+            "key": [{"@id": "captions/key"}, {"@id": "captions/member"}],
+            "description": "the texts of each image: member 'txt' is the configured caption, "
+                           "'sci.txt', 'taxonTag_com.txt', 'common_name.txt'... BioCLIP's text types",
             "field": [
                 {"@type": "cr:Field", "@id": "captions/key", "name": "key", "dataType": "sc:Text",
                  "source": {"fileSet": {"@id": "shard-captions"}, "extract": {"fileProperty": "filename"},
-                            "transform": key_regex}},
+                            "transform": TEXT_KEY_REGEX}},
+                {"@type": "cr:Field", "@id": "captions/member", "name": "member", "dataType": "sc:Text",
+                 "source": {"fileSet": {"@id": "shard-captions"}, "extract": {"fileProperty": "filename"},
+                            "transform": TEXT_MEMBER_REGEX}},
                 {"@type": "cr:Field", "@id": "captions/text", "name": "text", "dataType": "sc:Text",
                  "source": {"fileSet": {"@id": "shard-captions"}, "extract": {"fileProperty": "content"}}},
             ],

@@ -70,6 +70,25 @@ def test_demo_shards_read_back_with_webdataset(demo_root):
     assert len(dups) == 7
 
 
+def test_demo_shards_carry_bioclips_text_types_from_the_chunks(demo_root):
+    from pipeline.curate.captions import CAPTION_COLUMNS, NAME_COLUMNS
+    from pipeline.io import read_dataset
+    from shards.reader import iter_samples
+
+    root, _ = demo_root
+    chunks = read_dataset(root / "curated")
+    columns = [*CAPTION_COLUMNS, *NAME_COLUMNS]
+    by_key = {r["record_id"]: r for r in chunks.select(["record_id", "caption", *columns]).to_pylist()}
+    samples = list(iter_samples(root / "shards", shardshuffle=False, decode=None))
+    assert samples and len(samples) == json.loads((root / "shards" / "_stats.json").read_text())["ok"]
+    for s in samples:
+        row = by_key[s["key"]]
+        # all ten, as TreeOfLife's (webdataset lowercases the extensions: taxonTag -> taxontag)
+        assert s["texts"] == {c.removeprefix("caption_").lower(): row[c] for c in columns}
+        assert s["txt"] == row["caption"] == row["caption_taxon_com"]  # the configured type, for OpenCLIP
+    assert len(set(chunks.column("caption_taxonTag").to_pylist())) > 1
+
+
 def test_demo_rerun_does_no_work(demo_root):
     root, _ = demo_root
     before = {p: p.stat().st_mtime_ns for p in (root / "resolved").glob("*.parquet")}

@@ -211,8 +211,9 @@ def _validate_croissant(doc: dict, root: Path) -> None:
     field_ids = {f["@id"] for rs in doc["recordSet"] for f in rs["field"]}
     for rs in doc["recordSet"]:
         assert rs["@type"] == "cr:RecordSet" and rs["field"]
-        if "key" in rs:
-            assert rs["key"]["@id"] in field_ids
+        if "key" in rs:  # one field or a composite key
+            keys = rs["key"] if isinstance(rs["key"], list) else [rs["key"]]
+            assert keys and all(k["@id"] in field_ids for k in keys)
         for f in rs["field"]:
             assert f["@type"] == "cr:Field" and f["@id"].startswith(rs["@id"] + "/") and f["dataType"].startswith("sc:")
             src = f["source"]
@@ -240,6 +241,16 @@ def test_croissant_describes_shards_and_tables(full_root):
     assert sets["images"]["image"]["dataType"] == "sc:ImageObject"
     assert "https://creativecommons.org/licenses/by/4.0/" not in doc["license"]  # no cc-by image is in the shards
     assert doc["license"] == ["unknown"]
+
+
+@pytest.mark.parametrize(("member", "key", "text"), [
+    ("shards/train-000000.tar/k0.txt", "k0", "txt"), ("k0.sci.txt", "k0", "sci.txt"),
+    ("a-b_c.taxonTag_com.txt", "a-b_c", "taxonTag_com.txt"), ("x1.common_name.txt", "x1", "common_name.txt")])
+def test_croissant_captions_name_each_text_member_by_key_and_type(full_root, member, key, text):
+    doc = json.loads((full_root["report"] / "croissant.json").read_text())
+    fields = {f["name"]: f for rs in doc["recordSet"] if rs["@id"] == "captions" for f in rs["field"]}
+    assert re.match(fields["key"]["source"]["transform"]["regex"], member).group(1) == key
+    assert re.match(fields["member"]["source"]["transform"]["regex"], member).group(1) == text
 
 
 def test_croissant_of_a_large_corpus_names_the_tars_by_pattern_only(full_root, tmp_path):

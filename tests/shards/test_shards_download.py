@@ -189,6 +189,23 @@ def test_url_list_parquet_and_txt(server, tmp_path):
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
 
 
+@pytest.mark.parametrize("text_members", [True, False])
+def test_curated_rows_carry_bioclips_text_types_unless_turned_off(tmp_path, text_members):
+    pq.write_table(pa.table({
+        "record_id": ["r1", "r2"], "identifier": ["http://127.0.0.1:9/a.jpg", "http://127.0.0.1:9/b.jpg"],
+        "split": ["train", "val"], "caption": ["c1", "c2"], "caption_sci": ["a photo of Quercus robur.", None],
+        "caption_taxonTag_com": ["t1", "t2"], "common_name": ["pedunculate oak", "oak"], "cls": [0, 1]}),
+        tmp_path / "chunk.parquet")
+    rows = {r["key"]: r for r in read_rows(str(tmp_path / "chunk.parquet"), Options(text_members=text_members))}
+    if text_members:
+        assert rows["r1"]["texts"] == {"sci": "a photo of Quercus robur.", "taxonTag_com": "t1",
+                                       "common_name": "pedunculate oak"}
+        assert rows["r2"]["texts"] == {"taxonTag_com": "t2", "common_name": "oak"}  # no member for a null
+    else:
+        assert rows["r1"]["texts"] == rows["r2"]["texts"] == {}
+    assert rows["r1"]["caption"] == "c1" and json.loads(rows["r1"]["record"])["caption_sci"].endswith("robur.")
+
+
 def test_input_without_urls_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"name": ["x"]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="identifier"):

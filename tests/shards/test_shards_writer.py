@@ -62,6 +62,31 @@ def test_written_shard_reads_back_with_webdataset(real_images, tmp_path):
     assert read_shard(str(tmp_path / "train-000000.tar"))["k002"]["jpg"] == samples["k002"]["jpg"]
 
 
+def test_text_types_are_members_of_the_same_sample(real_images, tmp_path):
+    # BioCLIP's TreeOfLife shards: {key}.sci.txt, {key}.taxonTag_com.txt, {key}.common_name.txt ...
+    image = real_images[sorted(real_images)[0]]
+    texts = {"sci": "a photo of Quercus robur.", "taxonTag_com": "a photo of kingdom Plantae species robur "
+             "with common name pedunculate oak.", "common_name": "pedunculate oak", "com": None}
+    samples = {"k0": sample_members("k0", image, "jpg", {"i": 0}, caption="c0", texts=texts),
+               "k1": sample_members("k1", image, "jpg", {"i": 1}, caption="c1")}
+    assert "com.txt" not in samples["k0"]  # a type without text gets no member
+    write_shard(str(tmp_path / "train-000000.tar"), samples, [
+        {"key": k, "split": "train", "shard": "train-000000", "status": status.OK} for k in samples])
+    raw = list(wds.WebDataset(str(tmp_path / "train-000000.tar"), shardshuffle=False, empty_check=False).decode())
+    assert [s["__key__"] for s in raw] == ["k0", "k1"]  # the dotted members did not scatter the sample
+    # webdataset lowercases extensions (BioCLIP's loaders ask for "taxontag_com.txt")
+    assert raw[0]["sci.txt"] == texts["sci"] and raw[0]["taxontag_com.txt"] == texts["taxonTag_com"]
+    ours = list(iter_samples(tmp_path, "train", shardshuffle=False, decode=None))
+    assert ours[0]["texts"] == {k.lower(): v for k, v in texts.items() if v is not None} and ours[0]["txt"] == "c0"
+    assert ours[1]["texts"] == {}
+
+
+@pytest.mark.parametrize("name", ["sci.com", "", "a/b", "taxon tag"])
+def test_a_text_type_that_would_break_the_member_name_is_refused(real_images, name):
+    with pytest.raises(ValueError, match="text type"):
+        sample_members("k0", b"x", "jpg", None, texts={name: "text"})
+
+
 def test_reader_shuffles_and_resamples(real_images, tmp_path):
     for n in range(3):
         samples, rows = _samples(real_images, 4)
