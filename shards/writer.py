@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tarfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -102,21 +103,25 @@ def sidecar_path(tar_url: str) -> str:
 
 def write_shard(
     tar_url: str,
-    samples: Mapping[str, Mapping[str, bytes | Path]],
+    samples: Mapping[str, Mapping[str, bytes | Path] | Path],
     status_rows: Iterable[dict],
 ) -> None:
     """Write the tar (members sorted, fixed metadata) and its sidecar Parquet to any fsspec URL.
 
     Both go to ``.tmp`` names first; then an old sidecar is removed (the shard is unfinished
     from here on), the tar is renamed into place and the sidecar last. Member values are bytes
-    or local paths (read one at a time, so memory stays at one image)."""
+    or local paths, or a sample is the path of its spooled ``.sample`` file (read one at a time, so
+    memory stays at one image)."""
 
     def write_tar(f) -> None:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for key in sorted(samples):
                 check_key(key)
-                for ext in sorted(samples[key]):
-                    value = samples[key][ext]
+                members = samples[key]
+                if isinstance(members, Path):  # a spooled sample: every member in one file
+                    members = read_pack(members)
+                for ext in sorted(members):
+                    value = members[ext]
                     data = value if isinstance(value, bytes) else Path(value).read_bytes()
                     tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
 
@@ -188,10 +193,15 @@ class ShardSpool:
             if not isinstance(row, dict) or "key" not in row:
                 continue
             exts = row.pop("_members", [])
-            paths = {ext: self.dir / f"{row['key']}.{ext}" for ext in exts}
-            if all(p.exists() for p in paths.values()):
+            if row.pop("_pack", False):  # one file per image: {key}.sample
+                pack = self.dir / f"{row['key']}{_PACK}"
+                stored: Path | dict[str, Path] | None = pack if pack.exists() else None
+            else:  # a file per member (spools of earlier versions)
+                paths = {ext: self.dir / f"{row['key']}.{ext}" for ext in exts}
+                stored = paths if all(p.exists() for p in paths.values()) else None
+            if stored is not None or not exts:
                 self._rows[row["key"]] = {k: row.get(k) for k in STATUS_COLUMNS}
-                self._members[row["key"]] = paths
+                self._members[row["key"]] = stored if exts else {}
         # rewrite cleanly so a torn last line cannot glue onto the next append
         self._rewrite()
 
@@ -203,8 +213,12 @@ class ShardSpool:
         os.replace(tmp, self._status)
 
     @staticmethod
-    def _line(row: dict, members: Mapping[str, Path]) -> bytes:
-        return json.dumps({**row, "_members": sorted(members)}, sort_keys=True).encode() + b"\n"
+    def _line(row: dict, members: Path | Mapping[str, Path]) -> bytes:
+        if isinstance(members, Path):
+            extra = {"_members": sorted(read_pack(members)), "_pack": True}
+        else:
+            extra = {"_members": sorted(members)}
+        return json.dumps({**row, **extra}, sort_keys=True).encode() + b"\n"
 
     @property
     def done(self) -> dict[str, dict]:
@@ -212,29 +226,67 @@ class ShardSpool:
         return self._rows
 
     def add(self, row: dict, members: Mapping[str, bytes] | None = None) -> None:
+        """Record one finished image: its members in one file (``{key}.sample``, written and
+        renamed, so a sample with BioCLIP's ten text members costs one file, not fourteen), then
+        its status line."""
         key = check_key(row["key"])
-        paths: dict[str, Path] = {}
-        for ext, data in (members or {}).items():
-            target = self.dir / f"{key}.{ext}"
-            tmp = self.dir / f"{key}.{ext}.part"
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-            paths[ext] = target
+        stored: Path | dict = {}
+        exts: list[str] = []
+        if members:
+            stored = self.dir / f"{key}{_PACK}"
+            tmp = self.dir / f"{key}{_PACK}.part"
+            tmp.write_bytes(pack_members(members))
+            os.replace(tmp, stored)
+            exts = sorted(members)
         row = {k: row.get(k) for k in STATUS_COLUMNS}
+        line = {**row, "_members": exts, **({"_pack": True} if exts else {})}
         with open(self._status, "ab") as f:
-            f.write(self._line(row, paths))
+            f.write(json.dumps(line, sort_keys=True).encode() + b"\n")
         self._rows[key] = row
-        self._members[key] = paths
+        self._members[key] = stored
 
     def discard(self, key: str) -> None:
         """Forget an image (retry_failed redoes it)."""
         self._rows.pop(key, None)
-        for path in self._members.pop(key, {}).values():
+        stored = self._members.pop(key, {})
+        for path in [stored] if isinstance(stored, Path) else stored.values():
             path.unlink(missing_ok=True)
         self._rewrite()
 
     def finalise(self, tar_url: str) -> None:
         """Write the shard from the spool, then delete the spool."""
-        samples = {key: paths for key, paths in self._members.items() if paths}
+        samples = {key: stored for key, stored in self._members.items() if stored}
         write_shard(tar_url, samples, self._rows.values())
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_PACK = ".sample"
+_PACK_HEAD = struct.Struct("<HQ")  # extension length, data length
+
+
+def pack_members(members: Mapping[str, bytes]) -> bytes:
+    """One sample's members as one byte string: per member, ``<u16 ext length><u64 data length>``,
+    the extension (UTF-8), the data."""
+    parts = []
+    for ext, data in members.items():
+        name = ext.encode()
+        parts += [_PACK_HEAD.pack(len(name), len(data)), name, data]
+    return b"".join(parts)
+
+
+def read_pack(path: Path) -> dict[str, bytes]:
+    """The members of a ``{key}.sample`` file written by :func:`pack_members`."""
+    data = path.read_bytes()
+    out, pos = {}, 0
+    while pos < len(data):
+        if pos + _PACK_HEAD.size > len(data):
+            raise ValueError(f"{path}: cut short in a member header; delete the spool folder to fetch its images again")
+        n_name, n_data = _PACK_HEAD.unpack_from(data, pos)
+        pos += _PACK_HEAD.size
+        name = data[pos:pos + n_name].decode(errors="replace")
+        pos += n_name
+        if pos + n_data > len(data):
+            raise ValueError(f"{path}: cut short in member {name!r}; delete the spool folder to fetch its images again")
+        out[name] = data[pos:pos + n_data]
+        pos += n_data
+    return out

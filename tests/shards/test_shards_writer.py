@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import tarfile
 
 import pyarrow.parquet as pq
@@ -140,5 +141,49 @@ def test_spool_resumes_and_ignores_a_torn_line(real_images, tmp_path):
 def test_spool_drops_an_image_whose_member_is_missing(real_images, tmp_path):
     spool = ShardSpool(tmp_path / "s")
     spool.add({"key": "a", "split": "train", "shard": "x", "status": status.OK}, {"jpg": b"x"})
-    (tmp_path / "s" / "a.jpg").unlink()
+    (tmp_path / "s" / "a.sample").unlink()
     assert ShardSpool(tmp_path / "s").done == {}
+
+
+def test_spool_keeps_a_sample_in_one_file_whatever_its_members(real_images, tmp_path):
+    members = sample_members("a", real_images["ocelot.jpg"], "jpg", {"i": 0}, caption="c", cls=3,
+                             texts={t: f"text {t}" for t in ("sci", "com", "taxonTag_com", "common_name")})
+    spool = ShardSpool(tmp_path / "s")
+    spool.add({"key": "a", "split": "train", "shard": "train-000000", "status": status.OK}, members)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["_status.jsonl", "a.sample"]
+    resumed = ShardSpool(tmp_path / "s")  # a rerun finds it done and writes it back byte for byte
+    assert set(resumed.done) == {"a"}
+    resumed.finalise(str(tmp_path / "train-000000.tar"))
+    assert read_shard(str(tmp_path / "train-000000.tar"))["a"] == members
+
+
+def test_spool_of_an_earlier_version_a_file_per_member_still_resumes(real_images, tmp_path):
+    spool_dir = tmp_path / "s"
+    spool_dir.mkdir()
+    (spool_dir / "a.jpg").write_bytes(real_images["ocelot.jpg"])
+    (spool_dir / "a.txt").write_bytes(b"caption a")
+    row = {"key": "a", "split": "train", "shard": "train-000000", "status": status.OK, "_members": ["jpg", "txt"]}
+    (spool_dir / "_status.jsonl").write_text(json.dumps(row) + "\n")
+    resumed = ShardSpool(spool_dir)
+    assert set(resumed.done) == {"a"}
+    resumed.add({"key": "b", "split": "train", "shard": "train-000000", "status": status.OK}, {"jpg": b"b"})
+    resumed.finalise(str(tmp_path / "train-000000.tar"))
+    assert read_shard(str(tmp_path / "train-000000.tar")) == {
+        "a": {"jpg": real_images["ocelot.jpg"], "txt": b"caption a"}, "b": {"jpg": b"b"}}
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z]{1,5}(\.[a-z]{1,4})?\Z"), st.binary(max_size=300), max_size=6))
+def test_pack_round_trips_any_members(members):
+    import tempfile
+    from pathlib import Path
+
+    from shards.writer import pack_members, read_pack
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "k.sample"
+        path.write_bytes(pack_members(members))
+        assert read_pack(path) == members
+        if members and any(members.values()):
+            path.write_bytes(pack_members(members)[:-1])
+            with pytest.raises(ValueError, match="cut short"):
+                read_pack(path)
