@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -161,10 +163,21 @@ def _read_input(path: str, options: Options) -> pa.Table:
             urls = [u.strip() for u in f.read().decode().splitlines() if u.strip()]
         return pa.table({options.url_column: pa.array(urls, pa.string())})
     dataset = pads.dataset(local, filesystem=fs, format="parquet", partitioning="hive")
-    table = dataset.to_table()
-    return table.cast(pa.schema([
-        f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
-    ]))
+    # repeating text stays dictionary-coded (curated captions: a few thousand values for millions
+    # of rows); parts are combined as they are read, so each file's own dictionaries do not pile up
+    parts, batches, rows = [], [], 0
+    for batch in dataset.to_batches():
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows >= _PART_ROWS:
+            parts.append(pa.Table.from_batches(batches).combine_chunks())
+            batches, rows = [], 0
+    if batches or not parts:
+        parts.append(pa.Table.from_batches(batches, schema=dataset.schema).combine_chunks())
+    return pa.concat_tables(parts).combine_chunks()
+
+
+_PART_ROWS = 1 << 18
 
 
 def _jsonable(value: Any) -> Any:
@@ -175,80 +188,169 @@ def _jsonable(value: Any) -> Any:
 TEXT_MEMBERS = {**{f"caption_{t}": t for t in CAPTION_TYPES.values()}, **{n: n for n in NAME_COLUMNS}}
 
 
-def read_rows(path: str, options: Options) -> list[dict]:
-    """Input rows as ``key, url, split, caption, cls, texts, record`` (texts: BioCLIP's text types
-    present in the row, see :data:`TEXT_MEMBERS`; record: JSON text of the row's non-null columns).
-    Curated records are recognised by ``identifier``; anything with ``options.url_column`` is a URL
-    list."""
-    table = _read_table(path, options)
-    names = set(table.column_names)
-    if "identifier" in names:
-        url_col, key_col = "identifier", "record_id"
-    elif options.url_column in names:
-        url_col, key_col = options.url_column, options.key_column
-    else:
-        raise ValueError(
-            f"{path}: neither a record table (column 'identifier') nor a URL list "
-            f"(column {options.url_column!r}); columns are {sorted(names)}")
-    text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
-    rows = []
-    for row in table.to_pylist():
-        url = row.get(url_col)
-        url = str(url).strip() if url is not None else ""
-        raw_key = row.get(key_col)
-        key = safe_key(raw_key) if raw_key not in (None, "") else make_record_id("url", url)
-        split = row.get("split")
-        split = safe_key(split) if split not in (None, "") else options.default_split
-        caption = row.get(options.caption_column)
-        cls = row.get(options.cls_column)
-        record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
-        rows.append({
-            "key": key,
-            "url": url,
-            "split": split,
-            "caption": None if caption is None else str(caption),
-            "cls": None if cls is None else int(cls),
-            "texts": {t: str(row[c]) for c, t in text_columns.items() if row.get(c) is not None},
-            "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str),
-        })
-    return rows
+_SAFE = r"[^A-Za-z0-9_-]"  # what safe_key replaces, one character (code point) at a time
+_EDGE = r"^[^!-~]|[^!-~]$"  # a first or last character that str.strip() might remove
+
+
+def _text(table: pa.Table, name: str) -> pa.Array | None:
+    """Column ``name`` as one string array, or ``None`` when it is absent or not text (such
+    columns go through Python's ``str``, as a row dict would)."""
+    if name not in table.column_names:
+        return None
+    col = table.column(name)
+    col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    return col if pa.types.is_string(col.type) else None
+
+
+def _python_column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+def _urls(table: pa.Table, url_col: str) -> pa.Array:
+    """``str(url).strip()`` per row ("" for null), vectorised where the text allows."""
+    col = _text(table, url_col)
+    if col is None:
+        return pa.array(["" if u is None else str(u).strip() for u in _python_column(table, url_col)], pa.string())
+    col = pc.fill_null(col, "")
+    edge = np.flatnonzero(np.asarray(pc.match_substring_regex(col, _EDGE).to_numpy(zero_copy_only=False), bool))
+    if edge.size:  # whitespace rules of str.strip(), for the few rows that start or end oddly
+        fixed = [u.strip() for u in pc.take(col, pa.array(edge)).to_pylist()]
+        mask = np.zeros(len(col), bool)
+        mask[edge] = True
+        col = pc.replace_with_mask(col, pa.array(mask), pa.array(fixed, pa.string()))
+    return col
+
+
+def _safe_keys(table: pa.Table, name: str, fallback) -> pa.Array:
+    """``safe_key(value)`` per row; a null or empty value gets ``fallback(row)``."""
+    col = _text(table, name)
+    if col is None:
+        raw = _python_column(table, name)
+        return pa.array([safe_key(v) if v not in (None, "") else fallback(i) for i, v in enumerate(raw)], pa.string())
+    missing = np.flatnonzero(np.asarray(pc.fill_null(pc.equal(col, ""), True).to_numpy(zero_copy_only=False), bool))
+    keys = pc.replace_substring_regex(pc.fill_null(col, ""), _SAFE, "_")
+    if missing.size:
+        mask = np.zeros(len(col), bool)
+        mask[missing] = True
+        keys = pc.replace_with_mask(keys, pa.array(mask), pa.array([fallback(i) for i in missing.tolist()], pa.string()))
+    return keys
+
+
+class DownloadPlan:
+    """Where every input row goes: the input table as read (Arrow, columns null throughout
+    dropped), and per planned position (rows sorted by split, key, URL) the input row, final key,
+    URL, split and whether the key was seen before. Shards build their items from it one at a
+    time (:attr:`PlannedShard.items`), so planning millions of rows holds Arrow columns, not a
+    Python dict per row."""
+
+    def __init__(self, table: pa.Table, path: str, options: Options):
+        names = set(table.column_names)
+        if "identifier" in names:
+            url_col, key_col = "identifier", "record_id"
+        elif options.url_column in names:
+            url_col, key_col = options.url_column, options.key_column
+        else:
+            raise ValueError(
+                f"{path}: neither a record table (column 'identifier') nor a URL list "
+                f"(column {options.url_column!r}); columns are {sorted(names)}")
+        self.caption_col, self.cls_col = options.caption_column, options.cls_column
+        self.text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
+        urls = _urls(table, url_col)
+        keys = _safe_keys(table, key_col, lambda i: make_record_id("url", urls[i].as_py()))
+        default = pa.scalar(options.default_split, pa.string())
+        splits = _safe_keys(table, "split", lambda i: default.as_py()) if "split" in names \
+            else pa.repeat(default, table.num_rows)
+        narrow = pa.table({"split": splits, "key": keys, "url": urls})
+        # a stable sort: rows equal in all three keep their input order, as sorted() keeps them
+        order = pc.sort_indices(narrow, sort_keys=[("split", "ascending"), ("key", "ascending"),
+                                                   ("url", "ascending")]).to_numpy().astype(np.int64)
+        narrow = narrow.take(pa.array(order))
+        # the i-th time a key comes (in plan order, over every split) it is {key}-dup{i}
+        seen = pl.from_arrow(narrow.select(["key"])).select(
+            pl.int_range(pl.len(), dtype=pl.Int64).over("key")).to_series().to_numpy()
+        dup = seen > 0
+        keys = narrow.column("key").combine_chunks()
+        if dup.any():
+            rows = np.flatnonzero(dup)
+            renamed = [f"{k}-dup{i}" for k, i in zip(pc.take(keys, pa.array(rows)).to_pylist(),
+                                                     seen[rows].tolist(), strict=True)]
+            keys = pc.replace_with_mask(keys, pa.array(dup), pa.array(renamed, pa.string()))
+        self.order, self.dup = order, dup
+        self.keys, self.urls = keys, narrow.column("url").combine_chunks()
+        self.splits = narrow.column("split").combine_chunks()
+        # what an item's record is built from: a column null in every row adds nothing to it
+        self.table = table.select([c for c in table.column_names if table.column(c).null_count < table.num_rows])
+        self.shards: list[PlannedShard] = []
+        codes = np.asarray(pc.dictionary_encode(self.splits).indices.to_numpy(zero_copy_only=False), np.int64)
+        bounds = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1], [True]))) if len(codes) else []
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True) if len(bounds) else ():
+            split = self.splits[lo].as_py()
+            for n, start in enumerate(range(lo, hi, options.shard_size)):
+                self.shards.append(PlannedShard(split, n, self, start, min(hi, start + options.shard_size)))
+
+    def items(self, start: int, stop: int, shard: str) -> list[dict]:
+        """The items of plan positions ``start..stop``: ``key, url, split, caption, cls, texts,
+        record, dup, shard`` (texts: BioCLIP's text types present in the row, see
+        :data:`TEXT_MEMBERS`; record: JSON text of the row's non-null columns but ``split``)."""
+        n = stop - start
+        taken = self.table.take(pa.array(self.order[start:stop]))
+        # decoded before to_pylist: converting dictionary columns value by value is ~4x slower
+        rows = pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in taken.columns],
+                        names=taken.column_names).to_pylist() if taken.num_columns else [{}] * n
+        keys, urls = self.keys.slice(start, n).to_pylist(), self.urls.slice(start, n).to_pylist()
+        splits = self.splits.slice(start, n).to_pylist()
+        out = []
+        for j, row in enumerate(rows):
+            caption, cls = row.get(self.caption_col), row.get(self.cls_col)
+            record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
+            out.append({
+                "key": keys[j],
+                "url": urls[j],
+                "split": splits[j],
+                "caption": None if caption is None else str(caption),
+                "cls": None if cls is None else int(cls),
+                "texts": {t: str(row[c]) for c, t in self.text_columns.items() if row.get(c) is not None},
+                "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str),
+                "dup": bool(self.dup[start + j]),
+                "shard": shard,
+            })
+        return out
 
 
 @dataclass
 class PlannedShard:
     split: str
     n: int
-    items: list[dict]
+    plan: DownloadPlan
+    start: int
+    stop: int
 
     @property
     def name(self) -> str:
         return shard_name(self.split, self.n)
 
+    def __len__(self) -> int:
+        return self.stop - self.start
 
-def plan_shards(rows: Iterable[dict], shard_size: int) -> list[PlannedShard]:
-    """Sort rows by (split, key, url) and cut each split into shards of ``shard_size``.
+    @property
+    def items(self) -> list[dict]:
+        """This shard's items, built now from the plan (a shard's worth of rows at a time)."""
+        return self.plan.items(self.start, self.stop, self.name)
 
-    A key seen again gets ``{key}-dup{i}`` and is marked ``dup`` (recorded as ``duplicate_key``,
-    never fetched), so no sample overwrites another and none disappears."""
-    ordered = sorted(rows, key=lambda r: (r["split"], r["key"], r["url"]))
-    seen: collections.Counter[str] = collections.Counter()
-    by_split: dict[str, list[dict]] = collections.defaultdict(list)
-    for row in ordered:
-        base = row["key"]
-        seen[base] += 1
-        item = dict(row, dup=seen[base] > 1)
-        if item["dup"]:
-            item["key"] = f"{base}-dup{seen[base] - 1}"
-        by_split[row["split"]].append(item)
-    shards = []
-    for split in sorted(by_split):
-        items = by_split[split]
-        for n, start in enumerate(range(0, len(items), shard_size)):
-            chunk = items[start : start + shard_size]
-            for item in chunk:
-                item["shard"] = shard_name(split, n)
-            shards.append(PlannedShard(split, n, chunk))
-    return shards
+
+def plan_download(path: str, options: Options) -> list[PlannedShard]:
+    """Read the input (records Parquet dataset, or a URL list) and cut it into shards.
+
+    Rows are sorted by (split, key, URL), so the plan never depends on input order; each split is
+    cut into shards of ``options.shard_size``. A key seen again gets ``{key}-dup{i}`` and is
+    marked ``dup`` (recorded as ``duplicate_key``, never fetched), so no sample overwrites
+    another and none disappears. Curated records are recognised by ``identifier`` (key
+    ``record_id``); anything with ``options.url_column`` is a URL list."""
+    return DownloadPlan(_read_table(path, options), path, options).shards
 
 
 # ---------------------------------------------------------------- one image
@@ -432,20 +534,29 @@ class _Progress:
         self.bar.close()
 
 
+def _pending_count(shard: PlannedShard, tar_url: str, spool_dir: Path, retry_failed: bool) -> int:
+    """How many of ``shard``'s images this run will try (for the progress bar), without building
+    its items or its spool."""
+    finished = shard_finished(tar_url)
+    if finished and not retry_failed:
+        return 0
+    if spool_dir.exists():
+        return max(0, len(shard) - len(ShardSpool(spool_dir).done))
+    if not finished:
+        return len(shard)
+    return sum(r["status"] != status.OK for r in read_status(tar_url))
+
+
 async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options, progress: bool) -> int:
+    """Download every pending image, shard by shard: a shard's items and spool are made when the
+    scheduler reaches it, so memory holds the shards in progress, not the whole plan."""
     spool_root = _spool_root(out_dir)
-    work: list[tuple[PlannedShard, str, ShardSpool, list[dict]]] = []
-    for shard in shards:
-        tar_url = _join(out_dir, shard.name + ".tar")
-        spool = _prepare_spool(shard, tar_url, spool_root / shard.name, options.retry_failed)
-        if spool is None:
-            continue
-        pending = [item for item in shard.items if item["key"] not in spool.done]
-        work.append((shard, tar_url, spool, pending))
-    total = sum(len(p) for *_, p in work)
+    total = sum(_pending_count(shard, _join(out_dir, shard.name + ".tar"), spool_root / shard.name,
+                               options.retry_failed) for shard in shards)
     bar = _Progress(total, progress)
     decoder = _Decoder(options) if total else None
-    remaining = {shard.name: len(pending) for shard, _, _, pending in work}
+    remaining: dict[str, int] = {}
+    targets: dict[str, tuple[str, ShardSpool]] = {}
     # One thread does all spool and shard writes, in submission order (an image's members and
     # status line before its shard's finalise): a few file syscalls per image on the event loop
     # stalled every fetch behind the disk, about 6 ms an image on a busy machine.
@@ -453,10 +564,25 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
     loop = asyncio.get_running_loop()
     try:
         async with Fetcher(options.fetch_options()) as fetcher:
-            for _, tar_url, spool, pending in work:
-                if not pending:
-                    await loop.run_in_executor(writer, spool.finalise, tar_url)
-            targets = {shard.name: (tar_url, spool) for shard, tar_url, spool, pending in work if pending}
+
+            def prepare(shard: PlannedShard, tar_url: str) -> tuple[ShardSpool | None, list[dict]]:
+                spool = _prepare_spool(shard, tar_url, spool_root / shard.name, options.retry_failed)
+                return spool, [] if spool is None else [i for i in shard.items if i["key"] not in spool.done]
+
+            async def pending_items():
+                for shard in shards:
+                    tar_url = _join(out_dir, shard.name + ".tar")
+                    # on the writer thread: the spool's files, and the items built from the plan
+                    spool, pending = await loop.run_in_executor(writer, prepare, shard, tar_url)
+                    if spool is None:
+                        continue
+                    if not pending:
+                        await loop.run_in_executor(writer, spool.finalise, tar_url)
+                        continue
+                    targets[shard.name] = (tar_url, spool)
+                    remaining[shard.name] = len(pending)
+                    for item in pending:
+                        yield item
 
             async def handle(item: dict) -> None:
                 row, members = await download_item(item, fetcher, decoder)
@@ -465,10 +591,10 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
                 bar.update(row)
                 remaining[item["shard"]] -= 1
                 if remaining[item["shard"]] == 0:
+                    del targets[item["shard"]], remaining[item["shard"]]
                     await loop.run_in_executor(writer, spool.finalise, tar_url)
 
-            items = [item for *_, pending in work for item in pending]
-            await _schedule(items, handle, options, fetcher)
+            await _schedule(pending_items(), handle, options, fetcher)
     finally:
         writer.shutdown(wait=True)
         bar.close()
@@ -479,13 +605,18 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
     return total
 
 
-async def _schedule(items: list[dict], handle, options: Options, fetcher: Fetcher) -> None:
-    """Run ``handle`` over ``items`` with at most ``max_in_flight`` at once and at most twice a
-    host's concurrency waiting on that host, so a slow host cannot fill the window while the
-    others idle; deferred items of a host start as its earlier ones finish."""
+async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
+    """Run ``handle`` over ``items`` (an async iterable, read as the work goes) with at most
+    ``max_in_flight`` at once and at most twice a host's concurrency running on that host, so a
+    slow host cannot fill the window while the others idle; deferred items of a host start as its
+    earlier ones finish. At most ``_DEFERRED_PER_SLOT * max_in_flight`` items wait deferred: past
+    that, reading more items waits for some to finish (one busy host must not pull the whole
+    input into memory)."""
     window = asyncio.Semaphore(options.max_in_flight)
     running: collections.Counter[str] = collections.Counter()
     deferred: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+    waiting = [0]  # items in ``deferred``
+    max_waiting = _DEFERRED_PER_SLOT * options.max_in_flight
     tasks: set[asyncio.Task] = set()
     errors: list[BaseException] = []
     # Set as each item finishes; waiting on it instead of asyncio.wait(tasks) keeps a finish
@@ -510,17 +641,22 @@ async def _schedule(items: list[dict], handle, options: Options, fetcher: Fetche
             running[host] -= 1
             tasks.discard(asyncio.current_task())
             if deferred[host] and not errors:
+                waiting[0] -= 1
                 start(deferred[host].popleft(), host)  # hands its window slot on
             else:
                 window.release()
             finished.set()
 
-    for item in items:
+    async for item in items:
         if errors:
             break
         host = host_of(item["url"])
         if running[host] >= cap(host):
             deferred[host].append(item)
+            waiting[0] += 1
+            while waiting[0] >= max_waiting and tasks and not errors:
+                await finished.wait()
+                finished.clear()
             continue
         await window.acquire()
         start(item, host)
@@ -534,11 +670,15 @@ async def _schedule(items: list[dict], handle, options: Options, fetcher: Fetche
             # a host whose tasks all finished before its items were deferred
             while queue and running[host] < cap(host) and not errors:
                 await window.acquire()
+                waiting[0] -= 1
                 start(queue.popleft(), host)
     for task in list(tasks):
         task.cancel()
     if errors:
         raise errors[0]
+
+
+_DEFERRED_PER_SLOT = 8
 
 
 def collect_stats(out_dir: str, shards: list[PlannedShard]) -> dict:
@@ -563,7 +703,7 @@ def collect_stats(out_dir: str, shards: list[PlannedShard]) -> dict:
         "failed": dict(sorted(failed.items())),
         "failed_total": sum(failed.values()),
         "shards": written,
-        "planned": sum(len(s.items) for s in shards),
+        "planned": sum(len(s) for s in shards),
     }
 
 
@@ -595,7 +735,7 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
-    shards = plan_shards(read_rows(str(input_dir), options), options.shard_size)
+    shards = plan_download(str(input_dir), options)
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
     processed = asyncio.run(_run_local(shards, out_dir, options, progress))
@@ -690,7 +830,7 @@ def download_beam(
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
-    shards = plan_shards(read_rows(str(input_dir), options), options.shard_size)
+    shards = plan_download(str(input_dir), options)
     todo: list[dict] = []
     for shard in shards:
         tar_url = _join(out_dir, shard.name + ".tar")

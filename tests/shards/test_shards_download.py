@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.stages.download import Options, failed_rejects, plan_shards, read_rows, run_download
+from pipeline.stages.download import Options, failed_rejects, plan_download, run_download
 from shards import status
 from shards.reader import iter_samples
 from tests.shards.cases import download_cases, write_records
@@ -148,11 +148,13 @@ def test_failed_rejects_use_the_download_reason(full_run):
     assert collections.Counter(rejects["detail"].to_pylist()) == collections.Counter(stats["failed"])
 
 
-def test_plan_is_deterministic_and_dedups_keys():
-    rows = [{"key": k, "url": f"http://h/{i}", "split": "train", "caption": None, "cls": None, "record": "{}"}
-            for i, k in enumerate(["b", "a", "c", "a", "d"])]
-    first = plan_shards(rows, 2)
-    second = plan_shards(list(reversed(rows)), 2)
+def test_plan_is_deterministic_and_dedups_keys(tmp_path):
+    keys = ["b", "a", "c", "a", "d"]
+    urls = [f"http://h/{i}" for i in range(len(keys))]
+    pq.write_table(pa.table({"url": urls, "key": keys}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"url": urls[::-1], "key": keys[::-1]}), tmp_path / "b.parquet")
+    first = plan_download(str(tmp_path / "a.parquet"), Options(shard_size=2))
+    second = plan_download(str(tmp_path / "b.parquet"), Options(shard_size=2))
     assert [[i["key"] for i in s.items] for s in first] == [[i["key"] for i in s.items] for s in second]
     assert [s.name for s in first] == ["train-000000", "train-000001", "train-000002"]
     keys = [i["key"] for s in first for i in s.items]
@@ -196,7 +198,8 @@ def test_curated_rows_carry_bioclips_text_types_unless_turned_off(tmp_path, text
         "split": ["train", "val"], "caption": ["c1", "c2"], "caption_sci": ["a photo of Quercus robur.", None],
         "caption_taxonTag_com": ["t1", "t2"], "common_name": ["pedunculate oak", "oak"], "cls": [0, 1]}),
         tmp_path / "chunk.parquet")
-    rows = {r["key"]: r for r in read_rows(str(tmp_path / "chunk.parquet"), Options(text_members=text_members))}
+    rows = {r["key"]: r for s in plan_download(str(tmp_path / "chunk.parquet"), Options(text_members=text_members))
+            for r in s.items}
     if text_members:
         assert rows["r1"]["texts"] == {"sci": "a photo of Quercus robur.", "taxonTag_com": "t1",
                                        "common_name": "pedunculate oak"}
@@ -209,7 +212,7 @@ def test_curated_rows_carry_bioclips_text_types_unless_turned_off(tmp_path, text
 def test_input_without_urls_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"name": ["x"]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="identifier"):
-        read_rows(str(tmp_path / "x.parquet"), Options())
+        plan_download(str(tmp_path / "x.parquet"), Options())
 
 
 @pytest.mark.parametrize("name, data, message", [
@@ -222,7 +225,7 @@ def test_input_without_urls_is_a_clear_error(tmp_path):
 def test_an_unreadable_url_list_is_a_clear_error_naming_it(tmp_path, name, data, message):
     (tmp_path / name).write_bytes(data)
     with pytest.raises(ValueError, match=message):
-        read_rows(str(tmp_path / name), Options())
+        plan_download(str(tmp_path / name), Options())
 
 
 def test_retry_failed_redoes_only_failures(server, tmp_path):

@@ -1,0 +1,160 @@
+"""The download plan built column-wise equals the former row-by-row plan on any input.
+
+``reference_plan`` is the former code (a dict per input row, ``sorted`` on (split, key, url), a
+Counter for repeated keys), kept here as the reference; ``DownloadPlan`` must give the same
+shards with the same items, in the same order, for keys, URLs and splits of any text (odd
+characters, blanks, nulls, whitespace that only ``str.strip`` knows), repeated keys across splits,
+and typed (non-text) key columns.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.curate.captions import CAPTION_COLUMNS
+from pipeline.stages.download import TEXT_MEMBERS, DownloadPlan, Options, _jsonable
+from schemas.record import make_record_id
+from shards.writer import shard_name
+
+
+def _safe_key(raw) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(raw)) or "_"
+
+
+def reference_plan(table: pa.Table, options: Options) -> list[tuple[str, list[dict]]]:
+    names = set(table.column_names)
+    url_col, key_col = ("identifier", "record_id") if "identifier" in names else (options.url_column, options.key_column)
+    text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
+    rows = []
+    for row in table.to_pylist():
+        url = row.get(url_col)
+        url = str(url).strip() if url is not None else ""
+        raw_key = row.get(key_col)
+        key = _safe_key(raw_key) if raw_key not in (None, "") else make_record_id("url", url)
+        split = row.get("split")
+        split = _safe_key(split) if split not in (None, "") else options.default_split
+        caption, cls = row.get(options.caption_column), row.get(options.cls_column)
+        record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
+        rows.append({"key": key, "url": url, "split": split, "caption": None if caption is None else str(caption),
+                     "cls": None if cls is None else int(cls),
+                     "texts": {t: str(row[c]) for c, t in text_columns.items() if row.get(c) is not None},
+                     "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)})
+    ordered = sorted(rows, key=lambda r: (r["split"], r["key"], r["url"]))
+    seen: collections.Counter[str] = collections.Counter()
+    by_split: dict[str, list[dict]] = collections.defaultdict(list)
+    for row in ordered:
+        base = row["key"]
+        seen[base] += 1
+        item = dict(row, dup=seen[base] > 1)
+        if item["dup"]:
+            item["key"] = f"{base}-dup{seen[base] - 1}"
+        by_split[row["split"]].append(item)
+    shards = []
+    for split in sorted(by_split):
+        items = by_split[split]
+        for n, start in enumerate(range(0, len(items), options.shard_size)):
+            name = shard_name(split, n)
+            shards.append((name, [dict(item, shard=name) for item in items[start:start + options.shard_size]]))
+    return shards
+
+
+def _ours(table: pa.Table, options: Options) -> list[tuple[str, list[dict]]]:
+    return [(s.name, s.items) for s in DownloadPlan(table, "input", options).shards]
+
+
+# text with what a key, URL or split can hold: dot-free words, dots and slashes, unicode, the
+# whitespace str.strip() removes (\x1c, \x85, \u3000 ...), blanks
+_CHARS = st.sampled_from(list("ab_-.:/ \t") + ["\x1c", "\x85", "\xa0", "\u3000", "é", "🦉", "\u2028"])
+TEXT = st.one_of(st.none(), st.just(""), st.text(_CHARS, max_size=6))
+SPLITS = st.one_of(st.none(), st.just(""), st.sampled_from(["train", "val", "te st", "x.y"]))
+
+
+@st.composite
+def url_lists(draw):
+    n = draw(st.integers(0, 14))
+    keys = draw(st.lists(st.one_of(TEXT, st.sampled_from(["a", "b", "a-dup1"])), min_size=n, max_size=n))
+    urls = draw(st.lists(st.one_of(TEXT, st.sampled_from(["http://h/1", " http://h/1 "])), min_size=n, max_size=n))
+    columns = {"url": pa.array(urls, pa.string()), "key": pa.array(keys, pa.string())}
+    if draw(st.booleans()):
+        columns["split"] = pa.array(draw(st.lists(SPLITS, min_size=n, max_size=n)), pa.string())
+    if draw(st.booleans()):
+        columns["caption"] = pa.array(draw(st.lists(TEXT, min_size=n, max_size=n)), pa.string())
+    table = pa.table(columns)
+    if draw(st.booleans()) and n:  # curate's chunks: dictionary columns, several record batches
+        table = pa.concat_tables([table.slice(0, n // 2), table.slice(n // 2)])
+        i = table.column_names.index("url")
+        table = table.set_column(i, "url", pa.chunked_array([c.dictionary_encode() for c in table.column("url").chunks],
+                                                            pa.dictionary(pa.int32(), pa.string())))
+    return table
+
+
+@settings(max_examples=150, deadline=None)
+@given(url_lists(), st.integers(1, 4), st.booleans())
+def test_plan_equals_the_row_by_row_reference(table, shard_size, text_members):
+    options = Options(shard_size=shard_size, text_members=text_members)
+    assert _ours(table, options) == reference_plan(table, options)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.integers(-5, 5)), max_size=10), st.lists(TEXT, min_size=10, max_size=10))
+def test_typed_key_columns_become_text_as_str_gives_them(keys, urls):
+    table = pa.table({"url": pa.array(urls[:len(keys)], pa.string()), "key": pa.array(keys, pa.int64())})
+    assert _ours(table, Options(shard_size=3)) == reference_plan(table, Options(shard_size=3))
+
+
+def test_curated_records_keep_their_text_types_and_record(tmp_path):
+    table = pa.table({
+        "record_id": ["r2", "r1", "r1"], "identifier": ["http://h/2", " http://h/1", "http://h/1b"],
+        "split": ["val", "train", "train"], "caption": ["c2", "c1", "c1b"], "cls": [1, 0, 0],
+        "caption_sci": ["a photo of B b.", "a photo of A a.", None], "common_name": ["bee", None, "ant"],
+        "nothing": pa.nulls(3, pa.string())})
+    options = Options(shard_size=2)
+    ours = _ours(table, options)
+    assert ours == reference_plan(table, options)
+    assert [(name, [i["key"] for i in items]) for name, items in ours] == [
+        ("train-000000", ["r1", "r1-dup1"]), ("val-000000", ["r2"])]
+    assert ours[0][1][0]["texts"] == {"sci": "a photo of A a."} and ours[0][1][0]["url"] == "http://h/1"
+    assert set(CAPTION_COLUMNS) >= {"caption_sci"}
+
+
+@pytest.mark.parametrize("shard_size", [1, 2, 1000])
+def test_an_empty_input_plans_no_shard(shard_size):
+    table = pa.table({"url": pa.array([], pa.string())})
+    assert _ours(table, Options(shard_size=shard_size)) == reference_plan(table, Options(shard_size=shard_size)) == []
+
+
+@pytest.mark.parametrize("hosts", [1, 3])
+def test_the_scheduler_reads_items_as_work_finishes_not_all_at_once(hosts):
+    """One busy host must not pull the whole input into the deferred queues: items are read
+    only while fewer than _DEFERRED_PER_SLOT * max_in_flight wait, and every item still runs."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipeline.stages.download import _DEFERRED_PER_SLOT, _schedule
+    from shards.fetch import HostLimit
+
+    options = Options(max_in_flight=4)
+    fetcher = SimpleNamespace(opts=SimpleNamespace(hosts={}, default_host=HostLimit(concurrency=1)))
+    n, pulled, done, ahead = 2_000, [0], [], [0]
+
+    async def items():
+        for i in range(n):
+            pulled[0] += 1
+            ahead[0] = max(ahead[0], pulled[0] - len(done))
+            yield {"url": f"http://h{i % hosts}.example/{i}", "i": i}
+
+    async def handle(item):
+        await asyncio.sleep(0)
+        done.append(item["i"])
+
+    asyncio.run(_schedule(items(), handle, options, fetcher))
+    assert sorted(done) == list(range(n))
+    # waiting deferred + running (2 per host) + the one being read
+    assert ahead[0] <= _DEFERRED_PER_SLOT * options.max_in_flight + 2 * hosts + 1
