@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.curate.captions import CAPTION_TYPES, NAME_COLUMNS
@@ -284,6 +285,9 @@ class DownloadPlan:
         self.splits = narrow.column("split").combine_chunks()
         # what an item's record is built from: a column null in every row adds nothing to it
         self.table = table.select([c for c in table.column_names if table.column(c).null_count < table.num_rows])
+        clash = sorted(set(self.table.column_names) & set(_PLAN_COLUMNS))
+        if clash:
+            raise ValueError(f"{path}: columns {clash} are reserved for the download plan; rename them")
         self.shards: list[PlannedShard] = []
         codes = np.asarray(pc.dictionary_encode(self.splits).indices.to_numpy(zero_copy_only=False), np.int64)
         bounds = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1], [True]))) if len(codes) else []
@@ -296,29 +300,79 @@ class DownloadPlan:
         """The items of plan positions ``start..stop``: ``key, url, split, caption, cls, texts,
         record, dup, shard`` (texts: BioCLIP's text types present in the row, see
         :data:`TEXT_MEMBERS`; record: JSON text of the row's non-null columns but ``split``)."""
+        return self._items(self.rows(start, stop), shard)
+
+    def rows(self, start: int, stop: int) -> pa.Table:
+        """Plan positions ``start..stop`` as one table: the input's columns, then the plan's
+        (:data:`_PLAN_COLUMNS`)."""
         n = stop - start
         taken = self.table.take(pa.array(self.order[start:stop]))
-        # decoded before to_pylist: converting dictionary columns value by value is ~4x slower
-        rows = pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in taken.columns],
-                        names=taken.column_names).to_pylist() if taken.num_columns else [{}] * n
-        keys, urls = self.keys.slice(start, n).to_pylist(), self.urls.slice(start, n).to_pylist()
-        splits = self.splits.slice(start, n).to_pylist()
-        out = []
-        for j, row in enumerate(rows):
-            caption, cls = row.get(self.caption_col), row.get(self.cls_col)
-            record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
-            out.append({
-                "key": keys[j],
-                "url": urls[j],
-                "split": splits[j],
-                "caption": None if caption is None else str(caption),
-                "cls": None if cls is None else int(cls),
-                "texts": {t: str(row[c]) for c, t in self.text_columns.items() if row.get(c) is not None},
-                "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str),
-                "dup": bool(self.dup[start + j]),
-                "shard": shard,
-            })
-        return out
+        plan = {"__key": self.keys.slice(start, n), "__url": self.urls.slice(start, n),
+                "__split": self.splits.slice(start, n), "__dup": pa.array(self.dup[start:stop])}
+        return pa.table([*taken.columns, *plan.values()], names=[*taken.column_names, *plan])
+
+    def _items(self, rows: pa.Table, shard: str) -> list[dict]:
+        return plan_items(rows, shard, self.caption_col, self.cls_col, self.text_columns)
+
+    def write(self, path: str) -> dict[str, int]:
+        """The plan as one Parquet file, rows in plan order and a row group per shard, for workers
+        that build their shard's items themselves (Beam); returns each shard's row group."""
+        fs, local = fsspec.core.url_to_fs(path)
+        fs.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
+        layout: dict[str, int] = {}
+        with fs.open(local + ".tmp", "wb") as f:
+            writer = None
+            for shard in self.shards:
+                rows = self.rows(shard.start, shard.stop)
+                # plain text: a dictionary column would write its whole dictionary into every row group
+                rows = pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
+                                 for c in rows.columns], names=rows.column_names)
+                if writer is None:
+                    writer = pq.ParquetWriter(f, rows.schema, compression="zstd")
+                writer.write_table(rows, row_group_size=max(1, len(shard)))
+                layout[shard.name] = len(layout)
+            if writer is not None:
+                writer.close()
+        fs.mv(local + ".tmp", local)
+        return layout
+
+
+# the plan's own columns in a plan file and in :meth:`DownloadPlan.rows` (input columns keep their names)
+_PLAN_COLUMNS = ("__key", "__url", "__split", "__dup")
+
+
+def plan_items(rows: pa.Table, shard: str, caption_col: str, cls_col: str, text_columns: dict[str, str]) -> list[dict]:
+    """Download items from plan rows (:meth:`DownloadPlan.rows`, or row groups of a plan file)."""
+    # decoded before to_pylist: converting dictionary columns value by value is ~4x slower
+    plain = pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in rows.columns],
+                     names=rows.column_names)
+    out = []
+    for row in plain.to_pylist():
+        plan = {k: row.pop(k) for k in _PLAN_COLUMNS}
+        caption, cls = row.get(caption_col), row.get(cls_col)
+        record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
+        out.append({
+            "key": plan["__key"],
+            "url": plan["__url"],
+            "split": plan["__split"],
+            "caption": None if caption is None else str(caption),
+            "cls": None if cls is None else int(cls),
+            "texts": {t: str(row[c]) for c, t in text_columns.items() if row.get(c) is not None},
+            "record": json.dumps(record, sort_keys=True, ensure_ascii=False, default=str),
+            "dup": bool(plan["__dup"]),
+            "shard": shard,
+        })
+    return out
+
+
+def read_plan_items(path: str, shard: str, group: int, caption_col: str, cls_col: str,
+                    text_columns: dict[str, str], only: frozenset[str] | None = None) -> list[dict]:
+    """One shard's items from a plan file (:meth:`DownloadPlan.write`); ``only``: just these keys."""
+    fs, local = fsspec.core.url_to_fs(path)
+    with fs.open(local, "rb") as f:
+        rows = pq.ParquetFile(f).read_row_group(group)
+    items = plan_items(rows, shard, caption_col, cls_col, text_columns)
+    return items if only is None else [i for i in items if i["key"] in only]
 
 
 @dataclass
@@ -830,24 +884,36 @@ def download_beam(
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
-    shards = plan_download(str(input_dir), options)
-    todo: list[dict] = []
+    plan = DownloadPlan(_read_table(str(input_dir), options), str(input_dir), options)
+    shards = plan.shards
+    # the workers read their shard's rows from a plan file beside the shards (any fsspec path), so
+    # the pipeline carries shard names and the launcher holds no item
+    todo: list[tuple[PlannedShard, frozenset[str] | None]] = []
     for shard in shards:
         tar_url = _join(out_dir, shard.name + ".tar")
         if not shard_finished(tar_url):
-            todo += shard.items
+            todo.append((shard, None))
         elif options.retry_failed:
-            failed = {r["key"] for r in read_status(tar_url) if r["status"] != status.OK}
-            todo += [i for i in shard.items if i["key"] in failed]
+            failed = frozenset(r["key"] for r in read_status(tar_url) if r["status"] != status.OK)
+            if failed:
+                todo.append((shard, failed))
+    planned = sum(len(shard) if only is None else len(only) for shard, only in todo)
     args = list(pipeline_args or [])
     if not any(a.startswith("--runner") for a in args):
         args.append("--runner=FnApiRunner")
     splits = options.beam_workers_per_host
     if todo:
+        plan_path = _join(out_dir, "_plan/plan.parquet")
+        layout = plan.write(plan_path)
+        work = [(shard.name, layout[shard.name], only) for shard, only in todo]
+        caption_col, cls_col, text_columns = plan.caption_col, plan.cls_col, plan.text_columns
         with beam.Pipeline(options=PipelineOptions(args)) as p:
             _ = (
                 p
-                | "Plan" >> beam.Create(todo, reshuffle=False)
+                | "Shards" >> beam.Create(work)
+                | "Reshuffle" >> beam.Reshuffle()
+                | "Items" >> beam.FlatMap(lambda w: read_plan_items(plan_path, w[0], w[1], caption_col, cls_col,
+                                                                    text_columns, w[2]))
                 | "KeyByHost" >> beam.Map(lambda item: (_host_group(item, splits), item))
                 | "GroupByHost" >> beam.GroupByKey()
                 | "Fetch" >> beam.FlatMap(lambda kv: _fetch_group(list(kv[1]), options))
@@ -855,4 +921,6 @@ def download_beam(
                 | "GroupByShard" >> beam.GroupByKey()
                 | "Write" >> beam.MapTuple(lambda shard, results: _write_group(shard, results, out_dir))
             )
-    return _finish(out_dir, shards, len(todo), time.monotonic() - started)
+        fs, local = fsspec.core.url_to_fs(_join(out_dir, "_plan"))
+        fs.rm(local, recursive=True)
+    return _finish(out_dir, shards, planned, time.monotonic() - started)

@@ -158,3 +158,35 @@ def test_the_scheduler_reads_items_as_work_finishes_not_all_at_once(hosts):
     assert sorted(done) == list(range(n))
     # waiting deferred + running (2 per host) + the one being read
     assert ahead[0] <= _DEFERRED_PER_SLOT * options.max_in_flight + 2 * hosts + 1
+
+
+def test_the_plan_file_gives_every_shard_the_items_of_the_local_plan(tmp_path):
+    """Beam's workers build their shard's items from the plan file: the same items as the local
+    runner's, for curated chunks with dictionary columns, text types, splits and repeated keys."""
+    from pipeline.stages.download import read_plan_items
+
+    n = 23
+    captions = pa.array([f"a photo of Genus{i % 4} epithet." for i in range(n)]).dictionary_encode()
+    table = pa.table({
+        "record_id": [f"r{i % 19}" for i in range(n)], "identifier": [f"http://h{i % 3}/{i}.jpg" for i in range(n)],
+        "split": pa.array(["train", "val", "test"] * 7 + ["train", "train"]).dictionary_encode(),
+        "caption": captions, "caption_sci": captions, "cls": [i % 4 for i in range(n)],
+        "common_name": [None if i % 5 else "oak" for i in range(n)], "decimal_latitude": [i / 7 for i in range(n)]})
+    plan = DownloadPlan(table, "chunks", Options(shard_size=4))
+    layout = plan.write(str(tmp_path / "_plan" / "plan.parquet"))
+    assert list(layout) == [s.name for s in plan.shards]
+    for shard in plan.shards:
+        items = read_plan_items(str(tmp_path / "_plan" / "plan.parquet"), shard.name, layout[shard.name],
+                                plan.caption_col, plan.cls_col, plan.text_columns)
+        assert items == shard.items
+        only = frozenset(i["key"] for i in items[::2])
+        assert [i["key"] for i in read_plan_items(str(tmp_path / "_plan" / "plan.parquet"), shard.name,
+                                                   layout[shard.name], plan.caption_col, plan.cls_col,
+                                                   plan.text_columns, only)] == [i["key"] for i in items[::2]]
+    assert sum(i["dup"] for s in plan.shards for i in s.items) == 4
+
+
+def test_an_input_column_named_like_the_plans_own_is_a_clear_error():
+    table = pa.table({"url": ["http://h/1"], "__key": ["x"]})
+    with pytest.raises(ValueError, match="reserved for the download plan"):
+        DownloadPlan(table, "urls.parquet", Options())

@@ -36,6 +36,7 @@ def test_beam_matches_local(server, tmp_path):
                                                  status.DECOMPRESSION_BOMB: 1, status.TRUNCATED_IMAGE: 1}
     assert _digests(tmp_path / "beam") == _digests(tmp_path / "local")
     assert len(list(iter_samples(tmp_path / "beam", shardshuffle=False))) == 4
+    assert not (tmp_path / "beam" / "_plan").exists()  # the workers' plan file is gone once the shards are in
     again = download_beam(tmp_path / "in", str(tmp_path / "beam"), Options(**FAST), [])
     assert again["processed_this_run"] == 0
 
