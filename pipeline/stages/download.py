@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zlib
@@ -300,7 +301,7 @@ class DownloadPlan:
         """The items of plan positions ``start..stop``: ``key, url, split, caption, cls, texts,
         record, dup, shard`` (texts: BioCLIP's text types present in the row, see
         :data:`TEXT_MEMBERS`; record: JSON text of the row's non-null columns but ``split``)."""
-        return self._items(self.rows(start, stop), shard)
+        return plan_items(self.rows(start, stop), shard, self.caption_col, self.cls_col, self.text_columns)
 
     def rows(self, start: int, stop: int) -> pa.Table:
         """Plan positions ``start..stop`` as one table: the input's columns, then the plan's
@@ -310,9 +311,6 @@ class DownloadPlan:
         plan = {"__key": self.keys.slice(start, n), "__url": self.urls.slice(start, n),
                 "__split": self.splits.slice(start, n), "__dup": pa.array(self.dup[start:stop])}
         return pa.table([*taken.columns, *plan.values()], names=[*taken.column_names, *plan])
-
-    def _items(self, rows: pa.Table, shard: str) -> list[dict]:
-        return plan_items(rows, shard, self.caption_col, self.cls_col, self.text_columns)
 
     def write(self, path: str) -> dict[str, int]:
         """The plan as one Parquet file, rows in plan order and a row group per shard, for workers
@@ -394,6 +392,15 @@ class PlannedShard:
     def items(self) -> list[dict]:
         """This shard's items, built now from the plan (a shard's worth of rows at a time)."""
         return self.plan.items(self.start, self.stop, self.name)
+
+
+def _say_planned(shards: list[PlannedShard], started: float) -> None:
+    splits = collections.Counter()
+    for shard in shards:
+        splits[shard.split] += len(shard)
+    per_split = ", ".join(f"{k} {v:,}" for k, v in sorted(splits.items()))
+    print(f"download: {sum(splits.values()):,} images planned in {len(shards):,} shards ({per_split}) "
+          f"in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
 def plan_download(path: str, options: Options) -> list[PlannedShard]:
@@ -790,6 +797,8 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     started = time.monotonic()
     out_dir = str(out_dir)
     shards = plan_download(str(input_dir), options)
+    if progress:
+        _say_planned(shards, started)
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
     processed = asyncio.run(_run_local(shards, out_dir, options, progress))
@@ -886,6 +895,7 @@ def download_beam(
     out_dir = str(out_dir)
     plan = DownloadPlan(_read_table(str(input_dir), options), str(input_dir), options)
     shards = plan.shards
+    _say_planned(shards, started)
     # the workers read their shard's rows from a plan file beside the shards (any fsspec path), so
     # the pipeline carries shard names and the launcher holds no item
     todo: list[tuple[PlannedShard, frozenset[str] | None]] = []
