@@ -3,8 +3,9 @@
 A shard ``{split}-{n:06d}.tar`` holds, per image, ``{key}.jpg`` (or ``.png`` when the original
 PNG was kept), ``{key}.json`` (the record, with license and attribution), ``{key}.txt`` (caption),
 ``{key}.cls`` (class index) and BioCLIP's text types (``{key}.sci.txt``, ``{key}.taxonTag_com.txt``,
-``{key}.common_name.txt``..., as in the TreeOfLife shards) when given. Members are sorted by key then extension and carry a
-fixed mtime, owner and mode, so the same images always give the same bytes. Beside it,
+``{key}.common_name.txt``..., as in the TreeOfLife shards) when given. Members are sorted by key
+then extension and carry a fixed mtime, owner and mode, so the same images always give the same
+bytes. Beside it,
 ``{split}-{n:06d}.parquet`` lists every attempted image (``shards.status.STATUS_SCHEMA``). Both
 are written to ``<name>.tmp`` and renamed; the Parquet is written last, so a shard is finished
 exactly when its Parquet exists.
@@ -179,7 +180,8 @@ class ShardSpool:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._status = self.dir / _STATUS_FILE
         self._rows: dict[str, dict] = {}
-        self._members: dict[str, dict[str, Path]] = {}
+        self._members: dict[str, Path | dict[str, Path]] = {}
+        self._exts: dict[str, list[str]] = {}  # the members of each spooled image
         self._load()
 
     def _load(self) -> None:
@@ -202,6 +204,7 @@ class ShardSpool:
             if stored is not None or not exts:
                 self._rows[row["key"]] = {k: row.get(k) for k in STATUS_COLUMNS}
                 self._members[row["key"]] = stored if exts else {}
+                self._exts[row["key"]] = sorted(exts)
         # rewrite cleanly so a torn last line cannot glue onto the next append
         self._rewrite()
 
@@ -209,16 +212,13 @@ class ShardSpool:
         tmp = self._status.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for key, row in self._rows.items():
-                f.write(self._line(row, self._members.get(key, {})))
+                f.write(self._line(row, self._exts.get(key, []), isinstance(self._members.get(key), Path)))
         os.replace(tmp, self._status)
 
     @staticmethod
-    def _line(row: dict, members: Path | Mapping[str, Path]) -> bytes:
-        if isinstance(members, Path):
-            extra = {"_members": sorted(read_pack(members)), "_pack": True}
-        else:
-            extra = {"_members": sorted(members)}
-        return json.dumps({**row, **extra}, sort_keys=True).encode() + b"\n"
+    def _line(row: dict, exts: list[str], packed: bool) -> bytes:
+        return json.dumps({**row, "_members": exts, **({"_pack": True} if packed else {})},
+                          sort_keys=True).encode() + b"\n"
 
     @property
     def done(self) -> dict[str, dict]:
@@ -239,15 +239,16 @@ class ShardSpool:
             os.replace(tmp, stored)
             exts = sorted(members)
         row = {k: row.get(k) for k in STATUS_COLUMNS}
-        line = {**row, "_members": exts, **({"_pack": True} if exts else {})}
         with open(self._status, "ab") as f:
-            f.write(json.dumps(line, sort_keys=True).encode() + b"\n")
+            f.write(self._line(row, exts, bool(exts)))
         self._rows[key] = row
         self._members[key] = stored
+        self._exts[key] = exts
 
     def discard(self, key: str) -> None:
         """Forget an image (retry_failed redoes it)."""
         self._rows.pop(key, None)
+        self._exts.pop(key, None)
         stored = self._members.pop(key, {})
         for path in [stored] if isinstance(stored, Path) else stored.values():
             path.unlink(missing_ok=True)
