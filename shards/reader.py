@@ -45,7 +45,7 @@ def _sample(raw: dict[str, Any]) -> dict[str, Any]:
         "txt": raw.get("txt"),
         # BioCLIP's text types ({key}.sci.txt ... -> "sci"), for trainers that pick or mix them;
         # webdataset lowercases member extensions, so {key}.taxonTag.txt comes as "taxontag"
-        "texts": {ext[:-4]: v for ext, v in raw.items() if ext.endswith(".txt") and not ext.startswith("_")},
+        "texts": {ext[:-4]: v for ext, v in raw.items() if ext.endswith(".txt")},
         "cls": raw.get("cls"),
         "shard": raw.get("__url__"),
     }

@@ -321,10 +321,8 @@ class DownloadPlan:
         with fs.open(local + ".tmp", "wb") as f:
             writer = None
             for shard in self.shards:
-                rows = self.rows(shard.start, shard.stop)
                 # plain text: a dictionary column would write its whole dictionary into every row group
-                rows = pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c
-                                 for c in rows.columns], names=rows.column_names)
+                rows = _decoded(self.rows(shard.start, shard.stop))
                 if writer is None:
                     writer = pq.ParquetWriter(f, rows.schema, compression="zstd")
                 writer.write_table(rows, row_group_size=max(1, len(shard)))
@@ -335,17 +333,21 @@ class DownloadPlan:
         return layout
 
 
+def _decoded(table: pa.Table) -> pa.Table:
+    """``table`` with its dictionary columns as plain values."""
+    return pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns],
+                    names=table.column_names)
+
+
 # the plan's own columns in a plan file and in :meth:`DownloadPlan.rows` (input columns keep their names)
 _PLAN_COLUMNS = ("__key", "__url", "__split", "__dup")
 
 
 def plan_items(rows: pa.Table, shard: str, caption_col: str, cls_col: str, text_columns: dict[str, str]) -> list[dict]:
     """Download items from plan rows (:meth:`DownloadPlan.rows`, or row groups of a plan file)."""
-    # decoded before to_pylist: converting dictionary columns value by value is ~4x slower
-    plain = pa.table([c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in rows.columns],
-                     names=rows.column_names)
     out = []
-    for row in plain.to_pylist():
+    # decoded before to_pylist: converting dictionary columns value by value is ~4x slower
+    for row in _decoded(rows).to_pylist():
         plan = {k: row.pop(k) for k in _PLAN_COLUMNS}
         caption, cls = row.get(caption_col), row.get(cls_col)
         record = {k: _jsonable(v) for k, v in row.items() if v is not None and k != "split"}
@@ -553,8 +555,8 @@ def _spool_root(out_dir: str) -> Path:
     return Path(tempfile.gettempdir()) / f"biocorpus-spool-{digest:08x}"
 
 
-def _prepare_spool(shard: PlannedShard, tar_url: str, spool_dir: Path, retry_failed: bool) -> ShardSpool | None:
-    """The spool to finish ``shard`` in, or ``None`` when the shard needs no work."""
+def _prepare_spool(tar_url: str, spool_dir: Path, retry_failed: bool) -> ShardSpool | None:
+    """The spool to finish the shard ``tar_url`` in, or ``None`` when the shard needs no work."""
     finished = shard_finished(tar_url)
     if finished and not retry_failed:
         if spool_dir.exists():  # killed after the sidecar was renamed, before the spool was removed
@@ -627,7 +629,7 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
         async with Fetcher(options.fetch_options()) as fetcher:
 
             def prepare(shard: PlannedShard, tar_url: str) -> tuple[ShardSpool | None, list[dict]]:
-                spool = _prepare_spool(shard, tar_url, spool_root / shard.name, options.retry_failed)
+                spool = _prepare_spool(tar_url, spool_root / shard.name, options.retry_failed)
                 return spool, [] if spool is None else [i for i in shard.items if i["key"] not in spool.done]
 
             async def pending_items():
@@ -676,7 +678,7 @@ async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
     window = asyncio.Semaphore(options.max_in_flight)
     running: collections.Counter[str] = collections.Counter()
     deferred: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-    waiting = [0]  # items in ``deferred``
+    waiting = 0  # items in ``deferred``
     max_waiting = _DEFERRED_PER_SLOT * options.max_in_flight
     tasks: set[asyncio.Task] = set()
     errors: list[BaseException] = []
@@ -694,6 +696,7 @@ async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
         task.add_done_callback(tasks.discard)
 
     async def run(item: dict, host: str) -> None:
+        nonlocal waiting
         try:
             await handle(item)
         except BaseException as exc:  # a bug: stop the run so the shard stays unfinished
@@ -702,7 +705,7 @@ async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
             running[host] -= 1
             tasks.discard(asyncio.current_task())
             if deferred[host] and not errors:
-                waiting[0] -= 1
+                waiting -= 1
                 start(deferred[host].popleft(), host)  # hands its window slot on
             else:
                 window.release()
@@ -714,8 +717,8 @@ async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
         host = host_of(item["url"])
         if running[host] >= cap(host):
             deferred[host].append(item)
-            waiting[0] += 1
-            while waiting[0] >= max_waiting and tasks and not errors:
+            waiting += 1
+            while waiting >= max_waiting and tasks and not errors:
                 await finished.wait()
                 finished.clear()
             continue
@@ -731,7 +734,7 @@ async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
             # a host whose tasks all finished before its items were deferred
             while queue and running[host] < cap(host) and not errors:
                 await window.acquire()
-                waiting[0] -= 1
+                waiting -= 1
                 start(queue.popleft(), host)
     for task in list(tasks):
         task.cancel()
