@@ -102,11 +102,11 @@ class EOLConnector(ApiConnector):
             yield from read_manifest(path, options)
 
 
-def _open(path: Path):
+def _open(path: Path, errors: str = "strict"):
     raw = path.open("rb")
     if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", newline="")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", errors=errors, newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors=errors, newline="")
 
 
 def _page_from_name(name: str) -> str | None:
@@ -302,18 +302,23 @@ def read_manifest(path: Path, options: Options) -> Iterator[IngestBatch]:
     quote, carriage return or NUL (then a line is a row and a delimiter a field boundary, as for
     ``csv.reader``); from the first block that holds one on, the rest is read by ``csv.reader``
     itself. Either way the records are built from columns (:func:`_manifest_columns`). A row with
-    the wrong number of fields is a ``malformed_row`` reject; text that is not UTF-8 stops the
-    file with an error that names it and says what to do.
+    the wrong number of fields is a ``malformed_row`` reject, a row with bytes that are not UTF-8
+    an ``undecodable_text`` reject that says how to re-encode the file; a header that is not
+    UTF-8 stops the file with an error that names it and says what to do.
     """
     try:
-        with _open(path) as fh:
+        with _open(path, "replace") as fh:  # the delimiter is told by counting: a bad byte cannot change it
             sample = fh.read(1 << 16)
             delim = "\t" if sample.count("\t") > sample.count(",") else ","
         with _raw(path) as raw:
             yield from _read_manifest(raw, path, delim, options)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"eol: {path} is not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x}); "
-                         f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and ingest it again") from exc
+    except UnicodeDecodeError as exc:  # the header (a bad row is a reject)
+        raise ValueError(_not_utf8(path, exc.reason, exc.object[exc.start])) from exc
+
+
+def _not_utf8(path: Path, why: str, byte: int) -> str:
+    return (f"eol: {path} is not UTF-8 text ({why}: byte 0x{byte:02x}); "
+            f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and ingest it again")
 
 
 def _raw(path: Path):
@@ -341,6 +346,19 @@ class _Prefixed(io.RawIOBase):
 
 
 _BLOCK = 1 << 24
+_ESCAPED = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, as decoded by "surrogateescape"
+
+
+def _undecodable(name: str, lineno: int, text: str, fields: list[str], content: int) -> tuple[int, str, str, str] | None:
+    """The reject of a row whose text (decoded with "surrogateescape") holds bytes that are not
+    UTF-8, ``None`` for a row without any. Its id is the content ID when that field is readable."""
+    bad = _ESCAPED.search(text)
+    if bad is None:
+        return None
+    key = fields[content] if len(fields) > content and not _ESCAPED.search(fields[content]) else f"{name}:{lineno}"
+    return (lineno, key, f"{name} line {lineno}: not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x}); "
+                         f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) and ingest it again",
+            str(Reason.UNDECODABLE_TEXT))
 
 
 def _unsimple(data: bytes) -> bool:
@@ -355,17 +373,17 @@ class _Pending:
         self.keys = keys
         self.chunks: list[dict[str, pa.Array]] = []
         self.lines: list[np.ndarray] = []
-        self.bad: list[tuple[int, str, str]] = []  # (row number, id text, detail)
+        self.bad: list[tuple[int, str, str, str]] = []  # (row number, id text, detail, reason)
         self.rows = 0
 
-    def add(self, cols: dict[str, pa.Array], lines: np.ndarray, bad: list[tuple[int, str, str]]) -> None:
+    def add(self, cols: dict[str, pa.Array], lines: np.ndarray, bad: list[tuple[int, str, str, str]]) -> None:
         if len(lines):
             self.chunks.append(cols)
             self.lines.append(lines)
             self.rows += len(lines)
         self.bad.extend(bad)
 
-    def full_batches(self, size: int) -> Iterator[tuple[dict[str, pa.Array], list[tuple[int, str, str]]]]:
+    def full_batches(self, size: int) -> Iterator[tuple[dict[str, pa.Array], list[tuple[int, str, str, str]]]]:
         """Batches of ``size`` rows, each with the malformed rows read before its last row."""
         while self.rows >= size:
             cols = {k: pa.concat_arrays([c[k] for c in self.chunks]) for k in self.keys}
@@ -378,7 +396,7 @@ class _Pending:
             self.rows -= size
             yield {k: a.slice(0, size) for k, a in cols.items()}, take
 
-    def rest(self) -> tuple[dict[str, pa.Array], list[tuple[int, str, str]]]:
+    def rest(self) -> tuple[dict[str, pa.Array], list[tuple[int, str, str, str]]]:
         cols = {k: pa.concat_arrays([c[k] for c in self.chunks]) if self.chunks else pa.array([], pa.string())
                 for k in self.keys}
         return cols, self.bad
@@ -401,12 +419,16 @@ def _read_manifest(raw, path: Path, delim: str, options: Options) -> Iterator[In
         header = line.split(delim) if line else []
         lineno = 2
     else:  # the header itself needs the csv module's rules
-        text = io.TextIOWrapper(io.BufferedReader(_Prefixed(head + buf, raw)), encoding="utf-8", newline="")
+        text = io.TextIOWrapper(io.BufferedReader(_Prefixed(head + buf, raw)), encoding="utf-8",
+                                errors="surrogateescape", newline="")
         reader = csv.reader(text, delimiter=delim)
         try:
             header = next(reader)
         except StopIteration:
             return
+        bad = next((m for h in header if (m := _ESCAPED.search(h))), None)
+        if bad is not None:  # the columns cannot be found
+            raise ValueError(_not_utf8(path, "in the header", ord(bad.group()) - 0xDC00))
         lineno = 2
     fields = _manifest_fields(header)
     missing = {"content_id", "copy_url"} - fields.keys()
@@ -444,7 +466,8 @@ def _read_manifest(raw, path: Path, delim: str, options: Options) -> Iterator[In
                 pending.add(cols, lines, bad)
                 yield from batches()
         if not simple:
-            text = io.TextIOWrapper(io.BufferedReader(_Prefixed(buf, raw)), encoding="utf-8", newline="")
+            text = io.TextIOWrapper(io.BufferedReader(_Prefixed(buf, raw)), encoding="utf-8",
+                                    errors="surrogateescape", newline="")
             reader = csv.reader(text, delimiter=delim)
     if not simple:
         for cols, lines, bad in _csv_chunks(reader, width, fields, lineno, path.name):
@@ -454,14 +477,21 @@ def _read_manifest(raw, path: Path, delim: str, options: Options) -> Iterator[In
     yield _manifest_columns(cols, bad, options)
 
 
-def _malformed(row: list[str], width: int, content: int, lineno: int, name: str) -> tuple[int, str, str]:
+def _malformed(row: list[str], width: int, content: int, lineno: int, name: str) -> tuple[int, str, str, str]:
     key = row[content] if len(row) > content else f"{name}:{lineno}"
-    return lineno, key, f"{name} line {lineno}: expected {width} fields, got {len(row)}"
+    return lineno, key, f"{name} line {lineno}: expected {width} fields, got {len(row)}", str(Reason.MALFORMED_ROW)
 
 
 def _split_block(block: bytes, delim: str, width: int, fields: dict[str, int], lineno: int, name: str):
-    """Whole lines without quotes, CRs or NULs: (columns, row numbers, malformed rows, next row number)."""
-    block.decode("utf-8")  # raises on bad bytes, as the text reader would
+    """Whole lines without quotes, CRs or NULs: (columns, row numbers, bad rows, next row number).
+
+    A bad row has the wrong number of fields or bytes that are not UTF-8 (the latter told first).
+    """
+    escaped: list[str] | None = None
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:  # the block's lines, bad bytes escaped ("\n" is never one of them)
+        escaped = block.decode("utf-8", "surrogateescape").split("\n")
     data = np.frombuffer(block, np.uint8)
     nl = np.flatnonzero(data == 10)
     ends = nl if block.endswith(b"\n") else np.append(nl, len(data))
@@ -472,8 +502,19 @@ def _split_block(block: bytes, delim: str, width: int, fields: dict[str, int], l
     n = len(ends)
     numbers = np.arange(lineno, lineno + n)
     bad = []
+    undecodable: dict[int, tuple[int, str, str, str]] = {}
+    if escaped is not None:
+        for i in range(n):
+            line = escaped[i]
+            if _ESCAPED.search(line):
+                row = line.split(delim) if line else []
+                undecodable[i] = _undecodable(name, int(numbers[i]), line, row, fields["content_id"])
+                good[i] = False
     if not good.all():
         for i in np.flatnonzero(~good).tolist():
+            if i in undecodable:
+                bad.append(undecodable[i])
+                continue
             line = block[starts[i]:ends[i]].decode("utf-8")
             row = line.split(delim) if line else []
             bad.append(_malformed(row, width, fields["content_id"], int(numbers[i]), name))
@@ -499,12 +540,20 @@ def _split_block(block: bytes, delim: str, width: int, fields: dict[str, int], l
 
 def _csv_chunks(reader, width: int, fields: dict[str, int], lineno: int, name: str, size: int = 1 << 16):
     """``csv.reader`` rows, as column chunks of ``size`` rows (and the malformed rows among them)."""
+    content = fields["content_id"]
     while rows := list(itertools.islice(reader, size)):
         numbers = np.arange(lineno, lineno + len(rows))
         ok = [len(r) == width for r in rows]
+        undecodable: dict[int, tuple[int, str, str, str]] = {}
+        if _ESCAPED.search("".join(itertools.chain.from_iterable(rows))):  # bytes that are not UTF-8: which rows
+            for i, r in enumerate(rows):
+                found = _undecodable(name, int(numbers[i]), "".join(r), r, content)
+                if found is not None:
+                    undecodable[i] = found
+                    ok[i] = False
         bad = []
         if not all(ok):
-            bad = [_malformed(r, width, fields["content_id"], int(numbers[i]), name)
+            bad = [undecodable.get(i) or _malformed(r, width, content, int(numbers[i]), name)
                    for i, (r, o) in enumerate(zip(rows, ok, strict=True)) if not o]
             rows = [r for r, o in zip(rows, ok, strict=True) if o]
             numbers = numbers[np.array(ok, bool)]
@@ -532,9 +581,9 @@ def _page_extra(page: str | None) -> str | None:
     return extra_json({"eol_page_id": page, "hierarchy": None})
 
 
-def _manifest_columns(cols: dict[str, pa.Array], bad: list[tuple[int, str, str]], options: Options) -> IngestBatch:
+def _manifest_columns(cols: dict[str, pa.Array], bad: list[tuple[int, str, str, str]], options: Options) -> IngestBatch:
     """The batch ``_build`` makes of these rows page by page (records and rejects grouped by page in
-    order of first appearance, rows in order within a page), then the malformed rows."""
+    order of first appearance, rows in order within a page), then the unreadable rows."""
     n = len(cols["content_id"])
     nulls = pa.nulls(n, pa.string())
     get = {k: _stripped(cols[k]) if k in cols else nulls for k in MANIFEST_COLUMNS}
@@ -561,7 +610,7 @@ def _manifest_columns(cols: dict[str, pa.Array], bad: list[tuple[int, str, str]]
     keep = keep[np.argsort(group[keep], kind="stable")]
     rejects = [_reject_table(rej_rows, reason, rids, lic_raw)]
     if bad:
-        rejects.append(make_rejects([make_record_id(SOURCE, b[1]) for b in bad], STAGE, Reason.MALFORMED_ROW,
+        rejects.append(make_rejects([make_record_id(SOURCE, b[1]) for b in bad], STAGE, [b[3] for b in bad],
                                     [b[2] for b in bad]))
     rej = pa.concat_tables(rejects) if len(rejects) > 1 else rejects[0]
     if not len(keep):

@@ -126,16 +126,46 @@ def test_manifest_without_the_needed_columns_is_a_clear_error(tmp_path):
         list(CONNECTOR.read(str(path), Options()))
 
 
-def test_manifest_that_is_not_utf8_is_a_clear_error(tmp_path):
-    """Real media rows, one owner written in Latin-1: the ingest stops with the file's name and
-    how to fix it (the CLI prints the message, no traceback)."""
+def _latin1_manifest(tmp_path, quoted: bool):
+    """Real media rows as a manifest in which two owners are written in Latin-1 (rows 3 and 6)."""
     store = json.loads(STORE.read_text())
     path = tmp_path / "media_manifest.tsv"
-    rows = ["eol_content_id\teol_page_id\tmedium_source_url\teol_full_size_copy_url\tlicense_name\tcopyright_owner"]
-    rows += [f"{m['guid']}\t{store['id']}\t{m['source_url']}\t{m['base_url']}_orig.jpg\t{m['license']['name']}\t"
-             f"{m['owner']}" for m in store["media"][:5]]
-    path.write_bytes(("\n".join(rows) + "\n").encode() + "Jos\u00e9 Pe\u00f1a\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"media_manifest.tsv is not UTF-8 text .*iconv"):
+    head = "eol_content_id\teol_page_id\tmedium_source_url\teol_full_size_copy_url\tlicense_name\tcopyright_owner"
+    lines = [head.encode()]
+    for i, m in enumerate(store["media"][:8]):
+        owner = ("Jos\u00e9 Pe\u00f1a".encode("latin-1") if i in (1, 4) else m["owner"].encode())
+        if quoted:
+            owner = b'"' + owner + b'"'
+        lines.append("\t".join([m["guid"], str(store["id"]), m["source_url"], m["base_url"] + "_orig.jpg",
+                                m["license"]["name"]]).encode() + b"\t" + owner)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, store
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
+def test_manifest_rows_that_are_not_utf8_are_rejects(tmp_path, quoted):
+    """Real media rows, two owners written in Latin-1: those rows are ``undecodable_text`` rejects
+    that name the line, the byte and how to re-encode the file; every other row is a record."""
+    path, store = _latin1_manifest(tmp_path, quoted)
+    records, rejects, reasons = ingest(CONNECTOR, str(path), Options(keep_unknown_license=True))
+    assert reasons == {"undecodable_text": 2}
+    assert records.num_rows == 6 and records.num_rows + rejects.num_rows == 8
+    assert rejects.column("record_id").to_pylist() == [make_record_id(SOURCE, store["media"][i]["guid"]) for i in (1, 4)]
+    details = rejects.column("detail").to_pylist()
+    assert details[0].startswith("media_manifest.tsv line 3: not UTF-8 text (byte 0xe9)") and "iconv" in details[0]
+    assert details[1].startswith("media_manifest.tsv line 6:")
+    assert set(records.column("media_id").to_pylist()) == {m["guid"] for i, m in enumerate(store["media"][:8])
+                                                           if i not in (1, 4)}
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
+def test_manifest_header_that_is_not_utf8_is_a_clear_error(tmp_path, quoted):
+    """Without a readable header the columns cannot be found: the ingest stops with the file's name
+    and how to fix it (the CLI prints the message, no traceback)."""
+    path = tmp_path / "media_manifest.tsv"
+    name = b'"Copyright Owner \xe9"' if quoted else b"Copyright Owner \xe9"
+    path.write_bytes(b"EOL content ID\tEOL Full-Size Copy URL\t" + name + b"\n1\thttp://x/1.jpg\tme\n")
+    with pytest.raises(ValueError, match=r"media_manifest.tsv is not UTF-8 text .*byte 0xe9.*iconv"):
         list(CONNECTOR.read(str(path), Options()))
 
 
@@ -157,6 +187,7 @@ def test_unknown_licence_and_folder_tasks(tmp_path):
 
 import gzip  # noqa: E402
 import io  # noqa: E402
+import re  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -168,31 +199,46 @@ from schemas.rejects import REJECT_SCHEMA  # noqa: E402
 from sources.base import IngestBatch  # noqa: E402
 from sources.eol import SOURCE, STAGE, _build, _manifest_fields, _open, clean_name, read_manifest  # noqa: E402
 
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+
 
 def read_manifest_reference(path, options):
     """An EOL media manifest (CSV or TSV, plain or gzip), in batches; unreadable rows are rejects."""
-    with _open(path) as fh:
+    with _open(path, "replace") as fh:
         sample = fh.read(1 << 16)
         delim = "\t" if sample.count("\t") > sample.count(",") else ","
-    with _open(path) as fh:
+    with _open(path, "surrogateescape") as fh:
         reader = csv.reader(fh, delimiter=delim)
         try:
             header = next(reader)
         except StopIteration:
             return
+        if any(_BAD_BYTE.search(h) for h in header):
+            raise ValueError(f"eol: {path} is not UTF-8 text (in the header); re-encode it (iconv)")
         fields = _manifest_fields(header)
         missing = {"content_id", "copy_url"} - fields.keys()
         if missing:
             raise ValueError(f"eol: {path} lacks manifest columns {sorted(missing)} "
                              f"(found {header}); expected EOL's names, e.g. 'EOL content ID'")
         media: list[dict] = []
-        bad_ids, bad_details = [], []
+        bad_ids, bad_details, bad_reasons = [], [], []
         page_of: list[str | None] = []
+        content = fields["content_id"]
         for lineno, row in enumerate(reader, start=2):
+            escaped = [_BAD_BYTE.search(v) for v in row]
+            first = next((m for m in escaped if m), None)
+            if first is not None:
+                readable = len(row) > content and not escaped[content]
+                bad_ids.append(make_record_id(SOURCE, row[content] if readable else f"{path.name}:{lineno}"))
+                bad_details.append(f"{path.name} line {lineno}: not UTF-8 text (byte 0x{ord(first.group()) - 0xDC00:02x}); "
+                                   f"re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) and ingest it again")
+                bad_reasons.append(Reason.UNDECODABLE_TEXT)
+                continue
             if len(row) != len(header):
-                bad_ids.append(make_record_id(SOURCE, row[fields["content_id"]] if len(row) > fields["content_id"]
+                bad_ids.append(make_record_id(SOURCE, row[content] if len(row) > content
                                               else f"{path.name}:{lineno}"))
                 bad_details.append(f"{path.name} line {lineno}: expected {len(header)} fields, got {len(row)}")
+                bad_reasons.append(Reason.MALFORMED_ROW)
                 continue
             get = lambda k, row=row: (row[fields[k]].strip() or None) if k in fields else None  # noqa: E731
             media.append({"media_id": get("content_id"), "url": get("copy_url"), "source_url": get("source_url"),
@@ -200,12 +246,12 @@ def read_manifest_reference(path, options):
                           "dataset": None, "type": None, "extra": {}})
             page_of.append(get("page_id"))
             if len(media) >= options.batch_rows:
-                yield _manifest_batch_reference(media, page_of, bad_ids, bad_details, options)
-                media, page_of, bad_ids, bad_details = [], [], [], []
-        yield _manifest_batch_reference(media, page_of, bad_ids, bad_details, options)
+                yield _manifest_batch_reference(media, page_of, bad_ids, bad_details, bad_reasons, options)
+                media, page_of, bad_ids, bad_details, bad_reasons = [], [], [], [], []
+        yield _manifest_batch_reference(media, page_of, bad_ids, bad_details, bad_reasons, options)
 
 
-def _manifest_batch_reference(media, page_of, bad_ids, bad_details, options) -> IngestBatch:
+def _manifest_batch_reference(media, page_of, bad_ids, bad_details, bad_reasons, options) -> IngestBatch:
     tables, rejects = [], []
     # a manifest mixes pages: build per page so each record carries its own page id
     by_page: dict[str | None, list[dict]] = {}
@@ -217,7 +263,7 @@ def _manifest_batch_reference(media, page_of, bad_ids, bad_details, options) -> 
             tables.append(b.records)
         rejects.append(b.rejects)
     if bad_ids:
-        rejects.append(make_rejects(bad_ids, STAGE, Reason.MALFORMED_ROW, bad_details))
+        rejects.append(make_rejects(bad_ids, STAGE, [str(r) for r in bad_reasons], bad_details))
     records = pa.concat_tables(tables) if tables else pa.table({})
     rej = pa.concat_tables(rejects) if rejects else REJECT_SCHEMA.empty_table()
     return IngestBatch(records=records, rejects=rej)
@@ -237,12 +283,10 @@ def _outcome(reader, path, options):
 def assert_same_batches(path, options):
     ref, ref_err = _outcome(read_manifest_reference, path, options)
     got, got_err = _outcome(read_manifest, path, options)
-    if isinstance(ref_err, UnicodeDecodeError):
-        # the reference gave up with the codec's words; the reader names the file and the way out
-        assert type(got_err) is ValueError and "is not UTF-8 text" in str(got_err) and "iconv" in str(got_err)
-        assert isinstance(got_err.__cause__, UnicodeDecodeError)
+    assert type(got_err) is type(ref_err), (got_err, ref_err)
+    if ref_err is not None and "is not UTF-8 text" in str(ref_err):  # only a header stops the file
+        assert "is not UTF-8 text" in str(got_err) and "iconv" in str(got_err)
         return
-    assert type(got_err) is type(ref_err)
     assert len(got) == len(ref)
     for g, r in zip(got, ref, strict=True):
         assert g.records.schema.equals(r.records.schema, check_metadata=True)
