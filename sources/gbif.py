@@ -650,7 +650,7 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     if not pc.any(no_url).as_py():
         return _adapt_rows(t, options)[0]
     without = t.filter(no_url)
-    gid_text = pc.fill_null(_blank_to_null(_col(without, "o__id")), "None")
+    gid_text = _core_ids(without, _blank_to_null(_col(without, "o__id")))
     material = pc.fill_null(pc.equal(_blank_to_null(_col(without, "o_basisOfRecord")), "MATERIAL_CITATION"), False)
     no_media = (pc.is_null(without.column("m_row")) if "m_row" in without.column_names
                 else pa.repeat(pa.scalar(True), without.num_rows))
@@ -671,13 +671,22 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     return IngestBatch(records=with_url.records, rejects=both.take(pa.array(np.argsort(at, kind="stable"))))
 
 
+def _core_ids(t: _Rows, ids: pa.Array) -> pa.Array:
+    """Each row's core id (trimmed, blank as null); a row without one is named by its row in the
+    core file (``row-<n>``), so that such rows do not all share one record id."""
+    if not ids.null_count or "o_row" not in t.column_names:
+        return pc.fill_null(ids, "None")  # a joined table made by hand, without row numbers
+    rows = pc.cast(t.column("o_row"), pa.string())
+    return pc.coalesce(ids, pc.binary_join_element_wise("row-", rows, ""))
+
+
 def _adapt_rows(t: _Rows, options: Options) -> tuple[IngestBatch, np.ndarray]:
     """:func:`adapt` of every row through every test, and which rows were rejected."""
     n = t.num_rows
     g = lambda name: _blank_to_null(_col(t, name))  # noqa: E731
     gbif_id = g("o__id")
     ident = g("m_identifier")
-    gid_text = pc.fill_null(gbif_id, "None")
+    gid_text = _core_ids(t, gbif_id)
     media_ids = pc.binary_join_element_wise(gid_text, ident, "/")
     ids = record_ids(pc.coalesce(media_ids, pc.binary_join_element_wise("occurrence", gid_text, "/")))
 

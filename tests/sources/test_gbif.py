@@ -4,11 +4,12 @@ import base64
 import collections
 import json
 import logging
+import zipfile
 
 import pyarrow as pa
 import pytest
 
-from schemas import conform
+from schemas import conform, make_record_id
 from sources.gbif import CONNECTOR, GBIFConnector, Options, build_predicate
 from tests.sources.conftest import DATA, Reply
 from tests.sources.test_dwca import _edit_lines, rewrite
@@ -103,6 +104,33 @@ def test_bad_rows_become_rejects_with_reasons(tmp_path):
     kept, _, reasons2 = ingest(CONNECTOR, str(z), Options(keep_unknown_license=True))
     assert "unknown_license" not in reasons2
     assert "unknown" in kept.column("license").to_pylist()
+
+
+def test_occurrences_without_a_gbif_id_keep_reject_ids_of_their_own(tmp_path):
+    """Two real occurrences with their gbifID blanked: rejects (they cannot join their media), each
+    with its own id, named by its row in the core file; nothing is lost."""
+    blanked = []
+
+    def occ(lines):
+        for i in (3, 7):
+            f = lines[i].split(b"\t")
+            blanked.append(f[0].decode())
+            f[0] = b""
+            lines[i] = b"\t".join(f)
+
+    z = rewrite(SAMPLE, tmp_path / "x.zip", {"occurrence.txt": _edit_lines(occ)})
+    records, rejects, reasons = ingest(CONNECTOR, str(z), Options())
+    ids = rejects.column("record_id").to_pylist()
+    assert len(set(ids)) == len(ids)
+    for row in (2, 6):  # lines 3 and 7 after the header: rows 2 and 6 of the core
+        assert make_record_id("gbif", f"occurrence/row-{row}") in ids
+    media = [r.split("\t")[0] for r in zipfile.ZipFile(SAMPLE).read("multimedia.txt").decode().split("\n")[1:] if r]
+    k = [media.count(g) for g in blanked]
+    base_records, base_rejects, base_reasons = ingest(CONNECTOR, str(SAMPLE), Options())
+    # each blanked occurrence: one no-image reject instead of its joined rows, its media orphans
+    assert records.num_rows + rejects.num_rows == (base_records.num_rows + base_rejects.num_rows
+                                                   - sum(max(n, 1) for n in k) + 2 + sum(k))
+    assert reasons.get("orphan_media", 0) == base_reasons.get("orphan_media", 0) + sum(k)
 
 
 def test_tasks_need_an_input_or_a_query():
