@@ -21,6 +21,7 @@ from pipeline.io import (
 )
 from pipeline.runners import tasks
 from pipeline.stage import GlobalStage, MapStage, StageContext
+from schemas import SCHEMA_VERSION
 
 
 @dataclass
@@ -115,7 +116,8 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
         raise FileNotFoundError(f"ingest {connector.name}: nothing to read in {input} (no file of the kind the "
                                 f"{connector.name} source reads); check INPUT")
     ident = [_task_identity(t) for t in task_list]
-    fp = fingerprint("ingest", connector.name, config_hash(options), ident)
+    # the record schema's version: records made under another one (other record ids) are redone
+    fp = fingerprint("ingest", connector.name, config_hash(options), ident, SCHEMA_VERSION)
     key = f"ingest-{connector.name}-{dataset}"
     out_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"
     staged = StagedOutput(root, key, out_dir,

@@ -6,7 +6,6 @@ the DwC term, where one exists, is kept in each field's metadata (``dwc``) for e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import types
 import typing
@@ -17,7 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = "1.0.0"
+from schemas.hashing import hash_string, hash_strings, hex_strings
+
+SCHEMA_VERSION = "1.1.0"  # 1.1: record ids hashed by schemas.hashing (was blake2b)
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 MATCH_TYPES: tuple[str, ...] = ("exact", "synonym", "fuzzy", "higher_rank", "non_living", "none")
@@ -151,13 +152,23 @@ ENUMS = {"match_type": MATCH_TYPES}
 
 
 def make_record_id(source: str, media_id: str) -> str:
-    """A stable, dot-free id (webdataset splits keys on dots): ``<source>-<16 hex>``."""
-    digest = hashlib.blake2b(f"{source}\x1f{media_id}".encode(), digest_size=8).hexdigest()
-    return f"{source}-{digest}"
+    """A stable, dot-free id (webdataset splits keys on dots): ``<source>-<16 hex>``, the hex of
+    :func:`schemas.hashing.hash_string` of ``str(media_id)`` seeded with the source's name."""
+    return f"{source}-{hash_string(str(media_id), source):016x}"
 
 
 def make_record_ids(source: str, media_ids: Iterable[str]) -> list[str]:
-    return [make_record_id(source, m) for m in media_ids]
+    return record_id_column(source, pa.array([str(m) for m in media_ids], pa.string())).to_pylist()
+
+
+def record_id_column(source: str, media_ids: pa.Array | pa.ChunkedArray) -> pa.StringArray:
+    """:func:`make_record_id` of every value, column-wise (a null is ``str(None)``, as there)."""
+    if isinstance(media_ids, pa.ChunkedArray):
+        media_ids = media_ids.combine_chunks() if media_ids.num_chunks else pa.array([], pa.string())
+    media_ids = media_ids.cast(pa.string())
+    if media_ids.null_count:
+        media_ids = pc.fill_null(media_ids, "None")
+    return hex_strings(hash_strings(media_ids, source), f"{source}-")
 
 
 def empty_records() -> pa.Table:

@@ -26,13 +26,13 @@ import pyarrow.csv as pacsv
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json, from_columns, from_rows, row_problem
+from schemas.record import extra_json, from_columns, from_rows, record_id_column, row_problem
 from schemas.rejects import REJECT_SCHEMA
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.http import ApiConnector, ApiOptions
 from sources.licenses import normalise_license, normalise_license_column
-from sources.photokey import hex_digests, photo_key_of, photo_keys
+from sources.photokey import photo_key_of, photo_keys
 
 SOURCE = "eol"
 STAGE = "ingest"
@@ -588,7 +588,7 @@ def _manifest_columns(cols: dict[str, pa.Array], bad: list[tuple[int, str, str, 
     nulls = pa.nulls(n, pa.string())
     get = {k: _stripped(cols[k]) if k in cols else nulls for k in MANIFEST_COLUMNS}
     media = pc.fill_null(get["content_id"], "None")  # str(None), as make_record_id is given
-    rids = hex_digests(media, f"{SOURCE}\x1f".encode(), f"{SOURCE}-")
+    rids = record_id_column(SOURCE, media)
     url, lic_raw, page = get["copy_url"], get["license"], get["page_id"]
     codes = normalise_license_column(lic_raw)
     no_image = np.asarray(pc.is_null(url).to_numpy(zero_copy_only=False), bool)

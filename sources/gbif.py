@@ -29,14 +29,14 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json
+from schemas.record import extra_json, record_id_column
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.dwca import DwcaError, Prefetch, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
 from sources.licenses import normalise_license_column
-from sources.photokey import hex_digests, photo_keys
+from sources.photokey import photo_keys
 
 log = logging.getLogger(__name__)
 
@@ -543,14 +543,8 @@ def _pick_license(media: pa.Array, occ_license: pa.Array, occ_rights: pa.Array) 
 
 
 def record_ids(keys: pa.Array, source: str = SOURCE) -> pa.Array:
-    """:func:`schemas.make_record_id` of every key (one hash per row: ids must stay stable).
-
-    Hashed by :func:`sources.photokey.hex_digests` (the salt is ``<source>\x1f``).
-    """
-    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    if keys.null_count or len(keys) == 0:
-        return pa.array([make_record_id(source, k) for k in keys.to_pylist()], pa.string())
-    return hex_digests(keys, f"{source}\x1f".encode(), f"{source}-")
+    """:func:`schemas.make_record_id` of every key, column-wise."""
+    return record_id_column(source, keys)
 
 
 _CONTROL = r"[\x00-\x1f]"

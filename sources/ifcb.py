@@ -32,7 +32,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from schemas import Reason, empty_rejects, make_record_id, make_rejects
-from schemas.record import extra_json
+from schemas.record import extra_json, make_record_ids
 from sources.base import IngestBatch, SourceOptions
 from sources.localuri import ifcb_uri
 
@@ -539,7 +539,7 @@ def read_bin(task: str, options: IfcbOptions) -> Iterator[IngestBatch]:
                 f'{{"adc_layout": "{rows.layout.name}", "adc_trigger": {int(rows.trigger[i])}, "bin": {lid_json}, '
                 f'{auto}"hdr": {hdr_json}, "roi_x": {int(rows.roi_x[i])}, "roi_y": {int(rows.roi_y[i])}{score}}}')
         records = pa.table({
-            "record_id": [make_record_id(SOURCE, m) for m in ids],
+            "record_id": make_record_ids(SOURCE, ids),
             "source": [SOURCE] * n,
             "source_dataset": pa.array([options.dataset] * n, pa.string()),
             "occurrence_id": ids,

@@ -21,13 +21,13 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json, from_columns, from_rows, row_problem
+from schemas.record import extra_json, from_columns, from_rows, record_id_column, row_problem
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import distinct, per_distinct
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
 from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
-from sources.photokey import hex_digests, photo_key, photo_keys
+from sources.photokey import photo_key, photo_keys
 
 SOURCE = "inaturalist"
 STAGE = "ingest"
@@ -272,7 +272,7 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
     photo_text = pc.fill_null(col["photo_id"], "None")
     keys = pc.if_else(pa.array(no_id), pc.binary_join_element_wise(
         "photo-uuid/", pc.fill_null(col["photo_uuid"], "None"), ""), photo_text) if no_id.any() else photo_text
-    rids = hex_digests(keys, f"{SOURCE}\x1f".encode(), f"{SOURCE}-")
+    rids = record_id_column(SOURCE, keys)
     lat, lat_ok, lat_bad = _floats(col["latitude"])
     lon, lon_ok, lon_bad = _floats(col["longitude"])
     with np.errstate(invalid="ignore"):

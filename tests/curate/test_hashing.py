@@ -7,8 +7,8 @@ import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.curate import hashing
 from pipeline.curate.hashing import hash_strings, order_by_hash, unit_interval
+from schemas import hashing
 
 M = (1 << 64) - 1
 
@@ -37,6 +37,11 @@ def test_equals_definition_on_any_strings_and_slices(values, seed, cut):
     arr = pa.array(values, pa.string()).slice(min(cut, len(values)))
     want = [reference(v, seed) for v in values[min(cut, len(values)):]]
     assert hash_strings(arr, seed).tolist() == want
+
+
+@given(st.one_of(st.none(), st.text(max_size=40)), st.one_of(st.integers(0, 5), st.text(max_size=6)))
+def test_one_value_in_plain_python_is_the_same_hash(value, seed):
+    assert hashing.hash_string(value, seed) == reference(value, seed)
 
 
 @given(st.lists(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16), min_size=1, max_size=30))

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import RANKS, RECORD_SCHEMA, Record, conform, make_record_id
-from schemas.record import REQUIRED, from_columns, from_rows
+from schemas.record import REQUIRED, from_columns, from_rows, make_record_ids, record_id_column
+from tests.curate.test_hashing import reference
 
 
 def test_arrow_schema_is_derived_from_the_model():
@@ -25,6 +26,24 @@ def test_arrow_schema_is_derived_from_the_model():
 def test_record_ids_are_stable_and_dot_free(source, media):
     rid = make_record_id(source, media)
     assert "." not in rid[len(source):] and rid == make_record_id(source, media)
+
+
+def test_record_ids_are_the_string_hash_of_the_media_id_seeded_by_the_source():
+    """The definition, pinned: ids that changed silently would no longer match stored data (a new
+    definition comes with a new SCHEMA_VERSION)."""
+    assert make_record_id("gbif", "1234/http://x.org/1.jpg") == "gbif-d70038f5313d13c0"
+    assert make_record_id("inaturalist", "42") == "inaturalist-0a5ee8ef61051f54"
+    for source, media in [("gbif", "1234/http://x.org/1.jpg"), ("eol", ""), ("x", "ü" * 9)]:
+        assert make_record_id(source, media) == f"{source}-{reference(media, source):016x}"
+
+
+@given(st.text(max_size=8), st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=20), st.integers(0, 3))
+def test_record_ids_column_wise_equal_one_by_one(source, media, skip):
+    arr = pa.array(["skipped"] * skip + media, pa.string()).slice(skip)  # offsets not at 0
+    want = [make_record_id(source, m) for m in media]  # None is str(None), as the connectors have it
+    assert record_id_column(source, arr).to_pylist() == want
+    assert record_id_column(source, pa.chunked_array([arr], pa.string())).to_pylist() == want
+    assert make_record_ids(source, media) == want
 
 
 def _row(**kw):
