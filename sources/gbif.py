@@ -349,12 +349,25 @@ class _Rows:
         return pa.Table.from_arrays([self.column(n) for n in self.column_names], names=self.column_names)
 
 
+def _blank_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which core ids are missing: null, empty or only whitespace (such an id names nothing)."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids.cast(pa.string())), ""), True)
+    return blank.to_numpy(zero_copy_only=False)
+
+
 class _MediaIndex:
-    """Media rows sorted by join key, joined to occurrence batches by binary search."""
+    """Media rows sorted by join key, joined to occurrence batches by binary search.
+
+    A row with a blank core id on either side joins nothing: the occurrence keeps no media, the
+    media row is an orphan (blank ids are equal text, not the same occurrence).
+    """
 
     def __init__(self, media: pa.Table):
         keys = join_keys(media.column("m__id"))
-        self.order = np.argsort(keys, kind="stable")  # stable: an occurrence's media keep file order
+        order = np.argsort(keys, kind="stable")  # stable: an occurrence's media keep file order
+        blank = _blank_ids(media.column("m__id")) if media.num_rows else np.zeros(0, bool)
+        self.order = order[~blank[order]] if blank.any() else order
         self.keys = keys[self.order]
         self.media = media
         self.ids = media.column("m__id").combine_chunks() if media.num_rows else pa.array([], pa.string())
@@ -366,6 +379,9 @@ class _MediaIndex:
         okeys = join_keys(occ.column("o__id"))
         lo = np.searchsorted(self.keys, okeys, "left")
         hi = np.searchsorted(self.keys, okeys, "right")
+        blank = _blank_ids(occ.column("o__id")) if occ.num_rows else np.zeros(0, bool)
+        if blank.any():
+            hi = np.where(blank, lo, hi)
         count = hi - lo
         width = np.maximum(count, 1)
         occ_take = np.repeat(np.arange(occ.num_rows), width)
@@ -398,7 +414,8 @@ class _MediaIndex:
         gids = orphans.column("m__id").to_pylist()
         ids = [make_record_id(SOURCE, f"{g}/{u}") for g, u in zip(gids, orphans.column("m_identifier").to_pylist(), strict=True)]
         yield IngestBatch(records=pa.table({}), rejects=make_rejects(
-            ids, STAGE, Reason.ORPHAN_MEDIA, [f"multimedia row for gbifID {g} which is not in the core" for g in gids]))
+            ids, STAGE, Reason.ORPHAN_MEDIA, [f"multimedia row for gbifID {g} which is not in the core" if (g or "").strip()
+                                              else "multimedia row without a core id (gbifID)" for g in gids]))
 
 
 def _drop_false_matches(occ_take, media_take, has, same):

@@ -133,6 +133,32 @@ def test_occurrences_without_a_gbif_id_keep_reject_ids_of_their_own(tmp_path):
     assert reasons.get("orphan_media", 0) == base_reasons.get("orphan_media", 0) + sum(k)
 
 
+def test_blank_core_ids_on_both_sides_join_nothing(tmp_path):
+    """Three real occurrences and their media rows with the gbifID blanked on both sides: blank ids
+    are equal text, not one occurrence, so nothing joins (before, each such occurrence took every
+    blank media row); the occurrences are no-image rejects, their media orphans; nothing is lost."""
+    media = [r.split("\t")[0] for r in zipfile.ZipFile(SAMPLE).read("multimedia.txt").decode().split("\n")[1:] if r]
+    targets = list(dict.fromkeys(media))[:3]
+
+    def blank(lines):
+        for i, line in enumerate(lines):
+            f = line.split(b"\t")
+            if f[0].decode() in targets:
+                f[0] = b" " if i % 2 else b""
+                lines[i] = b"\t".join(f)
+
+    z = rewrite(SAMPLE, tmp_path / "x.zip", {"occurrence.txt": _edit_lines(blank), "multimedia.txt": _edit_lines(blank)})
+    records, rejects, reasons = ingest(CONNECTOR, str(z), Options())
+    base_records, base_rejects, base_reasons = ingest(CONNECTOR, str(SAMPLE), Options())
+    k = [media.count(g) for g in targets]
+    assert records.num_rows + rejects.num_rows == base_records.num_rows + base_rejects.num_rows - sum(k) + 3 + sum(k)
+    assert reasons["orphan_media"] == base_reasons.get("orphan_media", 0) + sum(k)
+    theirs = sum(m.split("/", 1)[0] in targets for m in base_records.column("media_id").to_pylist())
+    assert theirs and records.num_rows == base_records.num_rows - theirs  # their images went to no one
+    details = rejects.filter(pa.compute.equal(rejects.column("reason"), "orphan_media")).column("detail").to_pylist()
+    assert details.count("multimedia row without a core id (gbifID)") == sum(k)
+
+
 def test_tasks_need_an_input_or_a_query():
     with pytest.raises(ValueError, match="taxon_key"):
         CONNECTOR.tasks(None, Options())
