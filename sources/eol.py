@@ -539,7 +539,7 @@ def _split_block(block: bytes, delim: str, width: int, fields: dict[str, int], l
 
 
 def _csv_chunks(reader, width: int, fields: dict[str, int], lineno: int, name: str, size: int = 1 << 16):
-    """``csv.reader`` rows, as column chunks of ``size`` rows (and the malformed rows among them)."""
+    """``csv.reader`` rows, as column chunks of ``size`` rows (and the bad rows among them: ragged, or not UTF-8)."""
     content = fields["content_id"]
     while rows := list(itertools.islice(reader, size)):
         numbers = np.arange(lineno, lineno + len(rows))
