@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.curate.captions import CAPTION_TYPES, NAME_COLUMNS
-from schemas.record import make_record_id
+from schemas.record import record_id_column
 from shards import status
 from shards.fetch import DEFAULT_USER_AGENT, Fetcher, FetchOptions, HostLimit, host_of
 from shards.image import ImageOptions, process_image, process_images
@@ -228,17 +228,18 @@ def _urls(table: pa.Table, url_col: str) -> pa.Array:
 
 
 def _safe_keys(table: pa.Table, name: str, fallback) -> pa.Array:
-    """``safe_key(value)`` per row; a null or empty value gets ``fallback(row)``."""
+    """``safe_key(value)`` per row; the rows whose value is null or empty get ``fallback(rows)``
+    (their row numbers, a numpy array; it returns one string per row)."""
     col = _text(table, name)
     if col is None:
         raw = _python_column(table, name)
-        return pa.array([safe_key(v) if v not in (None, "") else fallback(i) for i, v in enumerate(raw)], pa.string())
-    missing = np.flatnonzero(np.asarray(pc.fill_null(pc.equal(col, ""), True).to_numpy(zero_copy_only=False), bool))
-    keys = pc.replace_substring_regex(pc.fill_null(col, ""), _SAFE, "_")
-    if missing.size:
-        mask = np.zeros(len(col), bool)
-        mask[missing] = True
-        keys = pc.replace_with_mask(keys, pa.array(mask), pa.array([fallback(i) for i in missing.tolist()], pa.string()))
+        missing = np.asarray([v in (None, "") for v in raw], bool)
+        keys = pa.array(["" if m else safe_key(v) for v, m in zip(raw, missing, strict=True)], pa.string())
+    else:
+        missing = np.asarray(pc.fill_null(pc.equal(col, ""), True).to_numpy(zero_copy_only=False), bool)
+        keys = pc.replace_substring_regex(pc.fill_null(col, ""), _SAFE, "_")
+    if missing.any():
+        keys = pc.replace_with_mask(keys, pa.array(missing), fallback(np.flatnonzero(missing)))
     return keys
 
 
@@ -262,9 +263,9 @@ class DownloadPlan:
         self.caption_col, self.cls_col = options.caption_column, options.cls_column
         self.text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
         urls = _urls(table, url_col)
-        keys = _safe_keys(table, key_col, lambda i: make_record_id("url", urls[i].as_py()))
+        keys = _safe_keys(table, key_col, lambda rows: record_id_column("url", pc.take(urls, pa.array(rows))))
         default = pa.scalar(options.default_split, pa.string())
-        splits = _safe_keys(table, "split", lambda i: default.as_py()) if "split" in names \
+        splits = _safe_keys(table, "split", lambda rows: pa.repeat(default, len(rows))) if "split" in names \
             else pa.repeat(default, table.num_rows)
         narrow = pa.table({"split": splits, "key": keys, "url": urls})
         # a stable sort: rows equal in all three keep their input order, as sorted() keeps them
