@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,78 @@ def files_identity(files: list[Path]) -> list[tuple[str, int, int]]:
     return out
 
 
+PART_ROWS = 250_000  # a task's rows per part file, about: bounds the memory of the task and of the stages reading it
+
+
+class _PartSeries:
+    """Tables appended to one folder as ``part-<task>.parquet``, or ``part-<task>-<j>.parquet``
+    when there are several: a part is written once ``part_rows`` rows are pending."""
+
+    def __init__(self, folder: Path, task_id: str, part_rows: int, schema: pa.Schema | None = None):
+        self.folder, self.task_id, self.part_rows, self.schema = folder, task_id, part_rows, schema
+        self.pending: list[pa.Table] = []
+        self.pending_rows = self.written = self.rows = 0
+        for stale in (*folder.glob(f"part-{task_id}.parquet"), *folder.glob(f"part-{task_id}-*.parquet")):
+            stale.unlink()  # a killed attempt's parts: the task is redone from its start
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self.pending.append(table.select(self.schema.names).cast(self.schema) if self.schema is not None else table)
+        self.pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self.pending_rows >= self.part_rows:
+            self._write(f"part-{self.task_id}-{self.written:04d}.parquet")
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(f"part-{self.task_id}.parquet" if not self.written else
+                        f"part-{self.task_id}-{self.written:04d}.parquet")
+
+    def _write(self, name: str) -> None:
+        table = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
+        self.pending, self.pending_rows = [], 0
+        atomic_write_parquet(table, self.folder / name)
+        self.written += 1
+
+
+class TaskParts:
+    """One task's output and rejects written while the task runs, so its memory holds about a
+    part (``part_rows`` rows) of each, however many rows the task makes. Use it as a context
+    manager; ``rows`` / ``rejected`` / ``reasons`` count what was written."""
+
+    def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int = PART_ROWS):
+        self._out = _PartSeries(out_dir, task_id, part_rows)
+        self._rejects = _PartSeries(rejects_dir, task_id, part_rows, REJECT_SCHEMA)
+        self.reasons: Counter = Counter()
+
+    def add(self, out: pa.Table | None, rejects: pa.Table | None) -> None:
+        if out is not None:
+            self._out.add(out)
+        if rejects is not None and rejects.num_rows:
+            self.reasons.update(rejects.column("reason").to_pylist())
+            self._rejects.add(rejects)
+
+    @property
+    def rows(self) -> int:
+        return self._out.rows
+
+    @property
+    def rejected(self) -> int:
+        return self._rejects.rows
+
+    def close(self) -> None:
+        self._out.close()
+        self._rejects.close()
+
+    def __enter__(self) -> TaskParts:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+
+
 @dataclass
 class StagedOutput:
     """A stage's output being built in ``<root>/.staging/<key>/`` and moved into place when done.
@@ -164,14 +237,24 @@ class StagedOutput:
         f = self.tasks_dir / f"{task_id}.json"
         return json.loads(f.read_text()) if f.is_file() else None
 
+    def task_parts(self, task_id: str, part_rows: int | None = None) -> TaskParts:
+        """A writer of one task's output and rejects, part file by part file as rows come.
+
+        What an earlier, killed attempt of the task left is removed first. Call
+        :meth:`commit_task` with its counts once it is closed.
+        """
+        return TaskParts(self.staged_out, self.staged_rejects, task_id, part_rows or PART_ROWS)
+
     def commit_task(self, task_id: str, outs: list[pa.Table], rejects: pa.Table, counts: dict) -> None:
         """Write a task's parts, then its manifest: the manifest is the task's commit point."""
-        outs = [t for t in outs if t.num_rows]
-        for j, out in enumerate(outs):
-            suffix = f"-{j:04d}" if len(outs) > 1 else ""
-            atomic_write_parquet(out, self.staged_out / f"part-{task_id}{suffix}.parquet")
-        if rejects.num_rows:
-            atomic_write_parquet(rejects.cast(REJECT_SCHEMA), self.staged_rejects / f"part-{task_id}.parquet")
+        with self.task_parts(task_id) as parts:
+            for out in outs:
+                parts.add(out, None)
+            parts.add(None, rejects)
+        self.commit_counts(task_id, counts)
+
+    def commit_counts(self, task_id: str, counts: dict) -> None:
+        """Write the manifest of a task whose parts are written: from now on the task is done."""
         atomic_write_json(self.tasks_dir / f"{task_id}.json", counts)
 
     def task_counts(self) -> list[dict]:

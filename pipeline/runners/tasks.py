@@ -115,23 +115,25 @@ def decide_task(stage: GlobalStage, ctx: StageContext, bucket: int, group: pa.Ta
 
 
 def ingest_task(connector, options, task_index: int, task: str, staged: StagedOutput) -> dict:
-    """Read one connector task, conform its records to the schema and commit them."""
+    """Read one connector task, conform its records to the schema and commit them.
+
+    Records and rejects go to part files while the connector reads (``StagedOutput.task_parts``),
+    so a task's memory does not grow with its input: a GBIF archive larger than memory works.
+    """
     task_id = f"{task_index:05d}"
-    outs, rejects, skipped = [], [], Counter()
+    skipped: Counter = Counter()
     n_in = 0
-    for batch in connector.read(task, options):
-        n_in += batch.records.num_rows + batch.rejects.num_rows
-        good, bad = conform(batch.records, stage="ingest")
-        outs.append(good)
-        rejects += [_rejects(batch.rejects), bad]
-        skipped.update(batch.skipped)
-    rej = pa.concat_tables(rejects) if rejects else empty_rejects()
-    n_out = sum(t.num_rows for t in outs)
-    check_accounting(f"ingest[{connector.name}:{task}]", n_in, n_out, rej.num_rows)
-    counts = _counts(task_id, n_in, n_out, rej)
-    counts["task"] = task
-    counts["skipped"] = dict(skipped)
-    staged.commit_task(task_id, outs, rej, counts)
+    with staged.task_parts(task_id) as parts:
+        for batch in connector.read(task, options):
+            n_in += batch.records.num_rows + batch.rejects.num_rows
+            good, bad = conform(batch.records, stage="ingest")
+            parts.add(good, _rejects(batch.rejects))
+            parts.add(None, bad)
+            skipped.update(batch.skipped)
+    check_accounting(f"ingest[{connector.name}:{task}]", n_in, parts.rows, parts.rejected)
+    counts = {"task_id": task_id, "in": n_in, "out": parts.rows, "rejected": parts.rejected,
+              "rejected_by_reason": dict(sorted(parts.reasons.items())), "task": task, "skipped": dict(skipped)}
+    staged.commit_counts(task_id, counts)
     return counts
 
 
