@@ -102,6 +102,7 @@ def scale_archive(src: Path, dest: Path, occurrences: int) -> Path:
 
 OURS_READER = r"""
 import json, resource, sys, time
+import schemas  # first, as in the CLI: Arrow's allocator settings (schemas/memory.py) before pyarrow loads
 import pyarrow.parquet as pq
 from sources.dwca import open_archive, read_file
 from sources.gbif import OCCURRENCE_COLUMNS
@@ -121,6 +122,7 @@ print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0,
 
 OURS_CONNECTOR = r"""
 import json, resource, sys, time
+import schemas  # first, as in the CLI: Arrow's allocator settings (schemas/memory.py) before pyarrow loads
 import pyarrow as pa, pyarrow.parquet as pq
 from sources.gbif import CONNECTOR, Options
 t0 = time.perf_counter()

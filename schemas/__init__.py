@@ -1,5 +1,6 @@
 """The one record definition and everything derived from it (Arrow schema, validation, rejects)."""
 
+from schemas import memory as _memory  # noqa: F401  (first: sets the allocator before pyarrow loads)
 from schemas.record import (
     RANKS,
     RECORD_SCHEMA,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+import schemas.memory  # noqa: F401  (before pyarrow loads: see schemas/memory.py)
+
 # name -> "module:attribute" of the connector object; imported lazily so a source's
 # dependencies (pygbif, aiohttp) load only when that source is used.
 REGISTRY: dict[str, str] = {
