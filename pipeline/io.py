@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas import REJECT_SCHEMA, SCHEMA_VERSION
@@ -159,7 +160,8 @@ class TaskParts:
         if out is not None:
             self._out.add(out)
         if rejects is not None and rejects.num_rows:
-            self.reasons.update(rejects.column("reason").to_pylist())
+            for item in pc.value_counts(rejects.column("reason")).to_pylist():
+                self.reasons[item["values"]] += item["counts"]
             self._rejects.add(rejects)
 
     @property

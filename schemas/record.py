@@ -12,6 +12,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
@@ -255,17 +256,17 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
     if unknown:
         raise KeyError(f"not record columns (put source leftovers in 'extra'): {sorted(unknown)}")
     n = table.num_rows
-    bad = pa.array([False] * n, pa.bool_())
-    details: list[str | None] = [None] * n
+    bad = np.zeros(n, bool)
+    details: dict[int, str] = {}  # row -> the first problem found in it
     cols = []
 
     def flag(mask: pa.Array, what: str) -> None:
-        nonlocal bad
-        mask = pc.fill_null(mask, False)
-        for i in pc.indices_nonzero(mask).to_pylist():
-            if details[i] is None:
-                details[i] = what
-        bad = pc.or_(bad, mask)
+        hit = pc.fill_null(mask, False)
+        if not pc.any(hit).as_py():
+            return
+        for i in np.flatnonzero(hit.to_numpy(zero_copy_only=False)):
+            details.setdefault(int(i), what)
+            bad[i] = True
 
     for field in RECORD_SCHEMA:
         if field.name not in table.column_names:
@@ -285,16 +286,18 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
                 mask = pa.array([v == "\x00bad" for v in casted], pa.bool_())
                 flag(mask, f"{field.name}: not a {field.type}")
                 col = pa.array([None if v == "\x00bad" else v for v in casted], field.type)
-        if field.type == pa.float64():
+        if field.type == pa.float64() and col.null_count < len(col):
             col = pc.if_else(pc.is_nan(col), pa.scalar(None, pa.float64()), col)
         cols.append(col)
         if not field.nullable:
-            empty = pc.or_(pc.is_null(col), pc.equal(pc.utf8_length(col), 0)) if field.type == pa.string() \
+            # null or empty (an empty string has no bytes: its length is in the offsets, no need to
+            # count characters); the null length of a null value counts as missing
+            empty = pc.fill_null(pc.equal(pc.binary_length(col), 0), True) if field.type == pa.string() \
                 else pc.is_null(col)
             flag(empty, f"{field.name}: required")
-        if field.name in BOUNDS:
+        if field.name in BOUNDS and col.null_count < len(col):
             lo, hi = BOUNDS[field.name]
-            out = pa.array([False] * n, pa.bool_())
+            out = pa.array(np.zeros(n, bool))
             if lo is not None:
                 out = pc.or_(out, pc.less(col, lo))
             if hi is not None:
@@ -302,17 +305,30 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
             flag(out, f"{field.name}: out of range [{lo}, {hi}]")
         if field.name in ENUMS:
             flag(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, pa.array(ENUMS[field.name])))), f"{field.name}: not one of {ENUMS[field.name]}")
-        if field.name == "record_id":
+        if field.name == "record_id" and _any_byte(col, b"."):
             flag(pc.match_substring(col, "."), "record_id: contains a dot")
     full = pa.Table.from_arrays(cols, schema=_nullable_schema())
-    good = full.filter(pc.invert(bad))
-    good = good.cast(RECORD_SCHEMA)
-    bad_rows = full.filter(bad)
-    rid = bad_rows.column("record_id").to_pylist()
+    if not bad.any():
+        return full.cast(RECORD_SCHEMA), make_rejects([], stage=stage, reason=Reason.INVALID_RECORD, detail=[])
+    mask = pa.array(bad)
+    good = full.filter(pc.invert(mask)).cast(RECORD_SCHEMA)
+    at = np.flatnonzero(bad)
+    rid = full.column("record_id").take(pa.array(at)).to_pylist()
     rejects = make_rejects(
-        [r if r else f"row-{i}" for r, i in zip(rid, pc.indices_nonzero(bad).to_pylist(), strict=True)],
+        [r if r else f"row-{i}" for r, i in zip(rid, at.tolist(), strict=True)],
         stage=stage,
         reason=Reason.INVALID_RECORD,
-        detail=[d for d in details if d is not None],
+        detail=[details[int(i)] for i in at],
     )
     return good, rejects
+
+
+def _any_byte(col: pa.Array, byte: bytes) -> bool:
+    """Whether any value of a string column holds ``byte`` (a look at its data buffer, no kernel per value)."""
+    if not len(col) or col.null_count == len(col):
+        return False
+    _, offsets, data = col.buffers()
+    if data is None:
+        return False
+    ends = np.frombuffer(offsets, np.int32)[col.offset: col.offset + len(col) + 1]
+    return bool((np.frombuffer(data, np.uint8)[ends[0]:ends[-1]] == byte[0]).any())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import RANKS, RECORD_SCHEMA, Record, conform, make_record_id
-from schemas.record import REQUIRED, from_columns, from_rows, make_record_ids, record_id_column
+from schemas.record import BOUNDS, ENUMS, REQUIRED, from_columns, from_rows, make_record_ids, record_id_column
 from tests.curate.test_hashing import reference
 
 
@@ -114,3 +116,41 @@ def test_row_problem_says_exactly_when_from_rows_fails(row):
         for name, value in row.items():
             got = t.column(name)[0].as_py()
             assert got == value or (value != value and got != got)  # NaN stays NaN
+
+
+def _first_problem(row: dict) -> str | None:
+    """conform's rule, row by row: the first problem in schema field order."""
+    for field in RECORD_SCHEMA:
+        v = row.get(field.name)
+        if not field.nullable and (v is None or v == ""):
+            return f"{field.name}: required"
+        if field.name in BOUNDS and v is not None and not math.isnan(v):
+            lo, hi = BOUNDS[field.name]
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                return f"{field.name}: out of range [{lo}, {hi}]"
+        if field.name in ENUMS and v is not None and v not in ENUMS[field.name]:
+            return f"{field.name}: not one of {ENUMS[field.name]}"
+        if field.name == "record_id" and v and "." in v:
+            return "record_id: contains a dot"
+    return None
+
+
+_ROWS = st.lists(st.fixed_dictionaries({
+    "record_id": st.sampled_from(["t-1", "t.2", "", None, "t-3"]),
+    "source": st.sampled_from(["t", "", None]),
+    "identifier": st.sampled_from(["http://x/1.jpg", "", None]),
+    "decimal_latitude": st.one_of(st.none(), st.floats(-200, 200), st.just(math.nan)),
+    "match_score": st.one_of(st.none(), st.floats(-1, 2)),
+    "match_type": st.sampled_from([None, "exact", "guess"]),
+}), max_size=25)
+
+
+@given(_ROWS)
+def test_conform_rejects_what_the_row_by_row_rule_rejects(rows):
+    table = from_rows(rows) if rows else from_rows([_row()]).slice(0, 0)
+    good, rejects = conform(table, "ingest")
+    expected = [(i, _first_problem(r)) for i, r in enumerate(rows)]
+    bad = [(i, why) for i, why in expected if why is not None]
+    assert good.num_rows == len(rows) - len(bad) and good.schema == RECORD_SCHEMA
+    assert rejects.column("detail").to_pylist() == [why for _, why in bad]
+    assert rejects.column("record_id").to_pylist() == [rows[i]["record_id"] or f"row-{i}" for i, _ in bad]
