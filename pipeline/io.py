@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas import REJECT_SCHEMA, SCHEMA_VERSION
+from schemas.record import UNIQUE_COLUMNS
 
 SUCCESS = "_SUCCESS"
 STATS = "_stats.json"
@@ -59,11 +60,20 @@ def _valid_text(obj: Any) -> Any:
     return obj
 
 
+def _parquet_options(table: pa.Table) -> dict:
+    """:data:`_PARQUET`, and for a table of record columns no dictionary nor min/max for the
+    per-record ones (:data:`schemas.record.UNIQUE_COLUMNS`): ~30% less time to write records."""
+    if not set(UNIQUE_COLUMNS) & set(table.column_names) or any(pa.types.is_nested(f.type) for f in table.schema):
+        return _PARQUET  # (names in these options are leaf paths: a nested column would lose both)
+    repeating = [c for c in table.column_names if c not in UNIQUE_COLUMNS]
+    return {**_PARQUET, "use_dictionary": repeating, "write_statistics": repeating}
+
+
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, **_PARQUET)
+    pq.write_table(table, tmp, **_parquet_options(table))
     os.replace(tmp, path)
 
 

@@ -149,6 +149,9 @@ def _bounds() -> dict[str, tuple[float | None, float | None]]:
 
 
 BOUNDS = _bounds()
+# columns whose values are one record's own (ids, URLs, the extra JSON): nothing repeats, so
+# Parquet writers neither dictionary-encode them nor keep their min/max
+UNIQUE_COLUMNS = ("record_id", "occurrence_id", "media_id", "photo_key", "identifier", "references", "extra")
 ENUMS = {"match_type": MATCH_TYPES}
 
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from pipeline.curate.balance import taxon_keys
 from pipeline.curate.hashing import hash_strings, order_by_hash, unit_interval
+from schemas.record import UNIQUE_COLUMNS
 
 if TYPE_CHECKING:
     from pipeline.stages.curate import Options
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 UNSEEN_SPLIT = "unseen"
 # chunk files: zstd at a low level (fast to write, small to read every epoch); no dictionary
 # pages for per-record ids and URLs (they never repeat), statistics only where readers filter
-UNIQUE_COLUMNS = ("record_id", "occurrence_id", "media_id", "photo_key", "identifier", "references", "extra")
 CHUNK_PARQUET = dict(compression="zstd", compression_level=1, row_group_size=64 * 1024,
                      write_statistics=["split", "cls"])
 # rows gathered at once by the chunk writer (a whole number of chunks): bounds the shuffled copy

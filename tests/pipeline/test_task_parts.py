@@ -102,3 +102,21 @@ def test_an_error_inside_the_task_leaves_it_uncommitted(tmp_path):
         parts.add(pa.table({"a": [1]}), None)
         raise RuntimeError("the source broke")
     assert staged.task_done("00000") is None
+
+
+def test_record_parts_keep_no_dictionary_nor_min_max_for_per_record_columns(tmp_path):
+    from pipeline.io import atomic_write_parquet
+    from schemas.record import UNIQUE_COLUMNS, from_rows
+
+    rows = [{"record_id": f"t-{i}", "source": "t", "identifier": f"http://x/{i}.jpg", "license": "cc0-1.0"}
+            for i in range(50)]
+    atomic_write_parquet(from_rows(rows), tmp_path / "r.parquet")
+    meta = pq.ParquetFile(tmp_path / "r.parquet").metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    for name in UNIQUE_COLUMNS:
+        assert "RLE_DICTIONARY" not in columns[name].encodings and not columns[name].is_stats_set
+    assert "RLE_DICTIONARY" in columns["license"].encodings and columns["license"].statistics.has_min_max
+    # a table with a nested column keeps arrow's defaults (the options name leaf paths)
+    atomic_write_parquet(pa.table({"record_id": ["a", "b"], "tags": [["x"], ["y"]]}), tmp_path / "n.parquet")
+    nested = pq.ParquetFile(tmp_path / "n.parquet").metadata.row_group(0)
+    assert all("RLE_DICTIONARY" in nested.column(i).encodings for i in range(nested.num_columns))
