@@ -124,6 +124,7 @@ OURS_CONNECTOR = r"""
 import json, resource, sys, time
 import schemas  # first, as in the CLI: Arrow's allocator settings (schemas/memory.py) before pyarrow loads
 import pyarrow as pa, pyarrow.parquet as pq
+from pipeline.io import parquet_options
 from sources.gbif import CONNECTOR, Options
 t0 = time.perf_counter()
 opts = Options(keep_unknown_license=True)
@@ -132,8 +133,9 @@ writer = None
 for b in CONNECTOR.read(sys.argv[1], opts):
     rejects += b.rejects.num_rows
     if b.records.num_rows:
-        if writer is None:
-            writer = pq.ParquetWriter(sys.argv[2], b.records.schema, compression="zstd")
+        if writer is None:  # the records written as the ingest stage writes them
+            options = {k: v for k, v in parquet_options(b.records).items() if k != "row_group_size"}
+            writer = pq.ParquetWriter(sys.argv[2], b.records.schema, **options)
         writer.write_table(b.records.cast(writer.schema))
         records += b.records.num_rows
 writer.close()

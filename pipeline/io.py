@@ -60,7 +60,7 @@ def _valid_text(obj: Any) -> Any:
     return obj
 
 
-def _parquet_options(table: pa.Table) -> dict:
+def parquet_options(table: pa.Table) -> dict:
     """:data:`_PARQUET`, and for a table of record columns no dictionary nor min/max for the
     per-record ones (:data:`schemas.record.UNIQUE_COLUMNS`): ~30% less time to write records."""
     if not set(UNIQUE_COLUMNS) & set(table.column_names) or any(pa.types.is_nested(f.type) for f in table.schema):
@@ -73,7 +73,7 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, **_parquet_options(table))
+    pq.write_table(table, tmp, **parquet_options(table))
     os.replace(tmp, path)
 
 
@@ -252,8 +252,8 @@ class StagedOutput:
     def task_parts(self, task_id: str, part_rows: int | None = None) -> TaskParts:
         """A writer of one task's output and rejects, part file by part file as rows come.
 
-        What an earlier, killed attempt of the task left is removed first. Call
-        :meth:`commit_task` with its counts once it is closed.
+        What an earlier, killed attempt of the task left is removed first. Once it is closed,
+        :meth:`commit_counts` with the task's counts commits the task.
         """
         return TaskParts(self.staged_out, self.staged_rejects, task_id, part_rows or PART_ROWS)
 

@@ -289,7 +289,7 @@ def join_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     if len(ids) == 0:
         return np.zeros(0, np.uint64)
-    canonical = pc.fill_null(pc.match_substring_regex(ids, _CANONICAL_INT), False)
+    canonical = _canonical(ids)
     top = np.uint64(1 << 63)
     if pc.all(canonical).as_py():
         return pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False).astype(np.uint64) | top
@@ -300,12 +300,17 @@ def join_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return keys
 
 
-_CANONICAL_INT = r"^(0|[1-9][0-9]{0,17})$"
+def _canonical(ids: pa.Array) -> pa.Array:
+    """Which ids are decimal integers as GBIF writes them: 1 to 18 ASCII digits, no leading zero
+    (``0`` alone is one). The same as the regex ``^(0|[1-9][0-9]{0,17})$``, a few times cheaper."""
+    length = pc.binary_length(ids)
+    digits = pc.and_(pc.ascii_is_decimal(ids), pc.less_equal(length, 18))
+    return pc.fill_null(pc.and_(digits, pc.or_(pc.equal(length, 1), pc.invert(pc.starts_with(ids, "0")))), False)
 
 
 def _canonical_integers(ids: pa.Array) -> bool:
     """Whether every id is keyed by its integer value (so that keys cannot collide on that side)."""
-    return bool(pc.all(pc.fill_null(pc.match_substring_regex(ids, _CANONICAL_INT), False)).as_py())
+    return bool(pc.all(_canonical(ids), min_count=0).as_py())
 
 
 class _Rows:

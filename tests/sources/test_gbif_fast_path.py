@@ -126,6 +126,20 @@ def test_keys_depend_on_the_id_alone():
     assert mixed[0] == ints[1] and mixed[3] == ints[0]  # the same id, the same key, whatever its company
 
 
+_IDS = st.one_of(st.integers(0, 10**20).map(str), st.text("0123456789", max_size=20),
+                 st.text(st.sampled_from(list("0123456789 -+x\u0663\uff11\t")), max_size=6), st.text(max_size=5))
+
+
+@given(st.lists(st.one_of(st.none(), _IDS), max_size=40))
+def test_canonical_ids_are_what_the_regex_says(ids):
+    import re
+
+    arr = pa.array(ids, pa.string())
+    expected = [v is not None and re.fullmatch(r"(0|[1-9][0-9]{0,17})", v, re.ASCII) is not None for v in ids]
+    assert gbif._canonical(arr).to_pylist() == expected
+    assert gbif._canonical_integers(arr) == all(expected)
+
+
 def _summary(records, rejects):
     return (sorted(records.column("record_id").to_pylist()),
             sorted(zip(rejects.column("record_id").to_pylist(), rejects.column("reason").to_pylist(), strict=True)))
