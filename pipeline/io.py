@@ -10,6 +10,7 @@ import platform
 import shutil
 import uuid
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,10 @@ class _PartSeries:
     """Tables appended to one folder as ``part-<task>.parquet``, or ``part-<task>-<j>.parquet``
     when there are several: a part is written once ``part_rows`` rows are pending."""
 
-    def __init__(self, folder: Path, task_id: str, part_rows: int, schema: pa.Schema | None = None):
+    def __init__(self, folder: Path, task_id: str, part_rows: int, schema: pa.Schema | None = None,
+                 writer: _Writer | None = None):
         self.folder, self.task_id, self.part_rows, self.schema = folder, task_id, part_rows, schema
+        self.writer = writer or _Writer()
         self.pending: list[pa.Table] = []
         self.pending_rows = self.written = self.rows = 0
         for stale in (*folder.glob(f"part-{task_id}.parquet"), *folder.glob(f"part-{task_id}-*.parquet")):
@@ -152,8 +155,37 @@ class _PartSeries:
     def _write(self, name: str) -> None:
         table = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
         self.pending, self.pending_rows = [], 0
-        atomic_write_parquet(table, self.folder / name)
+        self.writer.write(table, self.folder / name)
         self.written += 1
+
+
+class _Writer:
+    """Writes parts in a background thread, one at a time: the task goes on making the next part
+    while the last one is encoded (Parquet encoding releases the GIL). An error surfaces at the
+    next write or at :meth:`wait`."""
+
+    def __init__(self):
+        self._pool: ThreadPoolExecutor | None = None
+        self._last: Future | None = None
+
+    def write(self, table: pa.Table, path: Path) -> None:
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="part-writer")
+        self._last = self._pool.submit(atomic_write_parquet, table, path)
+
+    def wait(self) -> None:
+        last, self._last = self._last, None
+        if last is not None:
+            last.result()
+
+    def shutdown(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
 
 class TaskParts:
@@ -162,8 +194,9 @@ class TaskParts:
     manager; ``rows`` / ``rejected`` / ``reasons`` count what was written."""
 
     def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int = PART_ROWS):
-        self._out = _PartSeries(out_dir, task_id, part_rows)
-        self._rejects = _PartSeries(rejects_dir, task_id, part_rows, REJECT_SCHEMA)
+        self._writer = _Writer()
+        self._out = _PartSeries(out_dir, task_id, part_rows, writer=self._writer)
+        self._rejects = _PartSeries(rejects_dir, task_id, part_rows, REJECT_SCHEMA, writer=self._writer)
         self.reasons: Counter = Counter()
 
     def add(self, out: pa.Table | None, rejects: pa.Table | None) -> None:
@@ -183,8 +216,12 @@ class TaskParts:
         return self._rejects.rows
 
     def close(self) -> None:
-        self._out.close()
-        self._rejects.close()
+        """Write what is pending and wait until every part is on disk."""
+        try:
+            self._out.close()
+            self._rejects.close()
+        finally:
+            self._writer.shutdown()
 
     def __enter__(self) -> TaskParts:
         return self
@@ -192,6 +229,11 @@ class TaskParts:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
+        else:  # the task failed: let a write in flight finish, commit nothing
+            try:
+                self._writer.shutdown()
+            except Exception:  # noqa: BLE001 - the task's own error is the one to raise
+                pass
 
 
 @dataclass

@@ -120,3 +120,17 @@ def test_record_parts_keep_no_dictionary_nor_min_max_for_per_record_columns(tmp_
     atomic_write_parquet(pa.table({"record_id": ["a", "b"], "tags": [["x"], ["y"]]}), tmp_path / "n.parquet")
     nested = pq.ParquetFile(tmp_path / "n.parquet").metadata.row_group(0)
     assert all("RLE_DICTIONARY" in nested.column(i).encodings for i in range(nested.num_columns))
+
+
+def test_a_failed_part_write_fails_the_task(tmp_path, monkeypatch):
+    staged = _staged(tmp_path)
+
+    def broken(table, path):
+        raise OSError(f"disk full writing {path.name}")
+
+    monkeypatch.setattr(pipeline.io, "atomic_write_parquet", broken)
+    with pytest.raises(OSError, match="disk full writing part-00000-0000"):  # noqa: PT012
+        with staged.task_parts("00000", part_rows=1) as parts:
+            parts.add(pa.table({"a": [1]}), None)  # written in the background
+            parts.add(pa.table({"a": [2]}), None)  # waits for the first write: its error comes here
+    assert staged.task_done("00000") is None
