@@ -149,7 +149,7 @@ OURS_STAGE = r"""
 import json, resource, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 # what a user runs: the CLI's ingest stage (local runner, conform, records and rejects to Parquet);
-# its time includes starting the CLI and the runner's worker process
+# its time includes starting the CLI (one task: the runner runs it in the CLI's process)
 cli = str(Path(sys.executable).parent / "biocorpus")
 data = Path(tempfile.mkdtemp(prefix="biocorpus-bench-stage-"))
 try:
@@ -313,8 +313,8 @@ def write_results(results, sizes, ratio_lines, small: bool, loads: list[str], re
         f"ingest columns. ours-reader streams those columns of the core; ours-connector is the full GBIF "
         f"ingest (core + multimedia join to records and rejects; rows = records + rejects), records written "
         f"to one Parquet file; ours-ingest-stage is `biocorpus ingest gbif --input <archive>` as a user runs it "
-        f"(local runner, schema check, records and rejects to the data root; its time includes starting the CLI "
-        f"and its worker; CPU and peak RSS of those processes).",
+        f"(local runner, schema check, records and rejects to the data root; its time includes starting the CLI, "
+        f"CPU and peak RSS are the CLI process's).",
         "",
         "| tool | occurrences | rows | seconds | CPU seconds | rows/s | rows per CPU second | peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|",
