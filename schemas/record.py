@@ -267,9 +267,10 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
         hit = pc.fill_null(mask, False)
         if not pc.any(hit).as_py():
             return
-        for i in np.flatnonzero(hit.to_numpy(zero_copy_only=False)):
-            details.setdefault(int(i), what)
-            bad[i] = True
+        hit = hit.to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(hit & ~bad).tolist():  # a row keeps the first problem found in it
+            details[i] = what
+        bad[hit] = True
 
     for field in RECORD_SCHEMA:
         if field.name not in table.column_names:
@@ -321,7 +322,7 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
         [r if r else f"row-{i}" for r, i in zip(rid, at.tolist(), strict=True)],
         stage=stage,
         reason=Reason.INVALID_RECORD,
-        detail=[details[int(i)] for i in at],
+        detail=[details[i] for i in at.tolist()],
     )
     return good, rejects
 
