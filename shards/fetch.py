@@ -12,6 +12,7 @@ exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import ipaddress
 import random
@@ -20,11 +21,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp.abc import AbstractResolver
 from yarl import URL
+
+if TYPE_CHECKING:  # aiohttp loads when a Fetcher opens (~0.3 s): not for every CLI command
+    import aiohttp
 
 from shards import status
 from shards.image import sniff_format
@@ -146,23 +149,34 @@ def is_refused_address(ip: str, allow_private: bool = False, allow_loopback: boo
     return False
 
 
-class _GuardedResolver(AbstractResolver):
-    """Resolve names, then drop refused addresses, so a public name pointing inside is caught
-    at connect time (checking before the request would leave a DNS-rebinding window)."""
+def _guarded_resolver(allow_private: bool, allow_loopback: bool):
+    """A resolver that resolves names, then drops refused addresses, so a public name pointing
+    inside is caught at connect time (checking before the request would leave a DNS-rebinding
+    window)."""
+    return _guarded_resolver_class()(allow_private, allow_loopback)
 
-    def __init__(self, allow_private: bool, allow_loopback: bool):
-        self._inner = aiohttp.DefaultResolver()
-        self._allow = (allow_private, allow_loopback)
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
-        infos = await self._inner.resolve(host, port, family)
-        kept = [i for i in infos if not is_refused_address(i["host"], *self._allow)]
-        if not kept:
-            raise PrivateAddressError(f"{host} resolves only to refused addresses")
-        return kept
+@functools.cache
+def _guarded_resolver_class() -> type:
+    import aiohttp
+    from aiohttp.abc import AbstractResolver
 
-    async def close(self) -> None:
-        await self._inner.close()
+    class _GuardedResolver(AbstractResolver):
+        def __init__(self, allow_private: bool, allow_loopback: bool):
+            self._inner = aiohttp.DefaultResolver()
+            self._allow = (allow_private, allow_loopback)
+
+        async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
+            infos = await self._inner.resolve(host, port, family)
+            kept = [i for i in infos if not is_refused_address(i["host"], *self._allow)]
+            if not kept:
+                raise PrivateAddressError(f"{host} resolves only to refused addresses")
+            return kept
+
+        async def close(self) -> None:
+            await self._inner.close()
+
+    return _GuardedResolver
 
 
 class _HostState:
@@ -256,10 +270,12 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Fetcher:
+        import aiohttp
+
         connector = aiohttp.TCPConnector(
             limit=self.opts.total_concurrency,
             limit_per_host=0,
-            resolver=_GuardedResolver(self.opts.allow_private, self.opts.allow_loopback),
+            resolver=_guarded_resolver(self.opts.allow_private, self.opts.allow_loopback),
             ttl_dns_cache=300,
         )
         self._session = aiohttp.ClientSession(
@@ -333,6 +349,8 @@ class Fetcher:
         return is_refused_address(host, self.opts.allow_private, self.opts.allow_loopback)
 
     async def _attempt(self, url: str, host: str) -> FetchResult:
+        import aiohttp  # loaded by __aenter__ already: a lookup
+
         assert self._session is not None, "use Fetcher as an async context manager"
         state = self.host_state(host)
         async with state.slots:
