@@ -63,6 +63,9 @@ class LocalRunner:
     def run_ingest(self, connector, options, task_list: list[str], staged: StagedOutput) -> list[dict]:
         jobs = [(connector, options, i, t, staged) for i, t in enumerate(task_list)
                 if staged.task_done(f"{i:05d}") is None]
+        if len(jobs) == 1 and self.progress:  # one task runs here: show its rows instead of 0/1 tasks
+            tasks.ingest_task(*jobs[0], progress=True)
+            return staged.task_counts()
         self._execute(f"ingest {connector.name}", tasks.ingest_task, jobs)
         return staged.task_counts()
 

@@ -114,22 +114,29 @@ def decide_task(stage: GlobalStage, ctx: StageContext, bucket: int, group: pa.Ta
     return counts
 
 
-def ingest_task(connector, options, task_index: int, task: str, staged: StagedOutput) -> dict:
+def ingest_task(connector, options, task_index: int, task: str, staged: StagedOutput,
+                progress: bool = False) -> dict:
     """Read one connector task, conform its records to the schema and commit them.
 
     Records and rejects go to part files while the connector reads (``StagedOutput.task_parts``),
     so a task's memory does not grow with its input: a GBIF archive larger than memory works.
+    ``progress``: a bar of the rows read so far (for a task run in the CLI's own process).
     """
+    from tqdm import tqdm
+
     task_id = f"{task_index:05d}"
     skipped: Counter = Counter()
     n_in = 0
-    with staged.task_parts(task_id) as parts:
+    with staged.task_parts(task_id) as parts, \
+            tqdm(desc=f"ingest {connector.name}", unit=" rows", unit_scale=True, disable=not progress) as bar:
         for batch in connector.read(task, options):
-            n_in += batch.records.num_rows + batch.rejects.num_rows
+            rows = batch.records.num_rows + batch.rejects.num_rows
+            n_in += rows
             good, bad = conform(batch.records, stage="ingest")
             parts.add(good, _rejects(batch.rejects))
             parts.add(None, bad)
             skipped.update(batch.skipped)
+            bar.update(rows)
     check_accounting(f"ingest[{connector.name}:{task}]", n_in, parts.rows, parts.rejected)
     counts = {"task_id": task_id, "in": n_in, "out": parts.rows, "rejected": parts.rejected,
               "rejected_by_reason": dict(sorted(parts.reasons.items())), "task": task, "skipped": dict(skipped)}

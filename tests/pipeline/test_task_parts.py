@@ -134,3 +134,11 @@ def test_a_failed_part_write_fails_the_task(tmp_path, monkeypatch):
             parts.add(pa.table({"a": [1]}), None)  # written in the background
             parts.add(pa.table({"a": [2]}), None)  # waits for the first write: its error comes here
     assert staged.task_done("00000") is None
+
+
+def test_a_task_run_in_the_cli_shows_the_rows_it_read(tmp_path, capsys):
+    counts = ingest_task(CONNECTOR, Options(batch_rows=50), 0, str(ARCHIVES[0]), _staged(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    assert "ingest gbif" in err and f"{counts['in']} rows" in err
+    ingest_task(CONNECTOR, Options(batch_rows=50), 0, str(ARCHIVES[0]), _staged(tmp_path / "quiet"))
+    assert "ingest gbif" not in capsys.readouterr().err
