@@ -129,10 +129,8 @@ class _PartSeries:
     """Tables appended to one folder as ``part-<task>.parquet``, or ``part-<task>-<j>.parquet``
     when there are several: a part is written once ``part_rows`` rows are pending."""
 
-    def __init__(self, folder: Path, task_id: str, part_rows: int, schema: pa.Schema | None = None,
-                 writer: _Writer | None = None):
-        self.folder, self.task_id, self.part_rows, self.schema = folder, task_id, part_rows, schema
-        self.writer = writer or _Writer()
+    def __init__(self, folder: Path, task_id: str, part_rows: int, writer: _Writer, schema: pa.Schema | None = None):
+        self.folder, self.task_id, self.part_rows, self.writer, self.schema = folder, task_id, part_rows, writer, schema
         self.pending: list[pa.Table] = []
         self.pending_rows = self.written = self.rows = 0
         for stale in (*folder.glob(f"part-{task_id}.parquet"), *folder.glob(f"part-{task_id}-*.parquet")):
@@ -195,8 +193,8 @@ class TaskParts:
 
     def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int = PART_ROWS):
         self._writer = _Writer()
-        self._out = _PartSeries(out_dir, task_id, part_rows, writer=self._writer)
-        self._rejects = _PartSeries(rejects_dir, task_id, part_rows, REJECT_SCHEMA, writer=self._writer)
+        self._out = _PartSeries(out_dir, task_id, part_rows, self._writer)
+        self._rejects = _PartSeries(rejects_dir, task_id, part_rows, self._writer, REJECT_SCHEMA)
         self.reasons: Counter = Counter()
 
     def add(self, out: pa.Table | None, rejects: pa.Table | None) -> None:

@@ -134,7 +134,11 @@ def _seed_int(seed: int | str) -> int:
 
 
 def hash_string(value: str | None, seed: int | str = 0) -> int:
-    """:func:`hash_strings` of one value (``None`` hashes as ""), without numpy."""
+    """:func:`hash_strings` of one value (``None`` hashes as ""), without numpy.
+
+    The splitmix64 step is written out for each word and once more for the length: a helper
+    function called there made a record id 37% slower (5.9 against 4.3 us).
+    """
     data = (value or "").encode()
     n = len(data)
     h = _seed_int(seed)
@@ -154,10 +158,12 @@ def hash_string(value: str | None, seed: int | str = 0) -> int:
 
 
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_MAX_STRING_BYTES = 2**31  # what 32-bit string offsets reach
 
 
-def hex_strings(h: np.ndarray, prefix: str) -> pa.StringArray:
-    """``prefix`` + the 16 lower-case hex digits of each hash, as one string array."""
+def hex_strings(h: np.ndarray, prefix: str) -> pa.StringArray | pa.LargeStringArray:
+    """``prefix`` + the 16 lower-case hex digits of each hash, as one string array (a large_string
+    one past 2 GiB of text)."""
     n = len(h)
     head = np.frombuffer(prefix.encode(), np.uint8)
     width = len(head) + 16
@@ -166,5 +172,9 @@ def hex_strings(h: np.ndarray, prefix: str) -> pa.StringArray:
     digits = np.ascontiguousarray(h, dtype=">u8").view(np.uint8).reshape(n, 8)  # most significant byte first
     text[:, len(head)::2] = _HEX[digits >> 4]
     text[:, len(head) + 1::2] = _HEX[digits & 15]
-    offsets = np.arange(0, width * (n + 1), width, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
+    if width * n < _MAX_STRING_BYTES:
+        offsets = np.arange(0, width * (n + 1), width, dtype=np.int32)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
+    # over 2 GiB of text (~100M ids): 32-bit offsets would wrap, so 64-bit ones
+    offsets = np.arange(0, width * (n + 1), width, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))

@@ -564,11 +564,6 @@ def _pick_license(media: pa.Array, occ_license: pa.Array, occ_rights: pa.Array) 
     return normalise_license_column(raw), raw
 
 
-def record_ids(keys: pa.Array, source: str = SOURCE) -> pa.Array:
-    """:func:`schemas.make_record_id` of every key, column-wise."""
-    return record_id_column(source, keys)
-
-
 _CONTROL = r"[\x00-\x1f]"
 _IMAGE_URL = r"\.(jpe?g|png|gif|tiff?|webp|bmp)(\?|$)"
 
@@ -671,7 +666,7 @@ def adapt(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     no_media = (pc.is_null(without.column("m_row")) if "m_row" in without.column_names
                 else pa.repeat(pa.scalar(True), without.num_rows))
     rejects = pa.table({
-        "record_id": record_ids(pc.binary_join_element_wise("occurrence", gid_text, "/")),
+        "record_id": record_id_column(SOURCE, pc.binary_join_element_wise("occurrence", gid_text, "/")),
         "stage": pa.repeat(pa.scalar(STAGE), without.num_rows),
         "reason": pc.if_else(material, str(Reason.MATERIAL_CITATION), str(Reason.NO_IMAGE)),
         "detail": pc.if_else(material, "basisOfRecord MATERIAL_CITATION",
@@ -704,7 +699,7 @@ def _adapt_rows(t: _Rows, options: Options) -> tuple[IngestBatch, np.ndarray]:
     ident = g("m_identifier")
     gid_text = _core_ids(t, gbif_id)
     media_ids = pc.binary_join_element_wise(gid_text, ident, "/")
-    ids = record_ids(pc.coalesce(media_ids, pc.binary_join_element_wise("occurrence", gid_text, "/")))
+    ids = record_id_column(SOURCE, pc.coalesce(media_ids, pc.binary_join_element_wise("occurrence", gid_text, "/")))
 
     basis = g("o_basisOfRecord")
     mtype, mformat = g("m_type"), g("m_format")

@@ -154,3 +154,13 @@ def test_conform_rejects_what_the_row_by_row_rule_rejects(rows):
     assert good.num_rows == len(rows) - len(bad) and good.schema == RECORD_SCHEMA
     assert rejects.column("detail").to_pylist() == [why for _, why in bad]
     assert rejects.column("record_id").to_pylist() == [rows[i]["record_id"] or f"row-{i}" for i, _ in bad]
+
+
+def test_record_ids_past_32_bit_offsets_are_a_large_string_column(monkeypatch):
+    import schemas.hashing
+
+    media = pa.array(["a", "b", None, "d"])
+    want = record_id_column("t", media).to_pylist()
+    monkeypatch.setattr(schemas.hashing, "_MAX_STRING_BYTES", 40)  # 4 ids of 18 bytes: past it
+    got = record_id_column("t", media)
+    assert got.type == pa.large_string() and got.to_pylist() == want

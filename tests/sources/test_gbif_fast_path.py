@@ -227,11 +227,12 @@ def test_closing_read_ahead_early_stops_and_closes_the_producer():
 @given(st.lists(st.text(max_size=40), min_size=1, max_size=20), st.integers(0, 5), st.sampled_from(["gbif", "x"]))
 def test_record_ids_are_make_record_id_of_each_key(keys, skip, source):
     from schemas import make_record_id
+    from schemas.record import record_id_column
 
     arr = pa.array(["skipped"] * skip + keys, pa.string()).slice(skip)  # a sliced array: offsets not at 0
-    assert gbif.record_ids(arr, source).to_pylist() == [make_record_id(source, k) for k in keys]
+    assert record_id_column(source, arr).to_pylist() == [make_record_id(source, k) for k in keys]
     chunked = pa.chunked_array([arr.slice(0, len(keys) // 2), arr.slice(len(keys) // 2)])
-    assert gbif.record_ids(chunked, source).to_pylist() == [make_record_id(source, k) for k in keys]
+    assert record_id_column(source, chunked).to_pylist() == [make_record_id(source, k) for k in keys]
 
 
 @settings(max_examples=30)
@@ -345,7 +346,7 @@ def test_still_image_test_is_type_else_format_or_url(rows):
                   "m_row": pa.array(range(n), pa.int64())})
     out = gbif.adapt(t, Options(keep_unknown_license=True))
     reasons = dict(zip(out.rejects.column("record_id").to_pylist(), out.rejects.column("reason").to_pylist(), strict=True))
-    ids = gbif.record_ids(pa.array([f"{i}/{r[2].strip() if r[2] and r[2].strip() else None}" for i, r in enumerate(rows)]))
+    ids = gbif.record_id_column(gbif.SOURCE, pa.array([f"{i}/{r[2].strip() if r[2] and r[2].strip() else None}" for i, r in enumerate(rows)]))
     for i, (rid, r) in enumerate(zip(ids.to_pylist(), rows, strict=True)):
         if blank(r[2]) is None:
             continue  # no image: rejected before the still-image test
