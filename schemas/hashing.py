@@ -64,7 +64,7 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int | str = 0) -> np.
     starts = offsets[:-1]
     lengths = offsets[1:] - starts
     h = np.full(n, _seed_word(seed), dtype=np.uint64)
-    padded = None
+    words = None
     # blocks of rows small enough for the cache: each numpy pass then runs at cache speed
     for lo in range(0, n, _BLOCK):
         hi = min(n, lo + _BLOCK)
@@ -73,10 +73,11 @@ def hash_strings(values: pa.Array | pa.ChunkedArray, seed: int | str = 0) -> np.
             width = int(ln[0])
             _hash_equal_lengths(h[lo:hi], data[s[0]:s[0] + (hi - lo) * width].reshape(hi - lo, width))
         else:
-            if padded is None:
+            if words is None:
                 padded = np.zeros(len(data) + 16, np.uint8)
                 padded[:len(data)] = data
-            _hash_any_lengths(h[lo:hi], padded, s, ln)
+                words = np.ndarray((len(data) + 9,), "<u8", padded, 0, (1,))
+            _hash_any_lengths(h[lo:hi], words, s, ln)
     h ^= lengths.astype(np.uint64)
     return _mix(h)
 
@@ -98,31 +99,29 @@ def _hash_equal_lengths(h: np.ndarray, mat: np.ndarray) -> None:
         _mix(h)
 
 
-def _hash_any_lengths(h: np.ndarray, padded: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
-    """Strings of any lengths: word ``j`` of every string still that long, per alignment of its start.
+def _hash_any_lengths(h: np.ndarray, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Strings of any lengths: word ``j`` of every string still that long.
 
-    A string's words all share its start's alignment (mod 8), so the strings are grouped by it and
-    each group reads whole words from one uint64 view of the data buffer (``padded``: followed by
-    at least 8 zero bytes, so a last word never reads past the end).
+    ``words[i]`` is the little-endian word at byte ``i`` of the data (an unaligned view with a
+    stride of one byte, over data followed by at least 8 zero bytes, so a last word never reads
+    past the end). The words every string of the block has in full are taken without a mask or
+    a subset; then the longer strings, fewer at each step.
     """
-    align = starts % 8
-    for a in range(8):
-        members = np.flatnonzero((align == a) & (lengths > 0))
-        if not members.size:
-            continue
-        view = np.frombuffer(padded.data, dtype="<u8", offset=a, count=(len(padded) - a) // 8)
-        base = (starts[members] - a) // 8
-        left = lengths[members]
-        j = 0
-        while members.size:
-            word = view[base + j]
-            word &= _TAIL[np.minimum(left, 8)]
-            h[members] = _mix(h[members] ^ word)
-            left = left - 8
-            j += 1
-            more = left > 0
-            if not more.all():
-                members, base, left = members[more], base[more], left[more]
+    pos = starts.copy()
+    full = int(lengths.min()) // 8
+    for _ in range(full):
+        h ^= words[pos]
+        _mix(h)
+        pos += 8
+    j = full
+    members = np.flatnonzero(lengths > 8 * j)
+    while members.size:
+        word = words[pos[members]]
+        word &= _TAIL[np.minimum(lengths[members] - 8 * j, 8)]
+        h[members] = _mix(h[members] ^ word)
+        pos[members] += 8
+        j += 1
+        members = members[lengths[members] > 8 * j]
 
 
 _MASK = (1 << 64) - 1

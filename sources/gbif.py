@@ -777,8 +777,12 @@ def _adapt_rows(t: _Rows, options: Options) -> tuple[IngestBatch, np.ndarray]:
     if not kept:
         return IngestBatch(records=pa.table({}), rejects=rejects), rejected_np
 
-    take = lambda a: pc.filter(a, keep)  # noqa: E731
-    kept_rows = t.filter(keep)
+    if kept == n:  # nothing rejected: the columns as they are, not copied by a filter
+        take = lambda a: a  # noqa: E731
+        kept_rows = t
+    else:
+        take = lambda a: pc.filter(a, keep)  # noqa: E731
+        kept_rows = t.filter(keep)
     gk = lambda name: _blank_to_null(_col(kept_rows, name))  # noqa: E731  # kept rows only: cheaper
     ident_k = take(ident)
     extra_cols = {c: gk(f"o_{c}") for c in _EXTRA_OCC}
