@@ -4,7 +4,7 @@ The real download (0000066-140928181241064.zip, 470 occurrences, 215 media rows)
 with fresh gbifIDs into archives of two sizes, written streaming. Each reader runs in its own
 subprocess (peak RSS from that process's ``ru_maxrss``) over the same archive:
 
-* ``ours-reader``: sources.dwca streaming the core's columns the ingest reads (35 terms) to Parquet;
+* ``ours-reader``: sources.dwca streaming the core's columns the ingest reads (32 terms and the core id) to Parquet;
 * ``ours-connector``: the whole GBIF ingest (core + multimedia join, records + rejects);
 * ``python-dwca-reader``: iterating every core row of ``DwCAReader`` (in bench/.venv-dwca), the
   peer the goal names, without opening the multimedia extension;
@@ -172,7 +172,7 @@ from sources.dwca import open_archive
 from sources.gbif import OCCURRENCE_COLUMNS
 t0 = time.perf_counter()
 a = open_archive(sys.argv[1])
-idx = sorted({a.core.column(c).index for c in OCCURRENCE_COLUMNS if a.core.column(c) is not None})
+idx = sorted({a.core.column(c).index for c in OCCURRENCE_COLUMNS if a.core.column(c) is not None} | {a.core.id_index})
 rows, kept = 0, []
 with zipfile.ZipFile(sys.argv[1]) as z, z.open(a.core.location) as raw:
     reader = csv.reader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), delimiter="\t",
@@ -309,7 +309,7 @@ def write_results(results, sizes, ratio_lines, small: bool, loads: list[str], re
         f"{' -> '.join(loads)} over the run. Best of {repeat} runs per tool, each in its own subprocess "
         f"(peak RSS: the larger of the runs). Peers: python-dwca-reader {PEER_VERSION} in bench/.venv-dwca "
         f"iterating every core row, without (python-dwca-reader) and with (python-dwca-reader+ext) reading each "
-        f"row's multimedia rows (`row.extensions`; rows = core rows); csv-module, a plain csv.reader loop over the zip member keeping the 35 "
+        f"row's multimedia rows (`row.extensions`; rows = core rows); csv-module, a plain csv.reader loop over the zip member keeping the "
         f"ingest columns. ours-reader streams those columns of the core; ours-connector is the full GBIF "
         f"ingest (core + multimedia join to records and rejects; rows = records + rejects), records written "
         f"to one Parquet file; ours-ingest-stage is `biocorpus ingest gbif --input <archive>` as a user runs it "

@@ -46,13 +46,15 @@ OFFSET_CAP = 100_000  # GBIF refuses offset + limit beyond this for occurrence/s
 MULTIMEDIA_EXTENSION = "http://rs.gbif.org/terms/1.0/Multimedia"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff", ".webp", ".bmp")
 
+# the core's terms the adapter reads (the core id always comes too, as ``o__id``): each one read
+# costs its share of the parse, so a term nothing uses is not listed
 OCCURRENCE_COLUMNS = [
-    "gbifID", "occurrenceID", "datasetKey", "basisOfRecord", "license", "rights", "rightsHolder",
+    "occurrenceID", "datasetKey", "basisOfRecord", "license", "rights", "rightsHolder",
     "scientificName", "verbatimScientificName", "acceptedScientificName", "taxonRank", "verbatimTaxonRank",
-    "kingdom", "phylum", "class", "order", "family", "genus", "species", "taxonKey", "higherClassification",
+    "kingdom", "phylum", "class", "order", "family", "genus", "taxonKey", "higherClassification",
     "decimalLatitude", "decimalLongitude", "coordinateUncertaintyInMeters", "eventDate", "countryCode",
     "lifeStage", "sex", "references", "catalogNumber", "institutionCode", "recordedBy", "issue",
-    "mediaType", "occurrenceStatus",
+    "occurrenceStatus",
 ]
 MEDIA_COLUMNS = ["type", "format", "identifier", "references", "title", "creator", "publisher", "license",
                  "rightsHolder", "created"]
