@@ -81,7 +81,8 @@ class Options(ApiOptions):
     cache_dir: str = Field("data/cache/gbif", description="where fetched archives and request state live")
     batch_rows: int = Field(100_000, ge=1, description="records per batch")
     join_memory_mb: float = Field(256, gt=0, description="multimedia held in memory for the join; beyond, "
-                                "both files are partitioned to temporary spill files")
+                                "both files are partitioned to temporary spill files, and the partitions "
+                                "that fit are still joined while the core is read")
     join_partitions: int = Field(16, ge=1, description="spill partitions when the multimedia exceeds join_memory_mb")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
 
@@ -163,7 +164,8 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     64-bit key of its core id; occurrence batches then stream past it and are joined batch by
     batch, so memory holds one occurrence batch and the media. Media larger than
     ``join_memory_mb`` is partitioned with the core by key hash into spill files under a
-    temporary folder and joined partition by partition instead. The core is read one batch
+    temporary folder: the partitions that fit the budget are held and joined as the core streams
+    past (a hybrid hash join), the others partition by partition afterwards. The core is read one batch
     ahead in a background thread started before the media is read, so its inflating and parsing
     overlap reading the media, the join and the adapter, which work on ``ADAPT_THREADS`` batches
     at once (in memory).
@@ -213,13 +215,31 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             yield from map_ahead(join, ahead, ADAPT_THREADS)
             yield from media.orphans()
             return
-        for item in ahead:
-            if isinstance(item, IngestBatch):
-                yield item
-            else:
-                spill.add("o", item)
+        # a hybrid hash join: the media partitions that fit the budget are held, and their core
+        # rows are joined while the core is read (the adapter then overlaps the parse, as in
+        # memory); only the other partitions' core rows are spilled and joined afterwards
+        spill.close("m")
+        resident = spill.fitting("m", budget)
+        held_media = _MediaIndex(_concat([spill.read("m", p) for p in resident], MEDIA_COLUMNS, "m_"))
+
+        def unspilled() -> Iterator[pa.Table | IngestBatch]:
+            for item in ahead:
+                if isinstance(item, IngestBatch):
+                    yield item
+                    continue
+                kept = spill.add("o", item, keep=resident)
+                if kept is not None:
+                    yield kept
+
+        def join_held(item: pa.Table | IngestBatch) -> IngestBatch:
+            return item if isinstance(item, IngestBatch) else from_join(held_media.join_rows(item), options)
+
+        yield from map_ahead(join_held, unspilled(), ADAPT_THREADS)
+        yield from held_media.orphans()
         spill.close()
         for part in range(spill.parts):
+            if part in resident:
+                continue
             media = _MediaIndex(spill.read("m", part))
             yield from map_ahead(lambda occ, media=media: from_join(media.join_rows(occ), options),
                                  spill.batches("o", part, options.batch_rows), ADAPT_THREADS)
@@ -447,22 +467,45 @@ class _Spill:
     def __init__(self, folder: Path, parts: int):
         self.folder, self.parts = folder, parts
         self.writers: dict[tuple[str, int], pa.ipc.RecordBatchStreamWriter] = {}
+        self.nbytes: collections.Counter = collections.Counter()  # (side, part) -> bytes written
 
     def _path(self, side: str, part: int) -> Path:
         return self.folder / f"{side}-{part:03d}.arrow"
 
-    def add(self, side: str, t: pa.Table) -> None:
+    def add(self, side: str, t: pa.Table, keep: frozenset[int] = frozenset()) -> pa.Table | None:
+        """Write ``t``'s rows to their partitions' files, except those of the ``keep`` partitions,
+        which are returned (in their order; ``None`` when there are none)."""
         part = join_keys(t.column(f"{side}__id")) % np.uint64(self.parts)
+        kept = np.zeros(len(part), bool)
         for p in np.unique(part):
-            rows = t.filter(pa.array(part == p))
+            mask = part == p
+            if int(p) in keep:
+                kept |= mask
+                continue
+            rows = t.filter(pa.array(mask))
             key = (side, int(p))
             if key not in self.writers:
                 self.writers[key] = pa.ipc.new_stream(self._path(side, int(p)), rows.schema)
             self.writers[key].write_table(rows)
+            self.nbytes[key] += rows.nbytes
+        if not kept.any():
+            return None
+        return t if kept.all() else t.filter(pa.array(kept))
 
-    def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
+    def fitting(self, side: str, budget: int) -> frozenset[int]:
+        """Partitions, taken in order, whose ``side`` rows together stay within ``budget`` bytes."""
+        chosen, total = set(), 0
+        for p in range(self.parts):
+            size = self.nbytes[(side, p)]
+            if total + size <= budget:
+                chosen.add(p)
+                total += size
+        return frozenset(chosen)
+
+    def close(self, side: str | None = None) -> None:
+        """Finish the files of ``side`` (of both sides by default), so that they can be read."""
+        for key in [k for k in self.writers if side is None or k[0] == side]:
+            self.writers.pop(key).close()
 
     def read(self, side: str, part: int) -> pa.Table:
         tables = list(self.batches(side, part, 1 << 62))

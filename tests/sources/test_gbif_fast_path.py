@@ -145,14 +145,22 @@ def _summary(records, rejects):
             sorted(zip(rejects.column("record_id").to_pylist(), rejects.column("reason").to_pylist(), strict=True)))
 
 
-def test_spilled_join_gives_the_same_records_and_rejects(tmp_path):
+# budgets (MiB) for the sample's ~38 KB of media in 4 partitions of 8-12 KB: none of them held
+# (all spilled), then one, two and three held and joined while the core is read (a hybrid join)
+@pytest.mark.parametrize(("budget_mb", "held"), [(0.001, 0), (0.01, 1), (0.02, 2), (0.03, 3)])
+def test_spilled_join_gives_the_same_records_and_rejects(tmp_path, monkeypatch, budget_mb, held):
     def media(lines):  # an orphan and a second image for an occurrence, so both sides matter
         lines.insert(-1, b"999999999\tStillImage\timage/jpeg\thttp://example.org/orphan.jpg" + b"\t" * 11)
         lines.insert(-1, lines[1].replace(b".jpg", b"-2.jpg"))
 
     z = rewrite(SAMPLE, tmp_path / "x.zip", {"multimedia.txt": _edit_lines(media)})
     r1, j1, reasons1 = ingest(CONNECTOR, str(z), Options())
-    r2, j2, reasons2 = ingest(CONNECTOR, str(z), Options(join_memory_mb=0.001, join_partitions=4, batch_rows=50))
+    chosen = []
+    fitting = gbif._Spill.fitting
+    monkeypatch.setattr(gbif._Spill, "fitting", lambda self, side, budget: chosen.append(
+        fitting(self, side, budget)) or chosen[-1])
+    r2, j2, reasons2 = ingest(CONNECTOR, str(z), Options(join_memory_mb=budget_mb, join_partitions=4, batch_rows=50))
+    assert [len(c) for c in chosen] == [held]
     assert reasons1 == reasons2 and reasons1["orphan_media"] == 1
     assert _summary(r1, j1) == _summary(r2, j2)
     assert r1.num_rows == 211
