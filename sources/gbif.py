@@ -236,6 +236,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
 
         yield from map_ahead(join_held, unspilled(), ADAPT_THREADS)
         yield from held_media.orphans()
+        held_media = None  # released before the spilled partitions are read in turn
         spill.close()
         for part in range(spill.parts):
             if part in resident:
