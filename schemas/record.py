@@ -327,12 +327,15 @@ def conform(table: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
     return good, rejects
 
 
+def value_bytes(a: pa.Array) -> np.ndarray:
+    """The bytes a string array's values span in its data buffer (a view, nothing copied)."""
+    _, offsets, data = a.buffers()
+    if data is None or not len(a):
+        return np.zeros(0, np.uint8)
+    ends = np.frombuffer(offsets, np.int32)
+    return np.frombuffer(data, np.uint8)[ends[a.offset]:ends[a.offset + len(a)]]
+
+
 def _any_byte(col: pa.Array, byte: bytes) -> bool:
     """Whether any value of a string column holds ``byte`` (a look at its data buffer, no kernel per value)."""
-    if not len(col) or col.null_count == len(col):
-        return False
-    _, offsets, data = col.buffers()
-    if data is None:
-        return False
-    ends = np.frombuffer(offsets, np.int32)[col.offset: col.offset + len(col) + 1]
-    return bool((np.frombuffer(data, np.uint8)[ends[0]:ends[-1]] == byte[0]).any())
+    return bool((value_bytes(col) == byte[0]).any())

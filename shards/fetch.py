@@ -149,15 +149,11 @@ def is_refused_address(ip: str, allow_private: bool = False, allow_loopback: boo
     return False
 
 
-def _guarded_resolver(allow_private: bool, allow_loopback: bool):
-    """A resolver that resolves names, then drops refused addresses, so a public name pointing
-    inside is caught at connect time (checking before the request would leave a DNS-rebinding
-    window)."""
-    return _guarded_resolver_class()(allow_private, allow_loopback)
-
-
 @functools.cache
 def _guarded_resolver_class() -> type:
+    """The class of a resolver that resolves names, then drops refused addresses, so a public name
+    pointing inside is caught at connect time (checking before the request would leave a
+    DNS-rebinding window). Made at the first use, when aiohttp loads."""
     import aiohttp
     from aiohttp.abc import AbstractResolver
 
@@ -275,7 +271,7 @@ class Fetcher:
         connector = aiohttp.TCPConnector(
             limit=self.opts.total_concurrency,
             limit_per_host=0,
-            resolver=_guarded_resolver(self.opts.allow_private, self.opts.allow_loopback),
+            resolver=_guarded_resolver_class()(self.opts.allow_private, self.opts.allow_loopback),
             ttl_dns_cache=300,
         )
         self._session = aiohttp.ClientSession(

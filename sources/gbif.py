@@ -9,6 +9,7 @@ archive larger than memory works; the search API (pygbif,
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json, record_id_column
+from schemas.record import extra_json, record_id_column, value_bytes
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
@@ -209,10 +210,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
         if spill is None:
             media = _MediaIndex(_concat(tables, MEDIA_COLUMNS, "m_"))
             tables = []
-            def join(item: pa.Table | IngestBatch) -> IngestBatch:
-                return item if isinstance(item, IngestBatch) else from_join(media.join_rows(item), options)
-
-            yield from map_ahead(join, ahead, ADAPT_THREADS)
+            yield from map_ahead(functools.partial(media.records, options=options), ahead, ADAPT_THREADS)
             yield from media.orphans()
             return
         # a hybrid hash join: the media partitions that fit the budget are held, and their core
@@ -220,7 +218,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
         # memory); only the other partitions' core rows are spilled and joined afterwards
         spill.close("m")
         resident = spill.fitting("m", budget)
-        held_media = _MediaIndex(_concat([spill.read("m", p) for p in resident], MEDIA_COLUMNS, "m_"))
+        held_media = _MediaIndex(spill.read("m", sorted(resident)))
 
         def unspilled() -> Iterator[pa.Table | IngestBatch]:
             for item in ahead:
@@ -231,18 +229,15 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
                 if kept is not None:
                     yield kept
 
-        def join_held(item: pa.Table | IngestBatch) -> IngestBatch:
-            return item if isinstance(item, IngestBatch) else from_join(held_media.join_rows(item), options)
-
-        yield from map_ahead(join_held, unspilled(), ADAPT_THREADS)
+        yield from map_ahead(functools.partial(held_media.records, options=options), unspilled(), ADAPT_THREADS)
         yield from held_media.orphans()
         held_media = None  # released before the spilled partitions are read in turn
         spill.close()
         for part in range(spill.parts):
             if part in resident:
                 continue
-            media = _MediaIndex(spill.read("m", part))
-            yield from map_ahead(lambda occ, media=media: from_join(media.join_rows(occ), options),
+            media = _MediaIndex(spill.read("m", [part]))
+            yield from map_ahead(functools.partial(media.records, options=options),
                                  spill.batches("o", part, options.batch_rows), ADAPT_THREADS)
             yield from media.orphans()
 
@@ -433,6 +428,10 @@ class _MediaIndex:
         """``occ`` LEFT JOIN media ON core id, rows in (occurrence, media file) order."""
         return self.join_rows(occ).table()
 
+    def records(self, item: pa.Table | IngestBatch, options: Options) -> IngestBatch:
+        """Records and rejects of an occurrence table joined here; a batch of rejects passes as it is."""
+        return item if isinstance(item, IngestBatch) else from_join(self.join_rows(item), options)
+
     def orphans(self) -> Iterator[IngestBatch]:
         """Rejects for the media rows no occurrence claimed."""
         idx = np.flatnonzero(~self.seen)
@@ -508,9 +507,9 @@ class _Spill:
         for key in [k for k in self.writers if side is None or k[0] == side]:
             self.writers.pop(key).close()
 
-    def read(self, side: str, part: int) -> pa.Table:
-        tables = list(self.batches(side, part, 1 << 62))
-        return _concat(tables, MEDIA_COLUMNS, "m_")
+    def read(self, side: str, parts: list[int]) -> pa.Table:
+        """The rows of these partitions as one table (its columns copied together once)."""
+        return _concat([t for p in parts for t in self.batches(side, p, 1 << 62)], MEDIA_COLUMNS, "m_")
 
     def batches(self, side: str, part: int, rows: int) -> Iterator[pa.Table]:
         path = self._path(side, part)
@@ -614,15 +613,6 @@ _CONTROL = r"[\x00-\x1f]"
 _IMAGE_URL = r"\.(jpe?g|png|gif|tiff?|webp|bmp)(\?|$)"
 
 
-def _value_bytes(a: pa.Array) -> np.ndarray:
-    """The bytes a string array's values span in its data buffer (a view, nothing copied)."""
-    _, offsets, data = a.buffers()
-    if data is None or not len(a):
-        return np.zeros(0, np.uint8)
-    ends = np.frombuffer(offsets, np.int32)
-    return np.frombuffer(data, np.uint8)[ends[a.offset]:ends[a.offset + len(a)]]
-
-
 def _extras(cols: dict[str, pa.Array]) -> pa.Array:
     """:func:`schemas.record.extra_json` of every row, built column-wise.
 
@@ -639,7 +629,7 @@ def _extras(cols: dict[str, pa.Array]) -> pa.Array:
         v = cols[k]
         if v.null_count == len(v):  # adds nothing to any row
             continue
-        raw = _value_bytes(v)
+        raw = value_bytes(v)
         if (raw < 0x20).any():
             hit = pc.fill_null(pc.match_substring_regex(v, _CONTROL), False)
             odd = hit if odd is None else pc.or_(odd, hit)
