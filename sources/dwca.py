@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 DEFAULT_BATCH_ROWS = 100_000
 CHUNK_BYTES = 16 << 20  # inflated bytes per parse call of the fast path
 PARSE_BLOCK_BYTES = 512 << 10  # bytes per block of arrow's CSV parser in the fast path
-NEWLINE = b"\n"  # inflated bytes per parse call of the fast path
+NEWLINE = b"\n"
 _ESCAPES = {"\\t": "\t", "\\n": "\n", "\\r": "\r", "\\r\\n": "\r\n", "\\\\": "\\", "\\|": "|"}
 
 
@@ -100,6 +100,20 @@ class Archive:
             if ext.row_type.rstrip("/").endswith(row_type):
                 return ext
         return None
+
+    def file_bytes(self, spec: FileSpec) -> int:
+        """How many bytes ``spec``'s file holds uncompressed (the zip's directory says; 0 if it is
+        not there), known before a row is read."""
+        src = _Source(self.path)
+        try:
+            member = src.find(spec.location)
+            if member is None:
+                return 0
+            if src.zip is not None:
+                return src.zip.getinfo(member).file_size
+            return (self.path / member).stat().st_size
+        finally:
+            src.close()
 
 
 @dataclass(frozen=True)
@@ -670,15 +684,32 @@ def _line_chunks(src: _Source, member: str, chunk_bytes: int,
         worker.join()
 
 
-def _skip_lines(chunk: bytes | memoryview, n: int) -> tuple[bytes, int]:
-    """``chunk`` without its first ``n`` lines, and how many lines were dropped."""
-    chunk = bytes(chunk)
-    dropped = 0
-    while dropped < n and chunk:
-        cut = chunk.find(b"\n")
-        chunk = chunk[cut + 1:] if cut != -1 else b""
+def _skip_lines(chunk: bytes | memoryview, n: int) -> tuple[memoryview, int]:
+    """``chunk`` without its first ``n`` lines, and how many lines were dropped.
+
+    A view of the same buffer, not a copy: the chunk's buffer can then still be filled again
+    once it is parsed (copying a 16 MiB first chunk faulted in fresh pages twice).
+    """
+    view = memoryview(chunk)
+    pos = dropped = 0
+    while dropped < n and pos < len(view):
+        cut = _find_newline(view, pos)
+        pos = len(view) if cut < 0 else cut + 1
         dropped += 1
-    return chunk, dropped
+    return view[pos:], dropped
+
+
+def _find_newline(view: memoryview, start: int) -> int:
+    """The position of the first ``\\n`` at or after ``start`` in ``view``, or -1; it copies
+    windows that double in size, so a short header line costs a short copy."""
+    window = 1 << 12
+    while start < len(view):
+        found = bytes(view[start:start + window]).find(NEWLINE)
+        if found >= 0:
+            return start + found
+        start += window
+        window *= 2
+    return -1
 
 
 def _parse_chunk(chunk: bytes | memoryview, first_line: int, spec: FileSpec, names: list[str],

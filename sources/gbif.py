@@ -84,7 +84,9 @@ class Options(ApiOptions):
     join_memory_mb: float = Field(256, gt=0, description="multimedia held in memory for the join; beyond, "
                                 "both files are partitioned to temporary spill files, and the partitions "
                                 "that fit are still joined while the core is read")
-    join_partitions: int = Field(16, ge=1, description="spill partitions when the multimedia exceeds join_memory_mb")
+    join_partitions: int | None = Field(None, ge=1, description="spill partitions when the multimedia exceeds "
+                                        "join_memory_mb; by default enough that one partition's multimedia is "
+                                        "at most half of it (16 at least)")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
 
 
@@ -203,7 +205,8 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             tables.append(item)
             held += item.nbytes
             if held > budget:
-                spill = _Spill(Path(tmp), options.join_partitions)
+                spill = _Spill(Path(tmp), spill_partitions(archive.file_bytes(media_spec), budget,
+                                                           options.join_partitions))
                 for t in tables:
                     spill.add("m", t)
                 tables = []
@@ -243,6 +246,23 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
 
 
 ADAPT_THREADS = 2  # batches joined and adapted at once (arrow compute releases the GIL)
+MIN_PARTITIONS, MAX_PARTITIONS = 16, 512  # spill partitions chosen by size (one open file each)
+
+
+def spill_partitions(media_bytes: int, budget: int, configured: int | None = None) -> int:
+    """How many partitions the spill cuts both join sides into.
+
+    Each spilled partition's multimedia is read whole for its join, so a fixed count would let
+    one partition grow with the archive. By default the count is the multimedia file's
+    uncompressed size over half the budget: Arrow holds the needed columns in ~1.27x their text
+    (the scaled real sample), so one partition holds ~0.65 of the budget. Past
+    ``MAX_PARTITIONS`` (64 GB of multimedia text at 256 MiB) partitions grow again; the count
+    is capped because each spilled partition has a file open while a side is written.
+    ``configured`` wins when given.
+    """
+    if configured is not None:
+        return configured
+    return min(MAX_PARTITIONS, max(MIN_PARTITIONS, -(-2 * media_bytes // max(budget, 1))))
 
 
 def map_ahead(fn: Callable, items: Iterator, workers: int) -> Iterator:

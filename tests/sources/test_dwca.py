@@ -202,6 +202,9 @@ def test_unpacked_folder_reads_the_same(tmp_path):
         z.extractall(tmp_path / "dir")
     a = open_archive(tmp_path / "dir")
     assert rows_of(a, a.core, ["gbifID"])[0].num_rows == 470
+    zipped = open_archive(SAMPLE)  # the sizes the zip's directory gives are the unpacked files' sizes
+    for spec in (a.core, *a.extensions):
+        assert a.file_bytes(spec) == zipped.file_bytes(spec) == (tmp_path / "dir" / spec.location).stat().st_size > 0
 
 
 FIELD = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=12)
@@ -226,3 +229,22 @@ def test_python_parser_agrees_with_arrow(rows):
                        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in "abc"},
                                                             strings_can_be_null=False, null_values=[]))
     assert [list(r.values()) for r in t.to_pylist()] == [parse_line(line, ",", '"') for line in text.split("\n")[:-1]]
+
+
+@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=6), st.booleans(),
+       st.integers(0, 8), st.integers(0, 12))
+def test_skip_lines_drops_header_lines_without_copying(lines, trailing_newline, n, long_line):
+    from sources.dwca import _skip_lines
+
+    lines = [*lines, b"x" * (long_line << 10)]  # a line longer than the first search window
+    data = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
+    buf = bytearray(data + b"tail")
+    view = memoryview(buf)[:len(data)]  # as the inflater hands chunks on: a view of a longer buffer
+    rest, dropped = _skip_lines(view, n)
+    want, want_dropped = data, 0  # the definition: drop through the next newline, n times, while any is left
+    while want_dropped < n and want:
+        cut = want.find(b"\n")
+        want = want[cut + 1:] if cut != -1 else b""
+        want_dropped += 1
+    assert (bytes(rest), dropped) == (want, want_dropped)
+    assert rest.obj is buf  # a view of the chunk's buffer, which can then be refilled

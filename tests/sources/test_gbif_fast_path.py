@@ -168,6 +168,32 @@ def test_spilled_join_gives_the_same_records_and_rejects(tmp_path, monkeypatch, 
     assert sorted(r1.to_pylist(), key=lambda r: r[key]) == sorted(r2.to_pylist(), key=lambda r: r[key])
 
 
+def test_spill_partitions_grow_with_the_multimedia():
+    mib = 2**20
+    assert gbif.spill_partitions(0, 256 * mib) == gbif.MIN_PARTITIONS
+    assert gbif.spill_partitions(527 * mib, 256 * mib) == gbif.MIN_PARTITIONS  # 8M occurrences' media
+    assert gbif.spill_partitions(10 * 1024 * mib, 256 * mib) == 80  # each ~128 MiB of text
+    assert gbif.spill_partitions(10**15, 256 * mib) == gbif.MAX_PARTITIONS
+    assert gbif.spill_partitions(10 * 1024 * mib, 256 * mib, configured=4) == 4
+
+
+def test_automatic_spill_partitions_follow_the_media_size(tmp_path, monkeypatch):
+    """Without ``join_partitions``, the spill cuts the sample's media into as many partitions as
+    its size over half the budget asks for, and the records are the in-memory join's."""
+    r1, j1, reasons1 = ingest(CONNECTOR, str(SAMPLE), Options())
+    made = []
+    init = gbif._Spill.__init__
+    monkeypatch.setattr(gbif._Spill, "__init__", lambda self, folder, parts: made.append(parts) or init(self, folder, parts))
+    budget_mb = 0.001
+    r2, j2, reasons2 = ingest(CONNECTOR, str(SAMPLE), Options(join_memory_mb=budget_mb, batch_rows=50))
+    archive = dwca.open_archive(SAMPLE)
+    media_bytes = archive.file_bytes(archive.extension("Multimedia"))
+    assert media_bytes == 29_723  # the sample's multimedia.txt, as the zip's directory gives it
+    assert made == [gbif.spill_partitions(media_bytes, int(budget_mb * 2**20))] and made[0] > gbif.MIN_PARTITIONS
+    assert reasons1 == reasons2
+    assert _summary(r1, j1) == _summary(r2, j2)
+
+
 def test_records_match_the_row_by_row_definitions():
     records, _, _ = ingest(CONNECTOR, str(SAMPLE), Options())
     from schemas import make_record_id
