@@ -133,8 +133,6 @@ class _PartSeries:
         self.folder, self.task_id, self.part_rows, self.writer, self.schema = folder, task_id, part_rows, writer, schema
         self.pending: list[pa.Table] = []
         self.pending_rows = self.written = self.rows = 0
-        for stale in (*folder.glob(f"part-{task_id}.parquet"), *folder.glob(f"part-{task_id}-*.parquet")):
-            stale.unlink()  # a killed attempt's parts: the task is redone from its start
 
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
@@ -189,9 +187,12 @@ class _Writer:
 class TaskParts:
     """One task's output and rejects written while the task runs, so its memory holds about a
     part (``part_rows`` rows) of each, however many rows the task makes. Use it as a context
-    manager; ``rows`` / ``rejected`` / ``reasons`` count what was written."""
+    manager; ``rows`` / ``rejected`` / ``reasons`` count what was written; ``attempt`` names the
+    attempt's folder (see :meth:`StagedOutput.task_parts`)."""
 
-    def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int = PART_ROWS):
+    def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int = PART_ROWS,
+                 attempt: str | None = None):
+        self.attempt = attempt
         self._writer = _Writer()
         self._out = _PartSeries(out_dir, task_id, part_rows, self._writer)
         self._rejects = _PartSeries(rejects_dir, task_id, part_rows, self._writer, REJECT_SCHEMA)
@@ -238,8 +239,11 @@ class TaskParts:
 class StagedOutput:
     """A stage's output being built in ``<root>/.staging/<key>/`` and moved into place when done.
 
-    Parts are committed one task at a time (part files first, then the task's manifest), so a
-    kill at any point leaves either a committed task or debris that the rerun overwrites.
+    Each attempt of a task writes its parts into a folder of its own, then commits the task by
+    its manifest, which names that attempt; :meth:`finalise` moves the committed attempts'
+    parts into the output. A kill at any point leaves committed tasks and debris that never
+    reaches the output, and two attempts of one task at once (speculative execution) never
+    touch each other's files: the last to commit is the one kept.
     """
 
     root: Path
@@ -264,6 +268,10 @@ class StagedOutput:
     def tasks_dir(self) -> Path:
         return self.staging / "_tasks"
 
+    @property
+    def attempts_dir(self) -> Path:
+        return self.staging / "_attempts"
+
     def finished(self) -> dict | None:
         """The stats of a previous complete run with the same fingerprint, else None."""
         marker = self.out_dir / SUCCESS
@@ -287,15 +295,18 @@ class StagedOutput:
 
     def task_done(self, task_id: str) -> dict | None:
         f = self.tasks_dir / f"{task_id}.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        return _counts_of(f) if f.is_file() else None
 
     def task_parts(self, task_id: str, part_rows: int | None = None) -> TaskParts:
         """A writer of one task's output and rejects, part file by part file as rows come.
 
-        What an earlier, killed attempt of the task left is removed first. Once it is closed,
-        :meth:`commit_counts` with the task's counts commits the task.
+        The parts go to this attempt's own folder, ``_attempts/<task>-<token>/{out,rejects}/``,
+        named as they will be in the output. Once it is closed, :meth:`commit_counts` with the
+        task's counts and ``parts.attempt`` commits the task.
         """
-        return TaskParts(self.staged_out, self.staged_rejects, task_id, part_rows or PART_ROWS)
+        attempt = f"{task_id}-{uuid.uuid4().hex[:12]}"
+        folder = self.attempts_dir / attempt
+        return TaskParts(folder / "out", folder / "rejects", task_id, part_rows or PART_ROWS, attempt)
 
     def commit_task(self, task_id: str, outs: list[pa.Table], rejects: pa.Table, counts: dict) -> None:
         """Write a task's parts, then its manifest: the manifest is the task's commit point."""
@@ -303,14 +314,33 @@ class StagedOutput:
             for out in outs:
                 parts.add(out, None)
             parts.add(None, rejects)
-        self.commit_counts(task_id, counts)
+        self.commit_counts(task_id, counts, parts.attempt)
 
-    def commit_counts(self, task_id: str, counts: dict) -> None:
-        """Write the manifest of a task whose parts are written: from now on the task is done."""
-        atomic_write_json(self.tasks_dir / f"{task_id}.json", counts)
+    def commit_counts(self, task_id: str, counts: dict, attempt: str | None) -> None:
+        """Write the manifest of a task whose parts ``attempt`` wrote (``None``: parts written
+        into the output folders directly): from now on the task is done."""
+        atomic_write_json(self.tasks_dir / f"{task_id}.json", {**counts, _ATTEMPT: attempt})
 
     def task_counts(self) -> list[dict]:
-        return [json.loads(f.read_text()) for f in sorted(self.tasks_dir.glob("*.json"))]
+        return [_counts_of(f) for f in sorted(self.tasks_dir.glob("*.json"))]
+
+    def _gather_attempts(self) -> None:
+        """Move each committed attempt's parts into the staged output; drop every other attempt.
+
+        Idempotent, so a finalise killed half-way is completed by the next one: a part already
+        moved is in place, and its attempt's folder no longer holds it.
+        """
+        for manifest in sorted(self.tasks_dir.glob("*.json")):
+            attempt = json.loads(manifest.read_text()).get(_ATTEMPT)
+            if attempt is None:
+                continue
+            for kind, dest in (("out", self.staged_out), ("rejects", self.staged_rejects)):
+                folder = self.attempts_dir / attempt / kind
+                if folder.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    for part in sorted(folder.glob("part-*.parquet")):
+                        os.replace(part, dest / part.name)
+        shutil.rmtree(self.attempts_dir, ignore_errors=True)
 
     def finalise(self, stats: dict) -> None:
         """Move the staged output into place, then write the success marker (the commit point).
@@ -318,6 +348,8 @@ class StagedOutput:
         A ``_moving`` marker makes the move resumable: a folder already moved is not staged any
         more and is left where it is.
         """
+        if not (self.staging / "_moving").exists():  # (once moving, the attempts are gathered)
+            self._gather_attempts()
         atomic_write_bytes(self.staging / "_moving", b"")
         for staged, final in ((self.staged_rejects, self.rejects_dir), (self.staged_out, self.out_dir)):
             if not staged.exists():
@@ -329,6 +361,16 @@ class StagedOutput:
         atomic_write_json(self.out_dir / STATS, stats)
         atomic_write_json(self.out_dir / SUCCESS, {"fingerprint": self.fp, **stats})
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+_ATTEMPT = "_attempt"  # the manifest's key naming the committed attempt
+
+
+def _counts_of(manifest: Path) -> dict:
+    """A task's counts from its manifest (without the attempt's name)."""
+    counts = json.loads(manifest.read_text())
+    counts.pop(_ATTEMPT, None)
+    return counts
 
 
 def new_run_id(stage: str) -> str:

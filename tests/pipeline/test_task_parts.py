@@ -28,6 +28,10 @@ def _rows(folder: Path) -> pa.Table | None:
     return pa.concat_tables(parts) if parts else None
 
 
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in parquet_files(folder))
+
+
 class _Watched:
     """The GBIF connector, noting before each batch how many part files the task has written."""
 
@@ -38,7 +42,7 @@ class _Watched:
 
     def read(self, task, options):
         for batch in CONNECTOR.read(task, options):
-            self.seen.append(len(parquet_files(self.staged.staged_out)) + len(parquet_files(self.staged.staged_rejects)))
+            self.seen.append(len(list(self.staged.attempts_dir.rglob("part-*.parquet"))))
             yield batch
 
 
@@ -56,9 +60,12 @@ def test_ingest_writes_parts_while_the_connector_reads(tmp_path, monkeypatch, ar
     assert watched.seen[-1] > 0, "nothing was written before the connector's last batch"
     assert counts["in"] == counts["out"] + counts["rejected"] == counts_whole["in"]
     assert {k: v for k, v in counts.items()} == counts_whole
-    for kind in ("staged_out", "staged_rejects"):
+    assert staged.task_done("00000") == counts  # the manifest's counts, without the attempt's name
+    for s in (whole, staged):
+        s.finalise({})
+    for kind in ("out_dir", "rejects_dir"):
         rows, rows_whole = _rows(getattr(staged, kind)), _rows(getattr(whole, kind))
-        expected = counts["out" if kind == "staged_out" else "rejected"]
+        expected = counts["out" if kind == "out_dir" else "rejected"]
         assert (rows.num_rows if rows is not None else 0) == expected
         if expected:  # the same rows in the same order as when written at the task's end
             assert rows.equals(rows_whole)
@@ -73,27 +80,81 @@ def test_a_small_task_is_one_part_named_by_the_task(tmp_path):
     with staged.task_parts("00003") as parts:
         parts.add(pa.table({"a": [1, 2]}), None)
         parts.add(pa.table({"a": [3]}), None)
-    assert [p.name for p in parquet_files(staged.staged_out)] == ["part-00003.parquet"]
-    assert pq.read_table(staged.staged_out / "part-00003.parquet").column("a").to_pylist() == [1, 2, 3]
+    assert _names(staged.attempts_dir / parts.attempt / "out") == ["part-00003.parquet"]
     assert parts.rows == 3 and parts.rejected == 0
+    staged.commit_counts("00003", {"task_id": "00003", "out": 3}, parts.attempt)
+    staged.finalise({})
+    assert _names(staged.out_dir) == ["part-00003.parquet"]
+    assert pq.read_table(staged.out_dir / "part-00003.parquet").column("a").to_pylist() == [1, 2, 3]
+    assert not staged.staging.exists()
 
 
-def test_a_redone_task_removes_what_a_killed_attempt_wrote(tmp_path):
+def _attempt(staged: StagedOutput, task: str, values: list[int], part_rows: int, commit: bool = True) -> str:
+    with staged.task_parts(task, part_rows=part_rows) as parts:
+        for v in values:
+            parts.add(pa.table({"a": [v]}), None)
+    if commit:
+        staged.commit_counts(task, {"task_id": task, "out": len(values)}, parts.attempt)
+    return parts.attempt
+
+
+def test_a_killed_attempts_parts_never_reach_the_output(tmp_path):
     staged = _staged(tmp_path)
-    with staged.task_parts("00001", part_rows=1) as parts:
-        for v in range(5):
-            parts.add(pa.table({"a": [v]}), None)
-    neighbour = staged.staged_out / "part-00010.parquet"
-    pq.write_table(pa.table({"a": [99]}), neighbour)
-    assert len(parquet_files(staged.staged_out)) == 6
-    with staged.task_parts("00001", part_rows=2) as parts:  # the rerun makes fewer, larger parts
-        for v in range(5):
-            parts.add(pa.table({"a": [v]}), None)
-    names = sorted(p.name for p in parquet_files(staged.staged_out))
+    _attempt(staged, "00001", list(range(5)), part_rows=1, commit=False)  # killed before its commit
+    _attempt(staged, "00010", [99], part_rows=1)
+    assert staged.task_done("00001") is None
+    _attempt(staged, "00001", list(range(5)), part_rows=2)  # the rerun makes fewer, larger parts
+    staged.finalise({})
+    names = _names(staged.out_dir)
     assert names == ["part-00001-0000.parquet", "part-00001-0001.parquet", "part-00001-0002.parquet",
-                     "part-00010.parquet"]
-    got = [pq.read_table(staged.staged_out / n).column("a").to_pylist() for n in names[:3]]
-    assert got == [[0, 1], [2, 3], [4]]
+                     "part-00010-0000.parquet"]
+    got = [pq.read_table(staged.out_dir / n).column("a").to_pylist() for n in names]
+    assert got == [[0, 1], [2, 3], [4], [99]]
+
+
+def test_two_attempts_of_one_task_at_once_do_not_touch_each_others_parts(tmp_path):
+    """Speculative execution (Spark's speculation, a zombie worker): a second attempt starts while
+    the first is writing, the first commits, the second is killed half-way. The first's parts
+    are all in the output; a second attempt that commits later is kept instead, whole."""
+    staged = _staged(tmp_path)
+    first = staged.task_parts("00002", part_rows=1)
+    with first:
+        first.add(pa.table({"a": [0]}), None)
+        first.add(pa.table({"a": [1]}), None)
+        with staged.task_parts("00002", part_rows=1) as second:  # starts while the first writes
+            second.add(pa.table({"a": [0]}), None)
+        first.add(pa.table({"a": [2]}), None)
+    staged.commit_counts("00002", {"task_id": "00002", "out": 3}, first.attempt)  # the second never commits
+    staged.finalise({})
+    assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(staged.out_dir)] == [[0], [1], [2]]
+
+    later = _staged(tmp_path / "later")  # both commit: the last commit is the one kept
+    a = _attempt(later, "00002", [0, 1, 2], part_rows=1)
+    b = _attempt(later, "00002", [5, 6], part_rows=2)
+    assert a != b
+    later.finalise({})
+    assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(later.out_dir)] == [[5, 6]]
+
+
+def test_a_finalise_killed_while_gathering_is_completed_by_the_next(tmp_path, monkeypatch):
+    staged = _staged(tmp_path)
+    for task in ("00000", "00001"):
+        _attempt(staged, task, [int(task), 10 + int(task)], part_rows=1)
+    real, moved = pipeline.io.os.replace, []
+
+    def dies_after_one(src, dst):
+        if str(src).endswith(".parquet") and moved:
+            raise KeyboardInterrupt("killed")
+        moved.append(dst)
+        real(src, dst)
+
+    monkeypatch.setattr(pipeline.io.os, "replace", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        staged.finalise({})
+    monkeypatch.setattr(pipeline.io.os, "replace", real)
+    assert len(moved) == 1 and staged.finished() is None
+    staged.finalise({})
+    assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(staged.out_dir)] == [[0], [10], [1], [11]]
 
 
 def test_an_error_inside_the_task_leaves_it_uncommitted(tmp_path):
