@@ -133,6 +133,7 @@ class _PartSeries:
         self.folder, self.task_id, self.part_rows, self.writer, self.schema = folder, task_id, part_rows, writer, schema
         self.pending: list[pa.Table] = []
         self.pending_rows = self.written = self.rows = 0
+        self.names: list[str] = []  # the parts written, in order
 
     def add(self, table: pa.Table) -> None:
         if not table.num_rows:
@@ -152,6 +153,7 @@ class _PartSeries:
         table = self.pending[0] if len(self.pending) == 1 else pa.concat_tables(self.pending)
         self.pending, self.pending_rows = [], 0
         self.writer.write(table, self.folder / name)
+        self.names.append(name)
         self.written += 1
 
 
@@ -209,6 +211,11 @@ class TaskParts:
     @property
     def rows(self) -> int:
         return self._out.rows
+
+    @property
+    def files(self) -> dict[str, list[str]]:
+        """The part files written so far: ``{"out": [...], "rejects": [...]}``."""
+        return {"out": list(self._out.names), "rejects": list(self._rejects.names)}
 
     @property
     def rejected(self) -> int:
@@ -302,7 +309,7 @@ class StagedOutput:
 
         The parts go to this attempt's own folder, ``_attempts/<task>-<token>/{out,rejects}/``,
         named as they will be in the output. Once it is closed, :meth:`commit_counts` with the
-        task's counts and ``parts.attempt`` commits the task.
+        task's counts and ``parts`` commits the task.
         """
         attempt = f"{task_id}-{uuid.uuid4().hex[:12]}"
         folder = self.attempts_dir / attempt
@@ -314,12 +321,13 @@ class StagedOutput:
             for out in outs:
                 parts.add(out, None)
             parts.add(None, rejects)
-        self.commit_counts(task_id, counts, parts.attempt)
+        self.commit_counts(task_id, counts, parts)
 
-    def commit_counts(self, task_id: str, counts: dict, attempt: str | None) -> None:
-        """Write the manifest of a task whose parts ``attempt`` wrote (``None``: parts written
-        into the output folders directly): from now on the task is done."""
-        atomic_write_json(self.tasks_dir / f"{task_id}.json", {**counts, _ATTEMPT: attempt})
+    def commit_counts(self, task_id: str, counts: dict, parts: TaskParts) -> None:
+        """Write the manifest of a task whose ``parts`` are closed: its counts, the attempt and
+        the attempt's part files. From now on the task is done."""
+        atomic_write_json(self.tasks_dir / f"{task_id}.json",
+                          {**counts, _ATTEMPT: parts.attempt, _PARTS: parts.files})
 
     def task_counts(self) -> list[dict]:
         return [_counts_of(f) for f in sorted(self.tasks_dir.glob("*.json"))]
@@ -331,15 +339,21 @@ class StagedOutput:
         moved is in place, and its attempt's folder no longer holds it.
         """
         for manifest in sorted(self.tasks_dir.glob("*.json")):
-            attempt = json.loads(manifest.read_text()).get(_ATTEMPT)
+            committed = json.loads(manifest.read_text())
+            attempt = committed.get(_ATTEMPT)
             if attempt is None:
                 continue
             for kind, dest in (("out", self.staged_out), ("rejects", self.staged_rejects)):
-                folder = self.attempts_dir / attempt / kind
-                if folder.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    for part in sorted(folder.glob("part-*.parquet")):
-                        os.replace(part, dest / part.name)
+                dest.mkdir(parents=True, exist_ok=True)
+                for name in committed[_PARTS][kind]:
+                    part = self.attempts_dir / attempt / kind / name
+                    if part.is_file():
+                        os.replace(part, dest / name)
+                    elif not (dest / name).is_file():  # neither still there nor already moved
+                        raise RuntimeError(
+                            f"{self.key}: task {manifest.stem} committed {kind} part {name}, which is in "
+                            f"neither {part.parent} nor {dest}: the staged output is damaged; run the "
+                            "stage again with --force")
         shutil.rmtree(self.attempts_dir, ignore_errors=True)
 
     def finalise(self, stats: dict) -> None:
@@ -363,13 +377,14 @@ class StagedOutput:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-_ATTEMPT = "_attempt"  # the manifest's key naming the committed attempt
+_ATTEMPT, _PARTS = "_attempt", "_parts"  # the manifest's keys naming the committed attempt and its files
 
 
 def _counts_of(manifest: Path) -> dict:
-    """A task's counts from its manifest (without the attempt's name)."""
+    """A task's counts from its manifest (without the attempt's name and files)."""
     counts = json.loads(manifest.read_text())
     counts.pop(_ATTEMPT, None)
+    counts.pop(_PARTS, None)
     return counts
 
 

@@ -140,7 +140,7 @@ def ingest_task(connector, options, task_index: int, task: str, staged: StagedOu
     check_accounting(f"ingest[{connector.name}:{task}]", n_in, parts.rows, parts.rejected)
     counts = {"task_id": task_id, "in": n_in, "out": parts.rows, "rejected": parts.rejected,
               "rejected_by_reason": dict(sorted(parts.reasons.items())), "task": task, "skipped": dict(skipped)}
-    staged.commit_counts(task_id, counts, parts.attempt)
+    staged.commit_counts(task_id, counts, parts)
     return counts
 
 

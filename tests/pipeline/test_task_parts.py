@@ -82,7 +82,7 @@ def test_a_small_task_is_one_part_named_by_the_task(tmp_path):
         parts.add(pa.table({"a": [3]}), None)
     assert _names(staged.attempts_dir / parts.attempt / "out") == ["part-00003.parquet"]
     assert parts.rows == 3 and parts.rejected == 0
-    staged.commit_counts("00003", {"task_id": "00003", "out": 3}, parts.attempt)
+    staged.commit_counts("00003", {"task_id": "00003", "out": 3}, parts)
     staged.finalise({})
     assert _names(staged.out_dir) == ["part-00003.parquet"]
     assert pq.read_table(staged.out_dir / "part-00003.parquet").column("a").to_pylist() == [1, 2, 3]
@@ -94,7 +94,7 @@ def _attempt(staged: StagedOutput, task: str, values: list[int], part_rows: int,
         for v in values:
             parts.add(pa.table({"a": [v]}), None)
     if commit:
-        staged.commit_counts(task, {"task_id": task, "out": len(values)}, parts.attempt)
+        staged.commit_counts(task, {"task_id": task, "out": len(values)}, parts)
     return parts.attempt
 
 
@@ -124,7 +124,7 @@ def test_two_attempts_of_one_task_at_once_do_not_touch_each_others_parts(tmp_pat
         with staged.task_parts("00002", part_rows=1) as second:  # starts while the first writes
             second.add(pa.table({"a": [0]}), None)
         first.add(pa.table({"a": [2]}), None)
-    staged.commit_counts("00002", {"task_id": "00002", "out": 3}, first.attempt)  # the second never commits
+    staged.commit_counts("00002", {"task_id": "00002", "out": 3}, first)  # the second never commits
     staged.finalise({})
     assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(staged.out_dir)] == [[0], [1], [2]]
 
@@ -155,6 +155,15 @@ def test_a_finalise_killed_while_gathering_is_completed_by_the_next(tmp_path, mo
     assert len(moved) == 1 and staged.finished() is None
     staged.finalise({})
     assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(staged.out_dir)] == [[0], [10], [1], [11]]
+
+
+def test_a_committed_part_that_is_gone_fails_the_finalise(tmp_path):
+    staged = _staged(tmp_path)
+    attempt = _attempt(staged, "00004", [1, 2, 3], part_rows=1)
+    (staged.attempts_dir / attempt / "out" / "part-00004-0001.parquet").unlink()
+    with pytest.raises(RuntimeError, match="task 00004 committed out part part-00004-0001.parquet.*--force"):
+        staged.finalise({})
+    assert staged.finished() is None and not staged.out_dir.exists()
 
 
 def test_an_error_inside_the_task_leaves_it_uncommitted(tmp_path):
