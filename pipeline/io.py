@@ -343,18 +343,28 @@ class StagedOutput:
             attempt = committed.get(_ATTEMPT)
             if attempt is None:
                 continue
-            for kind, dest in (("out", self.staged_out), ("rejects", self.staged_rejects)):
+            dests = {"out": self.staged_out, "rejects": self.staged_rejects}
+            for kind, dest in dests.items():
                 dest.mkdir(parents=True, exist_ok=True)
                 for name in committed[_PARTS][kind]:
                     part = self.attempts_dir / attempt / kind / name
                     if part.is_file():
                         os.replace(part, dest / name)
                     elif not (dest / name).is_file():  # neither still there nor already moved
+                        self._uncommit(manifest, committed, dests)
                         raise RuntimeError(
                             f"{self.key}: task {manifest.stem} committed {kind} part {name}, which is in "
-                            f"neither {part.parent} nor {dest}: the staged output is damaged; run the "
-                            "stage again with --force")
+                            f"neither {part.parent} nor {dest}; the task is no longer committed: run the "
+                            "stage again to redo it")
         shutil.rmtree(self.attempts_dir, ignore_errors=True)
+
+    def _uncommit(self, manifest: Path, committed: dict, dests: dict[str, Path]) -> None:
+        """Take back a task whose committed parts are not all there: its parts already moved
+        and its manifest are removed, so that the next run redoes the task from its start."""
+        for kind, dest in dests.items():
+            for name in committed[_PARTS][kind]:
+                (dest / name).unlink(missing_ok=True)
+        manifest.unlink()
 
     def finalise(self, stats: dict) -> None:
         """Move the staged output into place, then write the success marker (the commit point).

@@ -157,13 +157,19 @@ def test_a_finalise_killed_while_gathering_is_completed_by_the_next(tmp_path, mo
     assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(staged.out_dir)] == [[0], [10], [1], [11]]
 
 
-def test_a_committed_part_that_is_gone_fails_the_finalise(tmp_path):
+def test_a_committed_part_that_is_gone_fails_the_finalise_and_the_task_is_redone(tmp_path):
     staged = _staged(tmp_path)
+    _attempt(staged, "00003", [7], part_rows=1)
     attempt = _attempt(staged, "00004", [1, 2, 3], part_rows=1)
     (staged.attempts_dir / attempt / "out" / "part-00004-0001.parquet").unlink()
-    with pytest.raises(RuntimeError, match="task 00004 committed out part part-00004-0001.parquet.*--force"):
+    with pytest.raises(RuntimeError, match="task 00004 committed out part part-00004-0001.parquet.*run the stage again"):
         staged.finalise({})
     assert staged.finished() is None and not staged.out_dir.exists()
+    assert staged.task_done("00004") is None and staged.task_done("00003") is not None
+    assert _names(staged.staged_out) == ["part-00003-0000.parquet"]  # the taken-back task's moved part is gone
+    _attempt(staged, "00004", [1, 2, 3], part_rows=1)  # the next run redoes only that task
+    staged.finalise({})
+    assert [pq.read_table(p).column("a").to_pylist() for p in parquet_files(staged.out_dir)] == [[7], [1], [2], [3]]
 
 
 def test_an_error_inside_the_task_leaves_it_uncommitted(tmp_path):
