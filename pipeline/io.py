@@ -192,8 +192,7 @@ class TaskParts:
     manager; ``rows`` / ``rejected`` / ``reasons`` count what was written; ``attempt`` names the
     attempt's folder (see :meth:`StagedOutput.task_parts`)."""
 
-    def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int = PART_ROWS,
-                 attempt: str | None = None):
+    def __init__(self, out_dir: Path, rejects_dir: Path, task_id: str, part_rows: int, attempt: str):
         self.attempt = attempt
         self._writer = _Writer()
         self._out = _PartSeries(out_dir, task_id, part_rows, self._writer)
@@ -341,7 +340,7 @@ class StagedOutput:
         for manifest in sorted(self.tasks_dir.glob("*.json")):
             committed = json.loads(manifest.read_text())
             attempt = committed.get(_ATTEMPT)
-            if attempt is None:
+            if attempt is None:  # staged before attempts had folders: its parts are in place already
                 continue
             dests = {"out": self.staged_out, "rejects": self.staged_rejects}
             for kind, dest in dests.items():

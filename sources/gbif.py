@@ -221,7 +221,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
         # memory); only the other partitions' core rows are spilled and joined afterwards
         spill.close("m")
         resident = spill.fitting("m", budget)
-        held_media = _MediaIndex(spill.read("m", sorted(resident)))
+        held_media = _MediaIndex(spill.media(sorted(resident)))
 
         def unspilled() -> Iterator[pa.Table | IngestBatch]:
             for item in ahead:
@@ -239,7 +239,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
         for part in range(spill.parts):
             if part in resident:
                 continue
-            media = _MediaIndex(spill.read("m", [part]))
+            media = _MediaIndex(spill.media([part]))
             yield from map_ahead(functools.partial(media.records, options=options),
                                  spill.batches("o", part, options.batch_rows), ADAPT_THREADS)
             yield from media.orphans()
@@ -527,9 +527,9 @@ class _Spill:
         for key in [k for k in self.writers if side is None or k[0] == side]:
             self.writers.pop(key).close()
 
-    def read(self, side: str, parts: list[int]) -> pa.Table:
-        """The rows of these partitions as one table (its columns copied together once)."""
-        return _concat([t for p in parts for t in self.batches(side, p, 1 << 62)], MEDIA_COLUMNS, "m_")
+    def media(self, parts: list[int]) -> pa.Table:
+        """The media rows of these partitions as one table (its columns copied together once)."""
+        return _concat([t for p in parts for t in self.batches("m", p, 1 << 62)], MEDIA_COLUMNS, "m_")
 
     def batches(self, side: str, part: int, rows: int) -> Iterator[pa.Table]:
         path = self._path(side, part)
