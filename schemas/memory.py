@@ -1,12 +1,26 @@
-"""Settings of Arrow's memory allocator, made before pyarrow loads (mimalloc reads them once).
+"""Settings of Arrow's memory allocator and numpy's BLAS, made before either loads (they read them once).
 
 Arrow's default allocator, mimalloc, gives freed pages back to the OS after a short delay. A
 stage that streams batches frees and allocates the same few hundred MiB over and over, so those
 pages come back as fresh ones that the kernel faults in and zeroes again (zeroing pages was 7-10%
 of a GBIF ingest's CPU samples). ``MIMALLOC_PURGE_DELAY=-1`` keeps freed pages for reuse instead:
 half the page faults, 4-8% less wall time at 2M occurrences. Peak memory stays what it was; it
-is just not handed back before the process ends. A value already in
-the environment wins, so ``MIMALLOC_PURGE_DELAY=10`` (mimalloc's default) restores the old way.
+is just not handed back before the process ends.
+
+mimalloc also asks the kernel for transparent huge pages for its arenas. Each first touch of
+such a page zeroes 2 MiB at once, and on these machines (virtual, THP on ``madvise``) that cost
+from 7% to 20% of an ingest's CPU samples, varying from run to run. ``MIMALLOC_ALLOW_THP=0``
+keeps to 4 KiB pages: the same bytes are zeroed, in more faults, and a GBIF ingest of 1M
+occurrences took 2.8 s instead of 3.3 s on average over six alternating pairs (2M: 4.9 s instead
+of 5.7 s, four pairs), and curate at 5M rows 12.4-12.8 s instead of 16.2-18.1 s.
+
+numpy's OpenBLAS starts a thread per core at import that no stage needs (no stage multiplies
+large matrices), and it showed in ~1.8% of an ingest's CPU samples: ``OPENBLAS_NUM_THREADS=1``
+(the one BLAS use, curate's perceptual hash, multiplies 32x32 matrices, which OpenBLAS keeps on
+one thread anyway).
+
+A value already in the environment wins, so ``MIMALLOC_PURGE_DELAY=10`` and
+``MIMALLOC_ALLOW_THP=1`` (mimalloc's defaults) restore the old ways.
 
 Importing any biocorpus package runs this first; a process that imported pyarrow before it keeps
 mimalloc's defaults (nothing breaks, it is only slower).
@@ -16,7 +30,8 @@ from __future__ import annotations
 
 import os
 
-ALLOCATOR_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1"}
+ALLOCATOR_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_THP": "0",
+                      "OPENBLAS_NUM_THREADS": "1"}
 
 
 def configure() -> None:
