@@ -8,8 +8,9 @@ half the page faults, 4-8% less wall time at 2M occurrences. Peak memory stays w
 is just not handed back before the process ends.
 
 mimalloc also asks the kernel for transparent huge pages for its arenas. Each first touch of
-such a page zeroes 2 MiB at once, and on these machines (virtual, THP on ``madvise``) that cost
-from 7% to 20% of an ingest's CPU samples, varying from run to run. ``MIMALLOC_ALLOW_THP=0``
+such a page zeroes 2 MiB at once, and on one of the project's hosts (virtual, THP on
+``madvise``) that cost from 7% to 20% of an ingest's CPU samples, varying from run to run (on
+another host it made no measurable difference). ``MIMALLOC_ALLOW_THP=0``
 keeps to 4 KiB pages: the same bytes are zeroed, in more faults, and a GBIF ingest of 1M
 occurrences took 2.8 s instead of 3.3 s on average over six alternating pairs (2M: 4.9 s instead
 of 5.7 s, four pairs), and curate at 5M rows 12.4-12.8 s instead of 16.2-18.1 s.
