@@ -10,9 +10,9 @@ its own venv (``bench/.venv-arbor``) in a subprocess. Each side runs ``--runs`` 
 is shared, the best is kept). Prints the time ratio and how many distinct species each tool
 counted (arbor-process groups by epithet). The measured curate is the fused path of the local
 runner (``pipeline.curate.fused.curate_fused``: one plan over the decision columns, one pass over
-the survivors' full records), each run in a fresh process as a user's run is; the staged path (four table stages through the runner, then the
-split step) is run too (``--staged-runs``) and reported as a second row, and the two are checked
-to give the same chunks and rejects.
+the survivors' full records), each run in a fresh process as a user's run is; the staged path
+(four table stages through the runner, then the split step) is run too (``--staged-runs``) and
+reported as a second row, and the two are checked to give the same chunks and rejects.
 
     .venv/bin/python bench/curate.py [--small] [--rows N] [--runs 2] [--staged-runs 1] [--reuse]
 """

@@ -9,35 +9,34 @@ is just not handed back before the process ends.
 
 mimalloc also asks the kernel for transparent huge pages for its arenas. Each first touch of
 such a page zeroes 2 MiB at once, and on one of the project's hosts (virtual, THP on
-``madvise``) that cost from 7% to 20% of an ingest's CPU samples, varying from run to run (on
-another host it made no measurable difference). ``MIMALLOC_ALLOW_THP=0``
-keeps to 4 KiB pages: the same bytes are zeroed, in more faults, and a GBIF ingest of 1M
-occurrences took 2.8 s instead of 3.3 s on average over six alternating pairs (2M: 4.9 s instead
-of 5.7 s, four pairs), and curate at 5M rows 12.4-12.8 s instead of 16.2-18.1 s.
+``madvise``) that cost 7% to 20% of an ingest's CPU samples, varying from run to run (on another
+host it made no measurable difference). ``MIMALLOC_ALLOW_THP=0`` keeps to 4 KiB pages: the same
+bytes are zeroed, in more faults, and there a GBIF ingest of 1M occurrences took 2.8 s instead
+of 3.3 s on average over six alternating pairs (2M: 4.9 s instead of 5.7 s, four pairs), and
+curate at 5M rows 12.4-14.2 s instead of 16.2-19.3 s (five pairs).
 
-numpy's OpenBLAS starts a thread per core at import that no stage needs (no stage multiplies
-large matrices), and it showed in ~1.8% of an ingest's CPU samples: ``OPENBLAS_NUM_THREADS=1``
-(the one BLAS use, curate's perceptual hash, multiplies 32x32 matrices, which OpenBLAS keeps on
-one thread anyway).
+numpy's OpenBLAS starts threads at import that no stage needs (no stage multiplies large
+matrices); they showed in ~1.8% of an ingest's CPU samples. ``OPENBLAS_NUM_THREADS=1`` keeps it
+to the calling thread (the one BLAS use, curate's perceptual hash, multiplies 32x32 matrices,
+which OpenBLAS does not split across threads anyway).
 
 A value already in the environment wins, so ``MIMALLOC_PURGE_DELAY=10`` and
 ``MIMALLOC_ALLOW_THP=1`` (mimalloc's defaults) restore the old ways.
 
-Importing any biocorpus package runs this first; a process that imported pyarrow before it keeps
-mimalloc's defaults (nothing breaks, it is only slower).
+Importing any biocorpus package runs this first; a process that imported pyarrow (or numpy)
+before it keeps their defaults (nothing breaks, it is only slower).
 """
 
 from __future__ import annotations
 
 import os
 
-ALLOCATOR_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_THP": "0",
-                      "OPENBLAS_NUM_THREADS": "1"}
+ENV_DEFAULTS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_THP": "0", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def configure() -> None:
-    """Put the allocator settings into the environment unless the user set them."""
-    for name, value in ALLOCATOR_DEFAULTS.items():
+    """Put the allocator and BLAS settings into the environment unless the user set them."""
+    for name, value in ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
 
 
