@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-PEER_ENV = dict(os.environ, MPLBACKEND="Agg")  # arbor-process's: without the settings schemas makes for biocorpus
+PEER_ENV = dict(os.environ, MPLBACKEND="Agg")  # arbor-process's: without the variables schemas sets for biocorpus
 
 # schemas first, as in the CLI: its allocator and BLAS settings must be made before pyarrow and numpy load
 from schemas import RECORD_SCHEMA, make_record_id  # noqa: E402, I001
@@ -130,6 +130,9 @@ def generate(rows: int, files: int, root: Path) -> dict:
 
 ARBOR_DRIVER = textwrap.dedent('''
     import json, sys, time, glob, os
+    if sys.platform == "linux":  # huge pages as a fresh process has them: mimalloc's MIMALLOC_ALLOW_THP=0
+        import ctypes            # turned them off for the bench with prctl, which its children inherit
+        ctypes.CDLL(None).prctl(41, 0, 0, 0, 0)  # PR_SET_THP_DISABLE, 0
     import pandas as pd
     from arbor_process import MetadataProcessor, GenShuffledChunks
     src, work, categories = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

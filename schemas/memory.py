@@ -14,6 +14,9 @@ host it made no measurable difference). ``MIMALLOC_ALLOW_THP=0`` keeps to 4 KiB 
 bytes are zeroed, in more faults, and there a GBIF ingest of 1M occurrences took 2.8 s instead
 of 3.3 s on average over six alternating pairs (2M: 4.9 s instead of 5.7 s, four pairs), and
 curate at 5M rows 12.4-14.2 s instead of 16.2-19.3 s (five pairs).
+mimalloc applies it with ``prctl(PR_SET_THP_DISABLE)`` once Arrow first allocates, and child
+processes inherit that: a program that biocorpus starts afterwards runs without huge pages too
+(bench-curate turns them back on for arbor-process).
 
 numpy's OpenBLAS starts threads at import that no stage needs (no stage multiplies large
 matrices); they showed in ~1.8% of an ingest's CPU samples. ``OPENBLAS_NUM_THREADS=1`` keeps it
