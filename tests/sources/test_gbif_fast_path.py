@@ -145,9 +145,10 @@ def _summary(records, rejects):
             sorted(zip(rejects.column("record_id").to_pylist(), rejects.column("reason").to_pylist(), strict=True)))
 
 
-# budgets (MiB) for the sample's ~38 KB of media in 4 partitions of 8-12 KB: none of them held
-# (all spilled), then one, two and three held and joined while the core is read (a hybrid join)
-@pytest.mark.parametrize(("budget_mb", "held"), [(0.001, 0), (0.01, 1), (0.02, 2), (0.03, 3)])
+# budgets (MiB) for the sample's ~38 KB of media in 4 partitions of 8-12 KB, less the key filter
+# (an eighth of the budget, 1 KiB at least): none of them held (all spilled), then one, two and
+# three held and joined while the core is read (a hybrid join)
+@pytest.mark.parametrize(("budget_mb", "held"), [(0.001, 0), (0.01, 1), (0.02, 2), (0.035, 3)])
 def test_spilled_join_gives_the_same_records_and_rejects(tmp_path, monkeypatch, budget_mb, held):
     def media(lines):  # an orphan and a second image for an occurrence, so both sides matter
         lines.insert(-1, b"999999999\tStillImage\timage/jpeg\thttp://example.org/orphan.jpg" + b"\t" * 11)
@@ -168,6 +169,51 @@ def test_spilled_join_gives_the_same_records_and_rejects(tmp_path, monkeypatch, 
     assert sorted(r1.to_pylist(), key=lambda r: r[key]) == sorted(r2.to_pylist(), key=lambda r: r[key])
 
 
+def test_core_rows_without_media_are_not_spilled(tmp_path, monkeypatch):
+    """Past the budget, the media's key filter keeps the core rows that have no media out of the
+    spill: they are joined (to nothing) as the core is read. Every row with media is spilled."""
+    spilled: list[str] = []
+    add = gbif._Spill.add
+
+    def counting(self, side, t, keep=frozenset()):
+        kept = add(self, side, t, keep)
+        if side == "o":
+            back = set() if kept is None else set(kept.column("o__id").to_pylist())
+            spilled.extend(i for i in t.column("o__id").to_pylist() if i not in back)
+        return kept
+
+    monkeypatch.setattr(gbif._Spill, "add", counting)
+    r1, j1, reasons1 = ingest(CONNECTOR, str(SAMPLE), Options())
+    r2, j2, reasons2 = ingest(CONNECTOR, str(SAMPLE), Options(join_memory_mb=0.001, join_partitions=4, batch_rows=50))
+    assert _summary(r1, j1) == _summary(r2, j2)
+    archive = dwca.open_archive(SAMPLE)
+    with zipfile.ZipFile(SAMPLE) as z:
+        lines = z.read("multimedia.txt").decode().splitlines()[archive.extension("Multimedia").ignore_header_lines:]
+        core = z.read("occurrence.txt").decode().splitlines()[archive.core.ignore_header_lines:]
+    with_media = {line.split("\t")[0] for line in lines}
+    assert with_media <= set(spilled)  # none missed (that would lose its images)
+    assert len(spilled) < len(with_media) + (len(core) - len(with_media)) // 2  # most without media kept out
+
+
+@settings(max_examples=50)
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=300), st.lists(st.integers(0, 2**64 - 1), max_size=300),
+       st.integers(0, 1 << 16))
+def test_key_filter_never_misses_a_key_it_was_given(added, others, nbytes):
+    f = gbif._KeyFilter(nbytes)
+    assert len(f.slots) <= max(nbytes, 1024)
+    f.add(np.array(added, np.uint64))
+    assert f.may_contain(np.array(added, np.uint64)).all()
+    hits = f.may_contain(np.array(others, np.uint64))
+    assert hits.dtype == bool and len(hits) == len(others)
+
+
+def test_key_filter_tells_most_absent_keys_apart():
+    f = gbif._KeyFilter(1 << 20)
+    f.add(np.arange(1, 100_001, dtype=np.uint64) | np.uint64(1 << 63))  # gbifIDs as join keys
+    absent = np.arange(200_001, 300_001, dtype=np.uint64) | np.uint64(1 << 63)
+    assert f.may_contain(absent).mean() < 0.05  # two probes, ~10 slots a key: ~3% false positives
+
+
 def test_spill_partitions_grow_with_the_multimedia():
     mib = 2**20
     assert gbif.spill_partitions(0, 256 * mib) == gbif.MIN_PARTITIONS
@@ -183,7 +229,7 @@ def test_automatic_spill_partitions_follow_the_media_size(tmp_path, monkeypatch)
     r1, j1, reasons1 = ingest(CONNECTOR, str(SAMPLE), Options())
     made = []
     init = gbif._Spill.__init__
-    monkeypatch.setattr(gbif._Spill, "__init__", lambda self, folder, parts: made.append(parts) or init(self, folder, parts))
+    monkeypatch.setattr(gbif._Spill, "__init__", lambda self, folder, parts, **kw: made.append(parts) or init(self, folder, parts, **kw))
     budget_mb = 0.001
     r2, j2, reasons2 = ingest(CONNECTOR, str(SAMPLE), Options(join_memory_mb=budget_mb, batch_rows=50))
     archive = dwca.open_archive(SAMPLE)
