@@ -247,6 +247,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             yield from map_ahead(functools.partial(media.records, options=options),
                                  spill.batches("o", part, options.batch_rows), ADAPT_THREADS)
             yield from media.orphans()
+            media = None  # released before the next partition is read, not while it is
 
 
 ADAPT_THREADS = 2  # batches joined and adapted at once (arrow compute releases the GIL)
@@ -256,17 +257,18 @@ MIN_PARTITIONS, MAX_PARTITIONS = 16, 512  # spill partitions chosen by size (one
 def spill_partitions(media_bytes: int, budget: int, configured: int | None = None) -> int:
     """How many partitions the spill cuts both join sides into.
 
-    Each spilled partition's multimedia is read whole for its join, so a fixed count would let
-    one partition grow with the archive. By default the count is the multimedia file's
-    uncompressed size over half the budget: Arrow holds the needed columns in ~1.27x their text
-    (the scaled real sample), so one partition holds ~0.65 of the budget. Past
-    ``MAX_PARTITIONS`` (64 GB of multimedia text at 256 MiB) partitions grow again; the count
-    is capped because each spilled partition has a file open while a side is written.
-    ``configured`` wins when given.
+    Each spilled partition's multimedia is read whole for its join (and briefly twice, as read
+    and as combined), so a fixed count would let one partition, and the peak memory, grow with
+    the archive. By default the count is the multimedia file's uncompressed size over an eighth
+    of the budget: Arrow holds the needed columns in ~1.27x their text (the scaled real sample),
+    so one partition holds ~0.16 of the budget, and the peak is that of the streaming join at
+    any size. Past ``MAX_PARTITIONS`` (16 GB of multimedia text at 256 MiB) partitions grow
+    again; the count is capped because each spilled partition has a file open while a side is
+    written. ``configured`` wins when given.
     """
     if configured is not None:
         return configured
-    return min(MAX_PARTITIONS, max(MIN_PARTITIONS, -(-2 * media_bytes // max(budget, 1))))
+    return min(MAX_PARTITIONS, max(MIN_PARTITIONS, -(-8 * media_bytes // max(budget, 1))))
 
 
 def filter_bytes(budget: int) -> int:
@@ -548,20 +550,22 @@ class _Spill:
                 self.media_keys.add(keys)
             else:
                 kept = ~self.media_keys.may_contain(keys)
-        for p in np.unique(part):
-            mask = part == p
-            if int(p) in keep:
-                kept |= mask
-                continue
-            mask &= ~kept
-            if not mask.any():
-                continue
-            rows = t.filter(pa.array(mask))
-            key = (side, int(p))
-            if key not in self.writers:
-                self.writers[key] = pa.ipc.new_stream(self._path(side, int(p)), rows.schema)
-            self.writers[key].write_table(rows)
-            self.nbytes[key] += rows.nbytes
+        if keep:
+            kept |= np.isin(part, np.fromiter(keep, np.uint64, len(keep)))
+        spilled = np.flatnonzero(~kept)
+        if len(spilled):
+            # one take puts each partition's rows together (in their order), then a slice each:
+            # cheaper than a filter of the whole batch per partition
+            order = spilled[np.argsort(part[spilled], kind="stable")]
+            parts, starts = np.unique(part[order], return_index=True)
+            grouped = t.take(pa.array(order))
+            for p, start, stop in zip(parts.tolist(), starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
+                rows = grouped.slice(start, stop - start)
+                key = (side, p)
+                if key not in self.writers:
+                    self.writers[key] = pa.ipc.new_stream(self._path(side, p), rows.schema)
+                self.writers[key].write_table(rows)
+                self.nbytes[key] += rows.nbytes
         if not kept.any():
             return None
         return t if kept.all() else t.filter(pa.array(kept))

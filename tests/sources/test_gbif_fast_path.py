@@ -217,8 +217,10 @@ def test_key_filter_tells_most_absent_keys_apart():
 def test_spill_partitions_grow_with_the_multimedia():
     mib = 2**20
     assert gbif.spill_partitions(0, 256 * mib) == gbif.MIN_PARTITIONS
-    assert gbif.spill_partitions(527 * mib, 256 * mib) == gbif.MIN_PARTITIONS  # 8M occurrences' media
-    assert gbif.spill_partitions(10 * 1024 * mib, 256 * mib) == 80  # each ~128 MiB of text
+    assert gbif.spill_partitions(263 * mib, 256 * mib) == gbif.MIN_PARTITIONS  # 4M occurrences' media
+    assert gbif.spill_partitions(527 * mib, 256 * mib) == 17  # 8M occurrences' media: ~31 MiB of text each
+    assert gbif.spill_partitions(1054 * mib, 256 * mib) == 33  # 16M: as much each
+    assert gbif.spill_partitions(10 * 1024 * mib, 256 * mib) == 320  # each 32 MiB of text
     assert gbif.spill_partitions(10**15, 256 * mib) == gbif.MAX_PARTITIONS
     assert gbif.spill_partitions(10 * 1024 * mib, 256 * mib, configured=4) == 4
 
