@@ -85,8 +85,8 @@ class Options(ApiOptions):
                                 "both files are partitioned to temporary spill files, and the partitions "
                                 "that fit are still joined while the core is read")
     join_partitions: int | None = Field(None, ge=1, description="spill partitions when the multimedia exceeds "
-                                        "join_memory_mb; by default its text's size over half the budget "
-                                        "(16 to 512), so that one partition stays within the budget")
+                                        "join_memory_mb; by default its text's size over an eighth of the budget "
+                                        "(16 to 512), so that one partition holds about a sixth of the budget")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
 
 

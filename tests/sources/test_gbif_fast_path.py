@@ -227,7 +227,7 @@ def test_spill_partitions_grow_with_the_multimedia():
 
 def test_automatic_spill_partitions_follow_the_media_size(tmp_path, monkeypatch):
     """Without ``join_partitions``, the spill cuts the sample's media into as many partitions as
-    its size over half the budget asks for, and the records are the in-memory join's."""
+    its size over an eighth of the budget asks for, and the records are the in-memory join's."""
     r1, j1, reasons1 = ingest(CONNECTOR, str(SAMPLE), Options())
     made = []
     init = gbif._Spill.__init__
