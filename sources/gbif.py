@@ -209,7 +209,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             if held > budget:
                 spill = _Spill(Path(tmp), spill_partitions(archive.file_bytes(media_spec), budget,
                                                            options.join_partitions),
-                               filter_bytes=filter_bytes(budget))
+                               key_filter_bytes=filter_bytes(budget))
                 for t in tables:
                     spill.add("m", t)
                 tables = []
@@ -221,9 +221,9 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             return
         # a hybrid hash join: the media partitions that fit the budget are held, and their core
         # rows are joined while the core is read (the adapter then overlaps the parse, as in
-        # memory); only the other partitions' core rows are spilled and joined afterwards
+        # memory); of the other partitions' core rows, only those the media's key filter may
+        # match are spilled and joined afterwards (the filter is part of the budget)
         spill.close("m")
-        # the key filter is part of the budget
         resident = spill.fitting("m", budget - spill.filter_nbytes)
         held_media = _MediaIndex(spill.media(sorted(resident)))
 
@@ -524,12 +524,12 @@ def _drop_false_matches(occ_take, media_take, has, same):
 class _Spill:
     """Rows of both join sides partitioned by key hash into Arrow IPC files, read back per partition."""
 
-    def __init__(self, folder: Path, parts: int, filter_bytes: int = 0):
+    def __init__(self, folder: Path, parts: int, key_filter_bytes: int = 0):
         self.folder, self.parts = folder, parts
         self.writers: dict[tuple[str, int], pa.ipc.RecordBatchStreamWriter] = {}
         self.nbytes: collections.Counter = collections.Counter()  # (side, part) -> bytes written
         # the media's keys, so that core rows without any media are not spilled
-        self.media_keys = _KeyFilter(filter_bytes) if filter_bytes else None
+        self.media_keys = _KeyFilter(key_filter_bytes) if key_filter_bytes else None
 
     def _path(self, side: str, part: int) -> Path:
         return self.folder / f"{side}-{part:03d}.arrow"
