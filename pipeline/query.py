@@ -11,7 +11,7 @@ VIEWS: dict[str, str] = {
     "resolved": "resolved/**/part-*.parquet",
     "curated": "curated/**/*.parquet",
     "rejects": "rejects/**/part-*.parquet",
-    "downloads": "shards/**/*.parquet",
+    "downloads": "shards/*.parquet",  # the sidecars (not the plan files of a run in progress)
 }
 VIEW_HELP = {
     "raw": "every ingested record (hive columns: source, dataset)",

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.curate.captions import CAPTION_TYPES, NAME_COLUMNS
-from schemas.record import record_id_column
+from schemas.hashing import hash_strings
+from schemas.record import UNIQUE_COLUMNS, record_id_column
 from shards import status
 from shards.fetch import DEFAULT_USER_AGENT, Fetcher, FetchOptions, HostLimit, host_of
 from shards.image import ImageOptions, process_image, process_images
@@ -74,6 +75,10 @@ class Options(BaseModel):
     quality: int = Field(90, ge=1, le=100, description="JPEG quality of re-encoded images")
     keep_original: bool = Field(True, description="store the original JPEG/PNG bytes when already small enough")
     shard_size: int = Field(1000, ge=1, description="images per shard")
+    plan_bucket_rows: int = Field(
+        500_000, ge=1, description="a Parquet input of more rows is planned in buckets of about this many "
+        "(by a hash of the key, spilled to disk beside the shards), so planning holds one bucket in memory; "
+        "each bucket's last shard of a split may then be short")
     host_concurrency: int = Field(8, ge=1, description="default simultaneous requests per host")
     host_rate: float = Field(20.0, ge=0, description="default requests per second per host (0 = unlimited)")
     hosts: dict[str, HostOptions] = Field(default_factory=dict, description="per-host overrides, keyed by host name")
@@ -164,7 +169,7 @@ def _read_input(path: str, options: Options) -> pa.Table:
         with fs.open(local, "rb") as f:
             urls = [u.strip() for u in f.read().decode().splitlines() if u.strip()]
         return pa.table({options.url_column: pa.array(urls, pa.string())})
-    dataset = pads.dataset(local, filesystem=fs, format="parquet", partitioning="hive")
+    dataset = _dataset(path)
     # repeating text stays dictionary-coded (curated captions: a few thousand values for millions
     # of rows); parts are combined as they are read, so each file's own dictionaries do not pile up
     parts, batches, rows = [], [], 0
@@ -243,6 +248,27 @@ def _safe_keys(table: pa.Table, name: str, fallback) -> pa.Array:
     return keys
 
 
+def _plan_columns(names: set[str], path: str, options: Options) -> tuple[str, str]:
+    """The URL and key columns of an input with these columns: a record table or a URL list."""
+    if "identifier" in names:
+        return "identifier", "record_id"
+    if options.url_column in names:
+        return options.url_column, options.key_column
+    raise ValueError(
+        f"{path}: neither a record table (column 'identifier') nor a URL list "
+        f"(column {options.url_column!r}); columns are {sorted(names)}")
+
+
+def _split_key_url(table: pa.Table, url_col: str, key_col: str, options: Options) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Each row's split, safe key (a record id of its URL when it has none) and stripped URL."""
+    urls = _urls(table, url_col)
+    keys = _safe_keys(table, key_col, lambda rows: record_id_column("url", pc.take(urls, pa.array(rows))))
+    default = pa.scalar(options.default_split, pa.string())
+    splits = _safe_keys(table, "split", lambda rows: pa.repeat(default, len(rows))) if "split" in table.column_names \
+        else pa.repeat(default, table.num_rows)
+    return splits, keys, urls
+
+
 class DownloadPlan:
     """Where every input row goes: the input table as read (Arrow, columns null throughout
     dropped), and per planned position (rows sorted by split, key, URL) the input row, final key,
@@ -250,23 +276,13 @@ class DownloadPlan:
     time (:attr:`PlannedShard.items`), so planning millions of rows holds Arrow columns, not a
     Python dict per row."""
 
-    def __init__(self, table: pa.Table, path: str, options: Options):
+    def __init__(self, table: pa.Table, path: str, options: Options, columns: list[str] | None = None):
+        """``columns``: the input columns kept for the items (default: those not null throughout)."""
         names = set(table.column_names)
-        if "identifier" in names:
-            url_col, key_col = "identifier", "record_id"
-        elif options.url_column in names:
-            url_col, key_col = options.url_column, options.key_column
-        else:
-            raise ValueError(
-                f"{path}: neither a record table (column 'identifier') nor a URL list "
-                f"(column {options.url_column!r}); columns are {sorted(names)}")
+        url_col, key_col = _plan_columns(names, path, options)
         self.caption_col, self.cls_col = options.caption_column, options.cls_column
         self.text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
-        urls = _urls(table, url_col)
-        keys = _safe_keys(table, key_col, lambda rows: record_id_column("url", pc.take(urls, pa.array(rows))))
-        default = pa.scalar(options.default_split, pa.string())
-        splits = _safe_keys(table, "split", lambda rows: pa.repeat(default, len(rows))) if "split" in names \
-            else pa.repeat(default, table.num_rows)
+        splits, keys, urls = _split_key_url(table, url_col, key_col, options)
         narrow = pa.table({"split": splits, "key": keys, "url": urls})
         # a stable sort: rows equal in all three keep their input order, as sorted() keeps them
         order = pc.sort_indices(narrow, sort_keys=[("split", "ascending"), ("key", "ascending"),
@@ -286,7 +302,9 @@ class DownloadPlan:
         self.keys, self.urls = keys, narrow.column("url").combine_chunks()
         self.splits = narrow.column("split").combine_chunks()
         # what an item's record is built from: a column null in every row adds nothing to it
-        self.table = table.select([c for c in table.column_names if table.column(c).null_count < table.num_rows])
+        if columns is None:
+            columns = [c for c in table.column_names if table.column(c).null_count < table.num_rows]
+        self.table = table.select(columns)
         clash = sorted(set(self.table.column_names) & set(_PLAN_COLUMNS))
         if clash:
             raise ValueError(f"{path}: columns {clash} are reserved for the download plan; rename them")
@@ -313,25 +331,183 @@ class DownloadPlan:
                 "__split": self.splits.slice(start, n), "__dup": pa.array(self.dup[start:stop])}
         return pa.table([*taken.columns, *plan.values()], names=[*taken.column_names, *plan])
 
-    def write(self, path: str) -> dict[str, int]:
-        """The plan as one Parquet file, rows in plan order and a row group per shard, for workers
-        that build their shard's items themselves (Beam); returns each shard's row group."""
-        fs, local = fsspec.core.url_to_fs(path)
-        fs.makedirs(local.rsplit("/", 1)[0], exist_ok=True)
-        layout: dict[str, int] = {}
-        with fs.open(local + ".tmp", "wb") as f:
-            writer = None
+    def write(self, plan_dir: str) -> dict[str, tuple[str, int]]:
+        """The plan as one Parquet file in ``plan_dir``, rows in plan order and a row group per
+        shard, for workers that build their shard's items themselves (Beam); returns each shard's
+        file and row group."""
+        with _PlanFile(_join(plan_dir, "plan.parquet")) as out:
             for shard in self.shards:
-                # plain text: a dictionary column would write its whole dictionary into every row group
-                rows = _decoded(self.rows(shard.start, shard.stop))
-                if writer is None:
-                    writer = pq.ParquetWriter(f, rows.schema, compression="zstd")
-                writer.write_table(rows, row_group_size=max(1, len(shard)))
-                layout[shard.name] = len(layout)
-            if writer is not None:
+                out.add(shard.name, self.rows(shard.start, shard.stop))
+        return out.layout
+
+    def close(self) -> None:
+        """Nothing to remove: this plan is in memory."""
+
+
+class _PlanFile:
+    """A plan file being written: a row group per shard, plain text (a dictionary column would
+    write its whole dictionary into every row group), renamed into place when closed."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fs, self.local = fsspec.core.url_to_fs(path)
+        self.fs.makedirs(self.local.rsplit("/", 1)[0], exist_ok=True)
+        self.layout: dict[str, tuple[str, int]] = {}
+        self._file = self.fs.open(self.local + ".tmp", "wb")
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, shard: str, rows: pa.Table) -> None:
+        rows = _decoded(rows)
+        if self._writer is None:  # no statistics: nothing filters on them, and a footer per shard is smaller
+            self._writer = pq.ParquetWriter(self._file, rows.schema, compression="zstd", write_statistics=False)
+        self._writer.write_table(rows.cast(self._writer.schema), row_group_size=max(1, rows.num_rows))
+        self.layout[shard] = (self.path, len(self.layout))
+
+    def __enter__(self) -> _PlanFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._file.close()
+        if exc[0] is None:
+            self.fs.mv(self.local + ".tmp", self.local)
+        else:
+            self.fs.rm(self.local + ".tmp")
+
+
+_SPILL_BYTES = 128 << 20  # input rows held by the bucketed plan's first pass before they are written out
+_SPILL_GROUP_ROWS = 16_384  # rows per row group of its spill files (the writer holds one encoded group)
+
+
+class BucketedPlan:
+    """The plan of an input too large to hold (more than ``plan_bucket_rows`` rows), in two passes
+    that each hold about one bucket.
+
+    1. The input streams past in batches; each row goes to bucket ``hash(key) % buckets`` (all
+       rows of a key in one bucket, so repeated keys are found there), written to a Parquet file
+       per bucket in a temporary folder.
+    2. Each bucket in turn is planned as :class:`DownloadPlan` plans a whole input (sorted by
+       split, key, URL; repeated keys marked), and its shards are written to ``plan_dir`` as
+       :meth:`DownloadPlan.write` does; a split's shard numbers go on from bucket to bucket.
+
+    Shards are then cut per bucket: each bucket's last shard of a split may be short. The plan
+    depends only on the rows, not on their order in the input (but for rows equal in split, key
+    and URL, as in :class:`DownloadPlan`). Shards read their items from the plan files.
+    """
+
+    def __init__(self, path: str, options: Options, rows: int, plan_dir: str):
+        self.plan_dir = plan_dir
+        self.buckets = max(1, -(-rows // options.plan_bucket_rows))
+        self.shards: list[PlannedShard] = []
+        self.layout: dict[str, tuple[str, int]] = {}
+        self._open: tuple[str, pq.ParquetFile] | None = None  # the plan file last read (shards come in its order)
+        fs, local = fsspec.core.url_to_fs(plan_dir)
+        spill_dir = local if isinstance(fs, fsspec.implementations.local.LocalFileSystem) else None
+        if spill_dir:
+            fs.makedirs(spill_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="biocorpus-plan-", dir=spill_dir) as tmp:
+            columns = self._spill(path, options, Path(tmp))
+            self._plan(path, options, Path(tmp), columns)
+
+    def _spill(self, path: str, options: Options, tmp: Path) -> list[str]:
+        """Pass 1: the input's rows into a Parquet file per bucket; returns the columns that are
+        not null throughout (the items' records are built from those)."""
+        dataset = _dataset(path)
+        url_col, key_col = _plan_columns(set(dataset.schema.names), path, options)
+        self.caption_col, self.cls_col = options.caption_column, options.cls_column
+        self.text_columns = ({c: t for c, t in TEXT_MEMBERS.items() if c in dataset.schema.names}
+                             if options.text_members else {})
+        writers: dict[int, pq.ParquetWriter] = {}
+        held: list[list[pa.Table]] = [[] for _ in range(self.buckets)]
+        held_bytes = 0
+        nonnull: set[str] = set()
+        schema: pa.Schema | None = None
+
+        def flush() -> None:
+            for b, parts in enumerate(held):
+                if parts:
+                    rows = pa.concat_tables(parts)
+                    if b not in writers:
+                        writers[b] = pq.ParquetWriter(tmp / f"bucket-{b:05d}.parquet", rows.schema,
+                                                      compression="zstd", compression_level=1)
+                    writers[b].write_table(rows, row_group_size=_SPILL_GROUP_ROWS)
+                    parts.clear()
+
+        try:
+            # file by file: the dataset's scanner reads ahead of this loop, which is slower than it,
+            # and held up to ~1 GB more here whatever its read-ahead options said
+            batches = (b for fragment in dataset.get_fragments() for b in fragment.to_batches(schema=dataset.schema))
+            for batch in batches:
+                if not batch.num_rows:
+                    continue
+                table = pa.Table.from_batches([batch])
+                schema = schema or table.schema
+                nonnull.update(c for c in table.column_names if table.column(c).null_count < table.num_rows)
+                _, keys, _ = _split_key_url(table, url_col, key_col, options)
+                bucket = (hash_strings(keys, "download-plan") % np.uint64(self.buckets)).astype(np.int64)
+                order = np.argsort(bucket, kind="stable")
+                bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
+                # plain text: a slice of a dictionary column holds its batch's whole dictionary, which
+                # would be written once per bucket (Parquet makes dictionaries of its own)
+                grouped = _decoded(table.take(pa.array(order)))
+                for b in np.flatnonzero(np.diff(bounds)).tolist():
+                    held[b].append(grouped.slice(bounds[b], bounds[b + 1] - bounds[b]))
+                held_bytes += grouped.nbytes
+                if held_bytes > _SPILL_BYTES:
+                    flush()
+                    held_bytes = 0
+            flush()
+        finally:
+            for writer in writers.values():
                 writer.close()
-        fs.mv(local + ".tmp", local)
-        return layout
+        return [c for c in (schema.names if schema else []) if c in nonnull]
+
+    def _plan(self, path: str, options: Options, tmp: Path, columns: list[str]) -> None:
+        """Pass 2: each bucket planned, its shards written to its own plan file."""
+        first: collections.Counter[str] = collections.Counter()  # the next shard number of each split
+        for b in range(self.buckets):
+            spilled = tmp / f"bucket-{b:05d}.parquet"
+            if not spilled.exists():
+                continue
+            # repeating text back as dictionaries (Parquet's own): a bucket then holds each caption once
+            text = [f.name for f in pq.read_schema(spilled) if pa.types.is_string(f.type) and f.name not in UNIQUE_COLUMNS]
+            plan = DownloadPlan(pq.read_table(spilled, read_dictionary=text).combine_chunks(), path, options, columns)
+            spilled.unlink()
+            planned = collections.Counter()
+            with _PlanFile(_join(self.plan_dir, f"plan-{b:05d}.parquet")) as out:
+                for shard in plan.shards:
+                    n = first[shard.split] + shard.n
+                    name = shard_name(shard.split, n)
+                    out.add(name, plan.rows(shard.start, shard.stop))
+                    self.shards.append(PlannedShard(shard.split, n, self, 0, len(shard)))
+                    planned[shard.split] += 1
+            self.layout.update(out.layout)
+            first.update(planned)
+            plan = None  # released before the next bucket is read
+
+    def items(self, start: int, stop: int, shard: str) -> list[dict]:
+        """A shard's items, read from its plan file (``start``, ``stop``: its rows there)."""
+        path, group = self.layout[shard]
+        if self._open is None or self._open[0] != path:
+            fs, local = fsspec.core.url_to_fs(path)
+            with fs.open(local, "rb") as f:
+                self._open = (path, pq.ParquetFile(pa.BufferReader(f.read())))
+        rows = self._open[1].read_row_group(group).slice(start, stop - start)
+        return plan_items(rows, shard, self.caption_col, self.cls_col, self.text_columns)
+
+    def write(self, plan_dir: str) -> dict[str, tuple[str, int]]:
+        """Each shard's plan file and row group (already written, in ``plan_dir``)."""
+        if plan_dir != self.plan_dir:
+            raise ValueError(f"this plan is in {self.plan_dir}, not {plan_dir}")
+        return self.layout
+
+    def close(self) -> None:
+        """Remove the plan files."""
+        self._open = None
+        fs, local = fsspec.core.url_to_fs(self.plan_dir)
+        if fs.exists(local):
+            fs.rm(local, recursive=True)
 
 
 def _decoded(table: pa.Table) -> pa.Table:
@@ -368,7 +544,8 @@ def plan_items(rows: pa.Table, shard: str, caption_col: str, cls_col: str, text_
 
 def read_plan_items(path: str, shard: str, group: int, caption_col: str, cls_col: str,
                     text_columns: dict[str, str], only: frozenset[str] | None = None) -> list[dict]:
-    """One shard's items from a plan file (:meth:`DownloadPlan.write`); ``only``: just these keys."""
+    """One shard's items from a plan file (:meth:`DownloadPlan.write`, :class:`BucketedPlan`);
+    ``only``: just these keys."""
     fs, local = fsspec.core.url_to_fs(path)
     with fs.open(local, "rb") as f:
         rows = pq.ParquetFile(f).read_row_group(group)
@@ -380,7 +557,7 @@ def read_plan_items(path: str, shard: str, group: int, caption_col: str, cls_col
 class PlannedShard:
     split: str
     n: int
-    plan: DownloadPlan
+    plan: DownloadPlan | BucketedPlan
     start: int
     stop: int
 
@@ -407,14 +584,48 @@ def _say_planned(shards: list[PlannedShard], started: float) -> None:
 
 
 def plan_download(path: str, options: Options) -> list[PlannedShard]:
+    """The shards of an input that is planned in memory (see :func:`make_plan`)."""
+    return make_plan(path, options).shards
+
+
+def make_plan(path: str, options: Options, plan_dir: str | None = None) -> DownloadPlan | BucketedPlan:
     """Read the input (records Parquet dataset, or a URL list) and cut it into shards.
 
     Rows are sorted by (split, key, URL), so the plan never depends on input order; each split is
     cut into shards of ``options.shard_size``. A key seen again gets ``{key}-dup{i}`` and is
     marked ``dup`` (recorded as ``duplicate_key``, never fetched), so no sample overwrites
     another and none disappears. Curated records are recognised by ``identifier`` (key
-    ``record_id``); anything with ``options.url_column`` is a URL list."""
-    return DownloadPlan(_read_table(path, options), path, options).shards
+    ``record_id``); anything with ``options.url_column`` is a URL list.
+
+    A Parquet input of more than ``options.plan_bucket_rows`` rows is planned in buckets
+    (:class:`BucketedPlan`), whose files go to ``plan_dir`` (required then); ``close()`` the plan
+    when done with it."""
+    rows = _parquet_rows(path)
+    if rows is None or rows <= options.plan_bucket_rows:
+        return DownloadPlan(_read_table(path, options), path, options)
+    if plan_dir is None:
+        raise ValueError(f"{path}: {rows:,} rows are planned in buckets, which needs a plan_dir")
+    try:
+        return BucketedPlan(path, options, rows, plan_dir)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: {exc}; give a curated folder or a Parquet dataset and run again") from exc
+
+
+def _parquet_rows(path: str) -> int | None:
+    """How many rows a Parquet input holds (from the files' footers), or None for a CSV, TSV or
+    text URL list and for what is not a readable Parquet dataset (its reading then says why)."""
+    fs, local = fsspec.core.url_to_fs(path)
+    if fs.isfile(local) and local.lower().endswith((".csv", ".tsv", ".txt")):
+        return None
+    try:
+        return _dataset(path).count_rows()
+    except (pa.ArrowInvalid, OSError):
+        return None
+
+
+def _dataset(path: str) -> pads.Dataset:
+    fs, local = fsspec.core.url_to_fs(path)
+    return pads.dataset(local, filesystem=fs, format="parquet", partitioning="hive")
 
 
 # ---------------------------------------------------------------- one image
@@ -800,13 +1011,23 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
-    shards = plan_download(str(input_dir), options)
-    if progress:
-        _say_planned(shards, started)
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
-    processed = asyncio.run(_run_local(shards, out_dir, options, progress))
-    return _finish(out_dir, shards, processed, time.monotonic() - started)
+    plan = make_plan(str(input_dir), options, _plan_dir(out_dir))
+    try:
+        shards = plan.shards
+        if progress:
+            _say_planned(shards, started)
+        processed = asyncio.run(_run_local(shards, out_dir, options, progress))
+        return _finish(out_dir, shards, processed, time.monotonic() - started)
+    finally:
+        plan.close()
+
+
+def _plan_dir(out_dir: str) -> str:
+    """Where a plan's files go while the shards are made: beside them (Beam workers read them), in
+    a folder that no reader of the shards' sidecars (``shards/*.parquet``) looks into."""
+    return _join(out_dir, "_plan")
 
 
 def failed_rejects(out_dir: str | Path):
@@ -891,13 +1112,21 @@ def download_beam(
 
     ``pipeline_args`` are Beam pipeline options; ``--runner=FnApiRunner`` is the default (the
     DirectRunner downloads Prism). Returns the same stats as ``run_download``."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
-    plan = DownloadPlan(_read_table(str(input_dir), options), str(input_dir), options)
+    plan = make_plan(str(input_dir), options, _plan_dir(out_dir))
+    try:
+        return _download_beam(plan, out_dir, options, pipeline_args, started)
+    finally:
+        plan.close()
+
+
+def _download_beam(plan: DownloadPlan | BucketedPlan, out_dir: str, options: Options, pipeline_args: list[str] | None,
+                   started: float) -> dict:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     shards = plan.shards
     _say_planned(shards, started)
     # the workers read their shard's rows from a plan file beside the shards (any fsspec path), so
@@ -917,8 +1146,7 @@ def download_beam(
         args.append("--runner=FnApiRunner")
     splits = options.beam_workers_per_host
     if todo:
-        plan_path = _join(out_dir, "_plan/plan.parquet")
-        layout = plan.write(plan_path)
+        layout = plan.write(_plan_dir(out_dir))
         work = [(shard.name, layout[shard.name], only) for shard, only in todo]
         caption_col, cls_col, text_columns = plan.caption_col, plan.cls_col, plan.text_columns
         with beam.Pipeline(options=PipelineOptions(args)) as p:
@@ -926,7 +1154,7 @@ def download_beam(
                 p
                 | "Shards" >> beam.Create(work)
                 | "Reshuffle" >> beam.Reshuffle()
-                | "Items" >> beam.FlatMap(lambda w: read_plan_items(plan_path, w[0], w[1], caption_col, cls_col,
+                | "Items" >> beam.FlatMap(lambda w: read_plan_items(w[1][0], w[0], w[1][1], caption_col, cls_col,
                                                                     text_columns, w[2]))
                 | "KeyByHost" >> beam.Map(lambda item: (_host_group(item, splits), item))
                 | "GroupByHost" >> beam.GroupByKey()
@@ -935,6 +1163,7 @@ def download_beam(
                 | "GroupByShard" >> beam.GroupByKey()
                 | "Write" >> beam.MapTuple(lambda shard, results: _write_group(shard, results, out_dir))
             )
-        fs, local = fsspec.core.url_to_fs(_join(out_dir, "_plan"))
-        fs.rm(local, recursive=True)
+        fs, local = fsspec.core.url_to_fs(_plan_dir(out_dir))
+        if fs.exists(local):
+            fs.rm(local, recursive=True)
     return _finish(out_dir, shards, planned, time.monotonic() - started)

@@ -171,16 +171,17 @@ def test_the_plan_file_gives_every_shard_the_items_of_the_local_plan(tmp_path):
         "caption": captions, "caption_sci": captions, "cls": [i % 4 for i in range(n)],
         "common_name": [None if i % 5 else "oak" for i in range(n)], "decimal_latitude": [i / 7 for i in range(n)]})
     plan = DownloadPlan(table, "chunks", Options(shard_size=4))
-    layout = plan.write(str(tmp_path / "_plan" / "plan.parquet"))
+    layout = plan.write(str(tmp_path / "_plan"))
     assert list(layout) == [s.name for s in plan.shards]
+    assert {path for path, _ in layout.values()} == {str(tmp_path / "_plan" / "plan.parquet")}
     for shard in plan.shards:
-        items = read_plan_items(str(tmp_path / "_plan" / "plan.parquet"), shard.name, layout[shard.name],
+        items = read_plan_items(layout[shard.name][0], shard.name, layout[shard.name][1],
                                 plan.caption_col, plan.cls_col, plan.text_columns)
         assert items == shard.items
         only = frozenset(i["key"] for i in items[::2])
-        assert [i["key"] for i in read_plan_items(str(tmp_path / "_plan" / "plan.parquet"), shard.name,
-                                                   layout[shard.name], plan.caption_col, plan.cls_col,
-                                                   plan.text_columns, only)] == [i["key"] for i in items[::2]]
+        assert [i["key"] for i in read_plan_items(layout[shard.name][0], shard.name, layout[shard.name][1],
+                                                   plan.caption_col, plan.cls_col, plan.text_columns,
+                                                   only)] == [i["key"] for i in items[::2]]
     assert sum(i["dup"] for s in plan.shards for i in s.items) == 4
 
 
@@ -188,3 +189,102 @@ def test_an_input_column_named_like_the_plans_own_is_a_clear_error():
     table = pa.table({"url": ["http://h/1"], "__key": ["x"]})
     with pytest.raises(ValueError, match="reserved for the download plan"):
         DownloadPlan(table, "urls.parquet", Options())
+
+
+# ---------------------------------------------------------------- inputs planned in buckets
+
+
+def _write_parts(table: pa.Table, folder, parts: int) -> str:
+    """``table`` as a Parquet dataset of ``parts`` files (the input the bucketed plan streams)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    step = -(-table.num_rows // parts) if table.num_rows else 1
+    for i in range(parts):
+        pq.write_table(table.slice(i * step, step), folder / f"part-{i:03d}.parquet")
+    return str(folder)
+
+
+def _plan_of(path: str, options: Options, plan_dir) -> tuple[str, list[tuple[str, list[dict]]]]:
+    from pipeline.stages.download import make_plan
+
+    plan = make_plan(path, options, str(plan_dir))
+    try:
+        return type(plan).__name__, [(s.name, s.items) for s in plan.shards]
+    finally:
+        plan.close()
+
+
+def _by_key(shards) -> dict[str, dict]:
+    return {i["key"]: {k: v for k, v in i.items() if k != "shard"} for _, items in shards for i in items}
+
+
+@settings(max_examples=60, deadline=None)
+@given(url_lists(), st.integers(1, 4), st.integers(1, 5), st.integers(1, 3))
+def test_a_bucketed_plan_gives_every_row_the_item_of_the_in_memory_plan(tmp_path_factory, table, shard_size,
+                                                                        bucket_rows, parts):
+    """Planned in buckets, every row still gets exactly the item (key, dup mark, record, texts)
+    the in-memory plan gives it; shards are numbered on per split and hold at most shard_size."""
+    tmp = tmp_path_factory.mktemp("bucketed")
+    path = _write_parts(table, tmp / "in", parts)
+    whole_kind, whole = _plan_of(path, Options(shard_size=shard_size), tmp / "_plan")
+    kind, bucketed = _plan_of(path, Options(shard_size=shard_size, plan_bucket_rows=bucket_rows), tmp / "_plan")
+    assert whole_kind == "DownloadPlan"
+    assert kind == ("BucketedPlan" if table.num_rows > bucket_rows else "DownloadPlan")
+    assert sum(len(items) for _, items in bucketed) == table.num_rows
+    assert _by_key(bucketed) == _by_key(whole)
+    assert all(0 < len(items) <= shard_size and {i["shard"] for i in items} == {name} for name, items in bucketed)
+    names = collections.defaultdict(list)
+    for name, items in bucketed:
+        names[items[0]["split"]].append(name)
+    assert {split: sorted(n) for split, n in names.items()} == {
+        split: [shard_name(split, i) for i in range(len(n))] for split, n in names.items()}
+    assert not (tmp / "_plan").exists()  # close() removes the plan files
+
+
+def test_a_bucketed_plan_does_not_depend_on_the_input_order(tmp_path):
+    n = 57
+    rows = pa.table({"record_id": [f"r{i % 50}" for i in range(n)],
+                     "identifier": [f"http://h{i % 4}.example/{i}.jpg" for i in range(n)],
+                     "split": pa.array(["train", "val"] * 28 + ["test"]).dictionary_encode(),
+                     "caption": pa.array([f"a photo of Genus{i % 6} sp." for i in range(n)]).dictionary_encode(),
+                     "cls": [i % 6 for i in range(n)]})
+    options = Options(shard_size=4, plan_bucket_rows=10)
+    kind, first = _plan_of(_write_parts(rows, tmp_path / "a", 3), options, tmp_path / "_plan")
+    shuffled = rows.take(pa.array([(i * 23) % n for i in range(n)]))
+    _, second = _plan_of(_write_parts(shuffled, tmp_path / "b", 5), options, tmp_path / "_plan")
+    assert kind == "BucketedPlan"
+    assert first == second
+    assert sum(i["dup"] for _, items in first for i in items) == n - 50
+    assert max(len(items) for _, items in first) == 4
+
+
+def test_a_bucketed_plan_needs_a_folder_for_its_files(tmp_path):
+    from pipeline.stages.download import make_plan
+
+    path = _write_parts(pa.table({"url": [f"http://h/{i}" for i in range(5)]}), tmp_path / "in", 2)
+    with pytest.raises(ValueError, match="plan_dir"):
+        make_plan(path, Options(plan_bucket_rows=2))
+    assert len(make_plan(path, Options(plan_bucket_rows=5)).shards) == 1  # small enough: in memory
+
+
+def test_the_downloads_view_reads_the_sidecars_not_a_plan_in_progress(tmp_path):
+    """A download in progress keeps its plan files in shards/_plan/: DuckDB's downloads and
+    shards views must not read them as sidecar rows."""
+    import pyarrow.parquet as pq
+
+    from pipeline.query import connect
+    from shards.status import STATUS_SCHEMA
+
+    (tmp_path / "shards" / "_plan").mkdir(parents=True)
+    rows = [{f.name: None for f in STATUS_SCHEMA} | {"key": k, "url": f"http://h/{k}", "split": "train",
+                                                    "shard": "train-000000", "status": "ok"} for k in "ab"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA), tmp_path / "shards" / "train-000000.parquet")
+    pq.write_table(pa.table({"__key": ["x", "y", "z"], "identifier": ["u"] * 3}),
+                   tmp_path / "shards" / "_plan" / "plan-00000.parquet")
+    con = connect(tmp_path)
+    try:
+        assert con.execute("SELECT count(*) FROM downloads").fetchone() == (2,)
+        assert con.execute("SELECT shard, attempted FROM shards").fetchall() == [("train-000000", 2)]
+    finally:
+        con.close()

@@ -41,6 +41,20 @@ def test_beam_matches_local(server, tmp_path):
     assert again["processed_this_run"] == 0
 
 
+def test_beam_reads_a_bucketed_plan_as_the_local_runner_does(server, tmp_path):
+    """An input planned in buckets: Beam's workers read their shard's rows from the bucket plan
+    files, and write the same shards as the local runner from the same plan."""
+    urls = [server.url(p) for p in ("/img/ocelot.jpg", "/img/vehicle.jpg", "/img/small.jpg", "/img/small.png",
+                                    "/img/missing.jpg", "/html", "/img/american_black_bear.jpg")]
+    write_records(tmp_path / "in", urls)
+    options = Options(**{**FAST, "shard_size": 2}, plan_bucket_rows=3)
+    local = run_download(tmp_path / "in", tmp_path / "local", options, progress=False)
+    beam = download_beam(tmp_path / "in", str(tmp_path / "beam"), options, ["--runner=FnApiRunner"])
+    assert beam["attempted"] == local["attempted"] == len(urls) and beam["ok"] == local["ok"] == 5
+    assert _digests(tmp_path / "beam") == _digests(tmp_path / "local")
+    assert not (tmp_path / "beam" / "_plan").exists() and not (tmp_path / "local" / "_plan").exists()
+
+
 def test_beam_retry_failed_keeps_good_images(server, tmp_path):
     urls = [server.url("/img/ocelot.jpg"), server.url("/retry429/small.jpg?n=2&after=0&t=beam")]
     write_records(tmp_path / "in", urls, splits=("train",))
