@@ -406,9 +406,13 @@ class BucketedPlan:
         spill_dir = local if isinstance(fs, fsspec.implementations.local.LocalFileSystem) else None
         if spill_dir:
             fs.makedirs(spill_dir, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="biocorpus-plan-", dir=spill_dir) as tmp:
-            columns = self._spill(path, options, Path(tmp))
-            self._plan(path, options, Path(tmp), columns)
+        try:
+            with tempfile.TemporaryDirectory(prefix="biocorpus-plan-", dir=spill_dir) as tmp:
+                columns = self._spill(path, options, Path(tmp))
+                self._plan(path, options, Path(tmp), columns)
+        except BaseException:
+            self.close()  # no half-written plan files left beside the shards
+            raise
 
     def _spill(self, path: str, options: Options, tmp: Path) -> list[str]:
         """Pass 1: the input's rows into a Parquet file per bucket; returns the columns that are
