@@ -259,10 +259,20 @@ def _plan_columns(names: set[str], path: str, options: Options) -> tuple[str, st
         f"(column {options.url_column!r}); columns are {sorted(names)}")
 
 
+def _text_members(names, options: Options) -> dict[str, str]:
+    """Input column -> BioCLIP text type of the members written for it (:data:`TEXT_MEMBERS`)."""
+    return {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
+
+
+def _keys(table: pa.Table, urls: pa.Array, key_col: str) -> pa.Array:
+    """Each row's safe key: its key column's, or a record id of its URL (``urls``) when it has none."""
+    return _safe_keys(table, key_col, lambda rows: record_id_column("url", pc.take(urls, pa.array(rows))))
+
+
 def _split_key_url(table: pa.Table, url_col: str, key_col: str, options: Options) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """Each row's split, safe key (a record id of its URL when it has none) and stripped URL."""
+    """Each row's split, safe key (:func:`_keys`) and stripped URL."""
     urls = _urls(table, url_col)
-    keys = _safe_keys(table, key_col, lambda rows: record_id_column("url", pc.take(urls, pa.array(rows))))
+    keys = _keys(table, urls, key_col)
     default = pa.scalar(options.default_split, pa.string())
     splits = _safe_keys(table, "split", lambda rows: pa.repeat(default, len(rows))) if "split" in table.column_names \
         else pa.repeat(default, table.num_rows)
@@ -281,7 +291,7 @@ class DownloadPlan:
         names = set(table.column_names)
         url_col, key_col = _plan_columns(names, path, options)
         self.caption_col, self.cls_col = options.caption_column, options.cls_column
-        self.text_columns = {c: t for c, t in TEXT_MEMBERS.items() if c in names} if options.text_members else {}
+        self.text_columns = _text_members(names, options)
         splits, keys, urls = _split_key_url(table, url_col, key_col, options)
         narrow = pa.table({"split": splits, "key": keys, "url": urls})
         # a stable sort: rows equal in all three keep their input order, as sorted() keeps them
@@ -299,6 +309,7 @@ class DownloadPlan:
                                                      seen[rows].tolist(), strict=True)]
             keys = pc.replace_with_mask(keys, pa.array(dup), pa.array(renamed, pa.string()))
         self.order, self.dup = order, dup
+        self.written: str | None = None  # the folder write() wrote the plan file to
         self.keys, self.urls = keys, narrow.column("url").combine_chunks()
         self.splits = narrow.column("split").combine_chunks()
         # what an item's record is built from: a column null in every row adds nothing to it
@@ -335,13 +346,16 @@ class DownloadPlan:
         """The plan as one Parquet file in ``plan_dir``, rows in plan order and a row group per
         shard, for workers that build their shard's items themselves (Beam); returns each shard's
         file and row group."""
+        self.written = plan_dir
         with _PlanFile(_join(plan_dir, "plan.parquet")) as out:
             for shard in self.shards:
                 out.add(shard.name, self.rows(shard.start, shard.stop))
         return out.layout
 
     def close(self) -> None:
-        """Nothing to remove: this plan is in memory."""
+        """Remove the plan file :meth:`write` wrote, if any (the plan itself is in memory)."""
+        if self.written is not None:
+            _remove(self.written)
 
 
 class _PlanFile:
@@ -420,13 +434,11 @@ class BucketedPlan:
         dataset = _dataset(path)
         url_col, key_col = _plan_columns(set(dataset.schema.names), path, options)
         self.caption_col, self.cls_col = options.caption_column, options.cls_column
-        self.text_columns = ({c: t for c, t in TEXT_MEMBERS.items() if c in dataset.schema.names}
-                             if options.text_members else {})
+        self.text_columns = _text_members(dataset.schema.names, options)
         writers: dict[int, pq.ParquetWriter] = {}
         held: list[list[pa.Table]] = [[] for _ in range(self.buckets)]
         held_bytes = 0
         nonnull: set[str] = set()
-        schema: pa.Schema | None = None
 
         def flush() -> None:
             for b, parts in enumerate(held):
@@ -446,9 +458,8 @@ class BucketedPlan:
                 if not batch.num_rows:
                     continue
                 table = pa.Table.from_batches([batch])
-                schema = schema or table.schema
                 nonnull.update(c for c in table.column_names if table.column(c).null_count < table.num_rows)
-                _, keys, _ = _split_key_url(table, url_col, key_col, options)
+                keys = _keys(table, _urls(table, url_col), key_col)
                 bucket = (hash_strings(keys, "download-plan") % np.uint64(self.buckets)).astype(np.int64)
                 order = np.argsort(bucket, kind="stable")
                 bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
@@ -465,7 +476,7 @@ class BucketedPlan:
         finally:
             for writer in writers.values():
                 writer.close()
-        return [c for c in (schema.names if schema else []) if c in nonnull]
+        return [c for c in dataset.schema.names if c in nonnull]
 
     def _plan(self, path: str, options: Options, tmp: Path, columns: list[str]) -> None:
         """Pass 2: each bucket planned, its shards written to its own plan file."""
@@ -509,9 +520,13 @@ class BucketedPlan:
     def close(self) -> None:
         """Remove the plan files."""
         self._open = None
-        fs, local = fsspec.core.url_to_fs(self.plan_dir)
-        if fs.exists(local):
-            fs.rm(local, recursive=True)
+        _remove(self.plan_dir)
+
+
+def _remove(folder: str) -> None:
+    fs, local = fsspec.core.url_to_fs(folder)
+    if fs.exists(local):
+        fs.rm(local, recursive=True)
 
 
 def _decoded(table: pa.Table) -> pa.Table:
@@ -1167,7 +1182,4 @@ def _download_beam(plan: DownloadPlan | BucketedPlan, out_dir: str, options: Opt
                 | "GroupByShard" >> beam.GroupByKey()
                 | "Write" >> beam.MapTuple(lambda shard, results: _write_group(shard, results, out_dir))
             )
-        fs, local = fsspec.core.url_to_fs(_plan_dir(out_dir))
-        if fs.exists(local):
-            fs.rm(local, recursive=True)
     return _finish(out_dir, shards, planned, time.monotonic() - started)
