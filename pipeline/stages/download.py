@@ -342,6 +342,10 @@ class DownloadPlan:
                 "__split": self.splits.slice(start, n), "__dup": pa.array(self.dup[start:stop])}
         return pa.table([*taken.columns, *plan.values()], names=[*taken.column_names, *plan])
 
+    def digests(self) -> dict[str, str]:
+        """Each shard's :func:`keys_digest` (what a shard made earlier must match to be kept)."""
+        return _shard_digests(self.keys, [(s.name, s.start, s.stop) for s in self.shards])
+
     def write(self, plan_dir: str) -> dict[str, tuple[str, int]]:
         """The plan as one Parquet file in ``plan_dir``, rows in plan order and a row group per
         shard, for workers that build their shard's items themselves (Beam); returns each shard's
@@ -415,6 +419,7 @@ class BucketedPlan:
         self.buckets = max(1, -(-rows // options.plan_bucket_rows))
         self.shards: list[PlannedShard] = []
         self.layout: dict[str, tuple[str, int]] = {}
+        self._digests: dict[str, str] = {}
         self._open: tuple[str, pq.ParquetFile] | None = None  # the plan file last read (shards come in its order)
         fs, local = fsspec.core.url_to_fs(plan_dir)
         spill_dir = local if isinstance(fs, fsspec.implementations.local.LocalFileSystem) else None
@@ -490,14 +495,17 @@ class BucketedPlan:
             plan = DownloadPlan(pq.read_table(spilled, read_dictionary=text).combine_chunks(), path, options, columns)
             spilled.unlink()
             planned = collections.Counter()
+            spans = []
             with _PlanFile(_join(self.plan_dir, f"plan-{b:05d}.parquet")) as out:
                 for shard in plan.shards:
                     n = first[shard.split] + shard.n
                     name = shard_name(shard.split, n)
                     out.add(name, plan.rows(shard.start, shard.stop))
                     self.shards.append(PlannedShard(shard.split, n, self, 0, len(shard)))
+                    spans.append((name, shard.start, shard.stop))
                     planned[shard.split] += 1
             self.layout.update(out.layout)
+            self._digests.update(_shard_digests(plan.keys, spans))
             first.update(planned)
             plan = None  # released before the next bucket is read
 
@@ -510,6 +518,10 @@ class BucketedPlan:
                 self._open = (path, pq.ParquetFile(pa.BufferReader(f.read())))
         rows = self._open[1].read_row_group(group).slice(start, stop - start)
         return plan_items(rows, shard, self.caption_col, self.cls_col, self.text_columns)
+
+    def digests(self) -> dict[str, str]:
+        """Each shard's :func:`keys_digest`, as :meth:`DownloadPlan.digests`."""
+        return dict(self._digests)
 
     def write(self, plan_dir: str) -> dict[str, tuple[str, int]]:
         """Each shard's plan file and row group (already written, in ``plan_dir``)."""
@@ -591,6 +603,90 @@ class PlannedShard:
     def items(self) -> list[dict]:
         """This shard's items, built now from the plan (a shard's worth of rows at a time)."""
         return self.plan.items(self.start, self.stop, self.name)
+
+
+def keys_digest(keys: pa.Array | list[str]) -> str:
+    """A digest of a set of sample keys, independent of their order: the count and two sums of
+    64-bit key hashes. Two shards with equal digests hold the same keys (but for a 128-bit
+    coincidence)."""
+    return _shard_digests(pa.array(keys, pa.string()) if isinstance(keys, list) else keys,
+                          [("", 0, len(keys))])[""]
+
+
+def _shard_digests(keys: pa.Array, spans: list[tuple[str, int, int]]) -> dict[str, str]:
+    """:func:`keys_digest` of ``keys[start:stop]`` for each ``(name, start, stop)``, in one pass."""
+    if not spans:
+        return {}
+    starts = np.array([start for _, start, _ in spans], np.int64)
+    stops = np.array([stop for _, _, stop in spans], np.int64)
+    sums = []
+    for seed in ("download-layout-1", "download-layout-2"):
+        running = np.concatenate([np.zeros(1, np.uint64), np.cumsum(hash_strings(keys, seed), dtype=np.uint64)])
+        sums.append((running[stops] - running[starts]).tolist())  # modulo 2**64, as the sums wrap
+    return {name: f"{stop - start}-{a:016x}{b:016x}"
+            for (name, start, stop), a, b in zip(spans, *sums, strict=True)}
+
+
+class LayoutError(ValueError):
+    """The output folder holds shards that this plan would make from other rows."""
+
+
+_LAYOUT = "_layout.json"  # each planned shard's keys digest, written as a download starts
+
+
+def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Path | None = None) -> dict[str, str]:
+    """Stop before anything is fetched when ``out_dir`` holds shards this plan would fill with
+    other images, then record the plan's layout (``_layout.json``).
+
+    Finished shards are skipped by name and unfinished ones resume from their spool, so a shard
+    made from other rows (the input, ``shard_size`` or ``plan_bucket_rows`` changed since) would
+    leave some images out and hold others twice. Each shard made earlier is compared by its
+    keys: with the digest recorded when it was planned, or for a folder from before that record,
+    with its sidecar's keys (a spool's keys must be among the shard's). Returns the digests."""
+    digests = plan.digests()
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    fs.makedirs(path, exist_ok=True)
+    record = path.rstrip("/") + "/" + _LAYOUT
+    recorded: dict[str, str] = json.loads(fs.cat_file(record))["shards"] if fs.exists(record) else {}
+    made = sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in fs.glob(path.rstrip("/") + "/*.parquet")
+                  if fs.exists(p[: -len(".parquet")] + ".tar"))
+    spooled = sorted(d.name for d in spool_root.iterdir() if d.is_dir()) if spool_root and spool_root.exists() else []
+    changed, stale = [], []
+    by_name = {s.name: s for s in plan.shards}
+    for name in made:
+        if name not in digests:
+            stale.append(name)
+        elif recorded.get(name, digests[name]) != digests[name]:
+            changed.append(name)
+        elif name not in recorded:
+            rows = read_status(_join(out_dir, name + ".tar"))
+            if keys_digest([r["key"] for r in rows]) != digests[name]:
+                changed.append(name)
+    for name in (n for n in spooled if n not in made):
+        if name not in digests:
+            stale.append(name)
+        elif recorded.get(name, digests[name]) != digests[name]:
+            changed.append(name)
+        elif name not in recorded and not set(ShardSpool(spool_root / name).done) <= {
+                i["key"] for i in by_name[name].items}:
+            changed.append(name)
+    if changed or stale:
+        what = []
+        if changed:
+            what.append(f"{len(changed):,} made from other rows than this plan gives them ({', '.join(changed[:3])}"
+                        f"{', ...' if len(changed) > 3 else ''})")
+        if stale:
+            what.append(f"{len(stale):,} that this plan does not have ({', '.join(stale[:3])}"
+                        f"{', ...' if len(stale) > 3 else ''})")
+        raise LayoutError(
+            f"{out_dir} holds shards {' and '.join(what)}: the input, shard_size or plan_bucket_rows changed "
+            "since they were made. Kept, they would leave images out and hold others twice. Download into a "
+            "new folder (--output), or remove this one to start again.")
+    tmp = record + ".tmp"
+    with fs.open(tmp, "w") as f:
+        json.dump({"version": 1, "shards": digests}, f)
+    fs.mv(tmp, record)
+    return digests
 
 
 def _say_planned(shards: list[PlannedShard], started: float) -> None:
@@ -1034,6 +1130,7 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     fs.makedirs(path, exist_ok=True)
     plan = make_plan(str(input_dir), options, _plan_dir(out_dir))
     try:
+        check_layout(out_dir, plan, _spool_root(out_dir))
         shards = plan.shards
         if progress:
             _say_planned(shards, started)
@@ -1136,6 +1233,7 @@ def download_beam(
     out_dir = str(out_dir)
     plan = make_plan(str(input_dir), options, _plan_dir(out_dir))
     try:
+        check_layout(out_dir, plan)
         return _download_beam(plan, out_dir, options, pipeline_args, started)
     finally:
         plan.close()

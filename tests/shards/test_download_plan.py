@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.stages.download import TEXT_MEMBERS, DownloadPlan, Options, _jsonable
+from pipeline.stages.download import TEXT_MEMBERS, DownloadPlan, Options, _jsonable, keys_digest
 from schemas.record import make_record_id
 from shards.writer import shard_name
 
@@ -210,9 +210,24 @@ def _plan_of(path: str, options: Options, plan_dir) -> tuple[str, list[tuple[str
 
     plan = make_plan(path, options, str(plan_dir))
     try:
-        return type(plan).__name__, [(s.name, s.items) for s in plan.shards]
+        shards = [(s.name, s.items) for s in plan.shards]
+        # every test of a plan also checks its layout record: each shard's digest is its keys'
+        assert plan.digests() == {name: keys_digest([i["key"] for i in items]) for name, items in shards}
+        return type(plan).__name__, shards
     finally:
         plan.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(_CHARS, max_size=6), min_size=1, max_size=30, unique=True),
+       st.randoms(use_true_random=False), st.text(_CHARS, max_size=6))
+def test_a_keys_digest_is_that_of_the_set_of_keys(keys, rng, other):
+    shuffled = list(keys)
+    rng.shuffle(shuffled)
+    assert keys_digest(shuffled) == keys_digest(keys)
+    assert keys_digest(keys).startswith(f"{len(keys)}-")
+    if other not in keys:  # as many keys, one of them another: the sums tell
+        assert keys_digest([*shuffled[1:], other]) != keys_digest(keys)
 
 
 def _by_key(shards) -> dict[str, dict]:

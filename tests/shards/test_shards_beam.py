@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages.download import Options, download_beam, run_download
+from pipeline.stages.download import LayoutError, Options, download_beam, run_download
 from shards import status
 from shards.reader import iter_samples
 from tests.shards.cases import write_records
@@ -65,3 +65,13 @@ def test_beam_retry_failed_keeps_good_images(server, tmp_path):
     assert second["ok"] == 2 and second["processed_this_run"] == 1
     rows = pq.read_table(tmp_path / "out" / "train-000000.parquet").to_pylist()
     assert [r["status"] for r in rows] == [status.OK, status.OK]
+
+
+def test_beam_stops_before_its_pipeline_when_the_folder_was_made_from_other_rows(server, tmp_path):
+    urls = [server.url(f"/img/small.jpg?beam-layout={i}") for i in range(4)]
+    write_records(tmp_path / "in", urls)
+    download_beam(tmp_path / "in", str(tmp_path / "out"), Options(**FAST), ["--runner=FnApiRunner"])
+    before, hits = _digests(tmp_path / "out"), sum(server.hits.values())
+    with pytest.raises(LayoutError, match="made from other rows"):
+        download_beam(tmp_path / "in", str(tmp_path / "out"), Options(**{**FAST, "shard_size": 1}), [])
+    assert _digests(tmp_path / "out") == before and sum(server.hits.values()) == hits

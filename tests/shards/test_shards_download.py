@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.stages.download import Options, failed_rejects, plan_download, run_download
+from pipeline.stages.download import LayoutError, Options, failed_rejects, plan_download, run_download
 from shards import status
 from shards.reader import iter_samples
 from shards.writer import read_shard
@@ -139,6 +139,76 @@ def test_rerun_does_nothing_and_keeps_bytes(full_run, tmp_path):
     assert again["attempted"] == stats["attempted"]
     assert _digests(out) == before
     assert not (out / "_partial").exists()
+
+
+def _url_list(path: Path, keys: list[str], server) -> None:
+    pq.write_table(pa.table({"url": [server.url(f"/img/small.jpg?layout={k}") for k in keys], "key": keys}), path)
+
+
+def test_a_folder_made_from_other_rows_stops_the_download_before_a_fetch(server, tmp_path):
+    """Finished shards are skipped by name: with a row added to the input, another shard_size, or
+    rows taken away, they would keep other images than the plan gives them (some left out, some
+    twice). The run stops naming them, fetches nothing, and leaves the folder as it was."""
+    keys = [f"k{i}" for i in range(6)]
+    urls, out, opts = tmp_path / "urls.parquet", tmp_path / "out", Options(shard_size=2, **FAST)
+    _url_list(urls, keys, server)
+    assert run_download(urls, out, opts, progress=False)["ok"] == 6
+    before, hits = _digests(out), sum(server.hits.values())
+    _url_list(urls, ["a0", *keys], server)  # a key planned first: every shard moves on by one
+    with pytest.raises(LayoutError, match=r"holds shards 3 made from other rows than this plan gives them "
+                                          r"\(train-000000, train-000001, train-000002\).*remove this one"):
+        run_download(urls, out, opts, progress=False)
+    _url_list(urls, keys, server)
+    with pytest.raises(LayoutError, match=r"holds shards 2 made from other rows .* and 1 that this plan does not "
+                                          r"have \(train-000002\)"):
+        run_download(urls, out, Options(shard_size=3, **FAST), progress=False)
+    _url_list(urls, keys[:2], server)
+    with pytest.raises(LayoutError, match=r"holds shards 2 that this plan does not have"):
+        run_download(urls, out, opts, progress=False)
+    assert sum(server.hits.values()) == hits and _digests(out) == before
+    _url_list(urls, keys, server)  # the input of the first run: nothing left to do
+    assert run_download(urls, out, opts, progress=False)["processed_this_run"] == 0
+
+
+def test_a_folder_made_before_the_layout_record_is_checked_by_its_sidecars(server, tmp_path):
+    keys = [f"k{i}" for i in range(4)]
+    urls, out, opts = tmp_path / "urls.parquet", tmp_path / "out", Options(shard_size=2, **FAST)
+    _url_list(urls, keys, server)
+    run_download(urls, out, opts, progress=False)
+    record = json.loads((out / "_layout.json").read_text())
+    assert sorted(record["shards"]) == ["train-000000", "train-000001"]
+    (out / "_layout.json").unlink()
+    assert run_download(urls, out, opts, progress=False)["processed_this_run"] == 0
+    assert json.loads((out / "_layout.json").read_text()) == record  # written again
+    (out / "_layout.json").unlink()
+    _url_list(urls, ["a0", *keys[1:]], server)  # train-000000 planned as a0, k1: it holds k0, k1
+    with pytest.raises(LayoutError, match=r"1 made from other rows .*\(train-000000\)"):
+        run_download(urls, out, opts, progress=False)
+
+
+def test_an_unfinished_shard_is_checked_by_its_spool(tmp_path):
+    """A spool (a shard being made when a run stopped) must hold keys of the shard the plan gives:
+    by the layout recorded when it was planned, or, without one, by its keys."""
+    from pipeline.stages.download import _spool_root, check_layout, make_plan
+    from shards.writer import ShardSpool
+
+    urls, out = tmp_path / "urls.parquet", tmp_path / "out"
+    opts = Options(shard_size=2, **FAST)
+
+    def plan(keys):
+        pq.write_table(pa.table({"url": [f"http://127.0.0.1:9/{k}.jpg" for k in keys], "key": keys}), urls)
+        return make_plan(str(urls), opts)
+
+    spool = ShardSpool(_spool_root(str(out)) / "train-000000")
+    spool.add({"key": "k0", "url": "http://127.0.0.1:9/k0.jpg", "status": status.FAILED, "reason": status.HTTP_404})
+    assert check_layout(str(out), plan(["k0", "k1"]), _spool_root(str(out)))  # k0 is planned there: kept
+    with pytest.raises(LayoutError, match=r"1 made from other rows .*\(train-000000\)"):  # by the record
+        check_layout(str(out), plan(["a0", "k0", "k1"]), _spool_root(str(out)))
+    (out / "_layout.json").unlink()
+    with pytest.raises(LayoutError, match=r"1 made from other rows"):  # by the spool's keys
+        check_layout(str(out), plan(["a0", "a1", "k0"]), _spool_root(str(out)))
+    # without a record, k0 is among the keys train-000000 gets (a0, k0): kept
+    assert check_layout(str(out), plan(["a0", "k0", "k1"]), _spool_root(str(out)))
 
 
 def test_failed_rejects_use_the_download_reason(full_run):
