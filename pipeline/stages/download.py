@@ -414,8 +414,9 @@ class BucketedPlan:
     and URL, as in :class:`DownloadPlan`). Shards read their items from the plan files.
     """
 
-    def __init__(self, path: str, options: Options, rows: int, plan_dir: str):
+    def __init__(self, path: str, options: Options, rows: int, plan_dir: str, progress: bool = False):
         self.plan_dir = plan_dir
+        self.rows, self.progress = rows, progress
         self.buckets = max(1, -(-rows // options.plan_bucket_rows))
         self.shards: list[PlannedShard] = []
         self.layout: dict[str, tuple[str, int]] = {}
@@ -432,6 +433,12 @@ class BucketedPlan:
         except BaseException:
             self.close()  # no half-written plan files left beside the shards
             raise
+
+    def _bar(self, total: int, unit: str, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit=unit, desc=desc, disable=not self.progress, dynamic_ncols=True,
+                    unit_scale=unit == "rows")
 
     def _spill(self, path: str, options: Options, tmp: Path) -> list[str]:
         """Pass 1: the input's rows into a Parquet file per bucket; returns the columns that are
@@ -455,11 +462,13 @@ class BucketedPlan:
                     writers[b].write_table(rows, row_group_size=_SPILL_GROUP_ROWS)
                     parts.clear()
 
+        bar = self._bar(self.rows, "rows", f"plan: {self.buckets} buckets")
         try:
             # file by file: the dataset's scanner reads ahead of this loop, which is slower than it,
             # and held up to ~1 GB more here whatever its read-ahead options said
             batches = (b for fragment in dataset.get_fragments() for b in fragment.to_batches(schema=dataset.schema))
             for batch in batches:
+                bar.update(batch.num_rows)
                 if not batch.num_rows:
                     continue
                 table = pa.Table.from_batches([batch])
@@ -479,6 +488,7 @@ class BucketedPlan:
                     held_bytes = 0
             flush()
         finally:
+            bar.close()
             for writer in writers.values():
                 writer.close()
         return [c for c in dataset.schema.names if c in nonnull]
@@ -486,28 +496,33 @@ class BucketedPlan:
     def _plan(self, path: str, options: Options, tmp: Path, columns: list[str]) -> None:
         """Pass 2: each bucket planned, its shards written to its own plan file."""
         first: collections.Counter[str] = collections.Counter()  # the next shard number of each split
-        for b in range(self.buckets):
-            spilled = tmp / f"bucket-{b:05d}.parquet"
-            if not spilled.exists():
-                continue
-            # repeating text back as dictionaries (Parquet's own): a bucket then holds each caption once
-            text = [f.name for f in pq.read_schema(spilled) if pa.types.is_string(f.type) and f.name not in UNIQUE_COLUMNS]
-            plan = DownloadPlan(pq.read_table(spilled, read_dictionary=text).combine_chunks(), path, options, columns)
-            spilled.unlink()
-            planned = collections.Counter()
-            spans = []
-            with _PlanFile(_join(self.plan_dir, f"plan-{b:05d}.parquet")) as out:
-                for shard in plan.shards:
-                    n = first[shard.split] + shard.n
-                    name = shard_name(shard.split, n)
-                    out.add(name, plan.rows(shard.start, shard.stop))
-                    self.shards.append(PlannedShard(shard.split, n, self, 0, len(shard)))
-                    spans.append((name, shard.start, shard.stop))
-                    planned[shard.split] += 1
-            self.layout.update(out.layout)
-            self._digests.update(_shard_digests(plan.keys, spans))
-            first.update(planned)
-            plan = None  # released before the next bucket is read
+        with self._bar(self.buckets, "bucket", "plan: shards") as bar:
+            for b in range(self.buckets):
+                self._plan_bucket(path, options, tmp / f"bucket-{b:05d}.parquet", b, columns, first)
+                bar.update(1)
+
+    def _plan_bucket(self, path: str, options: Options, spilled: Path, b: int, columns: list[str],
+                     first: collections.Counter[str]) -> None:
+        """One bucket of pass 2; ``first``: each split's next shard number, moved on here."""
+        if not spilled.exists():
+            return
+        # repeating text back as dictionaries (Parquet's own): a bucket then holds each caption once
+        text = [f.name for f in pq.read_schema(spilled) if pa.types.is_string(f.type) and f.name not in UNIQUE_COLUMNS]
+        plan = DownloadPlan(pq.read_table(spilled, read_dictionary=text).combine_chunks(), path, options, columns)
+        spilled.unlink()
+        planned = collections.Counter()
+        spans = []
+        with _PlanFile(_join(self.plan_dir, f"plan-{b:05d}.parquet")) as out:
+            for shard in plan.shards:
+                n = first[shard.split] + shard.n
+                name = shard_name(shard.split, n)
+                out.add(name, plan.rows(shard.start, shard.stop))
+                self.shards.append(PlannedShard(shard.split, n, self, 0, len(shard)))
+                spans.append((name, shard.start, shard.stop))
+                planned[shard.split] += 1
+        self.layout.update(out.layout)
+        self._digests.update(_shard_digests(plan.keys, spans))
+        first.update(planned)
 
     def items(self, start: int, stop: int, shard: str) -> list[dict]:
         """A shard's items, read from its plan file (``start``, ``stop``: its rows there)."""
@@ -703,7 +718,8 @@ def plan_download(path: str, options: Options) -> list[PlannedShard]:
     return make_plan(path, options).shards
 
 
-def make_plan(path: str, options: Options, plan_dir: str | None = None) -> DownloadPlan | BucketedPlan:
+def make_plan(path: str, options: Options, plan_dir: str | None = None,
+              progress: bool = False) -> DownloadPlan | BucketedPlan:
     """Read the input (records Parquet dataset, or a URL list) and cut it into shards.
 
     Rows are sorted by (split, key, URL), so the plan never depends on input order; each split is
@@ -713,15 +729,15 @@ def make_plan(path: str, options: Options, plan_dir: str | None = None) -> Downl
     ``record_id``); anything with ``options.url_column`` is a URL list.
 
     A Parquet input of more than ``options.plan_bucket_rows`` rows is planned in buckets
-    (:class:`BucketedPlan`), whose files go to ``plan_dir`` (required then); ``close()`` the plan
-    when done with it."""
+    (:class:`BucketedPlan`), whose files go to ``plan_dir`` (required then), with progress bars
+    when ``progress``; ``close()`` the plan when done with it."""
     rows = _parquet_rows(path)
     if rows is None or rows <= options.plan_bucket_rows:
         return DownloadPlan(_read_table(path, options), path, options)
     if plan_dir is None:
         raise ValueError(f"{path}: {rows:,} rows are planned in buckets, which needs a plan_dir")
     try:
-        return BucketedPlan(path, options, rows, plan_dir)
+        return BucketedPlan(path, options, rows, plan_dir, progress)
     except pa.ArrowInvalid as exc:
         raise ValueError(f"{path}: {exc}; give a curated folder or a Parquet dataset and run again") from exc
 
@@ -1128,7 +1144,7 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     out_dir = str(out_dir)
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
-    plan = make_plan(str(input_dir), options, _plan_dir(out_dir))
+    plan = make_plan(str(input_dir), options, _plan_dir(out_dir), progress)
     try:
         check_layout(out_dir, plan, _spool_root(out_dir))
         shards = plan.shards
@@ -1231,7 +1247,7 @@ def download_beam(
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
-    plan = make_plan(str(input_dir), options, _plan_dir(out_dir))
+    plan = make_plan(str(input_dir), options, _plan_dir(out_dir), sys.stderr.isatty())
     try:
         check_layout(out_dir, plan)
         return _download_beam(plan, out_dir, options, pipeline_args, started)

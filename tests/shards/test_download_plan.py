@@ -283,6 +283,18 @@ def test_a_bucketed_plan_needs_a_folder_for_its_files(tmp_path):
     assert len(make_plan(path, Options(plan_bucket_rows=5)).shards) == 1  # small enough: in memory
 
 
+def test_a_bucketed_plan_shows_its_progress_when_asked(tmp_path, capsys):
+    from pipeline.stages.download import make_plan
+
+    path = _write_parts(pa.table({"url": [f"http://h/{i}" for i in range(25)]}), tmp_path / "in", 3)
+    make_plan(path, Options(plan_bucket_rows=10), str(tmp_path / "_plan"), progress=True).close()
+    shown = capsys.readouterr().err
+    assert "plan: 3 buckets" in shown and re.search(r"25(\.0)?/25", shown)  # pass 1: the rows spilled
+    assert "plan: shards" in shown and "3/3" in shown  # pass 2: the buckets planned
+    make_plan(path, Options(plan_bucket_rows=10), str(tmp_path / "_plan")).close()
+    assert capsys.readouterr().err == ""
+
+
 def test_the_downloads_view_reads_the_sidecars_not_a_plan_in_progress(tmp_path):
     """A download in progress keeps its plan files in shards/_plan/: DuckDB's downloads and
     shards views must not read them as sidecar rows."""
