@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -143,32 +143,81 @@ def _read_table(path: str, options: Options) -> pa.Table:
     """The input table; a file that cannot be read as one stops with its name and what is wrong."""
     try:
         return _read_input(path, options)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                         "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and run again") from exc
     except pa.ArrowInvalid as exc:
-        hint = ("fix that line (every row needs the header's columns)" if path.lower().endswith((".csv", ".tsv"))
-                else "give a curated folder, a Parquet dataset, or a .csv / .tsv / .txt URL list")
-        raise ValueError(f"{path}: {exc}; {hint} and run again") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: str, exc: pa.ArrowInvalid) -> ValueError:
+    hint = ("fix that line (every row needs the header's columns)" if path.lower().endswith((".csv", ".tsv"))
+            else "give a curated folder, a Parquet dataset, or a .csv / .tsv / .txt URL list")
+    return ValueError(f"{path}: {exc}; {hint} and run again")
+
+
+def _text_list(path: str) -> bool:
+    """Whether ``path`` is a URL list in text (CSV, TSV, or one URL per line)."""
+    fs, local = fsspec.core.url_to_fs(path)
+    return fs.isfile(local) and local.lower().endswith((".csv", ".tsv", ".txt"))
+
+
+_LIST_BLOCK = 16 << 20  # bytes of a .txt URL list read at a time
+_CSV_BLOCK = 1 << 20  # bytes per block of arrow's CSV reader: its memory grew with the block (16 MiB:
+# ~630 MiB held over a 1 GB list, 1 MiB: ~40 MiB)
+_COPY_GROUP_ROWS = 1 << 16  # rows per row group of a text list's Parquet copy
+_LIST_IN_MEMORY_BYTES = 256 << 20  # a text URL list larger than this is planned from a Parquet copy
+
+
+def _list_tables(path: str, options: Options) -> Iterator[pa.Table]:
+    """A text URL list as tables of a block each, read as a stream (at least one
+    table, maybe empty). CSV and TSV: every column as text (keys like 000123 must not become
+    integers) but ``cls_column``, an integer; ``.txt``: one URL per line, stripped, blank lines
+    skipped."""
+    fs, local = fsspec.core.url_to_fs(path)
+    if local.lower().endswith(".txt"):
+        yield from _txt_tables(fs, local, path, options)
+        return
+    parse = pacsv.ParseOptions(delimiter="\t" if local.lower().endswith(".tsv") else ",")
+    with fs.open(local, "rb") as f:
+        names = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
+    types = {n: pa.string() for n in names}
+    if options.cls_column in types:
+        types[options.cls_column] = pa.int64()
+    with fs.open(local, "rb") as f:
+        reader = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+                                convert_options=pacsv.ConvertOptions(column_types=types))
+        empty = True
+        for batch in reader:
+            empty = False
+            yield pa.Table.from_batches([batch])
+        if empty:
+            yield reader.schema.empty_table()
+
+
+def _txt_tables(fs, local: str, path: str, options: Options) -> Iterator[pa.Table]:
+    """:func:`_list_tables` of a ``.txt`` list: cut at line ends, so no character is split and
+    ``str.splitlines`` sees whole lines."""
+    at, rest = 0, b""  # the file offset of ``rest``, the bytes after the last line end so far
+    with fs.open(local, "rb") as f:
+        while True:
+            block = f.read(_LIST_BLOCK)
+            data = rest + block
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            try:
+                text = data[:cut].decode()
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                 f"{at + exc.start}); re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and "
+                                 "run again") from exc
+            urls = [u.strip() for u in text.splitlines() if u.strip()]
+            if urls or not block:
+                yield pa.table({options.url_column: pa.array(urls, pa.string())})
+            if not block:
+                return
+            at, rest = at + cut, data[cut:]
 
 
 def _read_input(path: str, options: Options) -> pa.Table:
-    fs, local = fsspec.core.url_to_fs(path)
-    lower = local.lower()
-    if fs.isfile(local) and lower.endswith((".csv", ".tsv")):
-        with fs.open(local, "rb") as f:
-            parse = pacsv.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",")
-            # every column as text: keys like 000123 must not become integers
-            header = pacsv.read_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema
-        with fs.open(local, "rb") as f:
-            types = {n: pa.string() for n in header.names}
-            if options.cls_column in types:
-                types[options.cls_column] = pa.int64()
-            return pacsv.read_csv(f, parse_options=parse, convert_options=pacsv.ConvertOptions(column_types=types))
-    if fs.isfile(local) and lower.endswith(".txt"):
-        with fs.open(local, "rb") as f:
-            urls = [u.strip() for u in f.read().decode().splitlines() if u.strip()]
-        return pa.table({options.url_column: pa.array(urls, pa.string())})
+    if _text_list(path):
+        return pa.concat_tables(list(_list_tables(path, options)))
     dataset = _dataset(path)
     # repeating text stays dictionary-coded (curated captions: a few thousand values for millions
     # of rows); parts are combined as they are read, so each file's own dictionaries do not pile up
@@ -414,8 +463,11 @@ class BucketedPlan:
     and URL, as in :class:`DownloadPlan`). Shards read their items from the plan files.
     """
 
-    def __init__(self, path: str, options: Options, rows: int, plan_dir: str, progress: bool = False):
-        self.plan_dir = plan_dir
+    def __init__(self, path: str, options: Options, rows: int, plan_dir: str, progress: bool = False,
+                 source: str | None = None):
+        """``source``: the input as messages name it (default ``path``; a text URL list is read
+        from a Parquet copy)."""
+        self.plan_dir, self.source = plan_dir, source or path
         self.rows, self.progress = rows, progress
         self.buckets = max(1, -(-rows // options.plan_bucket_rows))
         self.shards: list[PlannedShard] = []
@@ -444,7 +496,7 @@ class BucketedPlan:
         """Pass 1: the input's rows into a Parquet file per bucket; returns the columns that are
         not null throughout (the items' records are built from those)."""
         dataset = _dataset(path)
-        url_col, key_col = _plan_columns(set(dataset.schema.names), path, options)
+        url_col, key_col = _plan_columns(set(dataset.schema.names), self.source, options)
         self.caption_col, self.cls_col = options.caption_column, options.cls_column
         self.text_columns = _text_members(dataset.schema.names, options)
         writers: dict[int, pq.ParquetWriter] = {}
@@ -464,9 +516,10 @@ class BucketedPlan:
 
         bar = self._bar(self.rows, "rows", f"plan: {self.buckets} buckets")
         try:
-            # file by file: the dataset's scanner reads ahead of this loop, which is slower than it,
-            # and held up to ~1 GB more here whatever its read-ahead options said
-            batches = (b for fragment in dataset.get_fragments() for b in fragment.to_batches(schema=dataset.schema))
+            # row group by row group: the dataset's scanner reads ahead of this loop, which is slower
+            # than it, whatever its read-ahead options say (a whole file of a URL list, 1.2 GB)
+            batches = (b for fragment in dataset.get_fragments() for group in fragment.split_by_row_group()
+                       for b in group.to_batches(schema=dataset.schema))
             for batch in batches:
                 bar.update(batch.num_rows)
                 if not batch.num_rows:
@@ -508,7 +561,8 @@ class BucketedPlan:
             return
         # repeating text back as dictionaries (Parquet's own): a bucket then holds each caption once
         text = [f.name for f in pq.read_schema(spilled) if pa.types.is_string(f.type) and f.name not in UNIQUE_COLUMNS]
-        plan = DownloadPlan(pq.read_table(spilled, read_dictionary=text).combine_chunks(), path, options, columns)
+        plan = DownloadPlan(pq.read_table(spilled, read_dictionary=text).combine_chunks(), self.source, options,
+                            columns)
         spilled.unlink()
         planned = collections.Counter()
         spans = []
@@ -523,6 +577,7 @@ class BucketedPlan:
         self.layout.update(out.layout)
         self._digests.update(_shard_digests(plan.keys, spans))
         first.update(planned)
+        plan.shards.clear()  # they refer to their plan: a cycle only Python's cyclic GC would free
 
     def items(self, start: int, stop: int, shard: str) -> list[dict]:
         """A shard's items, read from its plan file (``start``, ``stop``: its rows there)."""
@@ -731,6 +786,8 @@ def make_plan(path: str, options: Options, plan_dir: str | None = None,
     A Parquet input of more than ``options.plan_bucket_rows`` rows is planned in buckets
     (:class:`BucketedPlan`), whose files go to ``plan_dir`` (required then), with progress bars
     when ``progress``; ``close()`` the plan when done with it."""
+    if _text_list(path) and plan_dir is not None and _file_bytes(path) > _LIST_IN_MEMORY_BYTES:
+        return _plan_text_list(path, options, plan_dir, progress)
     rows = _parquet_rows(path)
     if rows is None or rows <= options.plan_bucket_rows:
         return DownloadPlan(_read_table(path, options), path, options)
@@ -742,11 +799,51 @@ def make_plan(path: str, options: Options, plan_dir: str | None = None,
         raise ValueError(f"{path}: {exc}; give a curated folder or a Parquet dataset and run again") from exc
 
 
+def _file_bytes(path: str) -> int:
+    fs, local = fsspec.core.url_to_fs(path)
+    return fs.size(local)
+
+
+def _plan_text_list(path: str, options: Options, plan_dir: str, progress: bool) -> DownloadPlan | BucketedPlan:
+    """The plan of a large text URL list: copied as it is read into a Parquet file (in a temporary
+    folder in ``plan_dir`` when that is local), then planned from it as a Parquet input is, so
+    that memory holds a block of the list at a time, and one bucket when planned in buckets."""
+    fs, local = fsspec.core.url_to_fs(plan_dir)
+    here = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+    if here:
+        fs.makedirs(local, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="biocorpus-list-", dir=local if here else None))
+    try:
+        copy, rows, writer, held = tmp / "list.parquet", 0, None, []
+        try:
+            for table in _list_tables(path, options):
+                if writer is None:
+                    writer = pq.ParquetWriter(copy, table.schema, compression="zstd", compression_level=1)
+                held.append(table)
+                rows += table.num_rows
+                if sum(t.num_rows for t in held) >= _COPY_GROUP_ROWS:
+                    writer.write_table(pa.concat_tables(held))
+                    held = []
+            if held:
+                writer.write_table(pa.concat_tables(held))
+        except pa.ArrowInvalid as exc:
+            raise _unreadable(path, exc) from exc
+        finally:
+            if writer is not None:
+                writer.close()
+        if rows <= options.plan_bucket_rows:
+            return DownloadPlan(pq.read_table(copy), path, options)
+        return BucketedPlan(str(copy), options, rows, plan_dir, progress, source=path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if here and fs.exists(local) and not fs.ls(local):
+            fs.rmdir(local)
+
+
 def _parquet_rows(path: str) -> int | None:
     """How many rows a Parquet input holds (from the files' footers), or None for a CSV, TSV or
     text URL list and for what is not a readable Parquet dataset (its reading then says why)."""
-    fs, local = fsspec.core.url_to_fs(path)
-    if fs.isfile(local) and local.lower().endswith((".csv", ".tsv", ".txt")):
+    if _text_list(path):
         return None
     try:
         return _dataset(path).count_rows()

@@ -283,6 +283,25 @@ def test_a_bucketed_plan_needs_a_folder_for_its_files(tmp_path):
     assert len(make_plan(path, Options(plan_bucket_rows=5)).shards) == 1  # small enough: in memory
 
 
+def test_a_bucketed_plan_frees_each_bucket_once_it_is_planned(tmp_path):
+    """A bucket's plan and its shards referred to each other: without the cyclic GC (which runs
+    on counts of Python objects, not on bytes), every bucket's Arrow columns stayed held."""
+    import gc
+
+    from pipeline.stages.download import make_plan
+
+    path = _write_parts(pa.table({"url": [f"http://h/{i}" for i in range(40)]}), tmp_path / "in", 2)
+    gc.collect()
+    gc.disable()
+    try:
+        plan = make_plan(path, Options(shard_size=3, plan_bucket_rows=10), str(tmp_path / "_plan"))
+        assert type(plan).__name__ == "BucketedPlan"
+        assert not [o for o in gc.get_objects() if isinstance(o, DownloadPlan)]
+    finally:
+        gc.enable()
+        plan.close()
+
+
 def test_a_bucketed_plan_shows_its_progress_when_asked(tmp_path, capsys):
     from pipeline.stages.download import make_plan
 
@@ -315,3 +334,94 @@ def test_the_downloads_view_reads_the_sidecars_not_a_plan_in_progress(tmp_path):
         assert con.execute("SELECT shard, attempted FROM shards").fetchall() == [("train-000000", 2)]
     finally:
         con.close()
+
+
+# ---------------------------------------------------------------- text URL lists read as a stream
+
+_LINES = st.sampled_from(["http://h/1", " http://h/2 ", "", "  ", "http://h/é", "http://h/🦉", "\u3000http://h/3",
+                          "http://h/4\x85http://h/5", "http://h/6\u2028", "a" * 9])
+_ENDS = st.sampled_from(["\n", "\r\n", "\r", ""])
+
+
+def _read_in_blocks(path, block: int) -> list[str]:
+    """The URLs of a text list read in blocks of ``block`` bytes."""
+    import pipeline.stages.download as dl
+
+    saved, dl._LIST_BLOCK = dl._LIST_BLOCK, block  # (hypothesis: no function-scoped monkeypatch)
+    try:
+        return pa.concat_tables(list(dl._list_tables(str(path), Options()))).column("url").to_pylist()
+    finally:
+        dl._LIST_BLOCK = saved
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_LINES, _ENDS), max_size=12), st.integers(1, 9))
+def test_a_txt_list_read_in_blocks_is_the_list_read_whole(tmp_path_factory, lines, block):
+    """Cut into blocks at line ends (blocks of 1-9 bytes here, so lines longer than a block too),
+    a .txt list gives the URLs ``str.splitlines`` gives of the whole text, stripped, blanks out."""
+    text = "".join(a + b for a, b in lines)
+    path = tmp_path_factory.mktemp("txt") / "urls.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    assert _read_in_blocks(path, block) == [u.strip() for u in text.splitlines() if u.strip()]
+
+
+_PIECES = st.sampled_from([b"\n", b"\r\n", b"http://h/1", b"\xff", b"\xe2\x82", "é🦉".encode(), b" "])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=40), st.lists(_PIECES, max_size=12).map(b"".join)), st.integers(1, 9))
+def test_a_txt_list_that_is_not_utf8_names_the_first_bad_byte_as_a_whole_read_would(tmp_path_factory, data, block):
+    path = tmp_path_factory.mktemp("txt") / "urls.txt"
+    path.write_bytes(data)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        with pytest.raises(ValueError, match=re.escape(f"(byte 0x{data[exc.start]:02x} at offset {exc.start})")):
+            _read_in_blocks(path, block)
+    else:
+        assert _read_in_blocks(path, block) == [u.strip() for u in text.splitlines() if u.strip()]
+
+
+@pytest.mark.parametrize("bucket_rows", [100, 3])
+@pytest.mark.parametrize("name", ["urls.csv", "urls.tsv", "urls.txt"])
+def test_a_large_text_list_is_planned_from_a_parquet_copy_as_it_is_in_memory(tmp_path, monkeypatch, name, bucket_rows):
+    """Past ``_LIST_IN_MEMORY_BYTES`` (0 here) a text list is copied to Parquet as it is read, then
+    planned in memory (few rows) or in buckets: every row gets the item of the in-memory plan, and
+    neither the copy nor the plan folder is left behind."""
+    import pipeline.stages.download as dl
+
+    keys = ["000123", "b", "", "000123", "d.e", "f", "g"]
+    path = tmp_path / name
+    if name == "urls.txt":
+        path.write_text("".join(f" http://h{i % 2}/{k or i}.jpg\n\n" for i, k in enumerate(keys)))
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        path.write_text(f"url{sep}key{sep}caption{sep}cls\n" + "".join(
+            f"http://h{i % 2}/{i}.jpg{sep}{k}{sep}a photo {i}{sep}{i % 3}\n" for i, k in enumerate(keys)))
+    whole = [(s.name, s.items) for s in dl.make_plan(str(path), Options(shard_size=2)).shards]
+    monkeypatch.setattr(dl, "_LIST_IN_MEMORY_BYTES", 0)
+    plan = dl.make_plan(str(path), Options(shard_size=2, plan_bucket_rows=bucket_rows), str(tmp_path / "_plan"))
+    try:
+        assert type(plan).__name__ == ("BucketedPlan" if bucket_rows < len(keys) else "DownloadPlan")
+        copied = [(s.name, s.items) for s in plan.shards]
+        assert _by_key(copied) == _by_key(whole) and len(_by_key(whole)) == len(keys)
+        assert not list((tmp_path / "_plan").glob("biocorpus-list-*"))  # the copy is gone once planned
+    finally:
+        plan.close()
+    assert not (tmp_path / "_plan").exists()
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("urls.csv", b"url,key\nhttp://127.0.0.1:9/a.jpg,1\nhttp://127.0.0.1:9/b.jpg,2,extra\n",
+     r"urls.csv: CSV parse error: Expected 2 columns, got 3.*fix that line"),
+    ("urls.txt", b"http://127.0.0.1:9/a.jpg\nhttp://127.0.0.1:9/caf\xe9.jpg\n",
+     r"urls.txt is not UTF-8 text \(byte 0xe9 at offset 47\); re-encode it"),
+])
+def test_a_large_unreadable_text_list_is_the_same_clear_error(tmp_path, monkeypatch, name, data, message):
+    import pipeline.stages.download as dl
+
+    (tmp_path / name).write_bytes(data)
+    monkeypatch.setattr(dl, "_LIST_IN_MEMORY_BYTES", 0)
+    with pytest.raises(ValueError, match=message):
+        dl.make_plan(str(tmp_path / name), Options(), str(tmp_path / "_plan"))
+    assert not (tmp_path / "_plan").exists()
