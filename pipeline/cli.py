@@ -131,6 +131,9 @@ def download(
     host_rate: Annotated[float | None, typer.Option("--host-rate", help="requests/s per host")] = None,
     host_concurrency: Annotated[int | None, typer.Option("--host-concurrency", help="requests at once per host")] = None,
     allow_loopback: Annotated[bool | None, typer.Option("--allow-loopback", help="allow 127.0.0.1 (local mirrors)")] = None,
+    reuse_from: Annotated[str | None, typer.Option("--reuse-from", help="shards folder of an earlier download: copy "
+                                                   "the images it holds (same key and URL) instead of fetching them "
+                                                   "again")] = None,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
     """Fetch images politely into webdataset shards: curated/ → shards/."""
@@ -138,7 +141,8 @@ def download(
 
     overrides = {"download.size": size, "download.resize_mode": resize_mode, "download.shard_size": shard_size,
                  "download.processes": processes, "download.host_rate": host_rate,
-                 "download.host_concurrency": host_concurrency, "download.allow_loopback": allow_loopback}
+                 "download.host_concurrency": host_concurrency, "download.allow_loopback": allow_loopback,
+                 "download.reuse_from": reuse_from}
     cfg = _config(config, data, runner, ctx.args, overrides)
     with _user_errors():
         stats = jobs.download(cfg, urls, output, retry_failed)

@@ -21,7 +21,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -107,6 +107,10 @@ class Options(BaseModel):
     key_column: str = Field("key", description="key column of a plain URL list (optional)")
     default_split: str = Field("train", description="split of rows without one (URL lists)")
     retry_failed: bool = Field(False, description="redo only the failed images of finished shards")
+    reuse_from: str | None = Field(
+        None, description="a shards folder of an earlier download (made with the same image options): each "
+        "image it holds with the same key and URL is copied from it, with this run's record, caption and "
+        "texts, instead of fetched again (local runner)")
     beam_workers_per_host: int = Field(1, ge=1, description="Beam: groups per host; each gets rate/n")
     seed: int = Field(0, description="seed of the backoff jitter")
 
@@ -704,7 +708,8 @@ class LayoutError(ValueError):
 _LAYOUT = "_layout.json"  # each planned shard's keys digest, written as a download starts
 
 
-def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Path | None = None) -> dict[str, str]:
+def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Path | None = None,
+                 image: dict | None = None) -> dict[str, str]:
     """Stop before anything is fetched when ``out_dir`` holds shards this plan would fill with
     other images, then record the plan's layout (``_layout.json``).
 
@@ -712,7 +717,8 @@ def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Pa
     made from other rows (the input, ``shard_size`` or ``plan_bucket_rows`` changed since) would
     leave some images out and hold others twice. Each shard made earlier is compared by its
     keys: with the digest recorded when it was planned, or for a folder from before that record,
-    with its sidecar's keys (a spool's keys must be among the shard's). Returns the digests."""
+    with its sidecar's keys (a spool's keys must be among the shard's). ``image``: the image
+    options recorded beside (what :class:`_Reuse` checks). Returns the digests."""
     digests = plan.digests()
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
@@ -751,12 +757,104 @@ def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Pa
         raise LayoutError(
             f"{out_dir} holds shards {' and '.join(what)}: the input, shard_size or plan_bucket_rows changed "
             "since they were made. Kept, they would leave images out and hold others twice. Download into a "
-            "new folder (--output), or remove this one to start again.")
+            "new folder (--output NEW; with --reuse-from this folder, the images it holds are copied, not "
+            "fetched again), or remove this one to start again.")
     tmp = record + ".tmp"
     with fs.open(tmp, "w") as f:
-        json.dump({"version": 1, "shards": digests}, f)
+        json.dump({"version": 1, "image": image, "shards": digests}, f)
     fs.mv(tmp, record)
     return digests
+
+
+def _image_record(options: Options) -> dict:
+    """The image options a shards folder records (``_layout.json``): reused images must match."""
+    return asdict(options.image_options())
+
+
+_REUSED_FIELDS = ("http_status", "attempts", "sha256", "width", "height", "bytes", "format", "phash",
+                  "stored_width", "stored_height", "stored_bytes")
+_NOT_IMAGE = ("json", "txt", "cls")
+
+
+class _Reuse:
+    """The images an earlier download holds (``reuse_from``), found by key and URL: a sorted
+    64-bit hash of each ok image's (key, URL) and the shard it is in, so the index costs 12 bytes
+    an image; a shard's sidecar and members are read when an item needs them (the last one kept:
+    the plan's order makes neighbouring items come from the same shards)."""
+
+    def __init__(self, folder: str, options: Options, out_dir: str):
+        fs, path = fsspec.core.url_to_fs(folder)
+        path = path.rstrip("/")
+        if fsspec.core.url_to_fs(out_dir)[1].rstrip("/") == path:
+            raise ValueError(f"reuse_from {folder} is the output folder itself; give the folder of an earlier download")
+        record = path + "/" + _LAYOUT
+        if not fs.exists(record):
+            raise ValueError(f"reuse_from {folder}: no {_LAYOUT} there, so its image options are unknown; give a "
+                             "shards folder made by this version of biocorpus")
+        image = json.loads(fs.cat_file(record)).get("image")
+        if image != _image_record(options):
+            raise ValueError(f"reuse_from {folder}: its images were made with {image}, this run makes "
+                             f"{_image_record(options)}; reuse needs the same image options")
+        self.tars: list[str] = []
+        hashes, shard_of = [], []
+        for sidecar in sorted(fs.glob(path + "/*.parquet")):
+            tar = sidecar[: -len(".parquet")] + ".tar"
+            if not fs.exists(tar):
+                continue
+            with fs.open(sidecar, "rb") as f:
+                rows = pq.read_table(f, columns=["key", "url", "status"])
+            rows = rows.filter(pc.equal(rows["status"], status.OK))
+            hashes.append(_pair_hashes(rows["key"], rows["url"]))
+            shard_of.append(np.full(rows.num_rows, len(self.tars), np.int32))
+            self.tars.append(fs.unstrip_protocol(tar))
+        hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[order]
+        self.shard_of = np.concatenate(shard_of)[order] if shard_of else np.zeros(0, np.int32)
+        self._open: tuple[int, dict[str, dict], dict[str, dict[str, bytes]]] | None = None
+
+    def _shard(self, i: int) -> tuple[dict[str, dict], dict[str, dict[str, bytes]]]:
+        if self._open is None or self._open[0] != i:
+            rows = {r["key"]: r for r in read_status(self.tars[i]) if r["status"] == status.OK}
+            self._open = (i, rows, read_shard(self.tars[i]))
+        return self._open[1], self._open[2]
+
+    def take(self, items: list[dict]) -> list[tuple[dict, dict[str, bytes]]]:
+        """The status row and members of each item held here (same key and URL), made with the
+        item's record, caption, class and texts; items not held here are left out."""
+        todo = [i for i in items if not i.get("dup")]
+        if not todo or not len(self.hashes):
+            return []
+        wanted = _pair_hashes(pa.array([i["key"] for i in todo], pa.string()),
+                              pa.array([i["url"] for i in todo], pa.string()))
+        at = np.minimum(np.searchsorted(self.hashes, wanted), len(self.hashes) - 1)
+        found = np.flatnonzero(self.hashes[at] == wanted)
+        out = []
+        for n in sorted(found.tolist(), key=lambda n: int(self.shard_of[at[n]])):
+            item = todo[n]
+            rows, members = self._shard(int(self.shard_of[at[n]]))
+            old, held = rows.get(item["key"]), members.get(item["key"])
+            if old is None or held is None or old["url"] != item["url"]:  # a hash shared with another pair
+                continue
+            out.append(_reused(item, old, held))
+        return out
+
+
+def _pair_hashes(keys, urls) -> np.ndarray:
+    return hash_strings(pc.binary_join_element_wise(keys, urls, "\x00"), "download-reuse")
+
+
+def _reused(item: dict, old: dict, held: dict[str, bytes]) -> tuple[dict, dict[str, bytes]]:
+    """An image held by an earlier download as this plan's sample: its stored bytes and what was
+    measured of it (the sidecar's fields, the record's ``download``) with the item's own record,
+    caption, class and texts, as :func:`download_item` would write them."""
+    ext = next(e for e in sorted(held) if e not in _NOT_IMAGE and not e.endswith(".txt"))
+    record = json.loads(item["record"])
+    record["download"] = {"sha256": old["sha256"], "phash": old["phash"], "original_width": old["width"],
+                          "original_height": old["height"], "width": old["stored_width"],
+                          "height": old["stored_height"]}
+    members = sample_members(item["key"], held[ext], ext, record, item["caption"], item["cls"], item.get("texts"))
+    return _status_row(item, status=status.OK, reason=None, **{k: old[k] for k in _REUSED_FIELDS}), members
 
 
 def _say_planned(shards: list[PlannedShard], started: float) -> None:
@@ -1050,15 +1148,19 @@ def _pending_count(shard: PlannedShard, tar_url: str, spool_dir: Path, retry_fai
     return sum(r["status"] != status.OK for r in read_status(tar_url))
 
 
-async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options, progress: bool) -> int:
+async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options, progress: bool,
+                     reuse: _Reuse | None = None) -> tuple[int, int]:
     """Download every pending image, shard by shard: a shard's items and spool are made when the
-    scheduler reaches it, so memory holds the shards in progress, not the whole plan."""
+    scheduler reaches it, so memory holds the shards in progress, not the whole plan. Images that
+    ``reuse`` holds are copied from it into the spool instead. Returns the images processed and
+    those of them reused."""
     spool_root = _spool_root(out_dir)
     total = sum(_pending_count(shard, _join(out_dir, shard.name + ".tar"), spool_root / shard.name,
                                options.retry_failed) for shard in shards)
     bar = _Progress(total, progress)
     decoder = _Decoder(options) if total else None
     remaining: dict[str, int] = {}
+    reused = [0]
     targets: dict[str, tuple[str, ShardSpool]] = {}
     # One thread does all spool and shard writes, in submission order (an image's members and
     # status line before its shard's finalise): a few file syscalls per image on the event loop
@@ -1068,15 +1170,26 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
     try:
         async with Fetcher(options.fetch_options()) as fetcher:
 
-            def prepare(shard: PlannedShard, tar_url: str) -> tuple[ShardSpool | None, list[dict]]:
+            def prepare(shard: PlannedShard, tar_url: str) -> tuple[ShardSpool | None, list[dict], list[dict]]:
                 spool = _prepare_spool(tar_url, spool_root / shard.name, options.retry_failed)
-                return spool, [] if spool is None else [i for i in shard.items if i["key"] not in spool.done]
+                pending = [] if spool is None else [i for i in shard.items if i["key"] not in spool.done]
+                copied = []
+                if reuse is not None and pending:
+                    for row, members in reuse.take(pending):
+                        spool.add(row, members)
+                        copied.append(row)
+                    done = {r["key"] for r in copied}
+                    pending = [i for i in pending if i["key"] not in done]
+                return spool, pending, copied
 
             async def pending_items():
                 for shard in shards:
                     tar_url = _join(out_dir, shard.name + ".tar")
                     # on the writer thread: the spool's files, and the items built from the plan
-                    spool, pending = await loop.run_in_executor(writer, prepare, shard, tar_url)
+                    spool, pending, copied = await loop.run_in_executor(writer, prepare, shard, tar_url)
+                    for row in copied:
+                        bar.update(row)
+                    reused[0] += len(copied)
                     if spool is None:
                         continue
                     if not pending:
@@ -1105,7 +1218,7 @@ async def _run_local(shards: list[PlannedShard], out_dir: str, options: Options,
             decoder.close()
     if spool_root.exists() and not any(spool_root.iterdir()):
         spool_root.rmdir()
-    return total
+    return total, reused[0]
 
 
 async def _schedule(items, handle, options: Options, fetcher: Fetcher) -> None:
@@ -1243,12 +1356,13 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     fs.makedirs(path, exist_ok=True)
     plan = make_plan(str(input_dir), options, _plan_dir(out_dir), progress)
     try:
-        check_layout(out_dir, plan, _spool_root(out_dir))
+        check_layout(out_dir, plan, _spool_root(out_dir), _image_record(options))
+        reuse = _Reuse(options.reuse_from, options, out_dir) if options.reuse_from else None
         shards = plan.shards
         if progress:
             _say_planned(shards, started)
-        processed = asyncio.run(_run_local(shards, out_dir, options, progress))
-        return _finish(out_dir, shards, processed, time.monotonic() - started)
+        processed, reused = asyncio.run(_run_local(shards, out_dir, options, progress, reuse))
+        return {**_finish(out_dir, shards, processed, time.monotonic() - started), "reused_this_run": reused}
     finally:
         plan.close()
 
@@ -1346,7 +1460,10 @@ def download_beam(
     out_dir = str(out_dir)
     plan = make_plan(str(input_dir), options, _plan_dir(out_dir), sys.stderr.isatty())
     try:
-        check_layout(out_dir, plan)
+        if options.reuse_from:
+            raise ValueError("reuse_from works with the local runner; download there (runner = \"local\"), "
+                             "or leave reuse_from out to fetch every image")
+        check_layout(out_dir, plan, image=_image_record(options))
         return _download_beam(plan, out_dir, options, pipeline_args, started)
     finally:
         plan.close()

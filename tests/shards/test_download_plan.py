@@ -296,7 +296,7 @@ def test_a_bucketed_plan_frees_each_bucket_once_it_is_planned(tmp_path):
     try:
         plan = make_plan(path, Options(shard_size=3, plan_bucket_rows=10), str(tmp_path / "_plan"))
         assert type(plan).__name__ == "BucketedPlan"
-        assert not [o for o in gc.get_objects() if isinstance(o, DownloadPlan)]
+        assert not [o for o in gc.get_objects() if type(o) is DownloadPlan]
     finally:
         gc.enable()
         plan.close()

@@ -75,3 +75,9 @@ def test_beam_stops_before_its_pipeline_when_the_folder_was_made_from_other_rows
     with pytest.raises(LayoutError, match="made from other rows"):
         download_beam(tmp_path / "in", str(tmp_path / "out"), Options(**{**FAST, "shard_size": 1}), [])
     assert _digests(tmp_path / "out") == before and sum(server.hits.values()) == hits
+
+
+def test_beam_says_reuse_is_for_the_local_runner(tmp_path):
+    write_records(tmp_path / "in", ["http://127.0.0.1:9/a.jpg"])
+    with pytest.raises(ValueError, match="reuse_from works with the local runner"):
+        download_beam(tmp_path / "in", str(tmp_path / "out"), Options(**FAST, reuse_from=str(tmp_path / "x")), [])

@@ -211,6 +211,50 @@ def test_an_unfinished_shard_is_checked_by_its_spool(tmp_path):
     assert check_layout(str(out), plan(["a0", "k0", "k1"]), _spool_root(str(out)))
 
 
+def _captioned_list(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    pq.write_table(pa.table({"key": [k for k, _, _ in rows], "url": [u for _, u, _ in rows],
+                             "caption": [c for _, _, c in rows]}), path)
+
+
+def test_a_new_folder_reuses_the_images_an_earlier_download_holds(server, tmp_path):
+    """The input changed (a row gone, one added, a caption changed): downloaded into a new folder
+    with reuse_from, every image the earlier folder holds with the same key and URL is copied from
+    it, only the others are fetched (the failed one again), and the shards are those a fresh
+    download writes, byte for byte."""
+    names = ["ocelot.jpg", "small.jpg", "small.png", "vehicle.jpg"]
+    first = [(f"k{i}", server.url(f"/img/{names[i % 4]}?reuse={i}"), f"image {i}") for i in range(6)]
+    first.append(("k9", server.url("/img/missing.jpg?reuse=9"), "gone"))
+    _captioned_list(tmp_path / "a.parquet", first)
+    assert run_download(tmp_path / "a.parquet", tmp_path / "a", Options(shard_size=3, **FAST), progress=False)["ok"] == 6
+    second = [*first[1:2], ("k2", first[2][1], "a new caption"), *first[3:], ("k7", server.url("/img/ocelot.jpg?reuse=7"), "new")]
+    _captioned_list(tmp_path / "b.parquet", second)
+    hits = sum(server.hits.values())
+    reused = run_download(tmp_path / "b.parquet", tmp_path / "b",
+                          Options(shard_size=3, reuse_from=str(tmp_path / "a"), **FAST), progress=False)
+    assert sum(server.hits.values()) - hits == 2  # k7, and k9 that failed
+    assert reused["reused_this_run"] == 5 and reused["processed_this_run"] == 7 and reused["ok"] == 6
+    fresh = run_download(tmp_path / "b.parquet", tmp_path / "c", Options(shard_size=3, **FAST), progress=False)
+    assert fresh["reused_this_run"] == 0
+    assert _digests(tmp_path / "b") == _digests(tmp_path / "c")
+    samples = {s["key"]: s for s in iter_samples(tmp_path / "b", "train", shardshuffle=False)}
+    assert samples["k2"]["txt"] == "a new caption"
+
+
+def test_reuse_needs_an_earlier_folder_of_the_same_image_options(server, tmp_path):
+    _captioned_list(tmp_path / "in.parquet", [("k0", server.url("/img/small.jpg?opts=0"), "c")])
+    run_download(tmp_path / "in.parquet", tmp_path / "a", Options(**FAST), progress=False)
+    with pytest.raises(ValueError, match=r"reuse_from .*/a: its images were made with .*'size': 256.*'size': 128"):
+        run_download(tmp_path / "in.parquet", tmp_path / "b", Options(size=128, reuse_from=str(tmp_path / "a"), **FAST),
+                     progress=False)
+    (tmp_path / "a" / "_layout.json").unlink()
+    with pytest.raises(ValueError, match=r"no _layout.json there"):
+        run_download(tmp_path / "in.parquet", tmp_path / "b", Options(reuse_from=str(tmp_path / "a"), **FAST),
+                     progress=False)
+    with pytest.raises(ValueError, match="is the output folder itself"):
+        run_download(tmp_path / "in.parquet", tmp_path / "a", Options(reuse_from=str(tmp_path / "a"), **FAST),
+                     progress=False)
+
+
 def test_failed_rejects_use_the_download_reason(full_run):
     cases, table, stats, out = full_run
     rejects = failed_rejects(out)
