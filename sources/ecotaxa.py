@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import itertools
 import math
 import posixpath
 import re
@@ -23,6 +24,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pyarrow as pa
 from pydantic import Field
@@ -30,7 +32,7 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from sources.base import IngestBatch, SourceOptions
-from sources.localuri import file_uri, zip_uri
+from sources.localuri import FolderFiles, zip_uri_prefix
 
 SOURCE = "ecotaxa"
 STAGE = "ingest"
@@ -126,24 +128,32 @@ class Table:
 
     header: list[str]
     kinds: list[str]
-    rows: list[tuple[int, list[str]]]
+    rows: Iterable[tuple[int, list[str]]]
 
 
 def read_table(text: str) -> Table:
-    """Split an EcoTaxa TSV into header, kinds (``t`` when there is no type row) and rows."""
-    reader = csv.reader(io.StringIO(text), delimiter="\t")
+    """Split an EcoTaxa TSV into header, kinds (``t`` when there is no type row) and rows (a list)."""
+    table = stream_table(io.StringIO(text))
+    return Table(table.header, table.kinds, list(table.rows))
+
+
+def stream_table(stream) -> Table:
+    """:func:`read_table` of a text stream, its rows an iterator read as the stream is: an export
+    larger than memory works (a 1 GB TSV took 10.8 GB read whole)."""
+    reader = csv.reader(stream, delimiter="\t")
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        return Table([], [], [])
-    rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+        return Table([], [], iter(()))
+    rows = ((reader.line_num, r) for r in reader if any(c.strip() for c in r))
+    first = next(rows, None)
     kinds = ["t"] * len(header)
-    if rows and is_type_row(rows[0][1]):
-        kinds = parse_type_row(rows[0][1])
-        rows = rows[1:]
+    if first is not None and is_type_row(first[1]):
+        kinds = parse_type_row(first[1])
+        first = None
         if len(kinds) < len(header):
             kinds += ["t"] * (len(header) - len(kinds))
-    return Table(header, kinds[:len(header)], rows)
+    return Table(header, kinds[:len(header)], rows if first is None else itertools.chain([first], rows))
 
 
 class EcoTaxaOptions(SourceOptions):
@@ -165,28 +175,34 @@ def _open_zip(path: str | Path) -> zipfile.ZipFile:
         raise ValueError(f"ecotaxa: {path} is not a zip archive or is damaged ({exc}); export it again") from exc
 
 
-def _decode(data: bytes) -> str:
-    """UTF-8 text (a BOM dropped); bytes that are not UTF-8 stay as lone surrogates, so the rows
-    that hold them are rejected ``undecodable_text`` instead of being changed silently."""
-    return data.decode("utf-8-sig", errors="surrogateescape")
+def _text(raw) -> io.TextIOWrapper:
+    """A binary stream as UTF-8 text (a BOM dropped); bytes that are not UTF-8 stay as lone
+    surrogates, so the rows that hold them are rejected ``undecodable_text`` instead of being
+    changed silently. Lines end at ``\\n`` only, untranslated, as the csv module wants."""
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="\n")
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")
+_TYPED_KEPT = 4096  # distinct values of one extra column whose typed value is kept
 
 
-def _task_text(task: str) -> tuple[str, str, zipfile.ZipFile | None, str]:
-    """``(tsv text, dataset name, open zip or None, tsv member dir)`` for a task."""
+def _task_stream(task: str) -> tuple[io.TextIOWrapper, str, zipfile.ZipFile | None, str]:
+    """``(tsv text stream, dataset name, open zip or None, tsv member dir)`` for a task."""
     if "!/" in task:
         archive, _, member = task.partition("!/")
         zf = _open_zip(archive)
         try:
-            data = zf.read(member)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raw = zf.open(member)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as exc:
             zf.close()
-            raise ValueError(f"ecotaxa: {member} in {archive} cannot be read, the zip is damaged ({exc}); "
-                             "export it again") from exc
-        return _decode(data), Path(archive).stem, zf, posixpath.dirname(member)
-    return _decode(Path(task).read_bytes()), Path(task).stem, None, ""
+            raise _damaged(task, exc) from exc
+        return _text(raw), Path(archive).stem, zf, posixpath.dirname(member)
+    return _text(open(task, "rb")), Path(task).stem, None, ""
+
+
+def _damaged(task: str, exc: BaseException) -> ValueError:
+    archive, _, member = task.partition("!/")
+    return ValueError(f"ecotaxa: {member} in {archive} cannot be read, the zip is damaged ({exc}); export it again")
 
 
 class EcoTaxaConnector:
@@ -216,25 +232,33 @@ class EcoTaxaConnector:
 
     def read(self, task: str, options: EcoTaxaOptions) -> Iterator[IngestBatch]:
         """Records of one TSV; bad rows and non-validated rows become rejects."""
-        text, stem, zf, member_dir = _task_text(task)
+        stream, stem, zf, member_dir = _task_stream(task)
         try:
-            yield from _read_tsv(task, text, stem, zf, member_dir, options)
+            yield from _read_tsv(task, stream, stem, zf, member_dir, options)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # found while the member is read
+            raise _damaged(task, exc) from exc
         finally:
+            stream.close()
             if zf is not None:
                 zf.close()
 
 
-def _read_tsv(task: str, text: str, stem: str, zf: zipfile.ZipFile | None, member_dir: str,
+def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_dir: str,
               options: EcoTaxaOptions) -> Iterator[IngestBatch]:
-    table = read_table(text)
+    table = stream_table(stream)
     col = {name: i for i, name in enumerate(table.header)}
-    if table.rows and "object_id" not in col:
+    rows_in = iter(table.rows)
+    first = next(rows_in, None)
+    if first is not None and "object_id" not in col:
         # not an EcoTaxa export (or its header line is damaged): no row of it could be identified
         raise ValueError(f"ecotaxa: {task} has no object_id column (its header starts "
                          f"{_UNDECODED.sub(chr(0xFFFD), ', '.join(table.header[:6]))[:200]}); "
                          "give an EcoTaxa export TSV (or a zip of them)")
     members = set(zf.namelist()) if zf is not None else set()
+    zip_prefix = zip_uri_prefix(zf.filename) if zf is not None else ""
     base_dir = Path(task).parent
+    files = FolderFiles(base_dir) if zf is None else None
+    name = Path(task.split("!/")[-1]).name
     dataset = options.dataset or stem
     accept = set(options.statuses)
     extra_cols = [
@@ -259,10 +283,22 @@ def _read_tsv(task: str, text: str, stem: str, zf: zipfile.ZipFile | None, membe
             return None
         return typed_value(raw[i], kind or table.kinds[i])
 
-    for line, raw in table.rows:
-        where = f"{Path(task.split('!/')[-1]).name} line {line}"
+    # sample_, acq_ and process_ values repeat from row to row: each column's typed values are kept
+    extra_seen: list[dict[str, object]] = [{} for _ in extra_cols]
+
+    def extra_value(n: int, raw: str) -> object:
+        i = extra_cols[n][0]
+        try:
+            return typed_value(raw, table.kinds[i])
+        except ValueError:
+            # A feature column typed [f] holding text: keep the text rather than lose the row.
+            return raw.strip()
+
+    for line, raw in (rows_in if first is None else itertools.chain([first], rows_in)):
+        where = f"{name} line {line}"
         object_id = (raw[col["object_id"]].strip() if "object_id" in col and len(raw) > col["object_id"] else "")
-        bad = next((m for m in map(_UNDECODED.search, raw) if m), None)
+        # one search of the whole row, then of its fields only when it holds undecodable bytes
+        bad = next((m for m in map(_UNDECODED.search, raw) if m), None) if _UNDECODED.search("\t".join(raw)) else None
         if bad is not None:
             field = bad.string
             reject(make_record_id(SOURCE, f"{task}#{line}"), Reason.UNDECODABLE_TEXT,
@@ -305,25 +341,27 @@ def _read_tsv(task: str, text: str, stem: str, zf: zipfile.ZipFile | None, membe
                 if member not in members and image in members:
                     member = image
                 if member in members:
-                    identifier = zip_uri(zf.filename, member)
-            elif (base_dir / image).is_file():
-                identifier = file_uri(base_dir / image)
+                    identifier = zip_prefix + quote(member.lstrip("/"))
+            elif files.is_file(image):
+                identifier = files.uri(image)
         if identifier is None:
             if options.require_image:
                 reject(rid, Reason.NO_IMAGE, f"{where}: image {image!r} not found in the export")
                 continue
             if image:
-                identifier = file_uri(base_dir / image) if zf is None else zip_uri(zf.filename, image)
+                identifier = files.uri(image) if zf is None else zip_prefix + quote(image.lstrip("/"))
         if identifier is None:
             reject(rid, Reason.NO_IMAGE, f"{where}: no img_file_name")
             continue
         extra: dict[str, object] = {}
-        for i, name in extra_cols:
-            try:
-                extra[name] = typed_value(raw[i], table.kinds[i])
-            except ValueError:
-                # A feature column typed [f] holding text: keep the text rather than lose the row.
-                extra[name] = raw[i].strip()
+        for n, (i, key) in enumerate(extra_cols):
+            seen = extra_seen[n]
+            value = seen.get(raw[i], seen)
+            if value is seen:
+                value = extra_value(n, raw[i])
+                if len(seen) < _TYPED_KEPT:
+                    seen[raw[i]] = value
+            extra[key] = value
         ext = image.rsplit(".", 1)[-1].lower() if image and "." in image else ""
         rows.append({
             "record_id": rid,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import zipfile
@@ -22,6 +23,7 @@ from sources.ecotaxa import (
     lineage,
     parse_type_row,
     read_table,
+    stream_table,
     typed_value,
 )
 from sources.localuri import read_local
@@ -211,6 +213,63 @@ def test_a_file_that_is_no_export_is_a_clear_error(tmp_path):
     broken.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match="is not a zip archive or is damaged"):
         CONNECTOR.tasks(str(broken), EcoTaxaOptions())
+
+def _repeated(tsv: Path, dest: Path, copies: int) -> Path:
+    """The real TSV's data rows repeated ``copies`` times, each with its own object id."""
+    lines = tsv.read_text().splitlines()
+    header = lines[0].split("\t")
+    oid = header.index("object_id")
+    out = lines[:2]
+    for n in range(copies):
+        for line in lines[2:]:
+            cells = line.split("\t")
+            cells[oid] = f"{cells[oid]}_{n}"
+            out.append("\t".join(cells))
+    dest.write_text("\n".join(out) + "\n")
+    return dest
+
+
+class _CountingText(io.TextIOWrapper):
+    """A text stream that counts the lines taken from it."""
+
+    taken = 0
+
+    def __next__(self):
+        line = super().__next__()
+        type(self).taken += 1
+        return line
+
+
+def test_an_export_is_read_as_its_batches_are_asked_for(tmp_path, monkeypatch):
+    """Rows stream from the file: the first batch comes out with most of a large export not yet
+    read (read whole, a 1 GB export took 10.8 GB)."""
+    import sources.ecotaxa as ecotaxa
+
+    tsv = _repeated(IFCB, tmp_path / "big.tsv", 200)  # 400 rows
+    table = stream_table(io.StringIO(tsv.read_text()))
+    assert table.kinds[table.header.index("object_lat")] == "f"  # the type row is read ahead, not kept
+    assert next(iter(table.rows))[0] == 3  # first data row: file line 3
+    _CountingText.taken = 0
+    monkeypatch.setattr(ecotaxa, "_text", lambda raw: _CountingText(raw, encoding="utf-8-sig",
+                                                                   errors="surrogateescape", newline="\n"))
+    batches = CONNECTOR.read(str(tsv), EcoTaxaOptions(require_image=False, batch_size=10))
+    first = next(batches)
+    assert first.records.num_rows == 10 and _CountingText.taken < 20
+    assert sum(b.records.num_rows for b in batches) == 390 and _CountingText.taken == 402
+    assert read_all(str(tsv), require_image=False)[0].num_rows == 400
+
+
+def test_a_zip_member_found_damaged_while_it_is_read_is_a_clear_error(tmp_path):
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("export.tsv", IFCB.read_bytes())
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"validated")  # a byte of the member's data: its CRC no longer matches
+    data[at] = ord("V")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"export.tsv in .*export.zip cannot be read, the zip is damaged .*CRC"):
+        read_all(f"{archive}!/export.tsv")
+
 
 @pytest.mark.parametrize("d, t", [("20110230", None), ("20111301", None), ("2011062", None), ("20110628", "246000"),
                                   ("20110628", "12:00")])

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sources.localuri import (
+    FolderFiles,
     file_uri,
     ifcb_uri,
     is_local,
@@ -147,3 +148,34 @@ def test_uris_of_utf8_paths_are_as_before(name):
     assert zip_uri(path, "m.png") == f"zip://{quote(str(path.resolve()))}!/m.png"
     assert ifcb_uri(path, 1, 2, 3) == f"ifcb://{quote(str(path.resolve()))}?offset=1&width=2&height=3"
     assert parse_ifcb_uri(ifcb_uri(path, 1, 2, 3))[0] == path.resolve()
+
+
+@pytest.fixture(scope="module")
+def listed(tmp_path_factory):
+    """A folder of what an export's images can be: files, a link to a file elsewhere, a folder,
+    a dangling link, a file one level down."""
+    root = tmp_path_factory.mktemp("listed")
+    folder = root / "export dir"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "with space.png", "ü %20#?.png"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub" / "b.png").write_bytes(b"x")
+    (root / "elsewhere.png").write_bytes(b"x")
+    (folder / "link.png").symlink_to(root / "elsewhere.png")
+    (folder / "dangling.png").symlink_to(root / "gone.png")
+    (folder / "dir.png").mkdir()
+    return folder
+
+
+_NAMES = st.one_of(
+    st.sampled_from(["a.png", "with space.png", "ü %20#?.png", "sub/b.png", "link.png", "dangling.png", "dir.png",
+                     "missing.png", "sub/missing.png", "../elsewhere.png", "./a.png", "sub", ".", ".."]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=12))
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=_NAMES)
+def test_a_listed_folder_answers_as_a_stat_and_a_resolve_would(listed, name):
+    files = FolderFiles(listed)
+    assert files.is_file(name) == (listed / name).is_file()
+    assert files.uri(name) == file_uri(listed / name)
