@@ -43,6 +43,8 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from tests.curate.conftest import dwca_rows, quercus_row, search_rows  # noqa: E402
 
+from results_file import write_section  # noqa: E402  (bench/, beside this script)
+
 VENV = REPO / "bench" / ".venv-arbor"
 OUT = REPO / "bench" / "out" / "curate"
 RESULTS = REPO / "bench" / "results" / "curate.md"
@@ -395,11 +397,7 @@ def write_results(gen: dict, arbor: dict, ours: dict, staged: dict | None, ratio
               "its distribution plots (matplotlib), and its cap drops a capped species from the chunks (written "
               f"aside) where curate keeps a seeded sample of {CAP}. Rejected by curate: {json.dumps(ours['rejected'])}.", ""]
     section = "\n".join(lines)
-    old = RESULTS.read_text() if RESULTS.exists() else "# curate vs arbor-process (BioTrove)\n\n"
-    parts = old.split("\n## ")
-    kept = [parts[0].rstrip() + "\n"] + ["## " + p.rstrip() + "\n" for p in parts[1:] if not ("## " + p).startswith(header + "\n")]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(kept + [section]))
+    write_section(RESULTS, "# curate vs arbor-process (BioTrove)", section, "bench/curate.py")
 
 
 def main() -> None:

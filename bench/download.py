@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
+from results_file import write_section  # noqa: E402  (bench/, beside this script)
 
 PEER_VENV = REPO / "bench" / ".venv-img2dataset"
 OUT = REPO / "bench" / "out" / "download"
@@ -291,11 +292,7 @@ def write_results(n: int, results: dict, ratio: float, peer_version: str, repeat
         "Run: `.venv/bin/python bench/download.py` (5,000 URLs; `--small` for 1,000; `--repeat 2`).",
         "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    old = RESULTS.read_text() if RESULTS.exists() else "# Download benchmark\n"
-    sections = [s for s in old.split("\n## ")[1:] if not s.startswith(lines[0][3:])]
-    kept = "".join("\n## " + s.rstrip("\n") + "\n" for s in sections)
-    RESULTS.write_text("# Download benchmark\n" + kept + "\n" + "\n".join(lines))
+    write_section(RESULTS, "# Download benchmark", "\n".join(lines), "bench/download.py")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from results_file import write_section  # bench/, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CANDIDATES = [ROOT / "tests/data/gbif/dwca/0000066-140928181241064.zip",
                      ROOT.parent / "shared/data/gbif/dwca/0000066-140928181241064.zip"]
@@ -328,14 +330,8 @@ def write_results(results, sizes, ratio_lines, small: bool, loads: list[str], re
         *ratio_lines,
         "",
     ])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    old = RESULTS.read_text() if RESULTS.exists() else "# ingest_gbif benchmark\n\n"
-    head = f"## ingest_gbif{' (--small)' if small else ''}"
-    if head + "\n" in old:
-        start = old.index(head + "\n")
-        nxt = old.find("\n## ", start + 1)
-        old = old[:start] + (old[nxt + 1:] if nxt != -1 else "")
-    RESULTS.write_text(old.rstrip("\n") + "\n\n" + section)
+    write_section(RESULTS, "# ingest_gbif benchmark", section, "bench/ingest_gbif.py")
+
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results_file import write_section  # noqa: E402  (bench/, beside this script)
+
 from pipeline.train.loader import (  # noqa: E402
     MEAN,
     STD,
@@ -162,13 +164,7 @@ def write_results(n: int, shards: int, rows: list[tuple[str, int, float]], ratio
         "",
     ]
     section = "\n".join(lines)
-    old = RESULTS.read_text() if RESULTS.exists() else "# training loader vs a plain PIL loop\n\n"
-    parts = old.split("\n## ")
-    kept = [parts[0].rstrip() + "\n"] + [
-        "## " + p.rstrip() + "\n" for p in parts[1:] if not ("## " + p).startswith(header + "\n")
-    ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(kept + [section]))
+    write_section(RESULTS, "# training loader vs a plain PIL loop", section, "bench/loader.py")
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_file import write_section  # bench/, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("POLARS_MAX_THREADS", "2")
@@ -272,12 +274,7 @@ for all taxa): {b['build_s']:.1f} s. Result mix: {r['by_match_type']}.
 The loop does less than the resolver (no homonym settling, no hint narrowing, no evidence), so the
 ratio understates the difference.
 """
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    old = RESULTS.read_text() if RESULTS.exists() else "# resolve benchmark\n\n"
-    head = f"## resolve ({'small' if a.small else 'full'}"
-    kept = [s for s in old.split("\n## ") if s and not ("## " + s).startswith(head) and not s.startswith("# ")]
-    title = "# resolve benchmark\n\n"
-    RESULTS.write_text(title + "".join("## " + s.rstrip() + "\n\n" for s in kept) + section)
+    write_section(RESULTS, "# resolve benchmark", section, "bench/resolve.py")
 
 
 if __name__ == "__main__":
