@@ -3,6 +3,7 @@ per-rank top-1/top-5 evaluation and the metrics JSON."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -174,6 +175,18 @@ def train(shards_dir: Path, out_dir: Path, options: Options) -> dict:
         return _train(shards_dir, out_dir, options, device)
 
 
+def shards_fingerprint(urls: list[str], exclude: frozenset[str]) -> str:
+    """What a run trains and evaluates on: each shard's name and size, and the keys the
+    post-download dedup set aside. A new download, a retry that added images or another curate
+    changes it."""
+    h = hashlib.sha256()
+    for url in sorted(urls):
+        h.update(f"{Path(url).name}\t{os.path.getsize(url)}\n".encode())
+    for key in sorted(exclude):
+        h.update(f"-{key}\n".encode())
+    return h.hexdigest()
+
+
 def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.device) -> dict:
     shards = discover_shards(shards_dir)
     train_urls = shards.get(options.train_split)
@@ -204,8 +217,17 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
     checkpoint_path = out_dir / "checkpoints" / "last.pt"
     resume_from = _checkpoint_to_resume(out_dir, options.resume)
     state = load_checkpoint(resume_from) if resume_from else None
+    trained_on = shards_fingerprint([*train_urls, *(u for urls in eval_urls.values() for u in urls)],
+                                    settings.exclude)
 
     if state is not None:
+        # the class maps and the epoch's sample count come from the checkpoint: on other shards,
+        # new taxa would be ignored and epochs cut at the old length, with nothing said
+        if state.get("shards", trained_on) != trained_on:
+            raise ValueError(
+                f"checkpoint {resume_from} was trained on other shards than {shards_dir} holds now (downloaded "
+                "or curated again since): train from the start (--resume never) or into another folder, or "
+                "point --resume at a checkpoint of these shards")
         for name in ARCHITECTURE_FIELDS:
             if state["config"][name] != getattr(options, name):
                 raise ValueError(
@@ -296,6 +318,7 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
                 "class_maps": class_maps.to_dict(),
                 "train_samples": train_samples,
                 "config": options.model_dump(mode="json"),
+                "shards": trained_on,
             },
             checkpoint_path,
         )

@@ -90,6 +90,24 @@ def test_rerun_of_a_finished_run_trains_nothing(shards_dir, tmp_path):
         run_train(shards_dir, tmp_path, Options(epochs=2, **{**TINY, "width": 16}))
 
 
+def test_a_checkpoint_does_not_resume_on_other_shards(shards_dir, tmp_path):
+    """Resuming takes the class maps and the epoch length from the checkpoint: on shards made
+    again (another curate, more images), new taxa would be ignored without a word."""
+    shards = tmp_path / "shards"
+    shutil.copytree(shards_dir, shards)
+    run_train(shards, tmp_path / "out", Options(epochs=2, max_steps=1, **TINY))
+    (shards / "_duplicates.json").write_text('{"keys": ["cameratrap_x"]}')  # a dedup set one aside
+    with pytest.raises(ValueError, match=r"was trained on other shards than .*--resume never"):
+        run_train(shards, tmp_path / "out", Options(epochs=2, **TINY))
+    (shards / "_duplicates.json").unlink()
+    shutil.copy(shards / "val-000000.tar", shards / "val-000001.tar")  # a shard more
+    with pytest.raises(ValueError, match=r"was trained on other shards"):
+        run_train(shards, tmp_path / "out", Options(epochs=2, **TINY))
+    (shards / "val-000001.tar").unlink()
+    assert run_train(shards, tmp_path / "out", Options(epochs=2, **TINY))["resumed_from"].endswith("last.pt")
+    assert run_train(shards, tmp_path / "fresh", Options(epochs=1, resume="never", **TINY))["resumed_from"] is None
+
+
 def test_bad_samples_become_reject_rows(shards_dir, tmp_path, samples, shard_writer):
     import pyarrow.parquet as pq
 
