@@ -29,8 +29,8 @@ from urllib.parse import quote
 import pyarrow as pa
 from pydantic import Field
 
-from schemas import Reason, make_record_id, make_rejects
-from schemas.record import extra_json
+from schemas import Reason, make_rejects
+from schemas.record import extra_json, record_id_column
 from sources.base import IngestBatch, SourceOptions
 from sources.localuri import FolderFiles, zip_uri_prefix
 
@@ -272,6 +272,8 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
     rej_reasons: list[str] = []
     rej_details: list[str] = []
 
+    # rows and rejects carry the text their record id is made of (the media id, or where a row
+    # without one is): the ids are made column-wise per batch (:func:`_batch`)
     def reject(rid: str, reason: Reason, detail: str) -> None:
         rej_ids.append(rid)
         rej_reasons.append(str(reason))
@@ -301,22 +303,21 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
         bad = next((m for m in map(_UNDECODED.search, raw) if m), None) if _UNDECODED.search("\t".join(raw)) else None
         if bad is not None:
             field = bad.string
-            reject(make_record_id(SOURCE, f"{task}#{line}"), Reason.UNDECODABLE_TEXT,
+            reject(f"{task}#{line}", Reason.UNDECODABLE_TEXT,
                    f"{where}: bytes that are not UTF-8 in "
                    f"{field.encode('utf-8', 'surrogateescape')[:60]!r}")
             continue
         if len(raw) != len(table.header):
-            rid = make_record_id(SOURCE, f"{task}#{line}")
-            reject(rid, Reason.MALFORMED_ROW, f"{where}: {len(raw)} fields, header has {len(table.header)}")
+            reject(f"{task}#{line}", Reason.MALFORMED_ROW, f"{where}: {len(raw)} fields, header has {len(table.header)}")
             continue
         if not object_id:
-            reject(make_record_id(SOURCE, f"{task}#{line}"), Reason.MALFORMED_ROW, f"{where}: no object_id")
+            reject(f"{task}#{line}", Reason.MALFORMED_ROW, f"{where}: no object_id")
             continue
         rank = raw[col["img_rank"]].strip() if "img_rank" in col else ""
         rank = rank.split(".")[0] if rank.lower() not in _NULLS else ""
         # rank 0 is the object's first image: its media id is the object id itself.
         media_id = f"{object_id}:{rank}" if rank not in ("", "0") else object_id
-        rid = make_record_id(SOURCE, media_id)
+        rid = media_id
         try:
             lat = cell(raw, "object_lat", "f")
             lon = cell(raw, "object_lon", "f")
@@ -402,9 +403,12 @@ _FLOAT_COLUMNS = ("decimal_latitude", "decimal_longitude", "depth_min_m", "depth
 
 
 def _batch(rows, rej_ids, rej_reasons, rej_details) -> IngestBatch:
+    """Records and rejects of a batch; their ``record_id`` fields hold the text each id is made of."""
     cols = {c: pa.array([r[c] for r in rows], pa.string()) for c in _STRING_COLUMNS}
+    cols["record_id"] = record_id_column(SOURCE, cols["record_id"])
     cols.update({c: pa.array([r[c] for r in rows], pa.float64()) for c in _FLOAT_COLUMNS})
-    return IngestBatch(records=pa.table(cols), rejects=make_rejects(rej_ids, STAGE, rej_reasons, rej_details))
+    ids = record_id_column(SOURCE, pa.array(rej_ids, pa.string())).to_pylist()
+    return IngestBatch(records=pa.table(cols), rejects=make_rejects(ids, STAGE, rej_reasons, rej_details))
 
 
 CONNECTOR = EcoTaxaConnector()

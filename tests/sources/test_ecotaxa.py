@@ -259,6 +259,18 @@ def test_an_export_is_read_as_its_batches_are_asked_for(tmp_path, monkeypatch):
     assert read_all(str(tsv), require_image=False)[0].num_rows == 400
 
 
+def test_record_ids_are_made_of_the_media_id_and_a_bad_rows_of_its_place(tmp_path):
+    from schemas import make_record_id
+
+    lines = IFCB.read_text().splitlines()
+    tsv = tmp_path / "export.tsv"
+    tsv.write_text("\n".join([*lines, "only\tthree\tfields"]) + "\n")
+    records, rejects = read_all(str(tsv), require_image=False)
+    assert records.num_rows == 2
+    assert records["record_id"].to_pylist() == [make_record_id("ecotaxa", m) for m in records["media_id"].to_pylist()]
+    assert rejects["record_id"].to_pylist() == [make_record_id("ecotaxa", f"{tsv}#{len(lines) + 1}")]
+
+
 def test_a_zip_member_found_damaged_while_it_is_read_is_a_clear_error(tmp_path):
     archive = tmp_path / "export.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
