@@ -756,9 +756,9 @@ def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Pa
                         f"{', ...' if len(stale) > 3 else ''})")
         raise LayoutError(
             f"{out_dir} holds shards {' and '.join(what)}: the input, shard_size or plan_bucket_rows changed "
-            "since they were made. Kept, they would leave images out and hold others twice. Download into a "
-            "new folder (--output NEW; with --reuse-from this folder, the images it holds are copied, not "
-            "fetched again), or remove this one to start again.")
+            "since they were made. Kept, they would leave images out and hold others twice. Move this folder "
+            "aside and download again with --reuse-from pointing at it (the images it holds are copied, not "
+            "fetched again), download into another folder (--output), or remove this one to start over.")
     tmp = record + ".tmp"
     with fs.open(tmp, "w") as f:
         json.dump({"version": 1, "image": image, "shards": digests}, f)

@@ -156,7 +156,8 @@ def test_a_folder_made_from_other_rows_stops_the_download_before_a_fetch(server,
     before, hits = _digests(out), sum(server.hits.values())
     _url_list(urls, ["a0", *keys], server)  # a key planned first: every shard moves on by one
     with pytest.raises(LayoutError, match=r"holds shards 3 made from other rows than this plan gives them "
-                                          r"\(train-000000, train-000001, train-000002\).*remove this one"):
+                                          r"\(train-000000, train-000001, train-000002\).*Move this folder aside and download again with "
+                                          r"--reuse-from pointing at it"):
         run_download(urls, out, opts, progress=False)
     _url_list(urls, keys, server)
     with pytest.raises(LayoutError, match=r"holds shards 2 made from other rows .* and 1 that this plan does not "
