@@ -429,8 +429,13 @@ class _PlanFile:
 
     def add(self, shard: str, rows: pa.Table) -> None:
         rows = _decoded(rows)
-        if self._writer is None:  # no statistics: nothing filters on them, and a footer per shard is smaller
-            self._writer = pq.ParquetWriter(self._file, rows.schema, compression="zstd", write_statistics=False)
+        if self._writer is None:
+            # no statistics: nothing filters on them, and a footer per shard is smaller. A row group
+            # of one shard is ~1,000 rows of every column, where a column chunk's fixed costs tell:
+            # lz4 and no dictionary pages plan 2.69M curated rows in ~39 s instead of ~48 s (zstd),
+            # for plan files of 906 MB instead of 605 MB, removed when the download ends
+            self._writer = pq.ParquetWriter(self._file, rows.schema, compression="lz4", use_dictionary=False,
+                                            write_statistics=False)
         self._writer.write_table(rows.cast(self._writer.schema), row_group_size=max(1, rows.num_rows))
         self.layout[shard] = (self.path, len(self.layout))
 
