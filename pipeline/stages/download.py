@@ -76,9 +76,9 @@ class Options(BaseModel):
     keep_original: bool = Field(True, description="store the original JPEG/PNG bytes when already small enough")
     shard_size: int = Field(1000, ge=1, description="images per shard")
     plan_bucket_rows: int = Field(
-        500_000, ge=1, description="a Parquet input of more rows is planned in buckets of about this many "
-        "(by a hash of the key, spilled to disk beside the shards), so planning holds one bucket in memory; "
-        "each bucket's last shard of a split may then be short")
+        500_000, ge=1, description="a Parquet input of more rows (or a text URL list over 256 MiB, copied to "
+        "Parquet first) is planned in buckets of about this many (by a hash of the key, spilled to disk beside "
+        "the shards), so planning holds one bucket in memory; each bucket's last shard of a split may then be short")
     host_concurrency: int = Field(8, ge=1, description="default simultaneous requests per host")
     host_rate: float = Field(20.0, ge=0, description="default requests per second per host (0 = unlimited)")
     hosts: dict[str, HostOptions] = Field(default_factory=dict, description="per-host overrides, keyed by host name")
@@ -888,7 +888,8 @@ def make_plan(path: str, options: Options, plan_dir: str | None = None,
 
     A Parquet input of more than ``options.plan_bucket_rows`` rows is planned in buckets
     (:class:`BucketedPlan`), whose files go to ``plan_dir`` (required then), with progress bars
-    when ``progress``; ``close()`` the plan when done with it."""
+    when ``progress``; a text URL list over ``_LIST_IN_MEMORY_BYTES`` is copied to Parquet and
+    planned as one (when there is a ``plan_dir``). ``close()`` the plan when done with it."""
     if _text_list(path) and plan_dir is not None and _file_bytes(path) > _LIST_IN_MEMORY_BYTES:
         return _plan_text_list(path, options, plan_dir, progress)
     rows = _parquet_rows(path)
