@@ -24,7 +24,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pyarrow as pa
 from pydantic import Field
@@ -32,7 +31,7 @@ from pydantic import Field
 from schemas import Reason, make_rejects
 from schemas.record import extra_json, record_id_column
 from sources.base import IngestBatch, SourceOptions
-from sources.localuri import FolderFiles, zip_uri_prefix
+from sources.localuri import FolderFiles, zip_member_uri, zip_uri_prefix
 
 SOURCE = "ecotaxa"
 STAGE = "ingest"
@@ -342,7 +341,7 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
                 if member not in members and image in members:
                     member = image
                 if member in members:
-                    identifier = zip_prefix + quote(member.lstrip("/"))
+                    identifier = zip_member_uri(zip_prefix, member)
             elif files.is_file(image):
                 identifier = files.uri(image)
         if identifier is None:
@@ -350,7 +349,7 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
                 reject(rid, Reason.NO_IMAGE, f"{where}: image {image!r} not found in the export")
                 continue
             if image:
-                identifier = files.uri(image) if zf is None else zip_prefix + quote(image.lstrip("/"))
+                identifier = files.uri(image) if zf is None else zip_member_uri(zip_prefix, image)
         if identifier is None:
             reject(rid, Reason.NO_IMAGE, f"{where}: no img_file_name")
             continue

@@ -42,13 +42,18 @@ def _path(quoted: str) -> Path:
 
 def zip_uri(zip_path: str | os.PathLike, member: str) -> str:
     """``zip://`` URI of ``member`` inside the archive at ``zip_path``."""
-    return zip_uri_prefix(zip_path) + quote(member.lstrip("/"))
+    return zip_member_uri(zip_uri_prefix(zip_path), member)
 
 
 def zip_uri_prefix(zip_path: str | os.PathLike) -> str:
     """What every :func:`zip_uri` of the archive at ``zip_path`` starts with (its path resolved
-    once, for callers that name many members)."""
+    once, for callers that name many members: :func:`zip_member_uri`)."""
     return f"zip://{_quoted_path(zip_path)}!/"
+
+
+def zip_member_uri(prefix: str, member: str) -> str:
+    """:func:`zip_uri` of ``member`` in the archive whose :func:`zip_uri_prefix` is ``prefix``."""
+    return prefix + quote(member.lstrip("/"))
 
 
 class FolderFiles:
