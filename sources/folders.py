@@ -28,7 +28,7 @@ from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json
 from sources.base import IngestBatch, SourceOptions
 from sources.ifcb import parse_bin_name
-from sources.localuri import file_uri
+from sources.localuri import FolderFiles
 
 SOURCE = "folders"
 STAGE = "ingest"
@@ -111,8 +111,10 @@ class FoldersConnector:
         rej_reasons: list[str] = []
         rej_details: list[str] = []
         skipped: Counter[str] = Counter()
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            relpath = path.relative_to(root).as_posix()
+        files = FolderFiles(folder)  # listed once: no stat and no resolve per image
+        for name in files.names():
+            path = folder / name
+            relpath = name if rel == "." else f"{rel}/{name}"
             if path.name in _JUNK or path.name.startswith("._"):
                 skipped["system_file"] += 1
                 continue
@@ -156,7 +158,7 @@ class FoldersConnector:
                 "source_dataset": dataset,
                 "occurrence_id": media_id,
                 "media_id": media_id,
-                "identifier": file_uri(path),
+                "identifier": files.uri(name),
                 "format": mime,
                 "license": options.license,
                 "verbatim_name": label,

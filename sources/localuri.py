@@ -78,6 +78,10 @@ class FolderFiles:
             pass
         self._prefix = file_uri(self.folder).rstrip("/") + "/"
 
+    def names(self) -> list[str]:
+        """The regular files (and links to them) directly in the folder, sorted."""
+        return sorted(self._files)
+
     @staticmethod
     def _plain(name: str) -> bool:
         return "/" not in name and name not in ("", ".", "..") and "\0" not in name
