@@ -26,8 +26,9 @@ def merge_section(old: str, section: str, script: str) -> str:
         i = old.index(begin)
         j = old.index(END, i) + len(END)
         return old[:i] + block + old[j:]
-    if head + "\n" in old or old.endswith(head):
-        start = old.index(head)
+    lines = old.split("\n")
+    if head in lines:  # the whole head line: ``## ingest_gbif`` is not ``## ingest_gbif (--small)``
+        start = sum(len(line) + 1 for line in lines[:lines.index(head)])
         nxt = old.find("\n## ", start + 1)
         end = nxt + 1 if nxt != -1 else len(old)
         previous = old[start:end].replace(head, f"{head}: an earlier run", 1).rstrip("\n")

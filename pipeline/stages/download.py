@@ -410,7 +410,10 @@ class DownloadPlan:
         return out.layout
 
     def close(self) -> None:
-        """Remove the plan file :meth:`write` wrote, if any (the plan itself is in memory)."""
+        """Remove the plan file :meth:`write` wrote, if any, and let go of the shards: they refer
+        to their plan, a cycle that only Python's cyclic GC (which counts objects, not bytes) would
+        free, with all the plan's columns."""
+        self.shards = []
         if self.written is not None:
             _remove(self.written)
 
@@ -586,7 +589,7 @@ class BucketedPlan:
         self.layout.update(out.layout)
         self._digests.update(_shard_digests(plan.keys, spans))
         first.update(planned)
-        plan.shards.clear()  # they refer to their plan: a cycle only Python's cyclic GC would free
+        plan.close()  # freed now, not at the next cyclic GC
 
     def items(self, start: int, stop: int, shard: str) -> list[dict]:
         """A shard's items, read from its plan file (``start``, ``stop``: its rows there)."""
@@ -609,8 +612,9 @@ class BucketedPlan:
         return self.layout
 
     def close(self) -> None:
-        """Remove the plan files."""
+        """Remove the plan files and let go of the shards (which refer to this plan)."""
         self._open = None
+        self.shards = []
         _remove(self.plan_dir)
 
 
@@ -734,22 +738,16 @@ def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Pa
     spooled = sorted(d.name for d in spool_root.iterdir() if d.is_dir()) if spool_root and spool_root.exists() else []
     changed, stale = [], []
     by_name = {s.name: s for s in plan.shards}
-    for name in made:
+    for name in sorted(set(made) | set(spooled)):
         if name not in digests:
             stale.append(name)
-        elif recorded.get(name, digests[name]) != digests[name]:
-            changed.append(name)
-        elif name not in recorded:
-            rows = read_status(_join(out_dir, name + ".tar"))
-            if keys_digest([r["key"] for r in rows]) != digests[name]:
+        elif name in recorded:
+            if recorded[name] != digests[name]:
                 changed.append(name)
-    for name in (n for n in spooled if n not in made):
-        if name not in digests:
-            stale.append(name)
-        elif recorded.get(name, digests[name]) != digests[name]:
-            changed.append(name)
-        elif name not in recorded and not set(ShardSpool(spool_root / name).done) <= {
-                i["key"] for i in by_name[name].items}:
+        elif name in made:  # a folder from before the record: the sidecar's keys
+            if keys_digest([r["key"] for r in read_status(_join(out_dir, name + ".tar"))]) != digests[name]:
+                changed.append(name)
+        elif not set(ShardSpool(spool_root / name).done) <= {i["key"] for i in by_name[name].items}:
             changed.append(name)
     if changed or stale:
         what = []
@@ -918,16 +916,17 @@ def _plan_text_list(path: str, options: Options, plan_dir: str, progress: bool) 
         fs.makedirs(local, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="biocorpus-list-", dir=local if here else None))
     try:
-        copy, rows, writer, held = tmp / "list.parquet", 0, None, []
+        copy, rows, writer, held, held_rows = tmp / "list.parquet", 0, None, [], 0
         try:
             for table in _list_tables(path, options):
                 if writer is None:
                     writer = pq.ParquetWriter(copy, table.schema, compression="zstd", compression_level=1)
                 held.append(table)
                 rows += table.num_rows
-                if sum(t.num_rows for t in held) >= _COPY_GROUP_ROWS:
+                held_rows += table.num_rows
+                if held_rows >= _COPY_GROUP_ROWS:
                     writer.write_table(pa.concat_tables(held))
-                    held = []
+                    held, held_rows = [], 0
             if held:
                 writer.write_table(pa.concat_tables(held))
         except pa.ArrowInvalid as exc:
@@ -1462,13 +1461,13 @@ def download_beam(
     ``pipeline_args`` are Beam pipeline options; ``--runner=FnApiRunner`` is the default (the
     DirectRunner downloads Prism). Returns the same stats as ``run_download``."""
     options = options or Options()
+    if options.reuse_from:
+        raise ValueError("reuse_from works with the local runner; download there (runner = \"local\"), "
+                         "or leave reuse_from out to fetch every image")
     started = time.monotonic()
     out_dir = str(out_dir)
     plan = make_plan(str(input_dir), options, _plan_dir(out_dir), sys.stderr.isatty())
     try:
-        if options.reuse_from:
-            raise ValueError("reuse_from works with the local runner; download there (runner = \"local\"), "
-                             "or leave reuse_from out to fetch every image")
         check_layout(out_dir, plan, image=_image_record(options))
         return _download_beam(plan, out_dir, options, pipeline_args, started)
     finally:

@@ -26,3 +26,10 @@ def test_a_marked_run_is_replaced_and_the_notes_around_it_stay():
     assert twice.count("## run a") == 1
     other = merge_section(twice, "## run c\n\nC\n", "bench/x.py")
     assert other.startswith(twice.rstrip("\n")) and other.endswith("C\n<!-- end of the generated run -->\n")
+
+
+def test_a_head_is_matched_as_a_whole_line_not_as_the_start_of_another():
+    old = "# t\n\n## run (--small)\n\nsmall 1\n\nNotes.\n\n## run\n\nbig 1\n\nNotes on big.\n"
+    new = merge_section(old, "## run\n\nbig 2\n", "bench/x.py")
+    assert new.startswith("# t\n\n## run (--small)\n\nsmall 1\n\nNotes.\n\n## run\n\n<!--")
+    assert new.index("big 2") < new.index("## run: an earlier run") < new.index("big 1")
