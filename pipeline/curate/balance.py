@@ -25,6 +25,10 @@ def _column(table: pa.Table, name: str, type_=pa.string()) -> pa.Array:
     return col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
 
 
+# the columns :func:`taxon_keys` reads
+TAXON_KEY_COLUMNS = ("taxon_id", "living", "non_living_class", *RANKS)
+
+
 def taxon_keys(batch: pa.Table, ctx: StageContext | None = None) -> pa.Array:
     """The taxon of each row: ``taxon_id``; for kept non-living rows ``non_living:<class>``; else
     the full 7-rank lineage (an unresolved id never falls back to a bare epithet)."""

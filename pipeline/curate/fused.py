@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -246,16 +247,12 @@ def decide(records: _Records, options: Options) -> tuple[pa.Table, dict[str, pa.
     return current, rejects, extras, stats
 
 
-def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> pa.Table:
-    """The survivors' full records in global row order, with the provenance merged into ``extra``.
-
-    The decision columns are already in memory: only the other columns are read from the files.
-    """
-    rows = _rows(decided)
+def _assemble(records: _Records, decided: pa.Table, read: pa.Table, rows: np.ndarray,
+              extras: dict[int, str]) -> pa.Table:
+    """Survivors' full records from their decision columns (held) and the other columns (read),
+    with the provenance merged into ``extra``."""
     names = records.names[0]
     held = [c for c in DECISION_COLUMNS if c in names]
-    rest = [c for c in names if c not in held]
-    read = records.rows_of(rows, rest)
     columns = [decided.column(c) if c in held else read.column(c) for c in names]
     # each file brought its own dictionaries: unified once here, not by every step that combines them
     columns = [pa.chunked_array([c.combine_chunks()]) if pa.types.is_dictionary(c.type) and c.num_chunks > 1 else c
@@ -265,11 +262,48 @@ def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> p
     if extras:
         idx = table.column_names.index("extra")
         mask = np.isin(rows, np.fromiter(extras, np.int64, len(extras)))
-        values = [extras[r] for r in rows[mask].tolist()]
-        col = table.column("extra").combine_chunks().cast(pa.string())
-        table = table.set_column(idx, table.schema.field("extra"),
-                                 pc.replace_with_mask(col, pa.array(mask), pa.array(values, pa.string())))
+        if mask.any():
+            values = [extras[r] for r in rows[mask].tolist()]
+            col = table.column("extra").combine_chunks().cast(pa.string())
+            table = table.set_column(idx, table.schema.field("extra"),
+                                     pc.replace_with_mask(col, pa.array(mask), pa.array(values, pa.string())))
     return table
+
+
+def _rest(records: _Records) -> list[str]:
+    """The columns not among the decision columns: the ones read for the survivors."""
+    return [c for c in records.names[0] if c not in DECISION_COLUMNS]
+
+
+def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> pa.Table:
+    """The survivors' full records in global row order, with the provenance merged into ``extra``.
+
+    The decision columns are already in memory: only the other columns are read from the files.
+    """
+    rows = _rows(decided)
+    return _assemble(records, decided, records.rows_of(rows, _rest(records)), rows, extras)
+
+
+def survivor_parts(records: _Records, decided: pa.Table, extras: dict[int, str]) -> Iterator[pa.Table]:
+    """:func:`survivors` file by file, in global row order: the files are read a thread per core,
+    as many ahead as there are threads, so only a few files' rows are held at once."""
+    rows = _rows(decided)  # ascending: the decisions keep global row order
+    bounds = np.searchsorted(rows, records.offsets)
+    rest = _rest(records)
+    files = [i for i in range(len(records.files)) if bounds[i + 1] > bounds[i]]
+
+    def part(i: int) -> pa.Table:
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        here = rows[lo:hi]
+        t = records.read(i, rest)
+        pos = here - records.offsets[i]
+        read = t if len(pos) == t.num_rows else t.take(pa.array(pos))
+        return _assemble(records, decided.slice(lo, hi - lo), read, here, extras)
+
+    threads = max(1, os.cpu_count() or 1)
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(files), threads):
+            yield from pool.map(part, files[start:start + threads])
 
 
 def _replace_dir(staged: Path, final: Path) -> None:
@@ -335,19 +369,31 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
             atomic_write_parquet(rej.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA),
                                  staging / "rejects" / f"stage={key}" / "part-fused.parquet")
     stats["balance"] = balance_mod.balance_report(rejects["curate-balance"].cast(REJECT_SCHEMA))
-    full = survivors(records, decided, extras) if decided.num_rows else None
-    if full is not None:
-        # labelled as the staged split step labels the balanced records
-        full = label_batch(full, StageContext("curate", options)).out
-    classes = splits_mod.class_list([full]) if full is not None else []
-    by_split = split_tables(full, classes) if full is not None else {}
-    del full
-    written = splits_mod.write_chunks(by_split, staging / "curated", options)
+    buckets = splits_mod.chunk_buckets(decided.num_rows, options.chunk_bucket_rows)
+    if buckets == 1:
+        full = survivors(records, decided, extras) if decided.num_rows else None
+        if full is not None:
+            # labelled as the staged split step labels the balanced records
+            full = label_batch(full, StageContext("curate", options)).out
+        classes = splits_mod.class_list([full]) if full is not None else []
+        by_split = split_tables(full, classes) if full is not None else {}
+        del full
+        written = splits_mod.write_chunks(by_split, staging / "curated", options)
+        split_rows = {s: tb.num_rows for s, tb in by_split.items()}
+        del by_split
+    else:
+        # too many survivors to hold: read file by file, spilled by split and the shuffle's hash,
+        # and labelled a bucket at a time
+        classes = splits_mod.class_list([decided])  # the taxon keys' columns are decision columns
+        written, split_rows = splits_mod.spill_chunks(survivor_parts(records, decided, extras), classes,
+                                                      staging / "spill", staging / "curated", buckets, options)
     atomic_write_json(staging / "curated" / "_classes.json", {"classes": classes})
     stats["curate-split"] = {
-        "in": decided.num_rows, "splits": {s: tb.num_rows for s, tb in by_split.items()},
-        "chunks": {s: sum(f"split={s}/" in w for w in written) for s in by_split},
+        "in": decided.num_rows, "splits": split_rows,
+        "chunks": {s: sum(f"split={s}/" in w for w in written) for s in split_rows},
         "classes": len(classes), "seconds": round(time.perf_counter() - t, 3)}
+    if buckets > 1:
+        stats["curate-split"]["buckets"] = buckets
     stats["seconds"] = round(time.perf_counter() - started, 3)
     for key in STEPS:
         _replace_dir(staging / "rejects" / f"stage={key}", root / "rejects" / f"stage={key}")

@@ -83,6 +83,10 @@ class Options(BaseModel):
     unseen_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="fraction of taxa held out whole in the 'unseen' split")
     chunk_size: int = Field(10_000, ge=1, description="rows per shuffled chunk file")
+    chunk_bucket_rows: int = Field(
+        4_000_000, ge=1, description="more curated rows than this are labelled and shuffled into chunks in "
+        "buckets of about this many (spilled to disk by the shuffle's hash, under the data root's .staging), so "
+        "memory holds one bucket instead of every row; the chunks are the same")
     # captions
     caption_type: CaptionType = Field(
         "taxonomic+common", description=f"the text type written to 'caption', one of {list(CAPTION_TYPES)}")
@@ -237,16 +241,22 @@ def write_splits(src, dst, options: Options | None = None, force: bool = False) 
 
     Labels (split, names, captions), assigns ``cls`` over all splits and writes each split's
     shuffled chunks into a staging folder moved into place at the end; a rerun over the same
-    input and options does nothing. The balanced set is read whole (class indices and the
-    shuffle are global); returns rows and chunks per split and the number of classes.
+    input and options does nothing. Class indices and the shuffle are global: up to
+    ``chunk_bucket_rows`` rows the balanced set is read whole; past that only its taxon columns
+    are, and the records are labelled file by file and spilled in buckets of the shuffle
+    (:class:`~pipeline.curate.splits.ChunkSpill`), which gives the same chunks. Returns rows and
+    chunks per split and the number of classes.
     """
     import shutil
     from pathlib import Path
+
+    import pyarrow.parquet as pq
 
     from pipeline.config import config_hash
     from pipeline.io import (
         StagedOutput,
         atomic_write_json,
+        count_rows,
         files_identity,
         fingerprint,
         parquet_files,
@@ -263,18 +273,30 @@ def write_splits(src, dst, options: Options | None = None, force: bool = False) 
     if done is not None and not force:
         return {**done, "skipped": True}
     staged.open()
-    table = read_dataset(src)
-    labelled = label_batch(table, StageContext(STAGE, options)).out if table.num_rows else table
-    classes = splits_mod.class_list([labelled]) if table.num_rows else []
-    by_split = split_tables(labelled, classes) if table.num_rows else {}
-    written = splits_mod.write_chunks(by_split, staged.staged_out, options)
+    rows = count_rows(src)
+    buckets = splits_mod.chunk_buckets(rows, options.chunk_bucket_rows)
+    if buckets == 1:
+        table = read_dataset(src)
+        labelled = label_batch(table, StageContext(STAGE, options)).out if table.num_rows else table
+        classes = splits_mod.class_list([labelled]) if table.num_rows else []
+        by_split = split_tables(labelled, classes) if table.num_rows else {}
+        written = splits_mod.write_chunks(by_split, staged.staged_out, options)
+        split_rows = {s: t.num_rows for s, t in by_split.items()}
+        del table, labelled, by_split
+    else:
+        names = set(pq.ParquetFile(inputs[0]).schema_arrow.names)
+        classes = splits_mod.class_list([read_dataset(src, columns=[c for c in balance_mod.TAXON_KEY_COLUMNS if c in names])])
+        written, split_rows = splits_mod.spill_chunks((read_dataset(f) for f in inputs), classes,
+                                                      staged.staging / "spill", staged.staged_out, buckets, options)
     atomic_write_json(staged.staged_out / "_classes.json", {"classes": classes})
     stats = {
-        "in": table.num_rows,
-        "splits": {s: t.num_rows for s, t in by_split.items()},
-        "chunks": {s: sum(f"split={s}/" in w for w in written) for s in by_split},
+        "in": rows,
+        "splits": split_rows,
+        "chunks": {s: sum(f"split={s}/" in w for w in written) for s in split_rows},
         "classes": len(classes),
     }
+    if buckets > 1:
+        stats["buckets"] = buckets
     shutil.rmtree(staged.staged_rejects, ignore_errors=True)
     staged.finalise(stats)
     return stats

@@ -135,6 +135,34 @@ def test_fused_matches_staged_curate(tmp_path, case):
         assert any(len(m.get("merged_from", [])) == 2 for m in merged)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_curated_rows_past_the_bucket_size_give_the_same_chunks(tmp_path, case):
+    """Past ``chunk_bucket_rows`` both paths label file by file and spill by the shuffle's hash
+    (several buckets here): the chunks, classes and counts are those of the run held whole."""
+    make, part_rows, options = CASES[case]
+    table = make()
+    whole_root = _root(tmp_path, "whole", table, part_rows)
+    whole_cfg = _config(whole_root, **options)
+    whole = curate_fused(whole_root / "resolved", whole_root, whole_cfg.curate, config=whole_cfg)
+    expected = _chunks(whole_root)
+    bucket_rows = max(1, whole["curate-split"]["in"] // 5)
+    for name, run in (("fused", lambda cfg, root: curate_fused(root / "resolved", root, cfg.curate, config=cfg)),
+                      ("staged", lambda cfg, root: curate_staged(cfg, make_runner("local", workers=1, progress=False)))):
+        root = _root(tmp_path, name, table, part_rows)
+        cfg = _config(root, **options, chunk_bucket_rows=bucket_rows)
+        stats = run(cfg, root)
+        assert stats["curate-split"]["buckets"] == 8, name
+        got = _chunks(root)
+        assert got.keys() == expected.keys(), name
+        for chunk, rows in expected.items():
+            assert got[chunk].schema == rows.schema, (name, chunk)
+            assert got[chunk].equals(rows), (name, chunk)
+        assert (root / "curated" / "_classes.json").read_text() == (whole_root / "curated" / "_classes.json").read_text()
+        for count in ("in", "splits", "chunks", "classes"):
+            assert stats["curate-split"][count] == whole["curate-split"][count], (name, count)
+        assert not [p for p in (root / ".staging").rglob("*") if p.is_file()], name  # the spill is removed
+
+
 def test_fused_rerun_is_skipped_and_force_redoes(tmp_path):
     root = _root(tmp_path, "fused", sample_records(), 350)
     options = _config(root, min_per_taxon=2).curate

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from pipeline.curate.splits import (
     UNSEEN_SPLIT,
+    ChunkSpill,
     assign_classes,
     assign_splits,
+    chunk_buckets,
     chunk_path,
     class_list,
     make_chunks,
@@ -142,3 +144,62 @@ def test_written_chunks_equal_arrow_take(rows, pieces, size, per_block, data):
     assert len({t.schema for t in got}) == 1
     for g, e in zip(got, expected, strict=True):
         assert plain_text(g).equals(plain_text(e))
+
+
+@given(st.lists(st.tuples(st.one_of(st.none(), st.sampled_from(["r1", "r2", "r3"]), st.text("abc", max_size=4)),
+                          st.sampled_from(["train", "val", "test"]), st.sampled_from(["a", "b", None]),
+                          st.one_of(st.none(), st.integers(-9, 9))), min_size=1, max_size=80),
+       st.sampled_from([1, 2, 4, 8, 16]), st.integers(1, 9), st.integers(0, 5), st.data())
+def test_spilled_chunks_equal_the_chunks_written_whole(rows, buckets, size, parts, data):
+    """The bucketed chunk writer, given the splits part by part in row order (dictionary columns
+    with each part's own dictionaries, repeated and null record ids, all-null columns), writes the
+    files ``write_chunks`` writes from whole splits: same names, schema and rows in the same order,
+    and removes its spill."""
+    import tempfile
+    from pathlib import Path
+
+    n = len(rows)
+    table = pa.table({
+        "record_id": pa.array([r[0] for r in rows], pa.string()),
+        "split": pa.array([r[1] for r in rows], pa.string()),
+        "genus": pa.array([r[2] for r in rows], pa.string()),
+        "i": pa.array([r[3] for r in rows], pa.int64()),
+        "null": pa.nulls(n, pa.string()),
+        "order": pa.array(range(n), pa.int64()),  # tells apart rows whose other values are equal
+    })
+    cut = sorted(data.draw(st.lists(st.integers(0, n), max_size=parts)))
+    bounds = [0, *cut, n]
+    seed = data.draw(st.integers(0, 3))
+    opts = Options(chunk_size=size, seed=seed)
+    whole = {s: table.filter(pa.compute.equal(table.column("split"), s))
+             for s in sorted(set(table.column("split").to_pylist()))}
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "whole", Path(tmp) / "spilled"
+        expected = write_chunks(whole, a, opts)
+        spill = ChunkSpill(Path(tmp) / "spill", buckets, seed)
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            part = table.slice(lo, hi - lo)
+            # each part's repeating text as a dictionary of its own, as the fused path reads it
+            part = part.set_column(2, "genus", part.column("genus").combine_chunks().dictionary_encode())
+            for s in sorted(set(part.column("split").to_pylist())):
+                spill.add(s, part.filter(pa.compute.equal(part.column("split"), s)))
+        got = spill.write(b, opts)
+        spill.remove()
+        assert [Path(p).relative_to(b) for p in got] == [Path(p).relative_to(a) for p in expected]
+        assert spill.rows == {s: t.num_rows for s, t in whole.items()}
+        for p, q in zip(got, expected, strict=True):
+            g, e = pq.read_table(p), pq.read_table(q)
+            assert g.schema == e.schema
+            assert plain_text(g).equals(plain_text(e))
+        assert not (Path(tmp) / "spill").exists()
+
+
+@pytest.mark.parametrize("rows, bucket_rows, buckets", [(0, 10, 1), (10, 10, 1), (11, 10, 2), (40, 10, 4),
+                                                         (41, 10, 8), (5_000_000, 2_000_000, 4)])
+def test_chunk_buckets_hold_at_most_the_bucket_rows_on_average(rows, bucket_rows, buckets):
+    assert chunk_buckets(rows, bucket_rows) == buckets
+
+
+def test_spill_buckets_must_be_a_power_of_two(tmp_path):
+    with pytest.raises(ValueError, match="power of two"):
+        ChunkSpill(tmp_path, 3, 0)
