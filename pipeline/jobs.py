@@ -77,7 +77,7 @@ def curate(cfg, runner, force: bool = False) -> dict:
         from pipeline.curate.fused import curate_fused
 
         root = _root(cfg)
-        return curate_fused(root / "resolved", root, cfg.curate, force=force, config=cfg)
+        return curate_fused(root / "resolved", root, cfg.curate, force=force, config=cfg, progress=runner.progress)
     return curate_staged(cfg, runner, force)
 
 
@@ -104,7 +104,8 @@ def curate_staged(cfg, runner, force: bool = False) -> dict:
     from schemas import REJECT_SCHEMA
 
     stats["balance"] = balance_report(read_dataset(root / "rejects" / "stage=curate-balance", REJECT_SCHEMA))
-    stats["curate-split"] = c.write_splits(work / "balanced", root / "curated", cfg.curate, force=force)
+    stats["curate-split"] = c.write_splits(work / "balanced", root / "curated", cfg.curate, force=force,
+                                           progress=getattr(runner, "progress", False))
     atomic_write_json(root / "curated" / "_curate_stats.json", stats)
     return stats
 

@@ -331,7 +331,8 @@ def _record_runs(root: Path, stats: dict, files: list[Path], config) -> None:
             "config": config.model_dump(mode="json") if config is not None else None, "counts": stats[key]})
 
 
-def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = False, config=None) -> dict:
+def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = False, config=None,
+                 progress: bool = False) -> dict:
     """``input_dir`` (resolved records) -> ``root/curated/split=<s>/chunk-<n:05d>.parquet`` (+
     ``_classes.json``) and ``root/rejects/stage=<step>/``, as ``jobs.curate`` writes them.
 
@@ -386,7 +387,8 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
         # and labelled a bucket at a time
         classes = splits_mod.class_list([decided])  # the taxon keys' columns are decision columns
         written, split_rows = splits_mod.spill_chunks(survivor_parts(records, decided, extras), classes,
-                                                      staging / "spill", staging / "curated", buckets, options)
+                                                      staging / "spill", staging / "curated", buckets, options,
+                                                      rows=decided.num_rows, progress=progress)
     atomic_write_json(staging / "curated" / "_classes.json", {"classes": classes})
     stats["curate-split"] = {
         "in": decided.num_rows, "splits": split_rows,

@@ -367,27 +367,38 @@ class ChunkSpill:
 
 
 def spill_chunks(parts: Iterable[pa.Table], classes: list[str], spill_dir: Path, root: Path, buckets: int,
-                 options: Options) -> tuple[list[str], dict[str, int]]:
+                 options: Options, rows: int | None = None, progress: bool = False) -> tuple[list[str], dict[str, int]]:
     """The curate paths' chunks of rows too many to hold: ``parts`` (the balanced records in row
     order) get their split, are spilled in ``buckets`` (:class:`ChunkSpill`) and are labelled and
     given their ``cls`` a bucket at a time, as :func:`label_batch` and :func:`split_tables` label
-    and split the whole set. Returns the chunk files and the rows per split."""
+    and split the whole set. Returns the chunk files and the rows per split; ``progress`` shows a
+    bar per pass (``rows``: how many ``parts`` hold)."""
+    from tqdm import tqdm
+
     from pipeline.stage import StageContext
     from pipeline.stages.curate import STAGE, label_batch, split_tables
 
+    def bar(desc: str, total: int | None, unit: str):
+        return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True, leave=False)
+
     def prepare(split: str, rows: pa.Table) -> pa.Table:
-        return split_tables(label_batch(rows, StageContext(STAGE, options)).out, classes)[split]
+        labelled = split_tables(label_batch(rows, StageContext(STAGE, options)).out, classes)[split]
+        done.update(rows.num_rows)
+        return labelled
 
     spill = ChunkSpill(spill_dir, buckets, options.seed)
     try:
-        for part in parts:
-            if not part.num_rows:
-                continue
-            part = part.append_column("split", assign_splits(part, options))
-            names = pc.unique(part.column("split")).to_pylist()
-            for split in sorted(names):
-                spill.add(split, part if len(names) == 1 else part.filter(pc.equal(part.column("split"), split)))
-        written = spill.write(root, options, prepare)
+        with bar(f"curate: spilling in {buckets} buckets", rows, "row") as spilled:
+            for part in parts:
+                if not part.num_rows:
+                    continue
+                part = part.append_column("split", assign_splits(part, options))
+                names = pc.unique(part.column("split")).to_pylist()
+                for split in sorted(names):
+                    spill.add(split, part if len(names) == 1 else part.filter(pc.equal(part.column("split"), split)))
+                spilled.update(part.num_rows)
+        with bar("curate: chunks", sum(spill.rows.values()), "row") as done:
+            written = spill.write(root, options, prepare)
     finally:
         spill.remove()
     return written, dict(sorted(spill.rows.items()))

@@ -236,7 +236,7 @@ write_chunks = splits_mod.write_chunks
 make_chunks = splits_mod.make_chunks
 
 
-def write_splits(src, dst, options: Options | None = None, force: bool = False) -> dict:
+def write_splits(src, dst, options: Options | None = None, force: bool = False, progress: bool = False) -> dict:
     """Balanced records under ``src`` -> ``dst/split=<s>/chunk-<n:05d>.parquet`` (+ ``_classes.json``).
 
     Labels (split, names, captions), assigns ``cls`` over all splits and writes each split's
@@ -287,7 +287,8 @@ def write_splits(src, dst, options: Options | None = None, force: bool = False) 
         names = set(pq.ParquetFile(inputs[0]).schema_arrow.names)
         classes = splits_mod.class_list([read_dataset(src, columns=[c for c in balance_mod.TAXON_KEY_COLUMNS if c in names])])
         written, split_rows = splits_mod.spill_chunks((read_dataset(f) for f in inputs), classes,
-                                                      staged.staging / "spill", staged.staged_out, buckets, options)
+                                                      staged.staging / "spill", staged.staged_out, buckets, options,
+                                                      rows=rows, progress=progress)
     atomic_write_json(staged.staged_out / "_classes.json", {"classes": classes})
     stats = {
         "in": rows,
