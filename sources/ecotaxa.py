@@ -16,7 +16,9 @@ import csv
 import datetime
 import io
 import itertools
+import json
 import math
+import operator
 import posixpath
 import re
 import zipfile
@@ -29,7 +31,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from schemas import Reason, make_rejects
-from schemas.record import extra_json, record_id_column
+from schemas.record import record_id_column
 from sources.base import IngestBatch, SourceOptions
 from sources.localuri import FolderFiles, zip_member_uri, zip_uri_prefix
 
@@ -51,6 +53,8 @@ MAPPED_COLUMNS = frozenset({
 })
 _TYPE_CELL = re.compile(r"^\[(t|f)\]$", re.IGNORECASE)
 _INT_TEXT = re.compile(r"^[+-]?\d+$")
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"\d{1,6}")
 _NULLS = frozenset({"", "nan", "na", "null", "none"})
 _MIME = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "tif": "image/tiff",
          "tiff": "image/tiff", "bmp": "image/bmp", "gif": "image/gif", "webp": "image/webp"}
@@ -94,7 +98,7 @@ def event_date(date: str | None, time: str | None) -> str | None:
     if not date:
         return None
     d = str(date).strip().split(".")[0]
-    if not re.fullmatch(r"\d{8}", d):
+    if not _DATE.fullmatch(d):
         raise ValueError(f"object_date {date!r} is not YYYYMMDD")
     try:
         datetime.date(int(d[:4]), int(d[4:6]), int(d[6:]))
@@ -104,7 +108,7 @@ def event_date(date: str | None, time: str | None) -> str | None:
     if not time:
         return iso
     t = str(time).strip().split(".")[0]
-    if not re.fullmatch(r"\d{1,6}", t):
+    if not _TIME.fullmatch(t):
         raise ValueError(f"object_time {time!r} is not HHMMSS")
     t = t.zfill(6)
     hh, mm, ss = int(t[:2]), int(t[2:4]), int(t[4:])
@@ -284,22 +288,42 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
             return None
         return typed_value(raw[i], kind or table.kinds[i])
 
-    # sample_, acq_ and process_ values repeat from row to row: each column's typed values are kept
-    extra_seen: list[dict[str, object]] = [{} for _ in extra_cols]
+    extras = _Extras(extra_cols, table.kinds)
+    # labels, statuses and the instrument repeat from row to row: each text's result is kept
+    memo: dict[str, dict[str, object]] = {}
 
-    def extra_value(n: int, raw: str) -> object:
-        i = extra_cols[n][0]
-        try:
-            return typed_value(raw, table.kinds[i])
-        except ValueError:
-            # A feature column typed [f] holding text: keep the text rather than lose the row.
-            return raw.strip()
+    def repeated(raw: list[str], name: str, make):
+        i = col.get(name)
+        if i is None:
+            return make(None)
+        seen = memo.setdefault(name, {})
+        value = seen.get(raw[i], _MISSING)
+        if value is _MISSING:
+            value = make(raw[i])
+            if len(seen) < _TYPED_KEPT:
+                seen[raw[i]] = value
+        return value
+
+    def text(v):
+        return typed_value(v, "t")
+
+    def status_of(v):
+        return (typed_value(v, "t") or "").lower() or None
+
+    def lineage_of(v):
+        return lineage(typed_value(v, "t"))
+
+    def taxon_id_of(v):
+        return _id_text(typed_value(v, "t"))
 
     for line, raw in (rows_in if first is None else itertools.chain([first], rows_in)):
         where = f"{name} line {line}"
         object_id = (raw[col["object_id"]].strip() if "object_id" in col and len(raw) > col["object_id"] else "")
-        # one search of the whole row, then of its fields only when it holds undecodable bytes
-        bad = next((m for m in map(_UNDECODED.search, raw) if m), None) if _UNDECODED.search("\t".join(raw)) else None
+        # undecodable bytes are lone surrogates: an ASCII row holds none (a flag of the joined
+        # text, no scan); else one search of the whole row, then of its fields when it has some
+        joined = "\t".join(raw)
+        bad = None if joined.isascii() or not _UNDECODED.search(joined) else \
+            next((m for m in map(_UNDECODED.search, raw) if m), None)
         if bad is not None:
             field = bad.string
             reject(f"{task}#{line}", Reason.UNDECODABLE_TEXT,
@@ -329,7 +353,7 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
         if (lat is not None and not -90 <= lat <= 90) or (lon is not None and not -180 <= lon <= 180):
             reject(rid, Reason.BAD_COORDINATES, f"{where}: lat={lat} lon={lon}")
             continue
-        status = (cell(raw, "object_annotation_status", "t") or "").lower() or None
+        status = repeated(raw, "object_annotation_status", status_of)
         if status not in accept:
             reject(rid, Reason.NOT_VALIDATED, f"{where}: annotation_status={status or '(none)'}")
             continue
@@ -353,15 +377,6 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
         if identifier is None:
             reject(rid, Reason.NO_IMAGE, f"{where}: no img_file_name")
             continue
-        extra: dict[str, object] = {}
-        for n, (i, key) in enumerate(extra_cols):
-            seen = extra_seen[n]
-            value = seen.get(raw[i], seen)
-            if value is seen:
-                value = extra_value(n, raw[i])
-                if len(seen) < _TYPED_KEPT:
-                    seen[raw[i]] = value
-            extra[key] = value
         ext = image.rsplit(".", 1)[-1].lower() if image and "." in image else ""
         rows.append({
             "record_id": rid,
@@ -373,22 +388,74 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
             "format": _MIME.get(ext),
             "license": options.license,
             "references": cell(raw, "object_link", "t"),
-            "verbatim_name": cell(raw, "object_annotation_category", "t"),
-            "verbatim_lineage": lineage(cell(raw, "object_annotation_hierarchy", "t")),
-            "source_taxon_id": _id_text(cell(raw, "object_annotation_category_id", "t")),
+            "verbatim_name": repeated(raw, "object_annotation_category", text),
+            "verbatim_lineage": repeated(raw, "object_annotation_hierarchy", lineage_of),
+            "source_taxon_id": repeated(raw, "object_annotation_category_id", taxon_id_of),
             "annotation_status": status,
-            "instrument": cell(raw, "acq_instrument", "t") or options.instrument,
+            "instrument": repeated(raw, "acq_instrument", text) or options.instrument,
             "decimal_latitude": lat,
             "decimal_longitude": lon,
             "depth_min_m": dmin,
             "depth_max_m": dmax,
             "event_date": date,
-            "extra": extra_json(extra),
+            "extra": extras.json(raw),
         })
         if len(rows) >= options.batch_size:
             yield _batch(rows, rej_ids, rej_reasons, rej_details)
             rows, rej_ids, rej_reasons, rej_details = [], [], [], []
     yield _batch(rows, rej_ids, rej_reasons, rej_details)
+
+
+class _Extras:
+    """The ``extra`` JSON of a row's ``sample_``/``acq_``/``process_`` (and kept ``object_``)
+    cells: exactly :func:`~schemas.record.extra_json` of their typed values, made from cached
+    pieces. Those values repeat from row to row (one sample, one acquisition): a row whose cells
+    were all seen before gets its text from one lookup, and each column keeps the ``"key": value``
+    text of its values, so a new row only joins pieces."""
+
+    def __init__(self, columns: list[tuple[int, str]], kinds: list[str]):
+        last = {key: i for i, key in columns}  # a repeated header name: the last cell wins, as in a dict
+        self.keys = sorted(last)
+        self.index = [last[k] for k in self.keys]
+        self.kinds = [kinds[i] for i in self.index]
+        self.heads = [json.dumps(k, ensure_ascii=False) + ": " for k in self.keys]
+        self.pieces: list[dict[str, str | None]] = [{} for _ in self.keys]
+        self.rows: dict[tuple[str, ...], str | None] = {}
+        n = len(self.index)
+        self.cells = (operator.itemgetter(*self.index) if n > 1 else
+                      (lambda raw, i=self.index[0]: (raw[i],)) if n == 1 else (lambda raw: ()))
+
+    def _piece(self, n: int, raw: str) -> str | None:
+        try:
+            value = typed_value(raw, self.kinds[n])
+        except ValueError:
+            value = raw.strip()  # a feature column typed [f] holding text: kept as text, the row is not lost
+        if value is None or value == "":
+            return None
+        return self.heads[n] + json.dumps(value, ensure_ascii=False, default=str)
+
+    def json(self, raw: list[str]) -> str | None:
+        cells = self.cells(raw)
+        text = self.rows.get(cells, _MISSING)
+        if text is not _MISSING:
+            return text
+        parts = []
+        for n, cell in enumerate(cells):
+            seen = self.pieces[n]
+            piece = seen.get(cell, _MISSING)
+            if piece is _MISSING:
+                piece = self._piece(n, cell)
+                if len(seen) < _TYPED_KEPT:
+                    seen[cell] = piece
+            if piece is not None:
+                parts.append(piece)
+        text = "{" + ", ".join(parts) + "}" if parts else None
+        if len(self.rows) < _TYPED_KEPT:
+            self.rows[cells] = text
+        return text
+
+
+_MISSING = object()
 
 
 def _id_text(value: str | None) -> str | None:

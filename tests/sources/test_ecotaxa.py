@@ -333,3 +333,28 @@ def test_event_date_from_ecotaxa_date_and_time(d, h, m, s):
     date = d.strftime("%Y%m%d")
     assert event_date(date, None) == d.isoformat()
     assert event_date(date, str(h * 10000 + m * 100 + s)) == f"{d.isoformat()}T{h:02d}:{m:02d}:{s:02d}"
+
+
+@given(st.lists(st.tuples(st.sampled_from(["sample_a", "acq_b", "process_c", "sample_a", "object_x"]),
+                          st.sampled_from(["t", "f"])), min_size=0, max_size=6),
+       st.lists(st.lists(st.sampled_from(["", " ", "nan", "NaN", "1", "1.50", " 2 ", "-3e2", "inf", "abc", "é\"q",
+                                          "null", "0", "1e400"]), min_size=6, max_size=6),
+                min_size=1, max_size=30))
+def test_extra_json_from_cached_pieces_equals_extra_json_of_the_typed_cells(columns, rows):
+    """The row's ``extra`` from kept pieces and kept rows is what ``extra_json`` makes of its typed
+    cells (a repeated header name keeps its last cell, a text in a [f] column stays text, empty and
+    nan cells are left out), whichever rows came before."""
+    from schemas.record import extra_json
+    from sources.ecotaxa import _Extras
+
+    kinds = [k for _, k in columns]
+    cols = [(i, name) for i, (name, _) in enumerate(columns)]
+    extras = _Extras(cols, kinds)
+    for raw in rows + rows[::-1]:
+        expected = {}
+        for i, name in cols:
+            try:
+                expected[name] = typed_value(raw[i], kinds[i])
+            except ValueError:
+                expected[name] = raw[i].strip()
+        assert extras.json(raw) == extra_json(expected)
