@@ -355,8 +355,9 @@ class ChunkSpill:
                         written += _write_ordered(table, order[:whole], split, done // size, root, options, pool)
                         done += whole
                     del table
-                if carry is not None:  # unreachable: the last bucket writes its tail
-                    raise AssertionError("a chunk's rows were left behind")
+                if carry is not None or done != self.rows[split]:  # nothing is lost: every spilled row is written
+                    raise RuntimeError(f"curate: {done} rows written to the chunks of split {split!r}, "
+                                       f"{self.rows[split]} spilled")
                 shutil.rmtree(self.folder / f"split={split}", ignore_errors=True)
         return written
 
