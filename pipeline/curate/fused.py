@@ -53,6 +53,9 @@ DECISION_COLUMNS = tuple(dict.fromkeys((
 # read for the files that have such rows (elsewhere it stays null until the survivors are read)
 URL_COLUMN = "identifier"
 BALANCE_COLUMNS = ("record_id", "taxon_id", "living", "non_living_class", *RANKS)
+# what the decisions after the filters read (dedup keys, balance): the filters' other columns are
+# let go once they are applied (~30% of the decision columns' memory) and read again for the survivors
+KEPT_AFTER_FILTERS = ("record_id", "photo_key", *BALANCE_COLUMNS[1:])
 _ROW = "__fused_row"
 # step key (folder under rejects/, key in the stats) -> the stage name written in the rejects
 STEPS = {"curate-filter": "curate_filter", "curate-dedup-record": "curate_dedup_record",
@@ -221,6 +224,7 @@ def decide(records: _Records, options: Options) -> tuple[pa.Table, dict[str, pa.
     t = time.perf_counter()
     current, rejects["curate-filter"] = records.filtered(options)
     _step(stats, "curate-filter", int(records.offsets[-1]), current, rejects["curate-filter"], t)
+    current = current.select([c for c in current.column_names if c in (*KEPT_AFTER_FILTERS, _ROW)])
 
     extras: dict[int, str] = {}
     for key, on, keys_fn, reason, merge in (
@@ -252,7 +256,7 @@ def _assemble(records: _Records, decided: pa.Table, read: pa.Table, rows: np.nda
     """Survivors' full records from their decision columns (held) and the other columns (read),
     with the provenance merged into ``extra``."""
     names = records.names[0]
-    held = [c for c in DECISION_COLUMNS if c in names]
+    held = _held(records, decided)
     columns = [decided.column(c) if c in held else read.column(c) for c in names]
     # each file brought its own dictionaries: unified once here, not by every step that combines them
     columns = [pa.chunked_array([c.combine_chunks()]) if pa.types.is_dictionary(c.type) and c.num_chunks > 1 else c
@@ -270,18 +274,25 @@ def _assemble(records: _Records, decided: pa.Table, read: pa.Table, rows: np.nda
     return table
 
 
-def _rest(records: _Records) -> list[str]:
-    """The columns not among the decision columns: the ones read for the survivors."""
-    return [c for c in records.names[0] if c not in DECISION_COLUMNS]
+def _held(records: _Records, decided: pa.Table) -> list[str]:
+    """The record columns the decisions still hold (the URL is held only where a filter needed it)."""
+    return [c for c in decided.column_names if c in records.names[0] and c in DECISION_COLUMNS]
+
+
+def _rest(records: _Records, decided: pa.Table) -> list[str]:
+    """The columns the decisions do not hold: the ones read for the survivors."""
+    held = set(_held(records, decided))
+    return [c for c in records.names[0] if c not in held]
 
 
 def survivors(records: _Records, decided: pa.Table, extras: dict[int, str]) -> pa.Table:
     """The survivors' full records in global row order, with the provenance merged into ``extra``.
 
-    The decision columns are already in memory: only the other columns are read from the files.
+    The decision columns still held (:data:`KEPT_AFTER_FILTERS`) are taken as they are: only the
+    other columns are read from the files.
     """
     rows = _rows(decided)
-    return _assemble(records, decided, records.rows_of(rows, _rest(records)), rows, extras)
+    return _assemble(records, decided, records.rows_of(rows, _rest(records, decided)), rows, extras)
 
 
 def survivor_parts(records: _Records, decided: pa.Table, extras: dict[int, str]) -> Iterator[pa.Table]:
@@ -289,7 +300,7 @@ def survivor_parts(records: _Records, decided: pa.Table, extras: dict[int, str])
     as many ahead as there are threads, so only a few files' rows are held at once."""
     rows = _rows(decided)  # ascending: the decisions keep global row order
     bounds = np.searchsorted(rows, records.offsets)
-    rest = _rest(records)
+    rest = _rest(records, decided)
     files = [i for i in range(len(records.files)) if bounds[i + 1] > bounds[i]]
 
     def part(i: int) -> pa.Table:
