@@ -34,7 +34,7 @@ from pydantic import Field
 from schemas import Reason, empty_rejects, make_record_id, make_rejects
 from schemas.record import extra_json, make_record_ids
 from sources.base import IngestBatch, SourceOptions
-from sources.localuri import ifcb_uri
+from sources.localuri import gray_png, ifcb_uri
 
 SOURCE = "ifcb"
 STAGE = "ingest"
@@ -303,12 +303,9 @@ def iter_roi_arrays(bin_path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an 8-bit grayscale array."""
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(out, format="PNG", compress_level=compress_level)
-    return out.getvalue()
+    """PNG bytes of an 8-bit grayscale array (:func:`~sources.localuri.gray_png`)."""
+    height, width = pixels.shape
+    return gray_png(np.ascontiguousarray(pixels, np.uint8).reshape(-1), width, height, compress_level)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,14 @@ encoded image bytes back, nothing copied or unpacked by hand beforehand.
 
 from __future__ import annotations
 
-import io
 import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, unquote_to_bytes, urlsplit
+
+import numpy as np
 
 LOCAL_SCHEMES: tuple[str, ...] = ("file", "zip", "ifcb")
 
@@ -176,9 +179,30 @@ def parse_ifcb_uri(uri: str) -> tuple[Path, int, int, int]:
     return _path(parts.netloc + parts.path), offset, width, height
 
 
-def _read_ifcb(uri: str) -> bytes:
-    from PIL import Image
+def gray_png(pixels: bytes | np.ndarray, width: int, height: int, compress_level: int = 1) -> bytes:
+    """PNG bytes of ``height`` rows of ``width`` 8-bit gray pixels, written directly: each row
+    with PNG's Sub filter (the difference to the pixel on its left), deflated at
+    ``compress_level``. Pillow's encoder gives the same pixels ~3x slower on IFCB ROIs, its bytes
+    ~3% smaller. ROIs are small and read once per download: level 6 costs ~3x the time of level 1
+    for a few percent of bytes.
+    """
+    if width <= 0 or height <= 0 or len(pixels) != width * height:
+        raise ValueError(f"not a {width}x{height} gray image: {len(pixels)} bytes")
+    px = (pixels if isinstance(pixels, np.ndarray) else np.frombuffer(pixels, np.uint8)).reshape(height, width)
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = 1  # filter type Sub
+    rows[:, 1] = px[:, 0]
+    np.subtract(px[:, 1:], px[:, :-1], out=rows[:, 2:])  # modulo 256, as PNG defines it
 
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + chunk(b"IEND", b""))
+
+
+def _read_ifcb(uri: str) -> bytes:
     path, offset, width, height = parse_ifcb_uri(uri)
     size = width * height
     try:
@@ -189,8 +213,4 @@ def _read_ifcb(uri: str) -> bytes:
         raise FileNotFoundError(f"no .roi file for {uri!r}") from None
     if len(pixels) != size:
         raise ValueError(f"ROI runs past the end of the .roi file ({len(pixels)} of {size} bytes): {uri!r}")
-    buf = io.BytesIO()
-    # compress_level 1: ROIs are small and read once per download; level 6 costs ~3x the time
-    # for a few percent of bytes.
-    Image.frombytes("L", (width, height), pixels).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return gray_png(pixels, width, height)

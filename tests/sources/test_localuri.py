@@ -15,6 +15,7 @@ from PIL import Image
 from sources.localuri import (
     FolderFiles,
     file_uri,
+    gray_png,
     ifcb_uri,
     is_local,
     parse_ifcb_uri,
@@ -179,3 +180,23 @@ def test_a_listed_folder_answers_as_a_stat_and_a_resolve_would(listed, name):
     files = FolderFiles(listed)
     assert files.is_file(name) == (listed / name).is_file()
     assert files.uri(name) == file_uri(listed / name)
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.data(), st.sampled_from([0, 1, 6, 9]))
+def test_gray_png_decodes_to_its_pixels(width, height, data, level):
+    """The PNG written directly (Sub filter, any level) decodes with Pillow to exactly its pixels,
+    from bytes or from an array view that is not contiguous."""
+    from sources.ifcb import encode_png
+
+    pixels = data.draw(st.binary(min_size=width * height, max_size=width * height))
+    image = Image.open(io.BytesIO(gray_png(pixels, width, height, level)))
+    assert image.mode == "L" and image.size == (width, height)
+    assert image.tobytes() == pixels
+    array = np.frombuffer(pixels, np.uint8).reshape(height, width)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(array.T)))), array.T)
+
+
+@pytest.mark.parametrize("width, height, size", [(0, 3, 0), (3, 0, 0), (2, 2, 3), (2, 2, 5)])
+def test_gray_png_refuses_a_wrong_size(width, height, size):
+    with pytest.raises(ValueError, match="gray image"):
+        gray_png(b"\0" * size, width, height)
