@@ -275,7 +275,8 @@ def _assemble(records: _Records, decided: pa.Table, read: pa.Table, rows: np.nda
 
 
 def _held(records: _Records, decided: pa.Table) -> list[str]:
-    """The record columns the decisions still hold (the URL is held only where a filter needed it)."""
+    """The record columns the decisions still hold (never the URL: the filters read it only for
+    some files, so it is always read again)."""
     return [c for c in decided.column_names if c in records.names[0] and c in DECISION_COLUMNS]
 
 

@@ -287,6 +287,9 @@ class ChunkSpill:
         if self.schema is None:
             self.schema = table.schema
         elif table.schema != self.schema:
+            if set(table.column_names) != set(self.schema.names):
+                raise ValueError(f"curate: the records' files have different columns: "
+                                 f"{sorted(set(table.column_names) ^ set(self.schema.names))} in some only")
             table = table.select(self.schema.names).cast(self.schema)
         self.rows[split] = self.rows.get(split, 0) + table.num_rows
         if self.buckets == 1:
@@ -382,9 +385,9 @@ def spill_chunks(parts: Iterable[pa.Table], classes: list[str], spill_dir: Path,
     def bar(desc: str, total: int | None, unit: str):
         return tqdm(total=total, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True, leave=False)
 
-    def prepare(split: str, rows: pa.Table) -> pa.Table:
-        labelled = split_tables(label_batch(rows, StageContext(STAGE, options)).out, classes)[split]
-        done.update(rows.num_rows)
+    def prepare(split: str, bucket: pa.Table) -> pa.Table:
+        labelled = split_tables(label_batch(bucket, StageContext(STAGE, options)).out, classes)[split]
+        done.update(bucket.num_rows)
         return labelled
 
     spill = ChunkSpill(spill_dir, buckets, options.seed)
