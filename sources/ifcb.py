@@ -184,6 +184,8 @@ def _fields(line: str) -> list[str]:
     return fields
 
 
+# ADC files up to this size are parsed row by row (measured: a 19 KB file 0.38 ms, Arrow 1.0 ms)
+_ARROW_ADC_BYTES = 64 << 10
 # ADC and header files are CR/LF text; str.splitlines would also break at \x1c, \x85, \u2028...
 _LINES = re.compile(r"\r\n|\n|\r")
 
@@ -192,14 +194,16 @@ def parse_adc(text: str | bytes, layout: AdcLayout | None = None) -> AdcRows:
     """Parse ADC text; ``layout`` None picks one from the first row's column count.
 
     Blank lines are not rows. A row that is too short or has a non-integer geometry field is
-    listed in ``malformed`` with its ROI number, never raised. Well-formed files go through
-    Arrow's CSV reader in one call; anything irregular falls back to a row-by-row parse.
+    listed in ``malformed`` with its ROI number, never raised. Well-formed files past
+    ``_ARROW_ADC_BYTES`` go through Arrow's CSV reader in one call; smaller ones (Arrow's ~0.8 ms
+    of set-up per call is more than their whole row-by-row parse) and anything irregular are
+    parsed row by row.
     """
     data = text.encode("latin-1", errors="replace") if isinstance(text, str) else text
     if layout is None:
         first = next((line for line in data.splitlines() if line.strip()), b"")
         layout = detect_layout(_fields(first.decode("latin-1"))) if first else ADC_V2
-    fast = _parse_adc_arrow(data, layout)
+    fast = _parse_adc_arrow(data, layout) if len(data) > _ARROW_ADC_BYTES else None
     return fast if fast is not None else _parse_adc_rows(data.decode("latin-1"), layout)
 
 

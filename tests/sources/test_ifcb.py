@@ -268,6 +268,30 @@ def test_parse_adc_recovers_geometry_in_both_layouts(rows, layout, trailing_comm
 
 
 @settings(max_examples=80, deadline=None)
+@given(rows=st.lists(geometry, min_size=1, max_size=30), layout=st.sampled_from([ADC_V1, ADC_V2]),
+       trailing_comma=st.booleans(), crlf=st.booleans(), floats=st.booleans())
+def test_both_adc_parsers_give_the_same_rows(rows, layout, trailing_comma, crlf, floats):
+    """Small files are parsed row by row, large ones by Arrow: on well-formed text both give the
+    same geometry and ROI numbers (integers written as ``12.0`` too)."""
+    from sources.ifcb import _parse_adc_arrow, _parse_adc_rows
+
+    width = 15 if layout is ADC_V1 else 24
+    lines = []
+    for values in rows:
+        fields = ["0.125"] * width
+        for c, v in zip((layout.trigger, layout.roi_x, layout.roi_y, layout.width, layout.height,
+                         layout.start_byte), values, strict=True):
+            fields[c] = f"{v}.0" if floats else str(v)
+        lines.append(",".join(fields) + ("," if trailing_comma else ""))
+    end = "\r\n" if crlf else "\n"
+    text = end.join(lines) + end  # as the instrument writes them (Arrow cannot take one line without an end)
+    arrow, by_row = _parse_adc_arrow(text.encode(), layout), _parse_adc_rows(text, layout)
+    assert arrow is not None and not by_row.malformed
+    for name in ("roi_number", "trigger", "roi_x", "roi_y", "width", "height", "start_byte"):
+        assert getattr(arrow, name).tolist() == getattr(by_row, name).tolist(), name
+
+
+@settings(max_examples=80, deadline=None)
 @given(text=st.text(max_size=400), layout=st.sampled_from([None, ADC_V1, ADC_V2]))
 def test_parse_adc_never_raises_and_accounts_for_every_line(text, layout):
     parsed = parse_adc(text, layout)
