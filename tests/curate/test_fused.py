@@ -205,3 +205,14 @@ def test_shared_keys_finds_exactly_the_repeated_keys(keys, shared):
     from pipeline.curate.fused import _shared_keys
 
     assert _shared_keys(pa.array(keys, pa.string())).tolist() == shared
+
+
+def test_a_run_too_large_for_this_machine_says_so_first(capsys, monkeypatch):
+    import pipeline.curate.fused as fused_mod
+
+    monkeypatch.setattr(fused_mod.os, "sysconf", lambda name: {"SC_PHYS_PAGES": 1 << 20, "SC_PAGE_SIZE": 4096}[name])
+    fused_mod._warn_if_too_large(1_000_000)  # ~0.4 GiB of 4 GiB: nothing to say
+    assert capsys.readouterr().err == ""
+    fused_mod._warn_if_too_large(50_000_000)
+    err = capsys.readouterr().err
+    assert "50,000,000 records need about 20 GiB" in err and "--runner beam" in err
