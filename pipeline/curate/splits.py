@@ -270,6 +270,7 @@ class ChunkSpill:
         if buckets < 1 or buckets & (buckets - 1):
             raise ValueError(f"buckets must be a power of two, got {buckets}")
         self.folder, self.buckets, self.seed = Path(folder), buckets, seed
+        shutil.rmtree(self.folder, ignore_errors=True)  # a killed run's spill: its rows are spilled again
         self.shift = np.uint64(64 - (buckets.bit_length() - 1))
         self.rows: dict[str, int] = {}
         self.schema: pa.Schema | None = None

@@ -203,3 +203,17 @@ def test_chunk_buckets_hold_at_most_the_bucket_rows_on_average(rows, bucket_rows
 def test_spill_buckets_must_be_a_power_of_two(tmp_path):
     with pytest.raises(ValueError, match="power of two"):
         ChunkSpill(tmp_path, 3, 0)
+
+
+def test_a_spill_left_by_a_killed_run_is_not_read_again(tmp_path, table):
+    opts = Options(chunk_size=40, seed=2)
+    stale = tmp_path / "spill" / "split=train" / "bucket-00001.arrow"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"rows of a killed run")
+    spill = ChunkSpill(tmp_path / "spill", 4, opts.seed)
+    spill.add("train", table)
+    written = spill.write(tmp_path / "out", opts)
+    spill.remove()
+    expected = write_chunks({"train": table}, tmp_path / "whole", opts)
+    assert [pq.read_table(p).num_rows for p in written] == [pq.read_table(p).num_rows for p in expected]
+    assert sum(pq.read_table(p).num_rows for p in written) == table.num_rows
