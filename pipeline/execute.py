@@ -6,7 +6,7 @@ import glob
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,18 @@ def _finish(staged: StagedOutput, runner, stage_name: str, counts: list[dict], e
     return StageResult(stage_name, stats, False, staged.out_dir, run_id)
 
 
+# rows of full records per bucket of a global stage, about: a decide task holds its bucket whole
+# (~1 KB a record in memory), so the bucket count grows with the input past 8 buckets of this many
+GLOBAL_BUCKET_ROWS = 500_000
+
+
+def global_buckets(stage: GlobalStage, rows: int) -> int:
+    """Buckets for ``rows`` input rows: the stage's own count, or as many as keep a bucket near
+    :data:`GLOBAL_BUCKET_ROWS` rows. Every key's rows still meet in one bucket, so the decisions
+    do not depend on the count; only the output's part files do."""
+    return max(stage.buckets, -(-rows // GLOBAL_BUCKET_ROWS))
+
+
 def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, input_dir: Path,
                     out_dir: Path, runner, config: Any = None, key: str | None = None,
                     force: bool = False, depends_on: dict | None = None) -> StageResult:
@@ -78,7 +90,12 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
     if not inputs and not input_dir.exists():
         raise FileNotFoundError(f"{stage.name}: input {input_dir} does not exist; run the previous stage first")
     key = key or stage.name
-    fp = fingerprint(key, config_hash(options), files_identity(inputs), type(stage).__name__, depends_on)
+    identity = [key, config_hash(options), files_identity(inputs), type(stage).__name__, depends_on]
+    rows = tasks.expected_rows(inputs)
+    if isinstance(stage, GlobalStage) and global_buckets(stage, rows) != stage.buckets:
+        stage = replace(stage, buckets=global_buckets(stage, rows))
+        identity.append({"buckets": stage.buckets})  # a resumed run finds its buckets as they were cut
+    fp = fingerprint(*identity)
     staged = StagedOutput(root, key, out_dir, root / "rejects" / f"stage={key}", fp)
     if (done := _already_done(staged, f"{key}: already complete for these inputs and options", force)):
         return done
@@ -89,7 +106,7 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
         counts = runner.run_map(stage, ctx, inputs, staged)
     else:
         counts = runner.run_global(stage, ctx, inputs, staged)
-    return _finish(staged, runner, key, counts, tasks.expected_rows(inputs), started, config,
+    return _finish(staged, runner, key, counts, rows, started, config,
                    [str(f) for f in inputs], {"depends_on": depends_on} if depends_on else None)
 
 

@@ -70,14 +70,27 @@ def curate(cfg, runner, force: bool = False) -> dict:
     """resolved/ → curated/split=<s>/chunk-<n>.parquet through filter, dedup and balance stages.
 
     The local runner takes the fused plan (decision columns first, one pass over the survivors),
-    whose chunks and rejects equal the staged chain's (tests/curate/test_fused.py); other runners
-    run the chain of table stages.
+    whose chunks and rejects equal the staged chain's (tests/curate/test_fused.py), unless
+    ``[curate] local_plan`` says otherwise or (``auto``) its decisions would not fit in memory;
+    other runners run the chain of table stages.
     """
     if runner.name == "local":
-        from pipeline.curate.fused import curate_fused
+        from pipeline.curate import fused
+        from pipeline.io import count_rows
 
         root = _root(cfg)
-        return curate_fused(root / "resolved", root, cfg.curate, force=force, config=cfg, progress=runner.progress)
+        plan = cfg.curate.local_plan
+        if plan == "auto":
+            rows = count_rows(root / "resolved")
+            plan = "fused" if fused.fits(rows) else "staged"
+            if plan == "staged":
+                need, memory = fused.memory_needed(rows)
+                print(f"curate: {rows:,} records would need about {need / 2**30:.0f} GiB for the fused plan, this "
+                      f"machine has {memory / 2**30:.0f} GiB: running the staged plan (bounded memory, slower; "
+                      "`[curate] local_plan` chooses)", file=sys.stderr)
+        if plan == "fused":
+            return fused.curate_fused(root / "resolved", root, cfg.curate, force=force, config=cfg,
+                                      progress=runner.progress)
     return curate_staged(cfg, runner, force)
 
 

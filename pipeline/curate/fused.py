@@ -323,18 +323,19 @@ def survivor_parts(records: _Records, decided: pa.Table, extras: dict[int, str])
 DECISION_BYTES_PER_ROW = 420
 
 
-def _warn_if_too_large(rows: int) -> None:
-    """A word on stderr before a run whose decisions would need more memory than this machine has."""
+def memory_needed(rows: int) -> tuple[int, int | None]:
+    """``(bytes the fused decisions of rows input rows need, about; this machine's memory or None)``."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return
-    need = rows * DECISION_BYTES_PER_ROW
-    if need > 0.8 * memory:
-        print(f"curate: {rows:,} records need about {need / 2**30:.0f} GiB for the local runner's decisions, and "
-              f"this machine has {memory / 2**30:.0f} GiB; if it runs out, run `biocorpus curate --runner beam` "
-              "(the decisions are then Beam transforms: -- --runner=DataflowRunner ... for a cluster)",
-              file=sys.stderr)
+        memory = None
+    return rows * DECISION_BYTES_PER_ROW, memory
+
+
+def fits(rows: int) -> bool:
+    """Whether the fused decisions of ``rows`` input rows fit in 80% of this machine's memory."""
+    need, memory = memory_needed(rows)
+    return memory is None or need <= 0.8 * memory
 
 
 def _replace_dir(staged: Path, final: Path) -> None:
@@ -393,7 +394,6 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
     staging = root / ".staging" / "curate-fused"
     shutil.rmtree(staging, ignore_errors=True)
     records = _Records(files)
-    _warn_if_too_large(int(records.offsets[-1]))
     decided, rejects, extras, stats = decide(records, options)
 
     t = time.perf_counter()

@@ -83,6 +83,11 @@ class Options(BaseModel):
     unseen_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="fraction of taxa held out whole in the 'unseen' split")
     chunk_size: int = Field(10_000, ge=1, description="rows per shuffled chunk file")
+    local_plan: Literal["auto", "fused", "staged"] = Field(
+        "auto", description="the local runner's plan: fused (decision columns first, fastest; ~400 bytes of "
+        "memory per input row), staged (the table stages Beam runs, on disk between steps: bounded memory, "
+        "several times slower), or auto: fused when it fits in 80% of the machine's memory; the chunks and "
+        "rejects are the same")
     chunk_bucket_rows: int = Field(
         4_000_000, ge=1, description="more curated rows than this are labelled and shuffled into chunks in "
         "buckets of about this many (spilled to disk by the shuffle's hash, under the data root's .staging), so "

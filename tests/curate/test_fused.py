@@ -207,12 +207,47 @@ def test_shared_keys_finds_exactly_the_repeated_keys(keys, shared):
     assert _shared_keys(pa.array(keys, pa.string())).tolist() == shared
 
 
-def test_a_run_too_large_for_this_machine_says_so_first(capsys, monkeypatch):
+def test_the_local_runner_takes_the_staged_plan_when_the_fused_one_would_not_fit(tmp_path, capsys, monkeypatch):
+    """``local_plan = auto``: the fused plan when its decisions fit in memory, else the staged
+    chain (bounded memory), with a word why; both give the same chunks."""
     import pipeline.curate.fused as fused_mod
+    from pipeline import jobs
 
-    monkeypatch.setattr(fused_mod.os, "sysconf", lambda name: {"SC_PHYS_PAGES": 1 << 20, "SC_PAGE_SIZE": 4096}[name])
-    fused_mod._warn_if_too_large(1_000_000)  # ~0.4 GiB of 4 GiB: nothing to say
-    assert capsys.readouterr().err == ""
-    fused_mod._warn_if_too_large(50_000_000)
-    err = capsys.readouterr().err
-    assert "50,000,000 records need about 20 GiB" in err and "--runner beam" in err
+    make, part_rows, options = CASES["samples"]
+    table = make()
+    fused_root = _root(tmp_path, "fits", table, part_rows)
+    jobs.curate(_config(fused_root, **options), make_runner("local", workers=1, progress=False))
+    assert not (fused_root / "work" / "curate").exists() and "staged plan" not in capsys.readouterr().err
+    monkeypatch.setattr(fused_mod.os, "sysconf", lambda name: {"SC_PHYS_PAGES": 16, "SC_PAGE_SIZE": 4096}[name])
+    root = _root(tmp_path, "tight", table, part_rows)
+    jobs.curate(_config(root, **options), make_runner("local", workers=1, progress=False))
+    assert "would need about" in capsys.readouterr().err and (root / "work" / "curate" / "balanced").exists()
+    assert _chunks(root) == _chunks(fused_root)
+    forced = _root(tmp_path, "forced", table, part_rows)
+    jobs.curate(_config(forced, **options, local_plan="fused"), make_runner("local", workers=1, progress=False))
+    assert not (forced / "work" / "curate").exists() and _chunks(forced) == _chunks(fused_root)
+
+
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_global_stages_cut_more_buckets_for_more_rows_and_decide_the_same(tmp_path, monkeypatch, runner):
+    """The dedup and balance stages spread a large input over more buckets (each decide task holds
+    its bucket whole); every key still meets in one bucket, so chunks and rejects do not change."""
+    import pipeline.execute as execute
+
+    make, part_rows, options = CASES["generated"]
+    table = make()
+    whole_root = _root(tmp_path, "eight", table, part_rows)
+    curate_staged(_config(whole_root, **options), make_runner("local", workers=1, progress=False))
+    monkeypatch.setattr(execute, "GLOBAL_BUCKET_ROWS", 100)  # ~3,400 rows: 35 buckets instead of 8
+    root = _root(tmp_path, "many", table, part_rows)
+    stats = curate_staged(_config(root, **options), make_runner(runner, workers=1, progress=False))
+    parts = {p.name for p in (root / "work" / "curate" / "dedup-record").rglob("*.parquet")}
+    assert any(int(name[len("part-b"):-len(".parquet")]) >= 8 for name in parts), sorted(parts)
+    expected = _chunks(whole_root)
+    assert _chunks(root).keys() == expected.keys()
+    for name, chunk in _chunks(root).items():
+        assert chunk.equals(expected[name]), name
+    for key in STEPS:
+        assert _rejects(root, key).equals(_rejects(whole_root, key)), key
+    assert stats["curate-split"]["in"] == json.loads((whole_root / "curated" / "_curate_stats.json").read_text())[
+        "curate-split"]["in"]
