@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 import os
+import textwrap
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -145,24 +146,41 @@ def env_secret(name: str, required_for: str) -> str:
 
 
 def default_config_toml() -> str:
-    """Every key with its default, as TOML (printed by ``biocorpus config``)."""
-    cfg = _config_model()()
-    return _to_toml(cfg.model_dump(mode="json", by_alias=True))
+    """Every key with its default and, above it, its description as a comment, as TOML (printed by
+    ``biocorpus config``)."""
+    model = _config_model()
+    return _to_toml(model().model_dump(mode="json", by_alias=True), model)
 
 
-def _to_toml(d: dict, prefix: str = "") -> str:
+def _fields(model: type[BaseModel] | None) -> dict[str, tuple[str | None, type[BaseModel] | None]]:
+    """Per key (its alias where it has one): the field's description and, for a nested section, its model."""
+    out: dict[str, tuple[str | None, type[BaseModel] | None]] = {}
+    for name, field in (model.model_fields.items() if model is not None else ()):
+        kind = field.annotation
+        out[field.alias or name] = (field.description,
+                                    kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None)
+    return out
+
+
+def _comment(text: str | None, width: int = 98) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(text, width)] if text else []
+
+
+def _to_toml(d: dict, model: type[BaseModel] | None = None, prefix: str = "") -> str:
+    fields = _fields(model)
     scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in d.items() if isinstance(v, dict)}
     out = []
     if prefix and scalars:
         out.append(f"[{prefix}]")
     for k, v in scalars.items():
-        if v is None:
-            out.append(f"# {k} = (unset)")
-        else:
-            out.append(f"{k} = {json.dumps(v)}")
+        out += _comment(fields.get(k, (None, None))[0])
+        out.append(f"# {k} = (unset)" if v is None else f"{k} = {json.dumps(v)}")
     if scalars:
         out.append("")
     for k, v in tables.items():
-        out.append(_to_toml(v, f"{prefix}.{k}" if prefix else k))
+        description, sub = fields.get(k, (None, None))
+        if sub is None:  # a table of the user's keys (splits, hosts): its description goes above it
+            out += _comment(description)
+        out.append(_to_toml(v, sub, f"{prefix}.{k}" if prefix else k))
     return "\n".join(out)

@@ -60,3 +60,11 @@ def test_default_toml_round_trips(tmp_path):
     assert "[runner]" in text
     cfg = load_config(_write(tmp_path, "\n".join(line for line in text.splitlines() if not line.startswith("#"))))
     assert cfg == load_config()
+
+
+def test_default_toml_says_what_each_key_is_for():
+    lines = default_config_toml().splitlines()
+    at = lines.index("chunk_size = 10000")
+    assert lines[at - 1] == "# rows per shuffled chunk file"
+    assert lines[lines.index("[curate.splits]") - 1].startswith("# split name -> fraction")
+    assert all(len(line) <= 100 for line in lines if line.startswith("# ") and " = " not in line)  # wrapped
