@@ -112,11 +112,10 @@ def curate_staged(cfg, runner, force: bool = False) -> dict:
                               depends_on={"hash_version": HASH_VERSION})
         stats[key] = res.stats
         force = force or not res.skipped  # a redone step invalidates the ones after it
-    from pipeline.curate.balance import balance_report
-    from pipeline.io import read_dataset
-    from schemas import REJECT_SCHEMA
+    from pipeline.curate.balance import balance_report_of
+    from pipeline.io import parquet_files
 
-    stats["balance"] = balance_report(read_dataset(root / "rejects" / "stage=curate-balance", REJECT_SCHEMA))
+    stats["balance"] = balance_report_of(parquet_files(root / "rejects" / "stage=curate-balance"))
     stats["curate-split"] = c.write_splits(work / "balanced", root / "curated", cfg.curate, force=force,
                                            progress=getattr(runner, "progress", False))
     atomic_write_json(root / "curated" / "_curate_stats.json", stats)

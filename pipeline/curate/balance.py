@@ -136,6 +136,19 @@ def decide_balance(group: pa.Table, ctx: StageContext) -> StageOutput:
                    ordered=ctx.resources.get("ordered", True))
 
 
+def balance_report_of(files: list) -> dict[str, dict[str, int]]:
+    """:func:`balance_report` of reject files read one at a time, only their reason and detail:
+    a staged run's balance rejects can be most of a corpus, too many to hold at once."""
+    import pyarrow.parquet as pq
+
+    out: dict[str, dict[str, int]] = {str(Reason.RARE_TAXON): {}, str(Reason.TAXON_CAP): {}}
+    for f in files:
+        for reason, per_taxon in balance_report(pq.read_table(f, columns=["reason", "detail"])).items():
+            for taxon, n in per_taxon.items():
+                out[reason][taxon] = out[reason].get(taxon, 0) + n
+    return out
+
+
 def balance_report(rejects: pa.Table) -> dict[str, dict[str, int]]:
     """Taxa dropped as rare and taxa capped, with the rows each lost: ``{reason: {taxon: rows}}``."""
     out: dict[str, dict[str, int]] = {}
