@@ -57,10 +57,18 @@ def resolve(cfg, runner, force: bool = False) -> StageResult:
     result = run_table_stage(STAGE, options, root, root / "raw", root / "resolved", runner, cfg, force=force,
                              depends_on=backbone)
     if not result.skipped:
-        from pipeline.io import atomic_write_parquet, read_dataset
+        import pyarrow as pa
+        import pyarrow.dataset as pads
+        import pyarrow.parquet as pq
 
-        # only what the report groups by, not the whole resolved table again
-        report = unresolved_report(read_dataset(root / "resolved", columns=["verbatim_name", "match_type", "match_note"]))
+        from pipeline.io import atomic_write_parquet, parquet_files
+
+        # only what the report groups by, and only the unresolved rows, a file at a time: the
+        # resolved table itself can be far larger than memory
+        unresolved = pads.field("match_type").is_null() | (pads.field("match_type") == "none")
+        parts = [pq.read_table(f, columns=["verbatim_name", "match_type", "match_note"], filters=unresolved)
+                 for f in parquet_files(root / "resolved")]
+        report = unresolved_report(pa.concat_tables(parts, promote_options="default") if parts else pa.table({}))
         atomic_write_parquet(report, root / "reports" / "unresolved.parquet")
         result.stats["unresolved_names"] = report.num_rows
     return result

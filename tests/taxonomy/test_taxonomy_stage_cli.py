@@ -150,3 +150,30 @@ def test_empty_batch_passes_through(data_root):
     empty = pa.Table.from_pylist([], schema=RECORD_SCHEMA)
     out = stage.resolve_batch(empty, ctx)
     assert out.out.num_rows == 0 and out.rejects.num_rows == 0
+
+
+def test_resolve_job_reports_the_unresolved_names_of_every_part(data_root, tmp_path):
+    """The job's report reads only the unresolved rows, part by part: it equals the report of the
+    whole resolved table (counts summed over parts, sorted by count)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from pipeline import jobs
+    from pipeline.config import load_config
+    from pipeline.io import atomic_write_parquet, read_dataset
+    from pipeline.runners import make_runner
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root / "backbones", root / "backbones")
+    batch = _batch()
+    for i in range(3):  # the same names in three parts: each unresolved name counted three times
+        ids = pa.array([f"t-{i}-{k}" for k in range(batch.num_rows)])
+        atomic_write_parquet(batch.set_column(0, "record_id", ids), root / "raw" / "source=test" / f"part-{i}.parquet")
+    cfg = load_config(overrides={"data": str(root), "resolve.backbone": "col"})
+    result = jobs.resolve(cfg, make_runner("local", workers=1, progress=False))
+    written = pq.read_table(root / "reports" / "unresolved.parquet")
+    expected = stage.unresolved_report(read_dataset(root / "resolved"))
+    assert written.equals(expected) and result.stats["unresolved_names"] == 3
+    assert {r["reason"]: r["records"] for r in written.to_pylist()} == {
+        "ambiguous_homonym": 3, "not_in_backbone": 3, "empty_name": 3}
