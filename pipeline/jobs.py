@@ -165,7 +165,7 @@ def dedup_downloaded_images(cfg, shards_dir: Path) -> dict:
     from pipeline.io import atomic_write_parquet, read_dataset
     from pipeline.stages.curate import dedup_downloaded
 
-    status = read_dataset(shards_dir)
+    status = read_dataset(shards_dir, columns=["key", "status", "sha256", "phash"])  # not every sidecar column
     if not status.num_rows:
         return {"in": 0, "out": 0, "rejected": 0}
     ok = status.filter(pc.equal(status.column("status"), "ok"))
