@@ -186,7 +186,7 @@ def _text(raw) -> io.TextIOWrapper:
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")
-_TYPED_KEPT = 4096  # distinct values of one extra column whose typed value is kept
+_TYPED_KEPT = 4096  # results kept per cache (one column's values, whole rows' extras): bounds their memory
 
 
 def _task_stream(task: str) -> tuple[io.TextIOWrapper, str, zipfile.ZipFile | None, str]:
@@ -250,13 +250,7 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
               options: EcoTaxaOptions) -> Iterator[IngestBatch]:
     table = stream_table(stream)
     col = {name: i for i, name in enumerate(table.header)}
-    rows_in = iter(table.rows)
-    first = next(rows_in, None)
-    if first is not None and "object_id" not in col:
-        # not an EcoTaxa export (or its header line is damaged): no row of it could be identified
-        raise ValueError(f"ecotaxa: {task} has no object_id column (its header starts "
-                         f"{_UNDECODED.sub(chr(0xFFFD), ', '.join(table.header[:6]))[:200]}); "
-                         "give an EcoTaxa export TSV (or a zip of them)")
+    id_at = col.get("object_id")
     members = set(zf.namelist()) if zf is not None else set()
     zip_prefix = zip_uri_prefix(zf.filename) if zf is not None else ""
     base_dir = Path(task).parent
@@ -316,9 +310,14 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
     def taxon_id_of(v):
         return _id_text(typed_value(v, "t"))
 
-    for line, raw in (rows_in if first is None else itertools.chain([first], rows_in)):
+    for line, raw in table.rows:
+        if id_at is None:
+            # not an EcoTaxa export (or its header line is damaged): no row of it could be identified
+            raise ValueError(f"ecotaxa: {task} has no object_id column (its header starts "
+                             f"{_UNDECODED.sub(chr(0xFFFD), ', '.join(table.header[:6]))[:200]}); "
+                             "give an EcoTaxa export TSV (or a zip of them)")
         where = f"{name} line {line}"
-        object_id = (raw[col["object_id"]].strip() if "object_id" in col and len(raw) > col["object_id"] else "")
+        object_id = raw[id_at].strip() if len(raw) > id_at else ""
         # undecodable bytes are lone surrogates: an ASCII row holds none (a flag of the joined
         # text, no scan); else one search of the whole row, then of its fields when it has some
         joined = "\t".join(raw)
@@ -430,7 +429,7 @@ class _Extras:
             value = typed_value(raw, self.kinds[n])
         except ValueError:
             value = raw.strip()  # a feature column typed [f] holding text: kept as text, the row is not lost
-        if value is None or value == "":
+        if value is None:  # empty and nan cells (typed_value never gives an empty text)
             return None
         return self.heads[n] + json.dumps(value, ensure_ascii=False, default=str)
 

@@ -309,7 +309,7 @@ def iter_roi_arrays(bin_path: str | Path) -> Iterator[tuple[int, np.ndarray]]:
 def encode_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes of an 8-bit grayscale array (:func:`~sources.localuri.gray_png`)."""
     height, width = pixels.shape
-    return gray_png(np.ascontiguousarray(pixels, np.uint8).reshape(-1), width, height, compress_level)
+    return gray_png(np.ascontiguousarray(pixels, np.uint8), width, height, compress_level)
 
 
 @dataclass(frozen=True)

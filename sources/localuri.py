@@ -186,8 +186,9 @@ def gray_png(pixels: bytes | np.ndarray, width: int, height: int, compress_level
     ~3% smaller. ROIs are small and read once per download: level 6 costs ~3x the time of level 1
     for a few percent of bytes.
     """
-    if width <= 0 or height <= 0 or len(pixels) != width * height:
-        raise ValueError(f"not a {width}x{height} gray image: {len(pixels)} bytes")
+    size = pixels.size if isinstance(pixels, np.ndarray) else len(pixels)
+    if width <= 0 or height <= 0 or size != width * height:
+        raise ValueError(f"not a {width}x{height} gray image: {size} bytes")
     px = (pixels if isinstance(pixels, np.ndarray) else np.frombuffer(pixels, np.uint8)).reshape(height, width)
     rows = np.empty((height, width + 1), np.uint8)
     rows[:, 0] = 1  # filter type Sub

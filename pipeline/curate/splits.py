@@ -276,6 +276,7 @@ class ChunkSpill:
         self.schema: pa.Schema | None = None
         self._writers: dict[tuple[str, int], pa.ipc.RecordBatchStreamWriter] = {}
         self._sinks: list[pa.NativeFile] = []
+        self._spilled: set[tuple[str, int]] = set()  # the (split, bucket) streams written
 
     def _path(self, split: str, bucket: int) -> Path:
         return self.folder / f"split={split}" / f"bucket-{bucket:05d}.arrow"
@@ -314,6 +315,7 @@ class ChunkSpill:
             sink = pa.OSFile(str(path), "wb")
             writer = self._writers[key] = pa.ipc.new_stream(sink, self.schema, options=SPILL_IPC)
             self._sinks.append(sink)
+            self._spilled.add(key)
         return writer
 
     def close(self) -> None:
@@ -343,7 +345,7 @@ class ChunkSpill:
             for split in sorted(self.rows):
                 carry: pa.Table | None = None  # the rows of a chunk begun in the previous bucket
                 done = 0  # rows written to this split's chunks so far
-                present = [b for b in range(self.buckets) if self._path(split, b).exists()]
+                present = sorted(b for s, b in self._spilled if s == split)
                 for b in present:
                     table = self._bucket(split, b)
                     if prepare is not None:
