@@ -7,11 +7,12 @@ RUNNER  ?= local
 CONFIG  ?=
 SOURCE  ?=
 INPUT   ?=
+DATASET ?=
 SQL     ?= SELECT source, count(*) AS records FROM records GROUP BY 1 ORDER BY 2 DESC
 PYTEST  ?= -q
 
-CFG_FLAG   = $(if $(CONFIG),--config $(CONFIG),)
-COMMON     = --data $(DATA) $(CFG_FLAG)
+CFG_FLAG   = $(if $(CONFIG),--config "$(CONFIG)",)
+COMMON     = --data "$(DATA)" $(CFG_FLAG)
 RUN_FLAGS  = $(COMMON) --runner $(RUNNER)
 BIOCORPUS  = $(BIN)/biocorpus
 
@@ -38,7 +39,7 @@ install: $(VENV)/.installed ## create .venv with the pipeline and test tools
 install-train: $(VENV)/.installed-train ## add torch (CPU wheel, pinned) for the training stage
 
 demo: $(VENV)/.installed-train ## run every stage on the bundled real samples into $(DATA)/
-	$(BIN)/python -m pipeline.demo --data $(DATA) --runner $(RUNNER)
+	$(BIN)/python -m pipeline.demo --data "$(DATA)" --runner $(RUNNER)
 
 test: $(VENV)/.installed-train chromium ## the default test suite (offline, < 10 min)
 	$(BIN)/python -m pytest $(PYTEST) -m "not slow"
@@ -57,12 +58,12 @@ chromium: ## install Debian's chromium for the report test (skipped if it cannot
 lint: $(VENV)/.installed ## ruff over the code
 	$(BIN)/ruff check pipeline schemas sources taxonomy shards tests bench
 
-ingest: $(VENV)/.installed ## make ingest SOURCE=gbif [INPUT=path/or/url]
+ingest: $(VENV)/.installed ## make ingest SOURCE=gbif [INPUT=path/or/url] [DATASET=name]
 	@test -n "$(SOURCE)" || (echo "usage: make ingest SOURCE=<gbif|inaturalist|eol|ecotaxa|ifcb|ifcb_dashboard|folders> [INPUT=...]"; exit 2)
-	$(BIOCORPUS) ingest $(SOURCE) $(if $(INPUT),--input $(INPUT),) $(RUN_FLAGS)
+	$(BIOCORPUS) ingest $(SOURCE) $(if $(INPUT),--input "$(INPUT)",) $(if $(DATASET),--dataset "$(DATASET)",) $(RUN_FLAGS)
 
 backbone: $(VENV)/.installed ## make backbone [KIND=gbif|coldp|inat|inat-dwca] [INPUT=archive] (gbif without INPUT: download)
-	$(BIOCORPUS) backbone $(or $(KIND),gbif) $(if $(INPUT),--input $(INPUT),) $(if $(VERSION),--version $(VERSION),) $(COMMON)
+	$(BIOCORPUS) backbone $(or $(KIND),gbif) $(if $(INPUT),--input "$(INPUT)",) $(if $(VERSION),--version $(VERSION),) $(COMMON)
 
 resolve: $(VENV)/.installed ## resolve names against the backbone: raw/ -> resolved/
 	$(BIOCORPUS) resolve $(RUN_FLAGS)
@@ -83,7 +84,7 @@ report: $(VENV)/.installed ## HTML report, dataset card and Croissant metadata: 
 	$(BIOCORPUS) report $(COMMON)
 
 run: $(VENV)/.installed-train ## every stage in order (PLAN=plan.toml lists the inputs)
-	$(BIOCORPUS) run $(RUN_FLAGS) $(if $(PLAN),--plan $(PLAN),)
+	$(BIOCORPUS) run $(RUN_FLAGS) $(if $(PLAN),--plan "$(PLAN)",)
 
 bench-ingest: $(VENV)/.installed ## GBIF DwC-A ingest vs python-dwca-reader
 	$(BIN)/python bench/ingest_gbif.py $(BENCH_ARGS)
@@ -115,4 +116,4 @@ bench-loader: $(VENV)/.installed-train ## training loader vs a plain PIL loop
 bench: bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-curate-dedup bench-download bench-loader ## every benchmark
 
 clean: ## remove the data root and caches (not .venv)
-	rm -rf $(DATA) .pytest_cache .ruff_cache .hypothesis
+	rm -rf "$(DATA)" .pytest_cache .ruff_cache .hypothesis

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from pipeline.config import ConfigError, default_config_toml, load_config
 
@@ -24,7 +26,27 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML con
 DataOpt = Annotated[str | None, typer.Option("--data", help="data root (overrides the config's `data`)")]
 RunnerOpt = Annotated[str | None, typer.Option("--runner", help="local (default) or beam")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="redo the stage even if it is already complete")]
+URL_SOURCES = {"gbif", "inaturalist", "ifcb_dashboard"}  # the sources whose --input may be a URL
 BEAM_HELP = "Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P --region=R`."
+
+
+class StageCommand(TyperCommand):
+    """A stage's command: what follows ``--`` goes to Beam (``ctx.meta["beam_args"]``); an unknown
+    option before it is an error, as in every other command (a mistyped ``--forse`` must not pass
+    silently as a Beam argument)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        beam: list[str] = []
+        if "--" in args:
+            cut = args.index("--")
+            args, beam = args[:cut], args[cut + 1:]
+        ctx.meta["beam_args"] = beam
+        return super().parse_args(ctx, args)
+
+
+def _beam_args(ctx: typer.Context) -> list[str]:
+    return list(ctx.meta.get("beam_args", ()))
 
 
 def _config(config: Path | None, data: str | None, runner: str | None, extra_args: list[str] | None = None,
@@ -33,9 +55,13 @@ def _config(config: Path | None, data: str | None, runner: str | None, extra_arg
     if extra_args:
         ov["runner.beam_args"] = list(extra_args)
     try:
-        return load_config(config, ov)
+        cfg = load_config(config, ov)
     except ConfigError as exc:
         _fail(str(exc))
+    if extra_args and cfg.runner.name != "beam":
+        typer.secho(f"warning: the {cfg.runner.name} runner ignores the Beam arguments after `--` "
+                    f"({' '.join(extra_args)}); add --runner beam to use them", fg=typer.colors.YELLOW, err=True)
+    return cfg
 
 
 def _fail(msg: str, code: int = 2):
@@ -50,6 +76,18 @@ def _user_errors(*more: type[Exception]):
         yield
     except (FileNotFoundError, ValueError, *more) as exc:
         _fail(str(exc))
+    except OSError as exc:  # a data root that cannot be written, a full disk...
+        _fail(_os_error(exc))
+
+
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {where}{what}; choose a writable data root with --data (or fix its permissions)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}{what}; free some space and run the same command again (it resumes)"
+    return f"{where}{what}"
 
 
 def _runner(cfg):
@@ -62,23 +100,32 @@ def _print_stats(result) -> None:
     typer.echo(json.dumps(result.stats, indent=2, sort_keys=True))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+@app.command(cls=StageCommand, epilog=BEAM_HELP)
 def ingest(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="gbif, inaturalist, eol, ecotaxa, ifcb, ifcb_dashboard, folders")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="file, folder or URL to read; "
                                                   "omit for the source's API query from the config")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="name of the dataset folder (default: the "
+                                                   "input's base name, or a hash of the API query)")] = None,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None, force: ForceOpt = False,
 ):
     """Read a source into records: raw/source=<name>/dataset=<input>/."""
     from pipeline import jobs
     from sources import get_connector
 
-    cfg = _config(config, data, runner, ctx.args)
+    cfg = _config(config, data, runner, _beam_args(ctx))
     try:
         get_connector(source)
     except KeyError as exc:
         _fail(str(exc.args[0]))
+    if input and input.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        input = unquote(urlparse(input).path)
+    if input and "://" in input and source not in URL_SOURCES:
+        hint = "; for an IFCB dashboard use the ifcb_dashboard source" if source == "ifcb" else ""
+        _fail(f"the {source} source reads local files only: download {input} and pass its path with --input{hint}")
     if input and "://" not in input and not Path(input).exists():
         _fail(f"input {input} does not exist")
     options = getattr(cfg.sources, source)
@@ -86,38 +133,42 @@ def ingest(
 
     try:
         with _user_errors():
-            result = jobs.ingest(cfg, _runner(cfg), source, input, jobs.dataset_slug(input, options), force)
+            slug = jobs.dataset_slug(dataset, options) if dataset else jobs.dataset_slug(input, options)
+            result = jobs.ingest(cfg, _runner(cfg), source, input, slug, force)
     except HttpError as exc:
         _fail(f"{source}: {exc}; check the network, or ingest a downloaded file with --input PATH "
               "(a rerun resumes where this one stopped)")
+    if input and not result.skipped and result.stats.get("in", 0) == 0:
+        typer.secho(f"warning: {input} gave no records and no rejects; check that {source} is the source for it "
+                    f"(`biocorpus ingest --help` lists what each source reads)", fg=typer.colors.YELLOW, err=True)
     _print_stats(result)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+@app.command(cls=StageCommand, epilog=BEAM_HELP)
 def resolve(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
             force: ForceOpt = False):
     """Resolve every record's name to a 7-rank lineage: raw/ → resolved/."""
     from pipeline import jobs
 
-    cfg = _config(config, data, runner, ctx.args)
+    cfg = _config(config, data, runner, _beam_args(ctx))
     with _user_errors():
         result = jobs.resolve(cfg, _runner(cfg), force)
     _print_stats(result)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+@app.command(cls=StageCommand, epilog=BEAM_HELP)
 def curate(ctx: typer.Context, config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
            force: ForceOpt = False):
     """Filter, deduplicate, balance, split, caption and chunk: resolved/ → curated/."""
     from pipeline import jobs
 
-    cfg = _config(config, data, runner, ctx.args)
+    cfg = _config(config, data, runner, _beam_args(ctx))
     with _user_errors():
         stats = jobs.curate(cfg, _runner(cfg), force)
     typer.echo(json.dumps(stats, indent=2, sort_keys=True))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, epilog=BEAM_HELP)
+@app.command(cls=StageCommand, epilog=BEAM_HELP)
 def download(
     ctx: typer.Context,
     urls: Annotated[Path | None, typer.Option("--urls", help="plain URL list (Parquet or CSV with `url`, "
@@ -143,7 +194,7 @@ def download(
                  "download.processes": processes, "download.host_rate": host_rate,
                  "download.host_concurrency": host_concurrency, "download.allow_loopback": allow_loopback,
                  "download.reuse_from": reuse_from}
-    cfg = _config(config, data, runner, ctx.args, overrides)
+    cfg = _config(config, data, runner, _beam_args(ctx), overrides)
     with _user_errors():
         stats = jobs.download(cfg, urls, output, retry_failed)
     typer.echo(json.dumps(stats, indent=2, sort_keys=True, default=str))
@@ -175,7 +226,7 @@ def train(
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views records, resolved, curated, taxa, rejects, "
+    sql: Annotated[str, typer.Argument(help="SQL over the views raw, resolved, records, curated, taxa, rejects, "
                                        "downloads, shards, runs")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet:PATH")] = "table",
     config: ConfigOpt = None, data: DataOpt = None,
@@ -199,22 +250,25 @@ def report(
     from pipeline import jobs
 
     cfg = _config(config, data, None)
-    out = jobs.report(cfg, output)
+    if not Path(cfg.data).is_dir():
+        _fail(f"no data root at {cfg.data}: run a stage first, or pass --data PATH")
+    with _user_errors():
+        out = jobs.report(cfg, output)
     typer.echo(f"report written to {out}")
 
 
-@app.command(name="run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             epilog=BEAM_HELP)
+@app.command(name="run", cls=StageCommand, epilog=BEAM_HELP)
 def run_all(
     ctx: typer.Context,
-    plan: Annotated[Path | None, typer.Option("--plan", help="TOML [[ingest]] list of {source, input}")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="TOML file: a list of \\[\\[ingest]] tables, each "
+                                               "with `source` and `input`")] = None,
     skip_train: Annotated[bool, typer.Option("--skip-train", help="stop after the shards")] = False,
     config: ConfigOpt = None, data: DataOpt = None, runner: RunnerOpt = None,
 ):
     """Run every stage in order (ingest each input, resolve, curate, download, train, report)."""
     from pipeline import jobs
 
-    cfg = _config(config, data, runner, ctx.args)
+    cfg = _config(config, data, runner, _beam_args(ctx))
     if plan is None:
         _fail("--plan PATH is required: a TOML file of [[ingest]] entries with `source` and `input`")
     with _user_errors():
@@ -226,8 +280,9 @@ def run_all(
 def show_config(config: ConfigOpt = None):
     """Print every config key with its default (or the values of --config), as TOML."""
     if config is not None:
-        cfg = _config(config, None, None)
-        typer.echo(json.dumps(cfg.model_dump(mode="json", by_alias=True), indent=2))
+        from pipeline.config import config_toml
+
+        typer.echo(config_toml(_config(config, None, None)))
     else:
         typer.echo(default_config_toml())
 
@@ -278,4 +333,17 @@ def main() -> None:
             sys.exit(3)
         raise
     except KeyboardInterrupt:
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as exc:  # typer ends a Ctrl-C with exit code 130 and says nothing
+        if exc.code == 130:
+            _interrupted()
+        raise
+    except RuntimeError as exc:  # Beam wraps a Ctrl-C inside a transform in a RuntimeError
+        if "KeyboardInterrupt" not in str(exc):
+            raise
+        _interrupted()
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted; run the same command again to resume where it stopped", fg="yellow", err=True)
+    sys.exit(130)

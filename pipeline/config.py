@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import textwrap
 import tomllib
 from functools import cache
@@ -91,15 +92,19 @@ def _check_no_secrets(table: dict, prefix: str = "") -> None:
             _check_no_secrets(value, dotted + ".")
 
 
-def _explain(err: ValidationError, origin: str) -> ConfigError:
+def _explain(err: ValidationError, origin: str, given: set[str] = frozenset()) -> ConfigError:
+    """One line per error; a key set by a command-line option (``given``) says so."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown config key `{key}` (check the spelling; `biocorpus config` prints every key)")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check of a whole section
+            lines.append(f"config `[{key}]`: {e['msg'].removeprefix('Value error, ')}")
         else:
             got = e.get("input")
-            lines.append(f"config key `{key}`: {e['msg']} (got {got!r})")
+            where = ", given on the command line" if key in given else ""
+            lines.append(f"config key `{key}`{where}: {e['msg']} (got {got!r})")
     return ConfigError(f"invalid config {origin}:\n  " + "\n  ".join(lines))
 
 
@@ -117,6 +122,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         origin = f"in {p}"
     _check_no_secrets(raw)
+    given = {k for k, v in (overrides or {}).items() if v is not None}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -128,7 +134,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return _config_model().model_validate(raw)
     except ValidationError as exc:
-        raise _explain(exc, origin) from None
+        raise _explain(exc, origin, given) from None
 
 
 def config_hash(section: BaseModel | None) -> str:
@@ -150,6 +156,15 @@ def default_config_toml() -> str:
     ``biocorpus config``)."""
     model = _config_model()
     return _to_toml(model().model_dump(mode="json", by_alias=True), model)
+
+
+def config_toml(cfg: BaseModel) -> str:
+    """A loaded config's every value as TOML, with the descriptions (``biocorpus config -c FILE``)."""
+    return _to_toml(cfg.model_dump(mode="json", by_alias=True), type(cfg))
+
+
+def _key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
 def _fields(model: type[BaseModel] | None) -> dict[str, tuple[str | None, type[BaseModel] | None]]:
@@ -175,12 +190,16 @@ def _to_toml(d: dict, model: type[BaseModel] | None = None, prefix: str = "") ->
         out.append(f"[{prefix}]")
     for k, v in scalars.items():
         out += _comment(fields.get(k, (None, None))[0])
-        out.append(f"# {k} = (unset)" if v is None else f"{k} = {json.dumps(v)}")
+        out.append(f"# {_key(k)} = (unset)" if v is None else f"{_key(k)} = {json.dumps(v)}")
     if scalars:
         out.append("")
     for k, v in tables.items():
         description, sub = fields.get(k, (None, None))
+        path = f"{prefix}.{_key(k)}" if prefix else _key(k)
         if sub is None:  # a table of the user's keys (splits, hosts): its description goes above it
             out += _comment(description)
-        out.append(_to_toml(v, sub, f"{prefix}.{k}" if prefix else k))
+            if not v:  # empty by default: name the table, so the user knows where such keys go
+                out += [f"# [{path}]", ""]
+                continue
+        out.append(_to_toml(v, sub, path))
     return "\n".join(out)

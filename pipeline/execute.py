@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import re
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 from pipeline.config import config_hash
 from pipeline.io import (
+    SUCCESS,
     StagedOutput,
     files_identity,
     fingerprint,
@@ -78,6 +80,10 @@ def global_buckets(stage: GlobalStage, rows: int) -> int:
     return max(stage.buckets, -(-rows // GLOBAL_BUCKET_ROWS))
 
 
+_MADE_BY = {"raw": "biocorpus ingest SOURCE --input PATH", "resolved": "biocorpus resolve",
+            "curated": "biocorpus curate"}  # the stage whose output a data root's folder is
+
+
 def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, input_dir: Path,
                     out_dir: Path, runner, config: Any = None, key: str | None = None,
                     force: bool = False, depends_on: dict | None = None) -> StageResult:
@@ -88,7 +94,9 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
     """
     inputs = parquet_files(input_dir)
     if not inputs and not input_dir.exists():
-        raise FileNotFoundError(f"{stage.name}: input {input_dir} does not exist; run the previous stage first")
+        before = _MADE_BY.get(input_dir.name)
+        raise FileNotFoundError(f"{stage.name}: input {input_dir} does not exist; run "
+                                + (f"`{before}` first" if before else "the previous stage first"))
     key = key or stage.name
     identity = [key, config_hash(options), files_identity(inputs), type(stage).__name__, depends_on]
     rows = tasks.expected_rows(inputs)
@@ -139,6 +147,9 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
     out_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"
     staged = StagedOutput(root, key, out_dir,
                           root / "rejects" / "stage=ingest" / f"source={connector.name}" / f"dataset={dataset}", fp)
+    where = _input_identity(input)
+    if not force:
+        _check_same_input(out_dir, where, connector.name, dataset)
     if (done := _already_done(staged, f"ingest {connector.name}: already complete for {input}", force)):
         return done
     started = time.time()
@@ -147,4 +158,27 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
     if len(counts) != len(task_list):
         raise RuntimeError(f"ingest {connector.name}: {len(counts)} of {len(task_list)} tasks finished")
     return _finish(staged, runner, f"ingest-{connector.name}", counts, None, started, config,
-                   task_list, {"source": connector.name, "dataset": dataset})
+                   task_list, {"source": connector.name, "dataset": dataset, "input": where})
+
+
+def _input_identity(input: str | None) -> str | None:
+    """What an ingest read, as recorded with its dataset: a local input's absolute path, a URL as
+    given, None for an API query (whose dataset name is already the query's hash)."""
+    if not input:
+        return None
+    return input if "://" in input else str(Path(input).resolve())
+
+
+def _check_same_input(out_dir: Path, where: str | None, source: str, dataset: str) -> None:
+    """A dataset folder is named after its input's base name, so two inputs of one name (two
+    projects' ``export.tsv``) would meet in one folder, and the second would replace the first's
+    records. Refuse that; datasets made before the input was recorded are not checked."""
+    marker = out_dir / SUCCESS
+    if where is None or not marker.is_file():
+        return
+    before = json.loads(marker.read_text()).get("input")
+    if before is not None and before != where:
+        raise ValueError(
+            f"ingest {source}: {out_dir} holds the records of {before}, not of {where}; give this input a "
+            f"dataset name of its own with --dataset NAME (make: DATASET=NAME; e.g. {dataset}-2) to keep both, or pass "
+            "--force to replace the earlier records")

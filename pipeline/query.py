@@ -26,6 +26,9 @@ VIEW_HELP = {
 }
 
 
+FORMATS = ("table", "csv", "json")  # and parquet:PATH
+
+
 def _has(root: Path, pattern: str) -> bool:
     return any(root.glob(pattern))
 
@@ -58,6 +61,9 @@ def connect(root: Path):
                 f"union_by_name = true)"
             )
     have = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if have and "rejects" not in have:  # a stage ran and rejected nothing: an empty view, not a missing table
+        con.execute("CREATE VIEW rejects AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, "
+                    "NULL::VARCHAR, NULL::VARCHAR)) AS t(record_id, stage, reason, detail, source) WHERE false")
     base = "resolved" if "resolved" in have else "raw" if "raw" in have else None
     if base:
         con.execute(f"CREATE VIEW records AS SELECT * FROM {base}")
@@ -89,6 +95,8 @@ def run_query(root: Path, sql: str, fmt: str = "table", out=None) -> None:
     """Run ``sql`` and print the result (to ``out``, default the current ``sys.stdout``) as a table,
     CSV or JSON, or write it to Parquet."""
     out = out if out is not None else sys.stdout
+    if fmt not in FORMATS and not fmt.startswith("parquet:"):
+        raise ValueError(f"unknown --format {fmt!r}: use table, csv, json or parquet:PATH")
     con = connect(root)
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     if not views:

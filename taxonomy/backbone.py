@@ -459,7 +459,7 @@ def find_backbone(path_or_name: str | Path, data_root: Path | None = None) -> Pa
     if not versions:
         raise FileNotFoundError(
             f"no backbone {path_or_name!r}: not a backbone folder and nothing under {root}; "
-            "build one with `biocorpus backbone <kind> <source>`")
+            "build one with `biocorpus backbone KIND --input PATH` (KIND: gbif, coldp, inat, inat-dwca)")
     return versions[-1]
 
 

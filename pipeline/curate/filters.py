@@ -7,6 +7,7 @@ add up to the rows rejected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,7 +35,13 @@ FORMAT_ALIASES = {
     "image/tif": "image/tiff", "webp": "image/webp", "bmp": "image/bmp", "image/x-ms-bmp": "image/bmp",
 }
 # the vocabulary of sources/licenses.py: cc0-1.0, cc-by[-nc][-sa|-nd][-<version>], public-domain, ...
-_LICENSE_FAMILY = r"^(?P<family>cc0|public-domain|all-rights-reserved|cc-by(?:-nc)?(?:-sa|-nd)?)(?:-[0-9].*)?$"
+_FAMILIES = r"cc0|public-domain|all-rights-reserved|cc-by(?:-nc)?(?:-sa|-nd)?"
+_LICENSE_FAMILY = rf"^(?P<family>{_FAMILIES})(?:-[0-9].*)?$"
+
+
+def unknown_license_families(names) -> list[str]:
+    """The names in ``names`` that are not a licence family (a code without its version)."""
+    return [n for n in names if not re.fullmatch(_FAMILIES, str(n).strip().lower())]
 
 
 Detail = Callable[[np.ndarray], list]  # refused row positions -> their detail strings

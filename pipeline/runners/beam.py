@@ -7,6 +7,7 @@ Dataflow, Flink or Spark through pipeline options, e.g.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pipeline.io import StagedOutput
@@ -14,6 +15,27 @@ from pipeline.runners import tasks
 from pipeline.stage import GlobalStage, MapStage, StageContext
 
 DEFAULT_ARGS = ("--runner=FnApiRunner",)
+
+
+class _DropBeamNoise(logging.Filter):
+    """Beam's import warns about the GCP client libraries (not needed by the local runner, and
+    installed with apache-beam[gcp] where Dataflow needs them), and a Ctrl-C inside a transform is
+    logged with its whole traceback before it is raised; the CLI says "interrupted" instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "apitools not found" not in message and "KeyboardInterrupt" not in message
+
+
+def quiet_beam_logging() -> None:
+    """Install :class:`_DropBeamNoise` (once) on the loggers Beam writes those lines to."""
+    for name in ("", "apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropBeamNoise) for f in logger.filters):
+            logger.addFilter(_DropBeamNoise())
+
+
+quiet_beam_logging()
 
 
 def _options(args: tuple[str, ...] | list[str]):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -35,8 +37,10 @@ class LocalRunner:
                 results.append(fn(*job))
                 bar.update()
         else:
-            with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(fn, *job) for job in jobs]
+            with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                     initializer=quiet_interrupt) as pool, _Interruptible(pool) as interrupt:
+                futures = [pool.submit(fn, *job) for job in jobs]  # (the workers start here)
+                interrupt.arm()
                 for fut in as_completed(futures):
                     results.append(fut.result())
                     bar.update()
@@ -68,6 +72,54 @@ class LocalRunner:
             return staged.task_counts()
         self._execute(f"ingest {connector.name}", tasks.ingest_task, jobs)
         return staged.task_counts()
+
+
+def quiet_interrupt() -> None:
+    """A worker's initializer: Ctrl-C (sent to the whole process group) ends the worker at once,
+    without a traceback of its own; the main process says it was interrupted. Every task writes
+    its parts atomically, so a rerun resumes from the tasks that had finished."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class _Interruptible:
+    """Ctrl-C around a process pool, in the main thread: one ``KeyboardInterrupt`` in the main
+    process and no traceback from any worker.
+
+    Until :meth:`arm`, SIGINT is ignored, so the workers start with it ignored (an ignored signal
+    stays ignored across spawn) and a Ctrl-C while one is still importing prints nothing; their
+    initializer then lets it end them. Armed, a Ctrl-C raises ``KeyboardInterrupt`` here, ends the
+    workers that did not get it themselves, and a pool broken by the workers' own deaths counts as
+    the interrupt it was. Elsewhere than in the main thread it does nothing."""
+
+    def __init__(self, pool: ProcessPoolExecutor):
+        self.pool = pool
+        self.active = threading.current_thread() is threading.main_thread()
+        self.interrupted = False
+
+    def __enter__(self) -> _Interruptible:
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def arm(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum, frame) -> None:
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, kind, exc, tb) -> bool:  # (runs before the pool's own exit, which waits for its workers)
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+        if kind is not None and (self.interrupted or issubclass(kind, KeyboardInterrupt)):
+            workers = list((getattr(self.pool, "_processes", None) or {}).values())  # (shutdown forgets them)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers:
+                proc.terminate()  # (those that Ctrl-C did not reach: a signal to this process alone)
+            if not issubclass(kind, KeyboardInterrupt):  # a BrokenProcessPool from the workers' deaths
+                raise KeyboardInterrupt from None
+        return False
 
 
 def _route_file(stage: GlobalStage, ctx: StageContext, input_file: str, task_id: str, route_dir: Path) -> dict:

@@ -22,7 +22,7 @@ from pipeline.curate import balance as balance_mod
 from pipeline.curate import dedup as dedup_mod
 from pipeline.curate import splits as splits_mod
 from pipeline.curate.captions import CAPTION_TYPES, add_captions
-from pipeline.curate.filters import apply_filters, filter_names
+from pipeline.curate.filters import apply_filters, filter_names, unknown_license_families
 from pipeline.curate.hashing import HASH_VERSION
 from pipeline.stage import GlobalStage, MapStage, StageContext, StageOutput, check_accounting
 from schemas import RANKS, empty_rejects
@@ -107,6 +107,10 @@ class Options(BaseModel):
                 raise ValueError(f"splits: {name!r} is not a usable split name")
         if self.max_per_taxon is not None and self.max_per_taxon < self.min_per_taxon:
             raise ValueError("max_per_taxon must be >= min_per_taxon")
+        if bad := unknown_license_families(self.licenses):
+            raise ValueError(f"licenses: {bad} are not licence families; give each without its version "
+                             "('cc-by' allows cc-by-4.0 and every other version), one of cc0, public-domain, "
+                             "cc-by, cc-by-sa, cc-by-nd (NonCommercial ones with allow_nc)")
         unknown = set(self.disabled_filters) - set(filter_names())
         if unknown:
             raise ValueError(f"disabled_filters: unknown {sorted(unknown)}, known {filter_names()}")

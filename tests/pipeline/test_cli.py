@@ -87,3 +87,145 @@ def test_an_api_query_with_nothing_new_runs_to_zero_records(tmp_path):
     result = run_ingest(NothingNew(), IfcbDashboardOptions(), "https://ifcb.example.org/api/export_metadata/x",
                         tmp_path, make_runner("local", workers=1, progress=False), "x")
     assert result.stats["in"] == 0 and result.stats["tasks"] == 0
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ECOTAXA = DATA / "plankton" / "ecotaxa"
+NO_IMAGE = "[sources.ecotaxa]\nrequire_image = false\n"
+
+
+def _err(res) -> str:
+    return res.output + (res.stderr if res.stderr_bytes is not None else "")
+
+
+def test_a_mistyped_option_is_an_error_not_a_beam_argument(tmp_path):
+    res = cli.invoke(app, ["curate", "--data", str(tmp_path), "--forse"])
+    assert res.exit_code == 2 and "No such option: --forse" in _err(res)
+    res = cli.invoke(app, ["resolve", "--data", str(tmp_path), "--runnr", "beam"])
+    assert res.exit_code == 2 and "--runnr" in _err(res)
+
+
+def test_beam_arguments_after_the_separator_reach_the_config_and_the_local_runner_says_it_ignores_them(tmp_path):
+    res = cli.invoke(app, ["curate", "--data", str(tmp_path), "--", "--runner=DataflowRunner", "--project=p"])
+    out = _err(res)
+    assert "the local runner ignores the Beam arguments after `--` (--runner=DataflowRunner --project=p)" in out
+    assert "resolved does not exist; run `biocorpus resolve` first" in out
+
+
+def test_a_bad_flag_value_is_said_to_come_from_the_command_line(tmp_path):
+    res = cli.invoke(app, ["curate", "--data", str(tmp_path), "--runner", "spark"])
+    assert res.exit_code == 2 and "`runner.name`, given on the command line" in _err(res)
+
+
+def test_an_unwritable_data_root_is_a_message_not_a_traceback(tmp_path):
+    import errno
+
+    from pipeline.cli import _os_error
+
+    (tmp_path / "afile").write_text("x")
+    res = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(ECOTAXA / "example_table_ifcb.tsv"),
+                           "--data", str(tmp_path / "afile" / "root")])
+    assert res.exit_code == 2 and "Traceback" not in _err(res) and "Not a directory" in _err(res)
+    assert "choose a writable data root" in _os_error(OSError(errno.EROFS, "Read-only file system", "/r/.staging"))
+    assert "free some space" in _os_error(OSError(errno.ENOSPC, "No space left on device", "/r/x"))
+
+
+def test_two_inputs_of_one_name_do_not_replace_each_other(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(NO_IMAGE)
+    for sub, name in (("a", "ecotaxa_table_with_classification.tsv"), ("b", "example_table_ifcb.tsv")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "export.tsv").write_bytes((ECOTAXA / name).read_bytes())
+    common = ["-c", str(cfg), "--data", str(tmp_path / "d")]
+    first = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "a" / "export.tsv"), *common])
+    assert first.exit_code == 0, _err(first)
+    res = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "b" / "export.tsv"), *common])
+    assert res.exit_code == 2 and "holds the records of" in _err(res) and "--dataset NAME" in _err(res)
+    res = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "b" / "export.tsv"), "--dataset", "b",
+                           *common])
+    assert res.exit_code == 0, _err(res)
+    rerun = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "a" / "export.tsv"), *common])
+    assert rerun.exit_code == 0 and "already complete" in _err(rerun)
+    from pipeline.io import read_dataset
+
+    raw = tmp_path / "d" / "raw" / "source=ecotaxa"
+    assert read_dataset(raw / "dataset=export").num_rows == 9 and read_dataset(raw / "dataset=b").num_rows == 2
+    forced = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "b" / "export.tsv"), "--force", *common])
+    assert forced.exit_code == 0 and read_dataset(raw / "dataset=export").num_rows == 2
+
+
+def test_a_url_for_a_source_that_reads_files_says_so_and_file_urls_are_paths(tmp_path):
+    res = cli.invoke(app, ["ingest", "eol", "--input", "https://eol.org/api/pages/1.0/328598.json",
+                           "--data", str(tmp_path)])
+    assert res.exit_code == 2 and "the eol source reads local files only" in _err(res)
+    res = cli.invoke(app, ["ingest", "ifcb", "--input", "https://ifcb.example.org/x/D2022.zip", "--data", str(tmp_path)])
+    assert res.exit_code == 2 and "ifcb_dashboard" in _err(res)
+    store = DATA / "eol" / "publishing_store" / "store-328598.json"
+    res = cli.invoke(app, ["ingest", "eol", "--input", store.as_uri(), "--data", str(tmp_path)])
+    assert res.exit_code == 0, _err(res)
+
+
+def test_an_input_that_gives_nothing_is_warned_about(tmp_path):
+    (tmp_path / "empty.tsv").write_bytes(b"")
+    res = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "empty.tsv"), "--data", str(tmp_path / "d")])
+    assert "gave no records and no rejects" in _err(res)
+
+
+def test_query_has_an_empty_rejects_view_and_refuses_an_unknown_format(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(NO_IMAGE)
+    cli.invoke(app, ["ingest", "ecotaxa", "--input", str(ECOTAXA / "example_table_ifcb.tsv"), "-c", str(cfg),
+                     "--data", str(tmp_path)])
+    res = cli.invoke(app, ["query", "SELECT count(*) AS n FROM rejects", "--data", str(tmp_path), "-f", "csv"])
+    assert res.exit_code == 0 and res.output.splitlines()[1:] == ["0"], _err(res)
+    res = cli.invoke(app, ["query", "SELECT 1", "--data", str(tmp_path), "-f", "xml"])
+    assert res.exit_code == 2 and "unknown --format 'xml'" in _err(res)
+
+
+def test_config_of_a_file_prints_toml_that_loads_back(tmp_path):
+    import tomllib
+
+    from pipeline.config import load_config
+
+    demo = Path(__file__).resolve().parents[2] / "pipeline" / "demo.toml"
+    res = cli.invoke(app, ["config", "-c", str(demo)])
+    assert res.exit_code == 0
+    (tmp_path / "again.toml").write_text(res.output)
+    assert load_config(tmp_path / "again.toml") == load_config(demo)
+    assert tomllib.loads(res.output)["curate"]["min_rank"] == load_config(demo).curate.min_rank
+    assert "# [download.hosts]" in cli.invoke(app, ["config"]).output  # an empty table of the user's keys is named
+
+
+def test_report_of_a_missing_data_root_says_so(tmp_path):
+    res = cli.invoke(app, ["report", "--data", str(tmp_path / "typo")])
+    assert res.exit_code == 2 and "no data root at" in _err(res) and not (tmp_path / "typo").exists()
+
+
+def test_run_help_shows_the_plan_format():
+    assert "[[ingest]]" in cli.invoke(app, ["run", "--help"]).output
+
+
+@pytest.mark.parametrize("raised", [RuntimeError("KeyboardInterrupt [while running 'Key rows']"), SystemExit(130),
+                                    KeyboardInterrupt()], ids=["beam", "typer", "plain"])
+def test_an_interrupt_ends_with_one_line_and_code_130(monkeypatch, capsys, raised):
+    import pipeline.cli as cli_mod
+
+    def interrupted():
+        raise raised
+
+    monkeypatch.setattr(cli_mod, "app", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        cli_mod.main()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted; run the same command again to resume where it stopped"
+
+
+def test_other_runtime_errors_are_not_taken_for_an_interrupt(monkeypatch):
+    import pipeline.cli as cli_mod
+
+    def broken():
+        raise RuntimeError("a real failure")
+
+    monkeypatch.setattr(cli_mod, "app", broken)
+    with pytest.raises(RuntimeError, match="a real failure"):
+        cli_mod.main()

@@ -68,3 +68,15 @@ def test_default_toml_says_what_each_key_is_for():
     assert lines[at - 1] == "# rows per shuffled chunk file"
     assert lines[lines.index("[curate.splits]") - 1].startswith("# split name -> fraction")
     assert all(len(line) <= 100 for line in lines if line.startswith("# ") and " = " not in line)  # wrapped
+
+
+@pytest.mark.parametrize("families", [["cc-by-4.0"], ["cc-by", "CC BY"], ["cc-zero"], ["cc-by-sa-3.0-igo"]])
+def test_licences_must_be_families_without_a_version(tmp_path, families):
+    with pytest.raises(ConfigError, match=r"config `\[curate\]`: licenses: .* are not licence families"):
+        load_config(_write(tmp_path, f"[curate]\nlicenses = {families!r}\n".replace("'", '"')))
+
+
+@pytest.mark.parametrize("families", [["cc0", "public-domain", "cc-by", "cc-by-sa"], ["CC-BY-NC-ND"], []])
+def test_licence_families_load(tmp_path, families):
+    assert load_config(_write(tmp_path, f"[curate]\nlicenses = {families!r}\n".replace("'", '"'))).curate.licenses \
+        == tuple(families)

@@ -129,6 +129,34 @@ def test_sigkill_mid_stage_then_rerun_equals_uninterrupted(tmp_path, runner):
     assert out.num_rows == len(set(out.column("record_id").to_pylist())) == 8 * 25 - 8 * 4
 
 
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "sigint-to-main-process"])
+def test_interrupted_local_pool_ends_quietly_then_resumes(tmp_path, whole_group):
+    """Ctrl-C reaches every process of the group; ``kill -INT`` the main one alone. Either way the
+    run ends at once with one line (no worker's traceback, no waiting for the other tasks), and a
+    rerun gives the uninterrupted output."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for root in (clean, killed):
+        _inputs(root, files=8)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "tests.pipeline.killable"]
+    subprocess.run([*cmd, str(clean), "local", "2"], env=env, check=True, cwd=REPO, capture_output=True, timeout=120)
+    proc = subprocess.Popen([*cmd, str(killed), "local", "2"], cwd=REPO, env={**env, "TOY_STAGE_SLEEP": "1.5"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tasks_dir = killed / ".staging" / "toymap" / "_tasks"
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tasks_dir.glob("*.json")):
+        time.sleep(0.05)
+    assert list(tasks_dir.glob("*.json")), "no task finished in time"
+    (os.killpg if whole_group else os.kill)(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip() == "interrupted"
+    assert len(list(tasks_dir.glob("*.json"))) < 8, "the pool should not have run the remaining tasks"
+    assert not (killed / "out" / "_SUCCESS").exists()
+    subprocess.run([*cmd, str(killed), "local", "2"], env=env, check=True, cwd=REPO, capture_output=True, timeout=120)
+    assert _parts(killed / "out") == _parts(clean / "out")
+
+
 def test_parquet_output_is_queryable_by_duckdb(tmp_path):
     import duckdb
 
