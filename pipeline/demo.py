@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import io
 import json
+import shutil
 import sys
 import threading
 import time
@@ -48,7 +49,8 @@ class ImageHost:
     stand-ins are distinct images: the byte and perceptual dedup after download sees them as such.
     """
 
-    def __init__(self, images: list[Path], longest: int = 1024):
+    def __init__(self, images: list[Path], longest: int = 1024, port: int = 0):
+        """``port``: the one to listen on if it is free (else any free one; 0: any)."""
         from PIL import Image
 
         self.photos = []
@@ -75,7 +77,10 @@ class ImageHost:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        try:
+            self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        except OSError:  # taken
+            self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def view(self, path: str) -> bytes:
@@ -95,8 +100,12 @@ class ImageHost:
         return buf.getvalue()
 
     @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
         self.thread.start()
@@ -105,6 +114,21 @@ class ImageHost:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def _mirror_port(mirrored: Path) -> int:
+    """The image host's port in the download input of the last demo run (0: none). A rerun listens
+    there again, so its stand-in URLs are the same and its download has nothing to do: download
+    keeps a shard only for the URLs it was made from."""
+    import pyarrow.parquet as pq
+
+    from pipeline.io import parquet_files
+
+    for f in parquet_files(mirrored):
+        for url in pq.read_table(f, columns=["identifier"]).column("identifier").to_pylist():
+            if url and url.startswith("http://127.0.0.1:"):
+                return urlsplit(url).port or 0
+    return 0
 
 
 def mirror_urls(table: pa.Table, base: str) -> pa.Table:
@@ -180,8 +204,15 @@ def run_demo(data: Path, runner_name: str = "local") -> dict:
     summary["curate"] = jobs.curate(cfg, runner)
 
     _step("download (web images from the loopback host)")
-    with ImageHost(STAND_INS) as host:
-        mirrored = data / "work" / "demo" / "download-input"
+    mirrored = data / "work" / "demo" / "download-input"
+    previous = _mirror_port(mirrored)
+    with ImageHost(STAND_INS, port=previous) as host:
+        if previous and host.port != previous and (data / "shards").exists():
+            aside = data / "work" / "demo" / "shards-before"
+            shutil.rmtree(aside, ignore_errors=True)
+            (data / "shards").rename(aside)
+            print(f"demo: port {previous} of the last run's image host is taken, so the stand-in URLs change; "
+                  f"the shards made from the old ones are moved to {aside}", file=sys.stderr)
         for f in parquet_files(data / "curated"):
             rel = f.relative_to(data / "curated")
             atomic_write_parquet(mirror_urls(read_dataset(f), host.base), mirrored / rel)

@@ -137,22 +137,63 @@ def download(cfg, urls: Path | None = None, output: Path | None = None, retry_fa
     root = _root(cfg)
     options = cfg.download.model_copy(update={"retry_failed": retry_failed}) if retry_failed else cfg.download
     source = urls if urls is not None else root / "curated"
+    if urls is not None and not Path(urls).exists():
+        raise FileNotFoundError(f"download: --urls {urls} does not exist; check the path")
     if not Path(source).exists():
         raise FileNotFoundError(f"download: {source} does not exist; run `biocorpus curate` first or pass --urls")
+    if urls is None:
+        _check_curated_rows(source)
     out = output or root / "shards"
     if cfg.runner.name == "beam":
+        from pipeline.runners.beam import quiet_beam_logging
         from pipeline.stages.download import download_beam
 
+        quiet_beam_logging()
         stats = download_beam(source, out, options, list(cfg.runner.beam_args))
     else:
         stats = run_download(source, out, options, progress=sys.stderr.isatty())
-    from pipeline.io import atomic_write_parquet
     from pipeline.stages.download import failed_rejects
 
     # failed images are the download stage's rejects, beside every other stage's
-    atomic_write_parquet(failed_rejects(out), root / "rejects" / "stage=download" / f"part-{Path(out).name}.parquet")
+    _write_shard_rejects(failed_rejects(out), root / "rejects" / "stage=download", Path(out))
     stats["dedup_bytes"] = dedup_downloaded_images(cfg, Path(out))
     return stats
+
+
+def _check_curated_rows(curated: Path) -> None:
+    """Stop with what to do when curate kept no record (download would find no column to read)."""
+    import json
+
+    from pipeline.io import count_rows
+
+    if count_rows(curated):
+        return
+    stats = curated / "_curate_stats.json"
+    seen = json.loads(stats.read_text()).get("curate-filter", {}).get("in") if stats.exists() else None
+    kept = f" (curate kept 0 of {seen:,} records)" if isinstance(seen, int) else ""
+    raise ValueError(f"download: {curated} holds no rows{kept}: nothing to download. `biocorpus query \"SELECT "
+                     "stage, reason, count(*) FROM rejects GROUP BY ALL\"` says why they were rejected; change the "
+                     "[curate] options and run `biocorpus curate` again")
+
+
+def _write_shard_rejects(rejects, folder: Path, shards_dir: Path) -> None:
+    """Write the rejects of one shards folder to its own part file in ``folder``
+    (:func:`pipeline.stages.download.rejects_part_name`: unique per shards folder, the same on a
+    rerun, so a rerun replaces it). The part of an earlier version, named by the folder's base name
+    alone, is removed when its rows are all keys of this folder (it was this folder's, or held the
+    same rows): kept, it would count them twice; one of another folder of that name stays."""
+    import pyarrow.parquet as pq
+
+    from pipeline.io import atomic_write_parquet, read_dataset
+    from pipeline.stages.download import rejects_part_name
+
+    atomic_write_parquet(rejects, folder / rejects_part_name(shards_dir))
+    legacy = folder / f"part-{shards_dir.name}.parquet"
+    if legacy.exists():
+        keys = set(read_dataset(shards_dir, columns=["key"]).column("key").to_pylist()) \
+            if any(shards_dir.glob("*.parquet")) else set()
+        if set(pq.read_table(legacy, columns=["record_id"]).column("record_id").to_pylist()) <= keys:
+            legacy.unlink()
 
 
 def dedup_downloaded_images(cfg, shards_dir: Path) -> dict:
@@ -162,7 +203,7 @@ def dedup_downloaded_images(cfg, shards_dir: Path) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline.io import atomic_write_parquet, read_dataset
+    from pipeline.io import read_dataset
     from pipeline.stages.curate import dedup_downloaded
 
     status = read_dataset(shards_dir, columns=["key", "status", "sha256", "phash"])  # not every sidecar column
@@ -174,8 +215,7 @@ def dedup_downloaded_images(cfg, shards_dir: Path) -> dict:
     rejects = result.rejects.set_column(
         result.rejects.schema.get_field_index("stage"), "stage",
         pa.array(["curate_dedup_bytes"] * result.rejects.num_rows, pa.string()))
-    atomic_write_parquet(rejects, _root(cfg) / "rejects" / "stage=curate-dedup-bytes" /
-                         f"part-{shards_dir.name}.parquet")
+    _write_shard_rejects(rejects, _root(cfg) / "rejects" / "stage=curate-dedup-bytes", shards_dir)
     atomic_write_json(shards_dir / "_duplicates.json", {
         "keys": sorted(rejects.column("record_id").to_pylist()),
         "why": "curate layer 3: same bytes, near-duplicate or evaluation-set image; see rejects/stage=curate-dedup-bytes"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import hashlib
 import json
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.curate.captions import CAPTION_TYPES, NAME_COLUMNS
+from pipeline.runners.local import quiet_interrupt
 from schemas.hashing import hash_strings
 from schemas.record import UNIQUE_COLUMNS, record_id_column
 from shards import status
@@ -179,6 +181,10 @@ def _list_tables(path: str, options: Options) -> Iterator[pa.Table]:
     if local.lower().endswith(".txt"):
         yield from _txt_tables(fs, local, path, options)
         return
+    if fs.size(local) == 0:
+        raise ValueError(f"{path} is empty (0 bytes); a CSV or TSV URL list needs a header line naming its columns "
+                         f"({options.url_column!r}, optional {options.key_column!r}, {options.caption_column!r}) "
+                         "and a row per image")
     parse = pacsv.ParseOptions(delimiter="\t" if local.lower().endswith(".tsv") else ",")
     with fs.open(local, "rb") as f:
         names = pacsv.open_csv(f, parse_options=parse, read_options=pacsv.ReadOptions(block_size=1 << 16)).schema.names
@@ -307,6 +313,10 @@ def _plan_columns(names: set[str], path: str, options: Options) -> tuple[str, st
         return "identifier", "record_id"
     if options.url_column in names:
         return options.url_column, options.key_column
+    if not names:  # no Parquet file with a column in it
+        raise ValueError(f"{path} holds no rows: nothing to download. If it is curated/, curate kept none of its "
+                         "records: `biocorpus query \"SELECT stage, reason, count(*) FROM rejects GROUP BY ALL\"` "
+                         "says why; change the [curate] options and run `biocorpus curate` again")
     raise ValueError(
         f"{path}: neither a record table (column 'identifier') nor a URL list "
         f"(column {options.url_column!r}); columns are {sorted(names)}")
@@ -399,6 +409,11 @@ class DownloadPlan:
         """Each shard's :func:`keys_digest` (what a shard made earlier must match to be kept)."""
         return _shard_digests(self.keys, [(s.name, s.start, s.stop) for s in self.shards])
 
+    def url_digests(self) -> dict[str, str]:
+        """Each shard's :func:`pairs_digest` of its keys and URLs (a shard made earlier from the same
+        keys must match it too: a key given another URL is another image)."""
+        return _shard_digests(_pairs(self.keys, self.urls), [(s.name, s.start, s.stop) for s in self.shards])
+
     def write(self, plan_dir: str) -> dict[str, tuple[str, int]]:
         """The plan as one Parquet file in ``plan_dir``, rows in plan order and a row group per
         shard, for workers that build their shard's items themselves (Beam); returns each shard's
@@ -485,6 +500,7 @@ class BucketedPlan:
         self.shards: list[PlannedShard] = []
         self.layout: dict[str, tuple[str, int]] = {}
         self._digests: dict[str, str] = {}
+        self._url_digests: dict[str, str] = {}
         self._open: tuple[str, pq.ParquetFile] | None = None  # the plan file last read (shards come in its order)
         fs, local = fsspec.core.url_to_fs(plan_dir)
         spill_dir = local if isinstance(fs, fsspec.implementations.local.LocalFileSystem) else None
@@ -588,6 +604,7 @@ class BucketedPlan:
                 planned[shard.split] += 1
         self.layout.update(out.layout)
         self._digests.update(_shard_digests(plan.keys, spans))
+        self._url_digests.update(_shard_digests(_pairs(plan.keys, plan.urls), spans))
         first.update(planned)
         plan.close()  # freed now, not at the next cyclic GC
 
@@ -604,6 +621,10 @@ class BucketedPlan:
     def digests(self) -> dict[str, str]:
         """Each shard's :func:`keys_digest`, as :meth:`DownloadPlan.digests`."""
         return dict(self._digests)
+
+    def url_digests(self) -> dict[str, str]:
+        """Each shard's :func:`pairs_digest`, as :meth:`DownloadPlan.url_digests`."""
+        return dict(self._url_digests)
 
     def write(self, plan_dir: str) -> dict[str, tuple[str, int]]:
         """Each shard's plan file and row group (already written, in ``plan_dir``)."""
@@ -696,6 +717,20 @@ def keys_digest(keys: pa.Array | list[str]) -> str:
                           [("", 0, len(keys))])[""]
 
 
+def pairs_digest(keys: pa.Array | list[str], urls: pa.Array | list[str]) -> str:
+    """:func:`keys_digest` of the (key, URL) pairs: equal when two shards hold the same keys with
+    the same URLs."""
+    def text(values):
+        return pa.array(values, pa.string()) if isinstance(values, list) else values
+
+    return keys_digest(_pairs(text(keys), text(urls)))
+
+
+def _pairs(keys, urls) -> pa.Array:
+    """``key NUL url`` per row (a safe key holds no NUL, so the first one parts the two)."""
+    return pc.binary_join_element_wise(keys, urls, "\x00")
+
+
 def _shard_digests(keys: pa.Array, spans: list[tuple[str, int, int]]) -> dict[str, str]:
     """:func:`keys_digest` of ``keys[start:stop]`` for each ``(name, start, stop)``, in one pass."""
     if not spans:
@@ -711,10 +746,14 @@ def _shard_digests(keys: pa.Array, spans: list[tuple[str, int, int]]) -> dict[st
 
 
 class LayoutError(ValueError):
-    """The output folder holds shards that this plan would make from other rows."""
+    """The output folder holds shards that this plan would make from other rows or other image options."""
 
 
-_LAYOUT = "_layout.json"  # each planned shard's keys digest, written as a download starts
+# each planned shard's digest of its keys (``shards``) and of its keys with their URLs (``urls``,
+# from version 2), and the image options its images are made with (``image``; null when unknown:
+# a folder made before the record), written as a download starts
+_LAYOUT = "_layout.json"
+_LAYOUT_VERSION = 2
 
 
 def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Path | None = None,
@@ -724,49 +763,110 @@ def check_layout(out_dir: str, plan: DownloadPlan | BucketedPlan, spool_root: Pa
 
     Finished shards are skipped by name and unfinished ones resume from their spool, so a shard
     made from other rows (the input, ``shard_size`` or ``plan_bucket_rows`` changed since) would
-    leave some images out and hold others twice. Each shard made earlier is compared by its
-    keys: with the digest recorded when it was planned, or for a folder from before that record,
-    with its sidecar's keys (a spool's keys must be among the shard's). ``image``: the image
-    options recorded beside (what :class:`_Reuse` checks). Returns the digests."""
-    digests = plan.digests()
+    leave some images out and hold others twice, one whose keys now have other URLs would keep
+    the images of the old ones, and one made with other image options (``image``: size, resize
+    mode...) would keep images of another size. Each shard made earlier is compared by its keys
+    and URLs: with the digests recorded when it was planned, or for a folder from before that
+    record, with its sidecar's rows (a spool's rows must be among the shard's). The record is
+    written only when some planned shard is still to be made: a run with nothing to do leaves
+    the folder as it is. It never claims image options for images made before they were
+    recorded (``image`` null then). Returns the keys digests."""
+    digests, url_digests = plan.digests(), plan.url_digests()
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
     record = path.rstrip("/") + "/" + _LAYOUT
-    recorded: dict[str, str] = json.loads(fs.cat_file(record))["shards"] if fs.exists(record) else {}
+    old: dict = json.loads(fs.cat_file(record)) if fs.exists(record) else {}
+    recorded: dict[str, str] = old.get("shards", {})
+    recorded_urls: dict[str, str] = old.get("urls", {})
     made = sorted(p.rsplit("/", 1)[-1][: -len(".parquet")] for p in fs.glob(path.rstrip("/") + "/*.parquet")
                   if fs.exists(p[: -len(".parquet")] + ".tar"))
     spooled = sorted(d.name for d in spool_root.iterdir() if d.is_dir()) if spool_root and spool_root.exists() else []
-    changed, stale = [], []
+    held = bool(made or spooled)
+    if held and image is not None and old.get("image") is not None and old["image"] != image:
+        raise LayoutError(_image_changed(out_dir, old["image"], image))
+    changed, moved, stale = [], [], []
     by_name = {s.name: s for s in plan.shards}
     for name in sorted(set(made) | set(spooled)):
         if name not in digests:
             stale.append(name)
-        elif name in recorded:
-            if recorded[name] != digests[name]:
-                changed.append(name)
-        elif name in made:  # a folder from before the record: the sidecar's keys
-            if keys_digest([r["key"] for r in read_status(_join(out_dir, name + ".tar"))]) != digests[name]:
-                changed.append(name)
-        elif not set(ShardSpool(spool_root / name).done) <= {i["key"] for i in by_name[name].items}:
+            continue
+        if name in recorded and recorded[name] != digests[name]:
             changed.append(name)
-    if changed or stale:
-        what = []
-        if changed:
-            what.append(f"{len(changed):,} made from other rows than this plan gives them ({', '.join(changed[:3])}"
-                        f"{', ...' if len(changed) > 3 else ''})")
-        if stale:
-            what.append(f"{len(stale):,} that this plan does not have ({', '.join(stale[:3])}"
-                        f"{', ...' if len(stale) > 3 else ''})")
-        raise LayoutError(
-            f"{out_dir} holds shards {' and '.join(what)}: the input, shard_size or plan_bucket_rows changed "
-            "since they were made. Kept, they would leave images out and hold others twice. Move this folder "
-            "aside and download again with --reuse-from pointing at it (the images it holds are copied, not "
-            "fetched again), download into another folder (--output), or remove this one to start over.")
-    tmp = record + ".tmp"
-    with fs.open(tmp, "w") as f:
-        json.dump({"version": 1, "image": image, "shards": digests}, f)
-    fs.mv(tmp, record)
+            continue
+        if name in recorded and name in recorded_urls:
+            if recorded_urls[name] != url_digests[name]:
+                moved.append(name)
+            continue
+        # no record of this shard or of its URLs (a folder from before them): what it holds
+        if name in made:
+            with fs.open(path.rstrip("/") + "/" + name + ".parquet", "rb") as f:
+                rows = pq.read_table(f, columns=["key", "url"])
+            keys, urls = rows["key"].combine_chunks(), rows["url"].combine_chunks()
+            if keys_digest(keys) != digests[name]:
+                changed.append(name)
+            elif pairs_digest(keys, urls) != url_digests[name]:
+                moved.append(name)
+        else:
+            planned = {i["key"]: i["url"] for i in by_name[name].items}
+            done = ShardSpool(spool_root / name).done
+            if not set(done) <= planned.keys():
+                changed.append(name)
+            elif any(row["url"] != planned[key] for key, row in done.items()):
+                moved.append(name)
+    if changed or moved or stale:
+        raise LayoutError(_layout_changed(out_dir, changed, moved, stale))
+    complete = set(digests) <= set(made) and not spooled
+    layout = {"version": _LAYOUT_VERSION, "image": image if not held or old.get("image") == image else None,
+              "shards": digests, "urls": url_digests}
+    if layout != old and not complete:
+        tmp = record + ".tmp"
+        with fs.open(tmp, "w") as f:
+            json.dump(layout, f)
+        fs.mv(tmp, record)
     return digests
+
+
+def _shards_named(names: list[str], what: str) -> str:
+    """``"3 shards made ... (a, b, c)"``: how many, what is wrong with them, the first three."""
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names):,} shard{'' if len(names) == 1 else 's'} {what} ({listed})"
+
+
+def _layout_changed(out_dir: str, changed: list[str], moved: list[str], stale: list[str]) -> str:
+    what, why = [], []
+    if changed:
+        what.append(_shards_named(changed, f"made from other rows than this plan gives {'it' if len(changed) == 1 else 'them'}"))
+    if stale:
+        what.append(_shards_named(stale, "that this plan does not have"))
+    if moved:
+        what.append(_shards_named(moved, "whose keys this plan gives other URLs"))
+    one = len(changed) + len(stale) == 1
+    if changed or stale:
+        why.append(f"the input, shard_size or plan_bucket_rows changed since {'it was' if one else 'they were'} made. "
+                   f"Kept, {'it' if one else 'they'} would leave images out and hold others twice")
+    if moved:
+        one = len(moved) == 1
+        why.append(f"{'and ' if why else ''}the input gives some of {'its' if one else 'their'} keys other URLs now "
+                   f"(re-ingested or re-curated records). Kept, {'it' if one else 'they'} would hold the images of "
+                   "the old URLs")
+    listed = what[0] if len(what) == 1 else ", ".join(what[:-1]) + " and " + what[-1]
+    return (f"{out_dir} holds {listed}: {'; '.join(why)}. Move this folder aside and download again with "
+            "--reuse-from pointing at it (the images it holds with the same key and URL are copied, not fetched "
+            "again), download into another folder (--output), or remove this one to start over.")
+
+
+_IMAGE_OPTION = {"mode": "resize_mode"}  # a field of ImageOptions -> its [download] option, where they differ
+
+
+def _image_changed(out_dir: str, old: dict, new: dict) -> str:
+    """The message of a folder whose images were made with other image options than this run's."""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    made = ", ".join(f"{_IMAGE_OPTION.get(k, k)} = {old.get(k)!r}" for k in keys)
+    asked = ", ".join(f"{_IMAGE_OPTION.get(k, k)} = {new.get(k)!r}" for k in keys)
+    return (f"{out_dir} holds shards whose images were made with {made}; this run makes {asked}. Its shards are "
+            "kept by name, so they would keep images made the other way. Run again with the options the folder was "
+            "made with, or download into another folder (--output), or move this one aside (or remove it) and "
+            "download again. --reuse-from cannot take images from it: reuse needs the same image options.")
 
 
 def _image_record(options: Options) -> dict:
@@ -779,6 +879,31 @@ _REUSED_FIELDS = ("http_status", "attempts", "sha256", "width", "height", "bytes
 _NOT_IMAGE = ("json", "txt", "cls")
 
 
+def check_reuse(folder: str, options: Options, out_dir: str) -> None:
+    """Raise unless ``folder`` can lend its images to a download into ``out_dir`` with ``options``:
+    an existing shards folder other than ``out_dir``, whose recorded image options are these."""
+    fs, path = fsspec.core.url_to_fs(folder)
+    path = path.rstrip("/")
+    if fsspec.core.url_to_fs(out_dir)[1].rstrip("/") == path:
+        raise ValueError(f"reuse_from {folder} is the output folder itself; give the folder of an earlier download")
+    if not fs.exists(path):
+        raise ValueError(f"reuse_from {folder} does not exist; give the shards folder of an earlier download (the one "
+                         "moved aside, e.g. with `mv data/shards data/shards-old`)")
+    if not fs.isdir(path):
+        raise ValueError(f"reuse_from {folder} is a file; give the shards folder of an earlier download")
+    record = path + "/" + _LAYOUT
+    if not fs.exists(record):
+        raise ValueError(f"reuse_from {folder}: no {_LAYOUT} there, so its image options are unknown; give a "
+                         "shards folder made by this version of biocorpus")
+    image = json.loads(fs.cat_file(record)).get("image")
+    if image is None:
+        raise ValueError(f"reuse_from {folder}: its image options are unknown (it holds images made before biocorpus "
+                         "recorded them), so its images may not be what this run makes; download without --reuse-from")
+    if image != _image_record(options):
+        raise ValueError(f"reuse_from {folder}: its images were made with {image}, this run makes "
+                         f"{_image_record(options)}; reuse needs the same image options")
+
+
 class _Reuse:
     """The images an earlier download holds (``reuse_from``), found by key and URL: a sorted
     64-bit hash of each ok image's (key, URL) and the shard it is in, so the index costs 12 bytes
@@ -786,18 +911,9 @@ class _Reuse:
     the plan's order makes neighbouring items come from the same shards)."""
 
     def __init__(self, folder: str, options: Options, out_dir: str):
+        check_reuse(folder, options, out_dir)
         fs, path = fsspec.core.url_to_fs(folder)
         path = path.rstrip("/")
-        if fsspec.core.url_to_fs(out_dir)[1].rstrip("/") == path:
-            raise ValueError(f"reuse_from {folder} is the output folder itself; give the folder of an earlier download")
-        record = path + "/" + _LAYOUT
-        if not fs.exists(record):
-            raise ValueError(f"reuse_from {folder}: no {_LAYOUT} there, so its image options are unknown; give a "
-                             "shards folder made by this version of biocorpus")
-        image = json.loads(fs.cat_file(record)).get("image")
-        if image != _image_record(options):
-            raise ValueError(f"reuse_from {folder}: its images were made with {image}, this run makes "
-                             f"{_image_record(options)}; reuse needs the same image options")
         self.tars: list[str] = []
         hashes, shard_of = [], []
         for sidecar in sorted(fs.glob(path + "/*.parquet")):
@@ -1041,7 +1157,8 @@ class _Decoder:
             # itself (~1 s CPU and tens of MB each); preloaded, they share the server's pages.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__, "shards.image"])
-            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+            # a Ctrl-C ends the workers without a traceback each (pipeline.runners.local.quiet_interrupt)
+            self.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_interrupt)
         self.tasks = self._TASKS_PER_WORKER * workers
         self._running = 0
         self._waiting: collections.deque[tuple[bytes, asyncio.Future]] = collections.deque()
@@ -1357,25 +1474,60 @@ def run_download(input_dir: str | Path, out_dir: str | Path, options: Options | 
     options = options or Options()
     started = time.monotonic()
     out_dir = str(out_dir)
+    if options.reuse_from:  # before planning: a wrong folder is told at once
+        check_reuse(options.reuse_from, options, out_dir)
     fs, path = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(path, exist_ok=True)
     plan = make_plan(str(input_dir), options, _plan_dir(out_dir), progress)
     try:
-        check_layout(out_dir, plan, _spool_root(out_dir), _image_record(options))
-        reuse = _Reuse(options.reuse_from, options, out_dir) if options.reuse_from else None
+        spool_root = _spool_root(out_dir)
+        check_layout(out_dir, plan, spool_root, _image_record(options))
         shards = plan.shards
         if progress:
             _say_planned(shards, started)
+        if shards and _complete(shards, out_dir, spool_root, options.retry_failed):
+            _say_complete(out_dir, shards)
+            reuse = None
+        else:
+            reuse = _Reuse(options.reuse_from, options, out_dir) if options.reuse_from else None
         processed, reused = asyncio.run(_run_local(shards, out_dir, options, progress, reuse))
         return {**_finish(out_dir, shards, processed, time.monotonic() - started), "reused_this_run": reused}
     finally:
         plan.close()
 
 
+def _complete(shards: list[PlannedShard], out_dir: str, spool_root: Path | None, retry_failed: bool) -> bool:
+    """Whether every planned shard is finished, with no spool left and (``retry_failed``) no failed image."""
+    for shard in shards:
+        tar_url = _join(out_dir, shard.name + ".tar")
+        if not shard_finished(tar_url) or (spool_root is not None and (spool_root / shard.name).exists()):
+            return False
+        if retry_failed and any(r["status"] != status.OK for r in read_status(tar_url)):
+            return False
+    return True
+
+
+def _say_complete(out_dir: str, shards: list[PlannedShard]) -> None:
+    print(f"download: {out_dir} already complete for this input and options ({len(shards):,} "
+          f"shard{'' if len(shards) == 1 else 's'}); nothing to do", file=sys.stderr)
+
+
 def _plan_dir(out_dir: str) -> str:
     """Where a plan's files go while the shards are made: beside them (Beam workers read them), in
     a folder that no reader of the shards' sidecars (``shards/*.parquet``) looks into."""
     return _join(out_dir, "_plan")
+
+
+def rejects_part_name(out_dir: str | Path) -> str:
+    """The name of a shards folder's part file in ``rejects/stage=<stage>/``: its base name and a
+    short hash of its absolute path (two folders of one base name, ``data/shards`` and
+    ``elsewhere/shards``, must not replace each other's rejects; a rerun into the same folder
+    replaces its own)."""
+    fs, local = fsspec.core.url_to_fs(str(out_dir))
+    where = str(Path(local).resolve()) if isinstance(fs, fsspec.implementations.local.LocalFileSystem) \
+        else fs.unstrip_protocol(local.rstrip("/"))
+    name = where.rstrip("/").rsplit("/", 1)[-1] or "shards"
+    return f"part-{name}-{hashlib.sha256(where.encode()).hexdigest()[:10]}.parquet"
 
 
 def failed_rejects(out_dir: str | Path):
@@ -1497,6 +1649,8 @@ def _download_beam(plan: DownloadPlan | BucketedPlan, out_dir: str, options: Opt
     if not any(a.startswith("--runner") for a in args):
         args.append("--runner=FnApiRunner")
     splits = options.beam_workers_per_host
+    if shards and not todo:
+        _say_complete(out_dir, shards)
     if todo:
         layout = plan.write(_plan_dir(out_dir))
         work = [(shard.name, layout[shard.name], only) for shard, only in todo]

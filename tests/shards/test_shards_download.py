@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,14 +132,21 @@ def test_user_agent_is_descriptive(full_run, server):
     assert any(ua.startswith("biocorpus/") for ua in server.user_agents)
 
 
-def test_rerun_does_nothing_and_keeps_bytes(full_run, tmp_path):
+def test_rerun_does_nothing_and_keeps_bytes(full_run, tmp_path, capsys):
+    """A rerun with nothing to do says so (stderr, as the other stages do) and writes nothing the
+    shards' readers look at, the layout record included (a read-only finished folder stays usable)."""
     cases, table, stats, out = full_run
     before = _digests(out)
+    layout = (out / "_layout.json").stat().st_mtime_ns
+    capsys.readouterr()
     again = run_download(out.parent / "in", out, Options(shard_size=5, **FAST), progress=False)
     assert again["processed_this_run"] == 0
     assert again["attempted"] == stats["attempted"]
     assert _digests(out) == before
+    assert (out / "_layout.json").stat().st_mtime_ns == layout
     assert not (out / "_partial").exists()
+    assert re.search(r"download: .*/out already complete for this input and options \(\d+ shards?\); nothing to do",
+                     capsys.readouterr().err)
 
 
 def _url_list(path: Path, keys: list[str], server) -> None:
@@ -155,16 +163,16 @@ def test_a_folder_made_from_other_rows_stops_the_download_before_a_fetch(server,
     assert run_download(urls, out, opts, progress=False)["ok"] == 6
     before, hits = _digests(out), sum(server.hits.values())
     _url_list(urls, ["a0", *keys], server)  # a key planned first: every shard moves on by one
-    with pytest.raises(LayoutError, match=r"holds shards 3 made from other rows than this plan gives them "
+    with pytest.raises(LayoutError, match=r"holds 3 shards made from other rows than this plan gives them "
                                           r"\(train-000000, train-000001, train-000002\).*Move this folder aside and download again with "
                                           r"--reuse-from pointing at it"):
         run_download(urls, out, opts, progress=False)
     _url_list(urls, keys, server)
-    with pytest.raises(LayoutError, match=r"holds shards 2 made from other rows .* and 1 that this plan does not "
-                                          r"have \(train-000002\)"):
+    with pytest.raises(LayoutError, match=r"holds 2 shards made from other rows .* and 1 shard that this plan does "
+                                          r"not have \(train-000002\)"):
         run_download(urls, out, Options(shard_size=3, **FAST), progress=False)
     _url_list(urls, keys[:2], server)
-    with pytest.raises(LayoutError, match=r"holds shards 2 that this plan does not have"):
+    with pytest.raises(LayoutError, match=r"holds 2 shards that this plan does not have"):
         run_download(urls, out, opts, progress=False)
     assert sum(server.hits.values()) == hits and _digests(out) == before
     _url_list(urls, keys, server)  # the input of the first run: nothing left to do
@@ -172,19 +180,89 @@ def test_a_folder_made_from_other_rows_stops_the_download_before_a_fetch(server,
 
 
 def test_a_folder_made_before_the_layout_record_is_checked_by_its_sidecars(server, tmp_path):
+    """Without a record the sidecars tell what each shard holds. A run with nothing to do writes
+    no record; one that makes shards does, but cannot know the image options of the shards made
+    before, so it records none (and reuse from the folder is refused) rather than claim its own."""
     keys = [f"k{i}" for i in range(4)]
     urls, out, opts = tmp_path / "urls.parquet", tmp_path / "out", Options(shard_size=2, **FAST)
     _url_list(urls, keys, server)
     run_download(urls, out, opts, progress=False)
     record = json.loads((out / "_layout.json").read_text())
-    assert sorted(record["shards"]) == ["train-000000", "train-000001"]
+    assert sorted(record["shards"]) == ["train-000000", "train-000001"] and record["image"]["size"] == 256
     (out / "_layout.json").unlink()
     assert run_download(urls, out, opts, progress=False)["processed_this_run"] == 0
-    assert json.loads((out / "_layout.json").read_text()) == record  # written again
-    (out / "_layout.json").unlink()
+    assert not (out / "_layout.json").exists()  # nothing to do: nothing written
     _url_list(urls, ["a0", *keys[1:]], server)  # train-000000 planned as a0, k1: it holds k0, k1
-    with pytest.raises(LayoutError, match=r"1 made from other rows .*\(train-000000\)"):
+    with pytest.raises(LayoutError, match=r"holds 1 shard made from other rows than this plan gives it "
+                                          r"\(train-000000\):"):
         run_download(urls, out, opts, progress=False)
+    _url_list(urls, [*keys, "k4"], server)  # a shard more: made now, the record written
+    assert run_download(urls, out, opts, progress=False)["processed_this_run"] == 1
+    record = json.loads((out / "_layout.json").read_text())
+    assert sorted(record["shards"]) == ["train-000000", "train-000001", "train-000002"]
+    assert record["image"] is None
+    with pytest.raises(ValueError, match=r"reuse_from .*/out: its image options are unknown"):
+        run_download(urls, tmp_path / "b", Options(reuse_from=str(out), **FAST), progress=False)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"size": 64}, r"made with size = 256; this run makes size = 64\."),
+    ({"resize_mode": "none"}, r"made with resize_mode = 'longest'; this run makes resize_mode = 'none'\."),
+    ({"quality": 50, "keep_original": False},
+     r"made with keep_original = True, quality = 90; this run makes keep_original = False, quality = 50\."),
+], ids=["size", "resize_mode", "quality+keep_original"])
+def test_a_folder_made_with_other_image_options_stops_the_download_before_a_fetch(server, tmp_path, change, named):
+    """Finished shards are skipped by name, so other image options would leave the old images in
+    them: the run stops naming both, fetches nothing, and leaves the folder and its record as they
+    were (so reuse from it with the new options is still refused)."""
+    keys = [f"k{i}" for i in range(3)]
+    urls, out = tmp_path / "urls.parquet", tmp_path / "out"
+    _url_list(urls, keys, server)
+    run_download(urls, out, Options(shard_size=2, **FAST), progress=False)
+    before, layout, hits = _digests(out), (out / "_layout.json").read_bytes(), sum(server.hits.values())
+    with pytest.raises(LayoutError, match=r"/out holds shards whose images were " + named +
+                       r".*download into another folder \(--output\), or move this one aside .*"
+                       r"--reuse-from cannot take images from it: reuse needs the same image options"):
+        run_download(urls, out, Options(shard_size=2, **change, **FAST), progress=False)
+    assert sum(server.hits.values()) == hits and _digests(out) == before
+    assert (out / "_layout.json").read_bytes() == layout
+    with pytest.raises(ValueError, match="reuse needs the same image options"):
+        run_download(urls, tmp_path / "b", Options(shard_size=2, reuse_from=str(out), **change, **FAST),
+                     progress=False)
+    # other options, the same images: kept
+    assert run_download(urls, out, Options(shard_size=2, host_rate=5, **FAST), progress=False)["processed_this_run"] == 0
+
+
+def test_a_key_given_another_url_counts_as_a_changed_shard(server, tmp_path):
+    """A finished shard whose keys the input now gives other URLs would keep the old URLs' images:
+    refused by the record, by the sidecars of a folder made before the record, and by the sidecars
+    of one whose record has no URLs (version 1); moved aside, it lends the images whose URL is the
+    same and only the changed one is fetched."""
+    keys = [f"k{i}" for i in range(4)]
+    urls, out, opts = tmp_path / "urls.parquet", tmp_path / "out", Options(shard_size=2, **FAST)
+    _url_list(urls, keys, server)
+    run_download(urls, out, opts, progress=False)
+    record = json.loads((out / "_layout.json").read_text())
+    before, hits = _digests(out), sum(server.hits.values())
+    moved = [server.url(f"/img/small.jpg?layout={k}{'&v=2' if k == 'k2' else ''}") for k in keys]
+    pq.write_table(pa.table({"url": moved, "key": keys}), urls)
+    message = (r"holds 1 shard whose keys this plan gives other URLs \(train-000001\): the input gives some of its "
+               r"keys other URLs now .*Move this folder aside and download again with --reuse-from")
+    with pytest.raises(LayoutError, match=message):
+        run_download(urls, out, opts, progress=False)
+    (out / "_layout.json").write_text(json.dumps({"version": 1, "image": record["image"],
+                                                  "shards": record["shards"]}))
+    with pytest.raises(LayoutError, match=message):
+        run_download(urls, out, opts, progress=False)
+    (out / "_layout.json").unlink()
+    with pytest.raises(LayoutError, match=message):
+        run_download(urls, out, opts, progress=False)
+    assert sum(server.hits.values()) == hits and _digests(out) == before
+    (out / "_layout.json").write_text(json.dumps(record))
+    out.rename(tmp_path / "old")
+    again = run_download(urls, out, Options(shard_size=2, reuse_from=str(tmp_path / "old"), **FAST), progress=False)
+    assert again["reused_this_run"] == 3 and again["ok"] == 4 and sum(server.hits.values()) == hits + 1
+    assert {r["key"]: r["url"] for r in _sidecars(out)}["k2"].endswith("&v=2")
 
 
 def test_an_unfinished_shard_is_checked_by_its_spool(tmp_path):
@@ -196,18 +274,26 @@ def test_an_unfinished_shard_is_checked_by_its_spool(tmp_path):
     urls, out = tmp_path / "urls.parquet", tmp_path / "out"
     opts = Options(shard_size=2, **FAST)
 
-    def plan(keys):
-        pq.write_table(pa.table({"url": [f"http://127.0.0.1:9/{k}.jpg" for k in keys], "key": keys}), urls)
+    def plan(keys, moved=()):
+        pq.write_table(pa.table({"url": [f"http://127.0.0.1:9/{k}{'-v2' if k in moved else ''}.jpg" for k in keys],
+                                 "key": keys}), urls)
         return make_plan(str(urls), opts)
 
     spool = ShardSpool(_spool_root(str(out)) / "train-000000")
     spool.add({"key": "k0", "url": "http://127.0.0.1:9/k0.jpg", "status": status.FAILED, "reason": status.HTTP_404})
     assert check_layout(str(out), plan(["k0", "k1"]), _spool_root(str(out)))  # k0 is planned there: kept
-    with pytest.raises(LayoutError, match=r"1 made from other rows .*\(train-000000\)"):  # by the record
+    with pytest.raises(LayoutError, match=r"1 shard made from other rows .*\(train-000000\)"):  # by the record
         check_layout(str(out), plan(["a0", "k0", "k1"]), _spool_root(str(out)))
+    with pytest.raises(LayoutError, match=r"1 shard whose keys this plan gives other URLs \(train-000000\)"):
+        check_layout(str(out), plan(["k0", "k1"], moved={"k1"}), _spool_root(str(out)))
     (out / "_layout.json").unlink()
-    with pytest.raises(LayoutError, match=r"1 made from other rows"):  # by the spool's keys
+    with pytest.raises(LayoutError, match=r"1 shard made from other rows"):  # by the spool's keys
         check_layout(str(out), plan(["a0", "a1", "k0"]), _spool_root(str(out)))
+    with pytest.raises(LayoutError, match=r"other URLs \(train-000000\)"):  # by the spool's URLs
+        check_layout(str(out), plan(["a0", "k0"], moved={"k0"}), _spool_root(str(out)))
+    # k1's URL is not in the spool: nothing fetched from the old one
+    assert check_layout(str(out), plan(["k0", "k1"], moved={"k1"}), _spool_root(str(out)))
+    (out / "_layout.json").unlink()
     # without a record, k0 is among the keys train-000000 gets (a0, k0): kept
     assert check_layout(str(out), plan(["a0", "k0", "k1"]), _spool_root(str(out)))
 
@@ -247,6 +333,11 @@ def test_reuse_needs_an_earlier_folder_of_the_same_image_options(server, tmp_pat
     with pytest.raises(ValueError, match=r"reuse_from .*/a: its images were made with .*'size': 256.*'size': 128"):
         run_download(tmp_path / "in.parquet", tmp_path / "b", Options(size=128, reuse_from=str(tmp_path / "a"), **FAST),
                      progress=False)
+    with pytest.raises(ValueError, match=r"reuse_from .*/gone does not exist; give the shards folder of an earlier "
+                                         r"download"):
+        run_download(tmp_path / "in.parquet", tmp_path / "b", Options(reuse_from=str(tmp_path / "gone"), **FAST),
+                     progress=False)
+    assert not (tmp_path / "b").exists()  # told before planning
     (tmp_path / "a" / "_layout.json").unlink()
     with pytest.raises(ValueError, match=r"no _layout.json there"):
         run_download(tmp_path / "in.parquet", tmp_path / "b", Options(reuse_from=str(tmp_path / "a"), **FAST),
@@ -355,12 +446,21 @@ def test_input_without_urls_is_a_clear_error(tmp_path):
         plan_download(str(tmp_path / "x.parquet"), Options())
 
 
+def test_an_input_without_rows_says_so(tmp_path):
+    """A folder with no Parquet file (curated/ after a curate that kept nothing) has no columns either."""
+    (tmp_path / "curated").mkdir()
+    with pytest.raises(ValueError, match=r"curated holds no rows: nothing to download.*FROM rejects"):
+        plan_download(str(tmp_path / "curated"), Options())
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("urls.csv", b"url,key\nhttp://127.0.0.1:9/a.jpg,1\nhttp://127.0.0.1:9/b.jpg,2,extra\n",
      r"urls.csv: CSV parse error: Expected 2 columns, got 3.*fix that line"),
     ("urls.txt", b"http://127.0.0.1:9/a.jpg\nhttp://127.0.0.1:9/caf\xe9.jpg\n",
      r"urls.txt is not UTF-8 text \(byte 0xe9 at offset 47\); re-encode it"),
     ("urls.parquet", b"url\nhttp://127.0.0.1:9/a.jpg\n", r"urls.parquet: .*give a curated folder, a Parquet dataset"),
+    ("urls.csv", b"", r"urls.csv is empty \(0 bytes\); a CSV or TSV URL list needs a header line naming its columns"),
+    ("urls.tsv", b"", r"urls.tsv is empty \(0 bytes\)"),
 ])
 def test_an_unreadable_url_list_is_a_clear_error_naming_it(tmp_path, name, data, message):
     (tmp_path / name).write_bytes(data)
