@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -68,3 +70,16 @@ def shape_detail(what: str, exc: BaseException | str) -> str:
     """The reject detail of a malformed JSON item: which item, and what was wrong with it."""
     problem = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     return f"{what}: malformed JSON ({problem})"
+
+
+def text_codec(name: str) -> str:
+    """The canonical name of a text codec Python knows (``"latin1"`` → ``"iso8859-1"``); a
+    ``ValueError`` that says what to give for an unknown name or a codec that is not a text
+    encoding (``base64``, ``rot13``)."""
+    try:
+        canonical = codecs.lookup(name).name
+        io.TextIOWrapper(io.BytesIO(), encoding=canonical)  # base64, zlib, rot13: not text encodings
+    except LookupError:
+        raise ValueError(f"{name!r} is not a text encoding Python knows; give a codec name such as "
+                         "'utf-8', 'latin-1' or 'cp1252'") from None
+    return canonical

@@ -43,6 +43,10 @@ class DwcaError(ValueError):
     """The archive cannot be read as a Darwin Core Archive; the message says why."""
 
 
+class NoMetaError(DwcaError):
+    """The zip or folder has no meta.xml: it is not a Darwin Core Archive at all."""
+
+
 @dataclass(frozen=True)
 class Column:
     """One ``<field>`` of meta.xml: a column index (or none, for a constant) and its term."""
@@ -247,7 +251,8 @@ def open_archive(path: str | Path) -> Archive:
     try:
         meta_name = src.find("meta.xml")
         if meta_name is None:
-            raise DwcaError(f"{path}: no meta.xml in the archive (members: {src.names()[:10]})")
+            raise NoMetaError(f"{path}: no meta.xml in the archive, so it is not a Darwin Core Archive "
+                              f"(members: {src.names()[:10]})")
         try:
             with src.open(meta_name) as fh:
                 core, exts = parse_meta(fh.read())

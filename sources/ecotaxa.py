@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas import Reason, make_rejects
 from schemas.record import record_id_column
-from sources.base import IngestBatch, SourceOptions
+from sources.base import IngestBatch, SourceOptions, text_codec
 from sources.localuri import FolderFiles, zip_member_uri, zip_uri_prefix
 
 SOURCE = "ecotaxa"
@@ -168,7 +168,14 @@ class EcoTaxaOptions(SourceOptions):
     instrument: str | None = Field(None, description="instrument when the export has no acq_instrument column")
     dataset: str | None = Field(None, description="source_dataset of every record; default: the export's file name")
     keep_object_features: bool = Field(False, description="also keep the object_ feature columns (area, esd...) in extra")
+    encoding: str = Field("utf-8", description="text encoding of the TSVs (a Python codec name: utf-8, latin-1, "
+                          "cp1252...); EcoTaxa writes UTF-8, older tools and spreadsheets often latin-1")
     batch_size: int = Field(50_000, gt=0, description="records per yielded batch")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        return text_codec(value)
 
 
 def _open_zip(path: str | Path) -> zipfile.ZipFile:
@@ -178,18 +185,38 @@ def _open_zip(path: str | Path) -> zipfile.ZipFile:
         raise ValueError(f"ecotaxa: {path} is not a zip archive or is damaged ({exc}); export it again") from exc
 
 
-def _text(raw) -> io.TextIOWrapper:
-    """A binary stream as UTF-8 text (a BOM dropped); bytes that are not UTF-8 stay as lone
-    surrogates, so the rows that hold them are rejected ``undecodable_text`` instead of being
-    changed silently. Lines end at ``\\n`` only, untranslated, as the csv module wants."""
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="\n")
+def _text(raw, encoding: str = "utf-8") -> io.TextIOWrapper:
+    """A binary stream as text in ``encoding`` (for UTF-8, a BOM dropped); bytes that do not
+    decode stay as lone surrogates, so the rows that hold them are rejected ``undecodable_text``
+    instead of being changed silently. Lines end at ``\\n`` only, untranslated, as the csv module wants."""
+    encoding = "utf-8-sig" if encoding == "utf-8" else encoding
+    return io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="\n")
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def undecodable_detail(name: str, line: int, field: str, encoding: str) -> str:
+    """The reject detail of line ``line`` of TSV ``name`` holding bytes that do not decode in
+    ``encoding``: the bytes (up to 60), and the two ways to read such a file (the option, or
+    re-encoding it as UTF-8)."""
+    try:
+        raw = field.encode(encoding, "surrogateescape")[:60]
+    except UnicodeError:  # a codec that cannot give the bytes back: they are shown as UTF-8 would hold them
+        raw = field.encode("utf-8", "surrogateescape")[:60]
+    if encoding == "utf-8":
+        fix = 'if the file is in another encoding, set [sources.ecotaxa] encoding = "latin-1" (or its codec)'
+    else:
+        fix = f"[sources.ecotaxa] encoding is {encoding!r}: if the file is in another one, set that instead"
+    stem = name.rsplit(".", 1)[0]
+    return (f"{name} line {line}: bytes that are not {'UTF-8' if encoding == 'utf-8' else encoding} in {raw!r}; "
+            f"{fix}, or re-encode it as UTF-8 (iconv -f latin1 -t utf-8 {name} > {stem}-utf8.tsv)")
+
+
 _TYPED_KEPT = 4096  # results kept per cache (one column's values, whole rows' extras): bounds their memory
 
 
-def _task_stream(task: str) -> tuple[io.TextIOWrapper, str, zipfile.ZipFile | None, str]:
+def _task_stream(task: str, encoding: str = "utf-8") -> tuple[io.TextIOWrapper, str, zipfile.ZipFile | None, str]:
     """``(tsv text stream, dataset name, open zip or None, tsv member dir)`` for a task."""
     if "!/" in task:
         archive, _, member = task.partition("!/")
@@ -199,8 +226,8 @@ def _task_stream(task: str) -> tuple[io.TextIOWrapper, str, zipfile.ZipFile | No
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as exc:
             zf.close()
             raise _damaged(task, exc) from exc
-        return _text(raw), Path(archive).stem, zf, posixpath.dirname(member)
-    return _text(open(task, "rb")), Path(task).stem, None, ""
+        return _text(raw, encoding), Path(archive).stem, zf, posixpath.dirname(member)
+    return _text(open(task, "rb"), encoding), Path(task).stem, None, ""
 
 
 def _damaged(task: str, exc: BaseException) -> ValueError:
@@ -235,7 +262,7 @@ class EcoTaxaConnector:
 
     def read(self, task: str, options: EcoTaxaOptions) -> Iterator[IngestBatch]:
         """Records of one TSV; bad rows and non-validated rows become rejects."""
-        stream, stem, zf, member_dir = _task_stream(task)
+        stream, stem, zf, member_dir = _task_stream(task, options.encoding)
         try:
             yield from _read_tsv(task, stream, stem, zf, member_dir, options)
         except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # found while the member is read
@@ -324,10 +351,8 @@ def _read_tsv(task: str, stream, stem: str, zf: zipfile.ZipFile | None, member_d
         bad = None if joined.isascii() or not _UNDECODED.search(joined) else \
             next((m for m in map(_UNDECODED.search, raw) if m), None)
         if bad is not None:
-            field = bad.string
             reject(f"{task}#{line}", Reason.UNDECODABLE_TEXT,
-                   f"{where}: bytes that are not UTF-8 in "
-                   f"{field.encode('utf-8', 'surrogateescape')[:60]!r}")
+                   undecodable_detail(name, line, bad.string, options.encoding))
             continue
         if len(raw) != len(table.header):
             reject(f"{task}#{line}", Reason.MALFORMED_ROW, f"{where}: {len(raw)} fields, header has {len(table.header)}")

@@ -31,7 +31,7 @@ from schemas.rejects import REJECT_SCHEMA
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.http import ApiConnector, ApiOptions
-from sources.licenses import normalise_license, normalise_license_column
+from sources.licenses import normalise_license, normalise_license_column, unknown_license_detail
 from sources.photokey import photo_key_of, photo_keys
 
 SOURCE = "eol"
@@ -40,6 +40,7 @@ STAGE = "ingest"
 SIZE_SUFFIX = {"original": "_orig.jpg", "large": "_580_360.jpg", "medium": "_260_190.jpg", "small": "_98_68.jpg"}
 RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus")
 STILL_IMAGE = ("http://purl.org/dc/dcmitype/StillImage", "StillImage", "image")
+ENGLISH = ("eng", "en")  # a page export's vernaculars name their language by ISO 639-2 code (639-1 also seen)
 # documented column names of EOL's media manifest, and the snake_case spellings also seen
 MANIFEST_COLUMNS = {
     "content_id": ("EOL content ID", "eol_content_id", "content_id", "medium_id"),
@@ -151,6 +152,18 @@ def _native_lineage(node: dict | None) -> tuple[dict[str, Any], str | None]:
     return taxon | {"_hierarchy": resource}, "|".join(n for n in names if n)
 
 
+def page_vernacular(vernaculars: Any) -> str | None:
+    """A page export's own English common name (``raccoon``): its preferred English vernacular,
+    else its first English one; ``None`` when it has none. Vernaculars of another shape are
+    passed over: a common name is no reason to lose the page."""
+    if not isinstance(vernaculars, list):
+        return None
+    english = [v for v in vernaculars if isinstance(v, dict) and isinstance(v.get("string"), str)
+               and str(v.get("language") or "").strip().lower() in ENGLISH]
+    preferred_first = [v for v in english if v.get("preferred") is True] + english
+    return next((name for name in (clean_name(v["string"]) for v in preferred_first) if name), None)
+
+
 def _api_lineage(concept: dict) -> tuple[dict[str, Any], str | None]:
     """Taxon fields from a pages API taxonConcept: the name, the commonest rank, a path-like lineage."""
     entries = concept.get("taxonConcepts") or []
@@ -178,6 +191,10 @@ def read_json(doc: dict, options: Options, page_hint: str | None = None) -> Inge
         else:
             page_id = str(doc.get("id") or page_hint)
             taxon, lineage = _native_lineage(doc.get("native_node"))
+            common = page_vernacular(doc.get("vernaculars"))
+            if common is not None:
+                # the page's taxon is the one named: its rank is the vernacular's
+                taxon |= {"vernacular_name": common, "vernacular_rank": taxon.get("verbatim_rank")}
             items, medium = _list(doc.get("media")), partial(_export_medium, options=options)
     except SHAPE_ERRORS as exc:
         # the page's own fields (its taxon and hierarchy) hold every medium's lineage: no medium can be read
@@ -271,7 +288,7 @@ def _medium_row(m: dict, page_id: str | None, taxon: dict, lineage: str | None, 
     if not m["url"]:
         return {"id": rid, "reason": Reason.NO_IMAGE, "detail": "medium has no base_url / full-size copy URL"}
     if code == "unknown" and not options.keep_unknown_license:
-        return {"id": rid, "reason": Reason.UNKNOWN_LICENSE, "detail": f"licence {lic_raw!r} not recognised"}
+        return {"id": rid, "reason": Reason.UNKNOWN_LICENSE, "detail": unknown_license_detail(lic_raw)}
     return {
         "record_id": rid, "source": SOURCE, "source_dataset": m.get("dataset"),
         "occurrence_id": None, "media_id": str(m["media_id"]),
@@ -280,7 +297,9 @@ def _medium_row(m: dict, page_id: str | None, taxon: dict, lineage: str | None, 
         "rights_holder": m.get("owner"), "creator": m.get("creator") or m.get("owner"),
         "references": m.get("source_url"), **taxon, "verbatim_lineage": lineage,
         "source_taxon_id": page_id,
-        "extra": extra_json({**m.get("extra", {}), "eol_page_id": page_id, "hierarchy": hierarchy}),
+        # the page's vernacular also in extra: resolve replaces vernacular_name with the backbone's
+        "extra": extra_json({**m.get("extra", {}), "eol_page_id": page_id, "hierarchy": hierarchy,
+                             "vernacular_name": taxon.get("vernacular_name")}),
     }
 
 
@@ -644,7 +663,7 @@ def _reject_table(rows: np.ndarray, reason: np.ndarray, rids: pa.Array, lic_raw:
     idx = pa.array(rows)
     r = reason[rows]
     names = pa.array(["", str(Reason.NO_IMAGE), str(Reason.UNKNOWN_LICENSE)], pa.string())
-    licence = per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(lic_raw, idx))
+    licence = per_distinct(unknown_license_detail, pc.take(lic_raw, idx))
     detail = pc.if_else(pa.array(r == 1), "medium has no base_url / full-size copy URL", licence)
     return pa.Table.from_arrays([pc.take(rids, idx), pa.repeat(STAGE, len(rows)),
                                  pc.take(names, pa.array(r)), detail], schema=REJECT_SCHEMA)

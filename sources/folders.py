@@ -133,9 +133,11 @@ class FoldersConnector:
                 continue
             rid = make_record_id(SOURCE, media_id)
             if not label:
+                # an image without a label, as an IFCB ROI without one is: not_validated, not malformed
                 rej_ids.append(rid)
-                rej_reasons.append(str(Reason.MALFORMED_ROW))
-                rej_details.append(f"{relpath}: image is not inside a class folder (no label)")
+                rej_reasons.append(str(Reason.NOT_VALIDATED))
+                rej_details.append(f"{relpath}: image is not inside a class folder (no label); "
+                                   "move it into the folder of its class")
                 continue
             width = height = None
             mime = _MIME.get("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else path.suffix.lstrip(".").upper())

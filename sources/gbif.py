@@ -34,9 +34,9 @@ from schemas.record import extra_json, record_id_column, value_bytes
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
-from sources.dwca import DwcaError, Prefetch, open_archive, read_ahead, read_file
+from sources.dwca import DwcaError, NoMetaError, Prefetch, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
-from sources.licenses import normalise_license_column
+from sources.licenses import normalise_license_column, unknown_license_detail
 from sources.photokey import photo_keys
 
 log = logging.getLogger(__name__)
@@ -177,17 +177,24 @@ def _read_archive(path: Path, options: Options) -> Iterator[IngestBatch]:
     """
     try:
         archive = open_archive(path)
+    except NoMetaError as exc:
+        # GBIF's SIMPLE_CSV and SPECIES_LIST downloads are zips of one CSV, without meta.xml
+        raise DwcaError(f"gbif: {exc}; request the download in DWCA format (a "
+                        "SIMPLE_CSV or SPECIES_LIST download has no meta.xml)") from exc
     except DwcaError as exc:
         raise DwcaError(f"gbif: {exc}") from exc
     media_spec = archive.extension("Multimedia")
+    malformed: dict[str, str] = {}  # filled as the core is read, before any media row is called an orphan
     # the core is read from now on, one batch ahead, so its start overlaps reading the media
-    with closing(Prefetch(_prefixed(archive, archive.core, OCCURRENCE_COLUMNS, "o_", options), 1,
+    with closing(Prefetch(_prefixed(archive, archive.core, OCCURRENCE_COLUMNS, "o_", options, malformed), 1,
                           "gbif-core")) as ahead:
-        yield from _join_archive(archive, media_spec, ahead, options)
+        yield from _join_archive(archive, media_spec, ahead, options, malformed)
 
 
-def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Iterator[IngestBatch]:
-    """:func:`_read_archive` once the core is being read (``ahead``: its tables and rejects)."""
+def _join_archive(archive, media_spec, ahead: Iterator, options: Options,
+                  malformed: dict[str, str] | None = None) -> Iterator[IngestBatch]:
+    """:func:`_read_archive` once the core is being read (``ahead``: its tables and rejects;
+    ``malformed``: the ids of its rows that could not be read, complete once ``ahead`` is)."""
     if media_spec is None:
         for item in ahead:
             yield item if isinstance(item, IngestBatch) else adapt(item, options)
@@ -217,7 +224,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             media = _MediaIndex(_concat(tables, MEDIA_COLUMNS, "m_"))
             tables = []
             yield from map_ahead(functools.partial(media.records, options=options), ahead, ADAPT_THREADS)
-            yield from media.orphans()
+            yield from media.orphans(malformed)
             return
         # a hybrid hash join: the media partitions that fit the budget are held, and their core
         # rows are joined while the core is read (the adapter then overlaps the parse, as in
@@ -237,7 +244,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
                     yield kept
 
         yield from map_ahead(functools.partial(held_media.records, options=options), unspilled(), ADAPT_THREADS)
-        yield from held_media.orphans()
+        yield from held_media.orphans(malformed)
         held_media = None  # released before the spilled partitions are read in turn
         spill.close()
         for part in range(spill.parts):
@@ -246,7 +253,7 @@ def _join_archive(archive, media_spec, ahead: Iterator, options: Options) -> Ite
             media = _MediaIndex(spill.media([part]))
             yield from map_ahead(functools.partial(media.records, options=options),
                                  spill.batches("o", part, options.batch_rows), ADAPT_THREADS)
-            yield from media.orphans()
+            yield from media.orphans(malformed)
             media = None  # released before the next partition is read, not while it is
 
 
@@ -329,10 +336,15 @@ def from_join(t: pa.Table | _Rows, options: Options) -> IngestBatch:
     return adapt(t, options) if t.num_rows else IngestBatch(records=pa.table({}), rejects=empty_rejects())
 
 
-def _prefixed(archive, spec, columns, prefix: str, options: Options) -> Iterator[pa.Table | IngestBatch]:
+MALFORMED_KEPT = 100_000  # core rows that could not be read, kept by id to name their media's parent
+
+
+def _prefixed(archive, spec, columns, prefix: str, options: Options,
+              malformed: dict[str, str] | None = None) -> Iterator[pa.Table | IngestBatch]:
     """One archive file as tables of prefixed string columns plus a row number; bad rows as rejects.
 
     Each column comes as one chunk: joined here, in the reader's thread, rather than by the adapter.
+    The id and detail of each bad row that has an id go to ``malformed`` (up to ``MALFORMED_KEPT``).
     """
     row = 0
     for batch in read_file(archive, spec, columns, batch_rows=options.batch_rows):
@@ -341,6 +353,10 @@ def _prefixed(archive, spec, columns, prefix: str, options: Options) -> Iterator
         t = t.append_column(prefix + "row", pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
         row += t.num_rows
         if batch.bad:
+            if malformed is not None:
+                for b in batch.bad:
+                    if b.row_id and len(malformed) < MALFORMED_KEPT:
+                        malformed.setdefault(b.row_id, b.detail)
             ids = [make_record_id(SOURCE, f"{spec.location}:{b.row_id or 'unknown'}:{i}")
                    for i, b in enumerate(batch.bad, start=row)]
             yield IngestBatch(records=pa.table({}), rejects=make_rejects(
@@ -492,17 +508,21 @@ class _MediaIndex:
         """Records and rejects of an occurrence table joined here; a batch of rejects passes as it is."""
         return item if isinstance(item, IngestBatch) else from_join(self.join_rows(item), options)
 
-    def orphans(self) -> Iterator[IngestBatch]:
-        """Rejects for the media rows no occurrence claimed."""
+    def orphans(self, malformed: dict[str, str] | None = None) -> Iterator[IngestBatch]:
+        """Rejects for the media rows no occurrence claimed; ``malformed`` (core id: why its row
+        could not be read) tells a parent row that was there, but malformed, from one that is not."""
         idx = np.flatnonzero(~self.seen)
         if not len(idx):
             return
         orphans = self.media.take(pa.array(idx))
         gids = orphans.column("m__id").to_pylist()
         ids = [make_record_id(SOURCE, f"{g}/{u}") for g, u in zip(gids, orphans.column("m_identifier").to_pylist(), strict=True)]
+        malformed = malformed or {}
         yield IngestBatch(records=pa.table({}), rejects=make_rejects(
-            ids, STAGE, Reason.ORPHAN_MEDIA, [f"multimedia row for gbifID {g} which is not in the core" if (g or "").strip()
-                                              else "multimedia row without a core id (gbifID)" for g in gids]))
+            ids, STAGE, Reason.ORPHAN_MEDIA,
+            [f"multimedia row for gbifID {g}, whose core row is malformed ({malformed[g]})" if g in malformed
+             else f"multimedia row for gbifID {g} which is not in the core" if (g or "").strip()
+             else "multimedia row without a core id (gbifID)" for g in gids]))
 
 
 def _drop_false_matches(occ_take, media_take, has, same):
@@ -862,8 +882,7 @@ def _adapt_rows(t: _Rows, options: Options) -> tuple[IngestBatch, np.ndarray]:
     ]
     if not options.keep_unknown_license:
         tests.append((pc.equal(license_code, "unknown"), Reason.UNKNOWN_LICENSE,
-                      lambda rows: per_distinct(lambda v: f"licence {v!r} not recognised" if v else "no licence given",
-                                                license_raw.take(rows))))
+                      lambda rows: per_distinct(unknown_license_detail, license_raw.take(rows))))
     # the first test that applies wins: applied last to first, each overwriting, then one take
     which = np.full(n, -1, np.int64)  # row -> its detail among the explained rows
     test_of = np.full(n, -1, np.int64)  # row -> the test that rejects it

@@ -1,7 +1,9 @@
 """A small polite HTTP client shared by the API connectors: rate limit, retries, resumable fetch.
 
 Transient failures (HTTP 429 and 5xx, timeouts, dropped connections) are retried here with
-exponential backoff and full jitter, honouring ``Retry-After``; anything else is raised at once.
+exponential backoff and full jitter, honouring ``Retry-After``; a host name that does not resolve
+is retried once only (a resolver's hiccup passes in a second; a name that does not exist, or no
+network at all, does not pass in a minute of backoff); anything else is raised at once.
 The clock, the sleep and the random source are injectable so tests run without waiting.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +21,18 @@ from typing import Any, TypeVar
 import requests
 from pydantic import Field
 
+try:
+    from urllib3.exceptions import NameResolutionError
+except ImportError:  # pragma: no cover - urllib3 < 2 has none: the socket.gaierror in the chain tells it
+    NameResolutionError = socket.gaierror
+
 from sources.base import SourceOptions
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "biocorpus/0.1 (biodiversity image corpus builder; +https://github.com/biocorpus/biocorpus)"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+NAME_RESOLUTION_RETRIES = 1  # retries of a host name that does not resolve (see the module's docstring)
 T = TypeVar("T")
 
 
@@ -95,6 +104,26 @@ class TokenBucket:
         return wait
 
 
+def unresolved_host(exc: BaseException) -> str | None:
+    """When ``exc`` (a ``requests.ConnectionError``) is a name-resolution failure (urllib3's
+    ``NameResolutionError`` or a ``socket.gaierror`` anywhere in its chain of causes and wrapped
+    reasons), the host that did not resolve (``""`` when the error does not say); else ``None``."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, NameResolutionError):
+            return str(getattr(getattr(e, "conn", None), "host", None) or "")
+        if isinstance(e, socket.gaierror):
+            return ""
+        # requests wraps urllib3's MaxRetryError (in args), which holds the error as its reason
+        todo.extend([*e.args, getattr(e, "reason", None), e.__cause__, e.__context__])
+    return None
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), if any."""
     if not value:
@@ -160,10 +189,15 @@ class HttpClient:
         while True:
             self.bucket.acquire()
             retry_after: float | None = None
+            retries = self.max_retries
             try:
                 result = fn()
             except (requests.Timeout, requests.ConnectionError) as exc:
                 reason = f"{type(exc).__name__}"
+                host = unresolved_host(exc) if isinstance(exc, requests.ConnectionError) else None
+                if host is not None:
+                    retries = min(retries, NAME_RESOLUTION_RETRIES)
+                    reason += f": the host name {host or '(unnamed)'} does not resolve"
             except requests.HTTPError as exc:
                 resp = exc.response
                 status = resp.status_code if resp is not None else None
@@ -181,7 +215,7 @@ class HttpClient:
                 reason = f"HTTP {result.status_code}"
                 retry_after = parse_retry_after(result.headers.get("Retry-After"))
                 result.close()
-            if attempt >= self.max_retries:
+            if attempt >= retries:
                 raise HttpError(f"{what}: gave up after {attempt + 1} attempts ({reason})")
             delay = self.backoff(attempt, retry_after)
             log.info("%s: %s, retry %d in %.1fs", what, reason, attempt + 1, delay)

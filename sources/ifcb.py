@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas import Reason, empty_rejects, make_record_id, make_rejects
 from schemas.record import extra_json, make_record_ids
-from sources.base import IngestBatch, SourceOptions
+from sources.base import IngestBatch, SourceOptions, text_codec
 from sources.localuri import gray_png, ifcb_uri
 
 SOURCE = "ifcb"
@@ -371,8 +371,24 @@ def parse_class_csv(text: str) -> dict[str, Label]:
 
 
 @functools.lru_cache(maxsize=64)
-def _load_class_csv(path: str, mtime_ns: int) -> dict[str, Label]:
-    return parse_class_csv(Path(path).read_text(encoding="utf-8-sig"))
+def _load_class_csv(path: str, mtime_ns: int, encoding: str = "utf-8") -> dict[str, Label]:
+    """The labels of one class CSV. A file that does not decode stops the bin with an error
+    naming it: the labels are names, and a guessed encoding would change them silently."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        name = Path(path).name
+        raise ValueError(
+            f"ifcb: labels file {path} is not {'UTF-8' if encoding == 'utf-8' else encoding} text (line {line}: "
+            f"{data[max(0, exc.start - 20):exc.end + 20]!r}); re-encode it as UTF-8 (iconv -f latin1 -t utf-8 "
+            f"{name} > {name}.utf8, then move that over it), or set [sources.ifcb] labels_encoding to its "
+            'encoding (e.g. labels_encoding = "latin-1")') from None
+    try:
+        return parse_class_csv(text)
+    except ValueError as exc:
+        raise ValueError(f"ifcb: labels file {path}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=16)
@@ -383,8 +399,9 @@ def _csv_index(folder: str, mtime_ns: int) -> dict[str, list[str]]:
     return index
 
 
-def labels_for_bin(lid: str, bin_dir: Path, labels: str | None) -> dict[str, Label]:
-    """Labels of one bin: ``<lid>_classes.csv`` beside it, or from the configured file or folder."""
+def labels_for_bin(lid: str, bin_dir: Path, labels: str | None, encoding: str = "utf-8") -> dict[str, Label]:
+    """Labels of one bin: ``<lid>_classes.csv`` beside it, or from the configured file or folder
+    (CSVs in ``encoding``)."""
     candidates: list[Path] = []
     if labels:
         p = Path(labels)
@@ -400,7 +417,7 @@ def labels_for_bin(lid: str, bin_dir: Path, labels: str | None) -> dict[str, Lab
         candidates = [beside] if beside.is_file() else []
     out: dict[str, Label] = {}
     for c in candidates:
-        loaded = _load_class_csv(str(c.resolve()), c.stat().st_mtime_ns)
+        loaded = _load_class_csv(str(c.resolve()), c.stat().st_mtime_ns, encoding)
         out.update({k: v for k, v in loaded.items() if k.startswith(lid + "_")})
     return out
 
@@ -411,6 +428,8 @@ class IfcbOptions(SourceOptions):
     license: str = Field("unknown", description="licence code for every record (e.g. the one in PROVENANCE)")
     dataset: str | None = Field(None, description="source_dataset of every record (e.g. the dashboard dataset name)")
     labels: str | None = Field(None, description="class CSV file or folder of them; default: <bin>_classes.csv beside each bin")
+    labels_encoding: str = Field("utf-8", description="text encoding of the class CSVs (a Python codec name: utf-8, "
+                                 "latin-1, cp1252...)")
     accept_statuses: tuple[str, ...] = Field(("validated",), description="label statuses kept; others are rejected not_validated")
     keep_unlabelled: bool = Field(True, description="keep ROIs without any label (verbatim_name null)")
     latitude: float | None = Field(None, description="latitude for every record (fixed station); raw bins carry none")
@@ -418,6 +437,11 @@ class IfcbOptions(SourceOptions):
     depth_m: float | None = Field(None, description="sampling depth in metres for every record")
     hdr_keys: tuple[str, ...] | None = Field(None, description="header keys kept in extra.hdr; None keeps them all")
     batch_size: int = Field(50_000, gt=0, description="records per yielded batch")
+
+    @field_validator("labels_encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        return text_codec(value)
 
 
 def _empty_batch(skipped: dict[str, int]) -> IngestBatch:
@@ -455,7 +479,7 @@ def read_bin(task: str, options: IfcbOptions) -> Iterator[IngestBatch]:
     rows = parse_adc(files[".adc"].read_bytes(), name.layout if name else None)
     roi_path = files.get(".roi")
     roi_size = roi_path.stat().st_size if roi_path else 0
-    labels = labels_for_bin(lid, bin_path.parent, options.labels)
+    labels = labels_for_bin(lid, bin_path.parent, options.labels, options.labels_encoding)
 
     skipped: Counter[str] = Counter()
     reject_ids: list[str] = []

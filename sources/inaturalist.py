@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +26,14 @@ from schemas.record import extra_json, from_columns, from_rows, record_id_column
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import distinct, per_distinct
+from sources.dates import iso_date
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
-from sources.licenses import ALL_RIGHTS_RESERVED, normalise_license, normalise_license_column
+from sources.licenses import (
+    ALL_RIGHTS_RESERVED,
+    normalise_license,
+    normalise_license_column,
+    unknown_license_detail,
+)
 from sources.photokey import photo_key, photo_keys
 
 SOURCE = "inaturalist"
@@ -104,6 +111,11 @@ def locate_dump(where: str, options: Options, client: HttpClient) -> dict[str, P
             files[name] = client.fetch(prefix + f"{name}.csv.gz", cache / f"{name}.csv.gz")
         return files
     root = Path(where)
+    if root.is_file() and (root.name.lower().endswith((".tar", ".tar.gz", ".tgz")) or tarfile.is_tarfile(root)):
+        # the dump's files are read by DuckDB, which cannot read inside a tar archive
+        raise ValueError(f"inaturalist: {root} is a tar archive; extract it first (tar -xzf {root.name}) and "
+                         "give the folder it makes, the one holding photos.csv, observations.csv, taxa.csv "
+                         "and observers.csv")
     if not root.is_dir():
         raise FileNotFoundError(f"inaturalist: {root} is not a folder with the open-data files")
     for name in DUMP_FILES:
@@ -140,9 +152,11 @@ SELECT p.photo_id, p.photo_uuid, p.extension, p.license, p.width, p.height, p.po
        o.latitude, o.longitude, o.positional_accuracy, o.taxon_id, o.quality_grade, o.observed_on,
        coalesce(o.observer_id, p.observer_id) AS observer_id, u.login,
        CASE WHEN u.name IN ('', 'None') THEN NULL ELSE u.name END AS observer_name,
-       t.name AS taxon_name, t.rank AS taxon_rank, t.ancestry, l.* EXCLUDE (taxon_id)
+       t.name AS taxon_name, t.rank AS taxon_rank, t.ancestry, l.* EXCLUDE (taxon_id),
+       b.problem AS observation_problem
 FROM photos p
 LEFT JOIN observations o ON o.observation_uuid = p.observation_uuid
+LEFT JOIN bad_observations b ON b.observation_uuid = p.observation_uuid
 LEFT JOIN observers u ON u.observer_id = coalesce(o.observer_id, p.observer_id)
 LEFT JOIN taxa t ON t.taxon_id = o.taxon_id
 LEFT JOIN lineage l ON l.taxon_id = o.taxon_id
@@ -168,6 +182,7 @@ def read_joined(files: dict[str, Path], options: Options) -> Iterator[IngestBatc
             con.execute("SET preserve_insertion_order=true")
             for name in DUMP_FILES:
                 _load(con, files[name], name)
+            _malformed_observations(con)
             yield from _file_rejects(con)
             rank_cols = ",\n           ".join(
                 f"max(a.name) FILTER (WHERE a.rank = '{r}') AS rank_{r}" for r in RANK_COLUMNS)
@@ -194,6 +209,17 @@ def _load(con, path: Path, name: str) -> None:
     if missing:
         raise ValueError(f"inaturalist: {path} lacks the column(s) {', '.join(missing)} "
                          f"(its header gives {', '.join(found[:12])}); {hint}")
+
+
+def _malformed_observations(con) -> None:
+    """``bad_observations``: the uuid of each observations row DuckDB could not read, with where
+    and why, so that its photos' ``orphan_media`` rejects say the row was there but malformed
+    (one row per uuid: the join must not repeat photos)."""
+    columns = [r[0] for r in con.execute("DESCRIBE observations").fetchall()]
+    uuid = f"split_part(csv_line, '\t', {columns.index('observation_uuid') + 1})"
+    con.execute(f"CREATE TABLE bad_observations AS SELECT {uuid} AS observation_uuid, "
+                f"arg_min('line ' || line || ': ' || error_message, line) AS problem FROM rej_observations "
+                f"WHERE csv_line IS NOT NULL AND {uuid} <> '' GROUP BY 1")
 
 
 def _file_rejects(con) -> Iterator[IngestBatch]:
@@ -302,6 +328,9 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
     with np.errstate(invalid="ignore"):
         unc_ok &= unc >= 0
     m = len(keep)
+    # a date that is none (2011-13-45, 06/02/2011) is no event_date: its text stays in extra
+    k["event_date"] = per_distinct(iso_date, k["observed_on"])
+    k["bad_observed_on"] = pc.if_else(pc.is_null(k["event_date"]), k["observed_on"], pa.scalar(None, pa.string()))
     values = {
         "record_id": pc.take(rids, idx), "source": pa.repeat(SOURCE, m),
         "source_dataset": pa.repeat("inaturalist-open-data", m),
@@ -316,7 +345,7 @@ def adapt_dump(t: pa.Table, options: Options) -> IngestBatch:
         "decimal_latitude": _float_array(lat[keep], lat_ok[keep]),
         "decimal_longitude": _float_array(lon[keep], lon_ok[keep]),
         "coordinate_uncertainty_m": _float_array(unc, unc_ok),
-        "event_date": k["observed_on"], "quality_grade": k["quality_grade"],
+        "event_date": k["event_date"], "quality_grade": k["quality_grade"],
         "width": w, "height": h,
         "extra": _dump_extras(k),
     }
@@ -360,15 +389,19 @@ def _dump_rejects(reason: np.ndarray, rids: pa.Array, col: dict[str, pa.Array], 
         at = np.flatnonzero(of == code)
         rows = pa.array(rejected[at])
         if code == 1:
-            detail = pc.binary_join_element_wise(
-                "observation ", pc.fill_null(pc.take(col["observation_uuid"], rows), "None"), " not in the dump", "")
+            uuid = pc.fill_null(pc.take(col["observation_uuid"], rows), "None")
+            detail = pc.binary_join_element_wise("observation ", uuid, " not in the dump", "")
+            if "observation_problem" in col:  # its row was there, but DuckDB could not read it
+                problem = pc.take(col["observation_problem"], rows)
+                detail = pc.if_else(pc.is_valid(problem), pc.binary_join_element_wise(
+                    "observation ", uuid, ": its row in observations is malformed (", problem, ")", ""), detail)
         elif code == 2:
             detail = per_distinct(lambda a, b: f"latitude={a!r} longitude={b!r}",
                                    pc.take(col["latitude"], rows), pc.take(col["longitude"], rows))
         elif code == 3:
             detail = per_distinct(lambda g: f"quality_grade {g!r}", pc.take(col["quality_grade"], rows))
         elif code == 4:
-            detail = per_distinct(lambda v: f"licence {v!r} not recognised", pc.take(col["license"], rows))
+            detail = per_distinct(unknown_license_detail, pc.take(col["license"], rows))
         else:
             detail = pc.binary_join_element_wise(
                 "photo ", pc.fill_null(pc.take(col["photo_uuid"], rows), "None"), " has no photo_id", "")
@@ -507,7 +540,7 @@ def _json_text(a: pa.Array) -> pa.Array:
 def _dump_extras(k: dict[str, pa.Array]) -> pa.Array:
     """:func:`schemas.record.extra_json` of every row's leftovers (keys sorted; empty values left out)."""
     pieces = [pa.scalar("{")]
-    for key, name in (("ancestry", "ancestry"), ("observer_id", "observer_id"),
+    for key, name in (("ancestry", "ancestry"), ("observed_on", "bad_observed_on"), ("observer_id", "observer_id"),
                       ("observer_login", "login"), ("photo_uuid", "photo_uuid")):
         v = k[name]
         v = pc.if_else(pc.equal(v, ""), pa.scalar(None, pa.string()), v)
@@ -631,6 +664,11 @@ def _api_observation(obs: dict, options: Options) -> tuple[list[dict], tuple[lis
     lineage, ranks = _api_lineage(obs)
     user = obs.get("user") or {}
     holder = user.get("name") or user.get("login")
+    # a date that is none (2011-13-45, 06/02/2011) is no event_date: its text stays in extra
+    given = {k: obs.get(k) for k in ("time_observed_at", "observed_on") if obs.get(k) not in (None, "")}
+    dates = {k: iso_date(v) for k, v in given.items()}
+    when = dates.get("time_observed_at") or dates.get("observed_on")
+    bad_dates = {k: v for k, v in given.items() if dates[k] is None}
     if not photos:
         rej_ids.append(make_record_id(SOURCE, f"observation/{obs.get('id')}"))
         rej_reasons.append(Reason.NO_IMAGE)
@@ -653,7 +691,7 @@ def _api_observation(obs: dict, options: Options) -> tuple[list[dict], tuple[lis
         elif options.research_only and grade != "research":
             reason, detail = Reason.NOT_RESEARCH_GRADE, f"quality_grade {grade!r}"
         elif code == "unknown" and not options.keep_unknown_license:
-            reason, detail = Reason.UNKNOWN_LICENSE, f"licence {raw!r} not recognised"
+            reason, detail = Reason.UNKNOWN_LICENSE, unknown_license_detail(raw)
         if reason:
             rej_ids.append(rid)
             rej_reasons.append(reason)
@@ -673,12 +711,12 @@ def _api_observation(obs: dict, options: Options) -> tuple[list[dict], tuple[lis
             "verbatim_lineage": lineage, "source_taxon_id": str(taxon["id"]) if taxon.get("id") else None,
             "decimal_latitude": lat, "decimal_longitude": lon,
             "coordinate_uncertainty_m": float(unc) if unc is not None else None,
-            "event_date": obs.get("time_observed_at") or obs.get("observed_on"),
+            "event_date": when,
             "quality_grade": grade, "width": w, "height": h,
             "extra": extra_json({"attribution": photo.get("attribution"), "position": pos,
                                  "observation_uuid": obs.get("uuid"), "captive": obs.get("captive"),
                                  "obscured": obs.get("obscured"), "ancestor_ids": taxon.get("ancestor_ids"),
-                                 "vernacular_name": taxon.get("preferred_common_name")}),
+                                 "vernacular_name": taxon.get("preferred_common_name"), **bad_dates}),
         })
     return rows, (rej_ids, rej_reasons, rej_details)
 

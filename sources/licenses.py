@@ -130,6 +130,13 @@ def normalise_license(raw: str | None) -> str:
     return _cc_code(elements, _version(flat)) or UNKNOWN
 
 
+def unknown_license_detail(raw: object) -> str:
+    """The reject detail of an ``unknown_license`` record: the licence text it gave, or that it gave none."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return "no licence given"
+    return f"licence {raw!r} not recognised"
+
+
 def normalise_license_column(raw: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Vectorised :func:`normalise_license`: normalises each distinct value once."""
     raw = raw.combine_chunks() if isinstance(raw, pa.ChunkedArray) else raw

@@ -204,6 +204,67 @@ def test_rows_with_bytes_that_are_not_utf8_are_rejected_the_others_unchanged(tmp
     assert not any("\ufffd" in (v or "") for v in records.column("verbatim_name").to_pylist())
 
 
+def _annotator(tsv: Path, dest: Path, name: str, encoding: str) -> Path:
+    """A copy of a real TSV with every row's ``object_annotation_person_name`` set to ``name``,
+    written in ``encoding`` (as older tools and spreadsheets save exports)."""
+    rewrite(tsv, dest, lambda header, i, row: [name if h == "object_annotation_person_name" else c
+                                               for h, c in zip(header, row, strict=True)])
+    dest.write_bytes(dest.read_text(encoding="utf-8").encode(encoding))
+    return dest
+
+
+def _in_zip(tsv: Path) -> str:
+    """``tsv`` as the one member of an export zip: the task that reads it."""
+    archive = tsv.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(tsv, f"export/{tsv.name}")
+    return f"{archive}!/export/{tsv.name}"
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["tsv", "zip"])
+@pytest.mark.parametrize("tsv, n", [(ZOOSCAN, 9), (IFCB, 2)], ids=["zooscan", "ifcb"])
+def test_a_latin1_export_is_read_with_the_encoding_option(tmp_path, tsv, n, packed):
+    """QA: one non-ASCII annotator name in a latin-1 export lost every row as undecodable_text,
+    with no way to say the encoding."""
+    (tmp_path / "utf8").mkdir()
+    latin = _annotator(tsv, tmp_path / "latin.tsv", "José Müller", "latin-1")
+    same = _annotator(tsv, tmp_path / "utf8" / "latin.tsv", "José Müller", "utf-8")
+    task, want_task = (_in_zip(latin), _in_zip(same)) if packed else (str(latin), str(same))
+    # UTF-8 (the default): each row is rejected, and the detail says how to read the file
+    records, rejects = read_all(task, require_image=False)
+    assert records.num_rows == 0 and rejects.column("reason").to_pylist() == [Reason.UNDECODABLE_TEXT] * n
+    detail = rejects.column("detail")[0].as_py()
+    assert "Jos\\xe9 M\\xfcller" in detail
+    assert '[sources.ecotaxa] encoding = "latin-1"' in detail and "iconv -f latin1 -t utf-8 latin.tsv" in detail
+    # with the encoding given, the export reads as its UTF-8 twin does
+    records, rejects = read_all(task, require_image=False, encoding="latin-1")
+    want, _ = read_all(want_task, require_image=False)
+    assert rejects.num_rows == 0 and records.num_rows == n
+    assert records.drop_columns(["identifier"]).equals(want.drop_columns(["identifier"]))
+    assert {json.loads(e)["object_annotation_person_name"] for e in records.column("extra").to_pylist()} == {
+        "José Müller"}
+
+
+def test_a_stray_byte_in_an_export_of_another_encoding_is_still_one_reject(tmp_path):
+    lines = _annotator(ZOOSCAN, tmp_path / "cp1252.tsv", "José Müller", "cp1252").read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"Jos\xe9", b"Jos\x81")  # 0x81: no character in cp1252
+    (tmp_path / "cp1252.tsv").write_bytes(b"\n".join(lines))
+    records, rejects = read_all(str(tmp_path / "cp1252.tsv"), require_image=False, encoding="cp1252")
+    assert records.num_rows == 8 and rejects.column("reason").to_pylist() == [Reason.UNDECODABLE_TEXT]
+    detail = rejects.column("detail")[0].as_py()
+    assert detail.startswith("cp1252.tsv line 4: bytes that are not cp1252 in b'Jos\\x81")
+    assert "encoding is 'cp1252'" in detail
+
+
+@pytest.mark.parametrize("name", ["klingon", "base64", "rot13"])
+def test_an_encoding_that_is_no_text_codec_is_a_clear_config_error(name):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=f"'{name}' is not a text encoding Python knows; give a codec name"):
+        EcoTaxaOptions(encoding=name)
+    assert EcoTaxaOptions(encoding="Latin1").encoding == EcoTaxaOptions(encoding="iso-8859-1").encoding
+
+
 def test_a_file_that_is_no_export_is_a_clear_error(tmp_path):
     readme = tmp_path / "notes.tsv"
     readme.write_text("# my notes\tabout\nplankton\tthings\n")
@@ -250,8 +311,8 @@ def test_an_export_is_read_as_its_batches_are_asked_for(tmp_path, monkeypatch):
     assert table.kinds[table.header.index("object_lat")] == "f"  # the type row is read ahead, not kept
     assert next(iter(table.rows))[0] == 3  # first data row: file line 3
     _CountingText.taken = 0
-    monkeypatch.setattr(ecotaxa, "_text", lambda raw: _CountingText(raw, encoding="utf-8-sig",
-                                                                   errors="surrogateescape", newline="\n"))
+    monkeypatch.setattr(ecotaxa, "_text", lambda raw, encoding="utf-8": _CountingText(
+        raw, encoding="utf-8-sig", errors="surrogateescape", newline="\n"))
     batches = CONNECTOR.read(str(tsv), EcoTaxaOptions(require_image=False, batch_size=10))
     first = next(batches)
     assert first.records.num_rows == 10 and _CountingText.taken < 20
@@ -333,6 +394,23 @@ def test_event_date_from_ecotaxa_date_and_time(d, h, m, s):
     date = d.strftime("%Y%m%d")
     assert event_date(date, None) == d.isoformat()
     assert event_date(date, str(h * 10000 + m * 100 + s)) == f"{d.isoformat()}T{h:02d}:{m:02d}:{s:02d}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(st.characters(codec="latin-1", exclude_categories=("Cc", "Cs", "Zl", "Zp")), max_size=12),
+       encoding=st.sampled_from(["latin-1", "cp1252", "utf-8", "utf-16"]))
+def test_an_export_reads_the_same_in_any_encoding_it_can_be_written_in(tmp_path_factory, text, encoding):
+    """Whatever the encoding, a TSV written in it and read with it gives the records of its UTF-8 twin."""
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:  # cp1252 lacks a few latin-1 control-range characters
+        return
+    written = _annotator(IFCB, tmp_path_factory.mktemp("enc") / "export.tsv", text, encoding)
+    twin = _annotator(IFCB, tmp_path_factory.mktemp("utf8") / "export.tsv", text, "utf-8")
+    got, got_rejects = read_all(str(written), require_image=False, encoding=encoding)
+    want, want_rejects = read_all(str(twin), require_image=False)
+    assert got_rejects.num_rows == want_rejects.num_rows == 0
+    assert got.drop_columns(["identifier"]).equals(want.drop_columns(["identifier"]))  # the image beside each file
 
 
 @given(st.lists(st.tuples(st.sampled_from(["sample_a", "acq_b", "process_c", "sample_a", "object_x"]),

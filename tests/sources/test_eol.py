@@ -179,6 +179,57 @@ def test_unknown_licence_and_folder_tasks(tmp_path):
     assert records.num_rows == 99 and reasons == {"unknown_license": 1}
 
 
+def _without_english(vs):
+    return [v for v in vs if v["language"] != "eng"]
+
+
+@pytest.mark.parametrize("edit, want", [
+    (lambda vs: vs, "raccoon"),                                            # preferred English
+    (lambda vs: [v for v in vs if v["string"] != "raccoon"], "common raccoon"),  # English, not preferred
+    (lambda vs: [{**v, "string": "<b>raccoon</b> &amp; co"} if v["string"] == "raccoon" else v for v in vs],
+     "raccoon & co"),
+    (lambda vs: ["a string", None, {"string": 5, "language": "eng", "preferred": True}, *vs], "raccoon"),
+    (_without_english, None),
+    (lambda vs: {"eng": "raccoon"}, None),                                 # another shape: passed over
+    (lambda vs: None, None),
+], ids=["preferred", "not-preferred", "html", "odd-items", "no-english", "not-a-list", "none"])
+def test_the_page_exports_own_vernacular_is_kept(tmp_path, edit, want):
+    """QA: the page's preferred English name (raccoon) was dropped at ingest."""
+    doc = json.loads(STORE.read_text())
+    doc["vernaculars"] = edit(doc["vernaculars"])
+    (tmp_path / "store-328598.json").write_text(json.dumps(doc))
+    records, rejects, _ = ingest(CONNECTOR, str(tmp_path / "store-328598.json"), Options())
+    assert records.num_rows == 100 and rejects.num_rows == 0
+    names = set(records.column("vernacular_name").to_pylist()) if "vernacular_name" in records.column_names else {None}
+    assert names == {want}
+    assert {json.loads(e).get("vernacular_name") for e in records.column("extra").to_pylist()} == {want}
+    if want is not None:
+        assert set(records.column("vernacular_rank").to_pylist()) == {"species"}
+        assert conform(records, "ingest")[1].num_rows == 0
+
+
+@pytest.mark.parametrize("licence", [None, {}, {"name": "", "source_url": None}, {"name": "  "}, ""],
+                         ids=["null", "empty-object", "empty-name", "blank-name", "empty-text"])
+def test_a_medium_without_a_licence_says_so(tmp_path, licence):
+    """QA: the detail read "licence None not recognised"."""
+    store = json.loads(STORE.read_text())
+    store["media"][0]["license"] = licence
+    (tmp_path / "store-328598.json").write_text(json.dumps(store))
+    records, rejects, reasons = ingest(CONNECTOR, str(tmp_path / "store-328598.json"), Options())
+    assert records.num_rows == 99 and reasons == {"unknown_license": 1}
+    assert rejects.column("detail").to_pylist() == ["no licence given"]
+    manifest = tmp_path / "media_manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["EOL content ID", "EOL page ID", "EOL Full-Size Copy URL", "License Name"])
+        for i, m in enumerate(store["media"][:3]):
+            w.writerow([m["guid"], store["id"], m["base_url"] + "_orig.jpg",
+                        "" if i == 0 else "some licence" if i == 1 else m["license"]["name"]])
+    records, rejects, reasons = ingest(CONNECTOR, str(manifest), Options())
+    assert records.num_rows == 1 and rejects.column("detail").to_pylist() == [
+        "no licence given", "licence 'some licence' not recognised"]
+
+
 # ---------------------------------------------------------------- the column-wise manifest reader
 # The per-row manifest reader as it was before it went column-wise, kept here word for word (its
 # helpers _open, _manifest_fields, clean_name and _build are the connector's) as the reference the

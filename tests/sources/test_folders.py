@@ -79,12 +79,26 @@ def test_three_layouts_read_with_verbatim_names_and_ids(tree):
     assert {r["license"] for r in by_file.values()} == {"mit"}
 
     reasons = dict(zip(rejects.column("detail").to_pylist(), rejects.column("reason").to_pylist(), strict=True))
-    assert sorted(reasons.values()) == sorted([Reason.CORRUPT_IMAGE, Reason.MALFORMED_ROW])
+    assert sorted(reasons.values()) == sorted([Reason.CORRUPT_IMAGE, Reason.NOT_VALIDATED])
     assert any(d.startswith("2022/Strombidium-like/broken.png") for d in reasons)
     assert any(d.startswith("loose.png") for d in reasons)
     assert skipped == {"non_image_file.txt": 1, "system_file": 1}
     good, bad = conform(records, "ingest")
     assert good.num_rows == 7 and bad.num_rows == 0
+
+
+@pytest.mark.parametrize("png", PNGS, ids=[p.stem for p in PNGS])
+def test_an_image_directly_under_the_root_is_unlabelled_not_malformed(tmp_path, png):
+    """QA: such an image was rejected malformed_row; it is a good image without a label, as an
+    IFCB ROI without a class is (not_validated)."""
+    (tmp_path / "set" / "Ciliophora").mkdir(parents=True)
+    shutil.copy(png, tmp_path / "set" / png.name)
+    shutil.copy(png, tmp_path / "set" / "Ciliophora" / png.name)
+    records, rejects, _ = read_dataset(tmp_path / "set")
+    assert records.column("verbatim_name").to_pylist() == ["Ciliophora"]
+    assert rejects.column("reason").to_pylist() == [Reason.NOT_VALIDATED]
+    assert rejects.column("detail").to_pylist() == [
+        f"{png.name}: image is not inside a class folder (no label); move it into the folder of its class"]
 
 
 def test_every_file_is_accounted_for(tree):

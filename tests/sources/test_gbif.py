@@ -279,3 +279,49 @@ def test_a_search_answer_without_results_is_a_clear_error(loopback, clock):
     conn = GBIFConnector(sleep=clock.sleep, clock=clock)
     with pytest.raises(Exception, match="answered results of type str, not a list of results; is api_base_url"):
         ingest(conn, conn.tasks(None, opts)[0], opts)
+
+
+@pytest.mark.parametrize("opts", [{}, {"join_memory_mb": 0.01}, {"join_memory_mb": 0.01, "join_partitions": 3}],
+                         ids=["in-memory", "spilled", "spilled-3-parts"])
+def test_media_of_a_malformed_core_row_say_their_parent_was_malformed(tmp_path, opts):
+    """QA: the media of an occurrence row with the wrong field count were rejected 'which is not in
+    the core', although the row is there."""
+    media = [r.split("\t")[0] for r in zipfile.ZipFile(SAMPLE).read("multimedia.txt").decode().split("\n")[1:] if r]
+    targets = list(dict.fromkeys(media))[:2]
+    width = {}
+
+    def damage(lines):
+        for i, line in enumerate(lines):
+            f = line.split(b"\t")
+            if f[0].decode() == targets[0]:
+                lines[i] = b"\t".join(f[:-1])          # a field short
+                width[targets[0]] = (i + 1, len(f) - 1)
+            elif f[0].decode() == targets[1]:
+                lines[i] = line + b"\tstray"           # a field too many
+                width[targets[1]] = (i + 1, len(f) + 1)
+
+    def orphan(lines):
+        lines.insert(-1, b"999999999\tStillImage\timage/jpeg\thttp://example.org/orphan.jpg" + b"\t" * 11)
+
+    z = rewrite(SAMPLE, tmp_path / "x.zip", {"occurrence.txt": _edit_lines(damage), "multimedia.txt": _edit_lines(orphan)})
+    records, rejects, reasons = ingest(CONNECTOR, str(z), Options(**opts))
+    k = sum(media.count(g) for g in targets)
+    assert reasons["malformed_row"] == 2 and reasons["orphan_media"] == k + 1
+    # every unit of the sample, the added media row, and the two occurrence rows (now rejects of their own)
+    assert records.num_rows + rejects.num_rows == 256 + 215 + 1 + 2
+    details = rejects.filter(pa.compute.equal(rejects.column("reason"), "orphan_media")).column("detail").to_pylist()
+    for g in targets:
+        line, got = width[g]
+        want = (f"multimedia row for gbifID {g}, whose core row is malformed (occurrence.txt: expected 225 fields, "
+                f"got {got} (line {line}))")
+        assert details.count(want) == media.count(g)
+    assert details.count("multimedia row for gbifID 999999999 which is not in the core") == 1
+
+
+@pytest.mark.parametrize("sample", ["0000066-140928181241064.zip", "gbif-results.zip"])
+def test_a_zip_without_meta_xml_says_to_request_a_dwca_download(tmp_path, sample):
+    """QA: a SIMPLE_CSV download (no meta.xml) only listed its members."""
+    z = rewrite(DATA / "gbif/dwca" / sample, tmp_path / sample, drop={"meta.xml"})
+    with pytest.raises(ValueError, match="no meta.xml in the archive, so it is not a Darwin Core Archive .*"
+                                         "request the download in DWCA format .*SIMPLE_CSV"):
+        ingest(CONNECTOR, str(z), Options())

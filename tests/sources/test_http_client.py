@@ -86,3 +86,60 @@ def test_fetch_restarts_when_range_is_ignored(loopback, clock, tmp_path):
     server = loopback(lambda req: Reply(200, body, {"Content-Type": "application/zip"}))
     (tmp_path / "b.zip.part").write_bytes(b"garbage")
     assert client(server, clock).fetch("b.zip", tmp_path / "b.zip").read_bytes() == body
+
+
+# ---- name resolution: not transient -------------------------------------------------------------
+
+# RFC 6761: names under .invalid never resolve, so this fails at the resolver wherever it runs
+UNRESOLVABLE = "http://biocorpus-test.invalid/"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)  # two lookups of a .invalid name; a resolver that never answers must not hang the suite
+def test_a_host_that_does_not_resolve_is_retried_once_only(clock):
+    """QA: an unreachable host took 11-22 s of retries (6 attempts) before the same final message."""
+    c = HttpClient(UNRESOLVABLE, rate=100.0, clock=clock, sleep=clock.sleep, rng=random.Random(0))
+    with pytest.raises(HttpError, match=r"GET http://biocorpus-test.invalid/x: gave up after 2 attempts "
+                                        r"\(ConnectionError: the host name biocorpus-test.invalid does not resolve\)"):
+        c.get("x")
+    assert c.retries == 1 and len(clock.sleeps) == 1
+
+
+def test_a_resolver_failure_is_told_apart_from_other_connection_errors(monkeypatch, clock):
+    """The chain requests and urllib3 build around a failed lookup (socket.gaierror in urllib3's
+    NameResolutionError in MaxRetryError in requests' ConnectionError), made without any resolver."""
+    import socket
+
+    import requests
+
+    from sources.http import unresolved_host
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kw):
+        if host == "nowhere.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    c = HttpClient("http://nowhere.example/", rate=100.0, max_retries=5, clock=clock, sleep=clock.sleep,
+                   rng=random.Random(0))
+    with pytest.raises(HttpError, match=r"gave up after 2 attempts .*nowhere.example does not resolve"):
+        c.get_json("thing")
+    assert c.retries == 1
+    refused = HttpClient(f"http://127.0.0.1:{_closed_port()}/", rate=100.0, max_retries=3, clock=clock,
+                         sleep=clock.sleep, rng=random.Random(0))
+    with pytest.raises(HttpError, match=r"gave up after 4 attempts \(ConnectionError\)$"):
+        refused.get("x")  # a refused connection is still retried with backoff
+    assert refused.retries == 3
+    with pytest.raises(requests.ConnectionError) as err:
+        requests.get(refused.url("x"), timeout=5)
+    assert unresolved_host(err.value) is None
+

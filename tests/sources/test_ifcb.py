@@ -234,9 +234,36 @@ def test_labels_option_points_at_a_folder_of_class_csvs(tmp_path):
         read_all(bin_path, labels=str(tmp_path / "nowhere"))
 
 
-def test_class_csv_without_the_needed_columns_is_a_clear_error():
+def test_class_csv_without_the_needed_columns_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="file_name"):
         parse_class_csv("a,b\n1,2\n")
+    bin_path = copy_bin(V2_LABELED, tmp_path)
+    (tmp_path / f"{bin_path.name}_classes.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=f"labels file .*{bin_path.name}_classes.csv: class CSV needs a file_name"):
+        read_all(bin_path)
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "cp1252"])
+def test_a_class_csv_that_is_not_utf8_names_the_file_and_is_read_with_labels_encoding(tmp_path, encoding):
+    """QA: a latin-1 class CSV stopped the bin with a bare codec error, no file named."""
+    bin_path = copy_bin(V2_LABELED, tmp_path)
+    real = V2_LABELED.with_name(V2_LABELED.name + "_classes.csv").read_text()
+    (tmp_path / f"{bin_path.name}_classes.csv").write_bytes(real.replace("Ciliophora", "Ciliophora_ß").encode(encoding))
+    with pytest.raises(ValueError) as err:
+        read_all(bin_path)
+    message = str(err.value)
+    assert f"labels file {tmp_path / bin_path.name}_classes.csv is not UTF-8 text (line " in message
+    assert "iconv -f latin1 -t utf-8" in message and 'labels_encoding = "latin-1"' in message
+    records, rejects, _ = read_all(bin_path, labels_encoding=encoding)
+    want, want_rejects, _ = read_all(V2_LABELED)
+    assert records.num_rows == want.num_rows and rejects.num_rows == want_rejects.num_rows
+    assert records.column("verbatim_name").to_pylist() == [
+        None if n is None else n.replace("Ciliophora", "Ciliophora_ß") for n in want.column("verbatim_name").to_pylist()]
+    assert "Ciliophora_ß" in records.column("verbatim_name").to_pylist()
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="'klingon' is not a text encoding Python knows"):
+        IfcbOptions(labels_encoding="klingon")
 
 
 # ---- parsers, property-based ------------------------------------------------------------------

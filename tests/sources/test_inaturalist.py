@@ -224,6 +224,91 @@ def test_api_page_without_integer_ids_is_a_clear_error(loopback, tmp_path, clock
         ingest(conn, conn.tasks(None, opts)[0], opts)
     assert load_cursor(opts) == 0
 
+
+def _orphans(rejects: pa.Table) -> list[str]:
+    return rejects.filter(pa.compute.equal(rejects.column("reason"), "orphan_media")).column("detail").to_pylist()
+
+
+def test_photos_of_a_malformed_observation_row_say_so(tmp_path):
+    """QA: the sample's observations lines 27-28 have a 9th field; their photos were rejected
+    'observation ... not in the dump', although it is there."""
+    lines = (DUMP / "observations.csv").read_text().split("\n")
+    malformed = [lines[i].split("\t")[0] for i in (26, 27)]  # file lines 27 and 28
+    assert all(lines[i].count("\t") == 8 for i in (26, 27))
+    records, rejects, reasons = ingest(CONNECTOR, str(DUMP), Options())
+    assert reasons["orphan_media"] == 2
+    assert sorted(_orphans(rejects)) == sorted(
+        f"observation {u}: its row in observations is malformed (line {n}: Expected Number of Columns: 8 Found: 9)"
+        for u, n in zip(malformed, (27, 28), strict=True))
+    # an observation that is really missing still says so
+    shutil.copytree(DUMP, tmp_path / "d")
+    (tmp_path / "d/observations.csv").write_text("\n".join(lines[:26] + lines[28:]))
+    records, rejects, _ = ingest(CONNECTOR, str(tmp_path / "d"), Options())
+    assert sorted(_orphans(rejects)) == sorted(f"observation {u} not in the dump" for u in malformed)
+    # a malformed row whose uuid is also read well elsewhere does not repeat its photos
+    (tmp_path / "d/observations.csv").write_text("\n".join(lines + [lines[1] + "\textra"]))
+    records, rejects, _ = ingest(CONNECTOR, str(tmp_path / "d"), Options())
+    assert records.num_rows == 39 and records.num_rows + rejects.num_rows == 50
+
+
+@pytest.mark.parametrize("observed_on, want", [
+    ("2011-13-45", None), ("06/02/2011", None), ("2011-02-30", None), ("", None),
+    ("2011-05-31", "2011-05-31"), ("2012-02-29", "2012-02-29"), ("2011-06", "2011-06"),
+])
+def test_observed_on_that_is_no_date_is_null_with_its_text_in_extra(tmp_path, observed_on, want):
+    """QA: invalid dates were stored verbatim in event_date."""
+    shutil.copytree(DUMP, tmp_path / "d")
+    lines = (tmp_path / "d/observations.csv").read_text().split("\n")
+    f = lines[1].split("\t")
+    assert f[7] == "2011-05-30" and f[6] == "research"
+    f[7] = observed_on
+    lines[1] = "\t".join(f)
+    (tmp_path / "d/observations.csv").write_text("\n".join(lines))
+    records, rejects, reasons = ingest(CONNECTOR, str(tmp_path / "d"), Options())
+    assert records.num_rows == 39 and reasons == {"not_research_grade": 9, "orphan_media": 2}  # the photo is kept
+    rows = [r for r in records.to_pylist() if r["occurrence_id"] == f[0]]
+    assert rows and all(r["event_date"] == want for r in rows)
+    raw = {json.loads(r["extra"]).get("observed_on") for r in rows}
+    assert raw == {None if want is not None or not observed_on else observed_on}
+    others, _, _ = ingest(CONNECTOR, str(DUMP), Options())
+    same = [r["event_date"] for r in others.to_pylist() if r["occurrence_id"] != f[0]]
+    assert same == [r["event_date"] for r in records.to_pylist() if r["occurrence_id"] != f[0]]
+    assert None not in same
+
+
+@pytest.mark.parametrize("sample", ["get_observation.json", "get_observation_with_ofvs.json",
+                                    "get_observations_page1.json"])
+def test_api_dates_that_are_none_are_null_with_their_text_in_extra(sample):
+    from sources.inaturalist import adapt_api
+    doc = json.loads((API / sample).read_text())
+    good = adapt_api(doc["results"], Options(research_only=False)).records.to_pylist()
+    assert good and all(r["event_date"] for r in good)
+    for obs in doc["results"]:
+        obs["time_observed_at"], obs["observed_on"] = "2011-13-45T10:00:00", "06/02/2011"
+    bad = adapt_api(doc["results"], Options(research_only=False)).records.to_pylist()
+    assert [r.get("event_date") for r in bad] == [None] * len(good)  # (a column without values is left out)
+    assert all(json.loads(r["extra"])["observed_on"] == "06/02/2011" for r in bad)
+    assert all(json.loads(r["extra"])["time_observed_at"] == "2011-13-45T10:00:00" for r in bad)
+    for obs in doc["results"]:  # a time that is none, a day that is one: the day
+        obs["observed_on"] = "2011-06-02"
+    days = adapt_api(doc["results"], Options(research_only=False)).records.to_pylist()
+    assert [r["event_date"] for r in days] == ["2011-06-02"] * len(good)
+
+
+@pytest.mark.parametrize("name, mode", [("inaturalist-open-data-20240101.tar.gz", "w:gz"),
+                                        ("inaturalist-open-data.tgz", "w:gz"), ("metadata.tar", "w"),
+                                        ("metadata.bin", "w:gz")])
+def test_a_tarball_of_the_dump_says_to_extract_it_first(tmp_path, name, mode):
+    import tarfile
+
+    with tarfile.open(tmp_path / name, mode) as tar:
+        tar.add(DUMP, arcname="inaturalist-open-data-20240101")
+    with pytest.raises(ValueError, match=f"{name} is a tar archive; extract it first .* photos.csv"):
+        ingest(CONNECTOR, str(tmp_path / name), Options())
+    (tmp_path / "notes.txt").write_text("not a dump")
+    with pytest.raises(FileNotFoundError, match="is not a folder with the open-data files"):
+        ingest(CONNECTOR, str(tmp_path / "notes.txt"), Options())
+
 # ---------------------------------------------------------------- the column-wise dump adapter
 # The per-row loop adapt_dump was before it went column-wise, kept here word for word (its row
 # helpers are the connector's) as the reference the column-wise adapter must equal, table for table.
@@ -235,6 +320,7 @@ from hypothesis import strategies as st  # noqa: E402
 from schemas import Reason, make_record_id, make_rejects  # noqa: E402
 from schemas.record import extra_json  # noqa: E402
 from schemas.rejects import REJECT_SCHEMA  # noqa: E402
+from sources.dates import iso_date  # noqa: E402
 from sources.inaturalist import (  # noqa: E402
     RANK_COLUMNS,
     SOURCE,
@@ -248,7 +334,7 @@ from sources.inaturalist import (  # noqa: E402
     locate_dump,
     read_joined,
 )
-from sources.licenses import normalise_license_column  # noqa: E402
+from sources.licenses import normalise_license_column, unknown_license_detail  # noqa: E402
 from sources.photokey import photo_key  # noqa: E402
 
 
@@ -268,13 +354,16 @@ def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Ta
             rid = make_record_id(SOURCE, f"photo-uuid/{cols['photo_uuid'][i]}")
             reason, detail = Reason.MALFORMED_ROW, f"photo {cols['photo_uuid'][i]} has no photo_id"
         elif not cols["has_observation"][i]:
-            reason, detail = Reason.ORPHAN_MEDIA, f"observation {cols['observation_uuid'][i]} not in the dump"
+            problem = cols["observation_problem"][i] if "observation_problem" in cols else None
+            reason, detail = Reason.ORPHAN_MEDIA, f"observation {cols['observation_uuid'][i]} not in the dump" \
+                if problem is None else \
+                f"observation {cols['observation_uuid'][i]}: its row in observations is malformed ({problem})"
         elif bad:
             reason, detail = Reason.BAD_COORDINATES, bad
         elif options.research_only and cols["quality_grade"][i] != "research":
             reason, detail = Reason.NOT_RESEARCH_GRADE, f"quality_grade {cols['quality_grade'][i]!r}"
         elif codes[i] == "unknown" and not options.keep_unknown_license:
-            reason, detail = Reason.UNKNOWN_LICENSE, f"licence {cols['license'][i]!r} not recognised"
+            reason, detail = Reason.UNKNOWN_LICENSE, unknown_license_detail(cols["license"][i])
         if reason:
             rej_ids.append(rid)
             rej_reasons.append(reason)
@@ -296,11 +385,12 @@ def adapt_dump_reference(t: pa.Table, options: Options) -> tuple[pa.Table, pa.Ta
             "verbatim_lineage": cols["lineage"][i], "source_taxon_id": cols["taxon_id"][i],
             "decimal_latitude": lat, "decimal_longitude": lon,
             "coordinate_uncertainty_m": unc if unc is None or unc >= 0 else None,
-            "event_date": cols["observed_on"][i], "quality_grade": cols["quality_grade"][i],
+            "event_date": iso_date(cols["observed_on"][i]), "quality_grade": cols["quality_grade"][i],
             "width": w, "height": h,
             "extra": extra_json({"photo_uuid": cols["photo_uuid"][i], "position": _int(cols["position"][i]),
                                  "observer_id": cols["observer_id"][i], "observer_login": cols["login"][i],
                                  "ancestry": cols["ancestry"][i],
+                                 "observed_on": None if iso_date(cols["observed_on"][i]) else cols["observed_on"][i],
                                  "taxon_in_dump": cols["taxon_name"][i] is not None}),
         })
     rejects = make_rejects(rej_ids, STAGE, rej_reasons, rej_details) if rej_ids else REJECT_SCHEMA.empty_table()
@@ -382,6 +472,9 @@ _INT = st.one_of(
                      "4095", "1023", "3", "9223372036854775807", "9007199254740993", "000000000000000000001"]),
     _TEXT)
 _FREE = st.one_of(_TEXT, _WEIRD, st.lists(st.one_of(_TEXT, _WEIRD), max_size=3).map("".join))
+_DATES = st.one_of(st.dates().map(str), st.sampled_from([
+    "2011-05-30", " 2011-05-30\t", "2011-13-45", "06/02/2011", "2011-02-30", "2012-02-29", "2011", "2011-05",
+    "2011-5-3", "20110530", "2020-08-27T20:08:39-05:00", "2011-05-30T25:00", "٢٠١١-٠٥-٣٠"]))
 
 
 @st.composite
@@ -405,7 +498,8 @@ def joined_batches(draw) -> pa.Table:
         "latitude": column(_NUMBER), "longitude": column(_NUMBER), "positional_accuracy": column(_NUMBER),
         "taxon_id": column(_FREE),
         "quality_grade": column(st.one_of(st.sampled_from(["research", "needs_id", "casual", "Research"]), _FREE)),
-        "observed_on": column(_FREE), "observer_id": column(_FREE), "login": column(_FREE),
+        "observed_on": column(st.one_of(_FREE, _DATES)), "observer_id": column(_FREE), "login": column(_FREE),
+        "observation_problem": column(st.one_of(_FREE, st.just("line 27: Expected Number of Columns: 8 Found: 9"))),
         "observer_name": column(_FREE), "taxon_name": column(_FREE), "taxon_rank": column(_FREE),
         "ancestry": column(_FREE), "lineage": column(_FREE),
         **{f"rank_{r}": column(_FREE) for r in RANK_COLUMNS},
