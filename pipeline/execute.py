@@ -172,12 +172,14 @@ def _input_identity(input: str | None) -> str | None:
 def _check_same_input(out_dir: Path, where: str | None, source: str, dataset: str) -> None:
     """A dataset folder is named after its input's base name, so two inputs of one name (two
     projects' ``export.tsv``) would meet in one folder, and the second would replace the first's
-    records. Refuse that; datasets made before the input was recorded are not checked."""
+    records. Refuse that while the earlier input is still there (one that was moved or renamed,
+    a clone of the project moved with its samples, is taken to be this one: its records are
+    redone as before); datasets made before the input was recorded are not checked."""
     marker = out_dir / SUCCESS
     if where is None or not marker.is_file():
         return
     before = json.loads(marker.read_text()).get("input")
-    if before is not None and before != where:
+    if before is not None and before != where and ("://" in before or Path(before).exists()):
         raise ValueError(
             f"ingest {source}: {out_dir} holds the records of {before}, not of {where}; give this input a "
             f"dataset name of its own with --dataset NAME (make: DATASET=NAME; e.g. {dataset}-2) to keep both, or pass "

@@ -103,7 +103,10 @@ def run_train(shards_dir: str | Path, out_dir: str | Path, options: Options | No
     """Train the hierarchical classifier on ``shards_dir`` and return the metrics dict.
 
     ``out_dir`` receives ``checkpoints/last.pt``, ``metrics.json`` and, when samples could not be
-    used, ``rejects.parquet``. A rerun resumes from the last checkpoint (``resume="auto"``).
+    used, ``rejects.parquet`` (this run's: a run without rejects removes an earlier one). A rerun
+    resumes from the last checkpoint (``resume="auto"``); one of a finished run says so and trains
+    nothing. A shard that is cut short or damaged, or shards that carry no labels, stop the run
+    with ShardFormatError before any step; unlabelled samples among labelled ones are rejects.
     """
     _require_torch()
     from pipeline.train.loop import train

@@ -7,10 +7,13 @@ class-map code use it); torch and the DataLoader are imported inside the loader 
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import math
+import os
 import random
+import re
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,12 +23,18 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from schemas import RANKS, Reason
+from shards import status
 
 IMAGE_MEMBERS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 # ImageNet statistics: the usual choice for a CNN trained from scratch on natural images too
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 IGNORE = -1
+# a tar ends with all-zero 512-byte blocks; tarfile stops quietly at any header it cannot read
+END_OF_ARCHIVE = bytes(tarfile.BLOCKSIZE)
+# webdataset's skip_meta: members such as __index__ are not samples
+META_MEMBER = re.compile(r"__[^/]*__($|/)")
+UNLABELLED = "its .json names no taxon at any rank (an unlabelled sample, as from a URL-list download)"
 
 
 class ShardFormatError(ValueError):
@@ -123,10 +132,27 @@ class ClassMaps:
 
 @dataclass
 class ShardScan:
-    """What one pass over the shards' ``.json`` members found: sample counts and lineages."""
+    """What one pass over the shards found, per split: ``samples`` (every sample in the tars),
+    ``used`` (those the model learns from or is scored on: an image and a ``.json`` naming a taxon at
+    some rank, not set aside as a duplicate), ``excluded`` (set aside by the post-download dedup)
+    and ``rejected`` (reason -> count; samples = used + excluded + rejected); the lineages of the
+    used samples; a reject (reason, detail) per rejected sample key."""
 
     samples: dict[str, int]
     lineages: set[tuple[str | None, ...]]
+    used: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, collections.Counter] = field(default_factory=dict)
+    rejects: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def counts(self, split: str) -> dict:
+        """The accounting of one split, for the metrics: samples = used + excluded + rejected."""
+        return {
+            "samples": self.samples.get(split, 0),
+            "used": self.used.get(split, 0),
+            "excluded_duplicates": self.excluded.get(split, 0),
+            "rejected": dict(sorted(self.rejected.get(split, {}).items())),
+        }
 
 
 def _sample_key(member_name: str) -> tuple[str, str]:
@@ -136,37 +162,162 @@ def _sample_key(member_name: str) -> tuple[str, str]:
     return (f"{directory}/{key}" if directory else key), suffix.lower()
 
 
-def scan_shards(shards: Mapping[str, Sequence[str]]) -> ShardScan:
-    """Count samples per split and collect every lineage from the ``.json`` members (images are skipped, not read).
+def damaged_shard(path: str | Path, what: str) -> ShardFormatError:
+    """The error for a shard whose tar is cut short or damaged, saying how to get it again."""
+    tar = Path(path)
+    return ShardFormatError(
+        f"shard {tar} is truncated or damaged: {what}. Download it again: move {tar.name} and its sidecar "
+        f"{tar.with_suffix('.parquet').name} aside (or delete both) and run `biocorpus download` again with the "
+        "same input (the same --urls for a URL list); only that shard is fetched again (--retry-failed does not "
+        "do it: the sidecar lists its images as downloaded)"
+    )
 
-    An unreadable ``.json`` member contributes no lineage here; the loader reports its sample as a reject.
+
+def shard_members(tar: tarfile.TarFile, path: str | Path) -> Iterator[tarfile.TarInfo]:
+    """Every member of an open shard (tarfile's seekable mode), then a check that the archive ends
+    with its end-of-archive block.
+
+    tarfile's own iteration ends quietly at a header it cannot read (a file cut inside a header, a
+    damaged block), so a truncated shard would pass for a shorter one: here that, and a member whose
+    data is cut short, raises ShardFormatError.
     """
-    samples: dict[str, int] = {}
-    lineages: set[tuple[str | None, ...]] = set()
+    while True:
+        try:
+            member = tar.next()
+        except tarfile.TarError as exc:  # the previous member's data ends past the end of the file
+            raise damaged_shard(
+                path, f"{exc} (a member runs past the end of the file, at {os.path.getsize(path):,} bytes)"
+            ) from exc
+        if member is None:
+            break
+        tar.members.clear()  # a shard's members are read once, in order: do not hold them all
+        yield member
+    tar.fileobj.seek(tar.offset)
+    if tar.fileobj.read(len(END_OF_ARCHIVE)) != END_OF_ARCHIVE:
+        raise damaged_shard(
+            path, f"no readable tar header or end-of-archive block at byte {tar.offset:,} of {os.path.getsize(path):,}"
+        )
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str | Path) -> bytes:
+    """A member's bytes; a short read (the data cut off) raises ShardFormatError."""
+    try:
+        return tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise damaged_shard(path, f"member {member.name}: {exc}") from exc
+
+
+def _open_tar(path: str | Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path)
+    except tarfile.TarError as exc:
+        raise ShardFormatError(f"{path}: not a readable tar file ({exc})") from exc
+
+
+def _sidecar_ok_keys(path: str | Path) -> set[str] | None:
+    """The keys the shard's sidecar (``{shard}.parquet`` of the download stage) lists as downloaded,
+    or None when there is no sidecar with ``key`` and ``status`` columns (shards made elsewhere)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    sidecar = Path(path).with_suffix(".parquet")
+    if not sidecar.is_file():
+        return None
+    try:
+        if not {"key", "status"} <= set(pq.read_schema(sidecar).names):
+            return None
+        table = pq.read_table(sidecar, columns=["key", "status"])
+    except (OSError, ValueError) as exc:
+        raise damaged_shard(path, f"its sidecar {sidecar.name} cannot be read ({exc})") from exc
+    return set(table.filter(pc.equal(table.column("status"), status.OK)).column("key").to_pylist())
+
+
+def _lineage_of(data: bytes) -> tuple[str | None, ...] | str:
+    """The 7 rank values of a ``.json`` member, or what is wrong with it."""
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"bad .json member ({exc})"
+    return tuple(rank_values(record)) if isinstance(record, dict) else "bad .json member (not a JSON object)"
+
+
+def index_shard(path: str, read_records: bool = True) -> dict[str, list]:
+    """key -> [has an image member, lineage | problem | None (no ``.json``)] for the samples of one
+    shard (lineages only with ``read_records``), once the shard is known to be whole: its tar reads to
+    the end-of-archive block and holds every image its sidecar lists as downloaded (a shard cut
+    short, or damaged, raises ShardFormatError rather than reading as a smaller one)."""
+    index: dict[str, list] = {}
+    with _open_tar(path) as tar:
+        for member in shard_members(tar, path):
+            if not member.isfile() or META_MEMBER.match(member.name):
+                continue
+            key, suffix = _sample_key(member.name)
+            entry = index.setdefault(key, [False, None])
+            if suffix in IMAGE_MEMBERS:
+                entry[0] = True
+            elif suffix == "json" and read_records:
+                entry[1] = _lineage_of(read_member(tar, member, path))
+    listed = _sidecar_ok_keys(path)
+    if listed:
+        missing = sorted(k for k in listed if not index.get(k, (False,))[0])
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise damaged_shard(
+                path,
+                f"it holds {len(listed) - len(missing):,} of the {len(listed):,} images its sidecar lists as "
+                f"downloaded (missing: {shown})",
+            )
+    return index
+
+
+def check_shards(paths: Iterable[str]) -> None:
+    """Raise ShardFormatError for the first shard of ``paths`` that is cut short or damaged
+    (``index_shard`` without reading the ``.json`` members)."""
+    for path in paths:
+        index_shard(path, read_records=False)
+
+
+def _problem(path: str, key: str, has_image: bool, lineage) -> tuple[str, str] | None:
+    """(reason, detail) when a sample cannot be trained on; the details are the loader's own."""
+    where = f"{path}:{key}"
+    if not has_image:
+        return Reason.NO_IMAGE, f"{where}: no image member ({'/'.join(IMAGE_MEMBERS)})"
+    if lineage is None:
+        return Reason.MALFORMED_ROW, f"{where}: no .json member with the taxon"
+    if isinstance(lineage, str):
+        return Reason.MALFORMED_ROW, f"{where}: {lineage}"
+    if all(value is None for value in lineage):
+        return Reason.LINEAGE_DEPTH, f"{where}: {UNLABELLED}"
+    return None
+
+
+def scan_shards(shards: Mapping[str, Sequence[str]], exclude: frozenset[str] = frozenset()) -> ShardScan:
+    """Check every shard is whole (``index_shard``), count its samples and collect the lineages of
+    the usable ones from the ``.json`` members (images are not read).
+
+    Samples without an image, without a readable ``.json`` or whose ``.json`` names no taxon at any
+    rank become rejects; ``exclude`` (the post-download duplicates) are counted apart.
+    """
+    scan = ShardScan({}, set())
     for split, paths in shards.items():
-        count = 0
+        samples = used = excluded = 0
+        rejected: collections.Counter = collections.Counter()
         for path in paths:
-            keys: set[str] = set()
-            try:
-                with tarfile.open(path) as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        key, suffix = _sample_key(member.name)
-                        keys.add(key)
-                        if suffix != "json":
-                            continue
-                        try:
-                            record = json.loads(tar.extractfile(member).read())
-                        except (ValueError, UnicodeDecodeError):
-                            continue
-                        if isinstance(record, dict):
-                            lineages.add(tuple(rank_values(record)))
-            except tarfile.TarError as exc:
-                raise ShardFormatError(f"{path}: not a readable tar file ({exc})") from exc
-            count += len(keys)
-        samples[split] = count
-    return ShardScan(samples, lineages)
+            for key, (has_image, lineage) in index_shard(path).items():
+                samples += 1
+                if key in exclude:
+                    excluded += 1
+                    continue
+                problem = _problem(path, key, has_image, lineage)
+                if problem is not None:
+                    rejected[str(problem[0])] += 1
+                    scan.rejects.setdefault(key, (str(problem[0]), problem[1]))
+                    continue
+                used += 1
+                scan.lineages.add(lineage)
+        scan.samples[split], scan.used[split], scan.excluded[split] = samples, used, excluded
+        scan.rejected[split] = rejected
+    return scan
 
 
 def class_maps_from_taxa(path: str | Path) -> ClassMaps:
@@ -282,6 +433,25 @@ def normalise_batch(images, device, channels_last: bool = False):
 # webdataset pipeline stages
 
 
+def shard_samples(src: Iterator[dict]) -> Iterator[dict]:
+    """The samples of each shard ``{"url": path}`` of ``src`` as webdataset's ``tarfile_to_samples``
+    gives them (``__key__``, ``__url__``, member bytes by lowercased suffix), except that a shard cut
+    short or damaged raises ShardFormatError (``shard_members``) instead of ending early."""
+    from webdataset.tariterators import group_by_keys
+
+    return group_by_keys(_shard_files(src))
+
+
+def _shard_files(src: Iterator[dict]) -> Iterator[dict]:
+    for item in src:
+        url = item["url"]
+        with _open_tar(url) as tar:
+            for member in shard_members(tar, url):
+                if member.isreg() and not META_MEMBER.match(member.name):
+                    yield {"fname": member.name, "data": read_member(tar, member, url), "__url__": url}
+        yield {}  # end of shard: group_by_keys never joins samples of two shards
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A sample the loader could not use, carried to the training loop to become a reject row."""
@@ -313,6 +483,9 @@ class SampleDecoder:
                 raise ValueError("not a JSON object")
         except (ValueError, UnicodeDecodeError) as exc:
             return Skipped(key, Reason.MALFORMED_ROW, f"{where}: bad .json member ({exc})")
+        if all(value is None for value in rank_values(record)):
+            # every head would ignore it: it would fill a batch and teach nothing
+            return Skipped(key, Reason.LINEAGE_DEPTH, f"{where}: {UNLABELLED}")
         try:
             img = open_image(data, self.image_size * 2 if self.augment else self.image_size)
             pixels = (
@@ -453,7 +626,7 @@ def make_train_loader(
     decoder = SampleDecoder(class_maps, settings.image_size, settings.augment)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(list(urls), seed=seed, worker_seed=_worker_seed, deterministic=True),
-        wds.tarfile_to_samples(handler=wds.reraise_exception),
+        shard_samples,
         wds.select(_not_excluded(settings.exclude)),
         wds.pipelinefilter(buffer_shuffle)(settings.shuffle_buffer, seed),
         wds.pipelinefilter(decode_samples)(decoder, seed),
@@ -470,7 +643,7 @@ def make_eval_loader(urls: Sequence[str], class_maps: ClassMaps, settings: Loade
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(list(urls)),
         wds.split_by_worker,
-        wds.tarfile_to_samples(handler=wds.reraise_exception),
+        shard_samples,
         wds.select(_not_excluded(settings.exclude)),
         wds.pipelinefilter(decode_samples)(decoder, settings.seed),
         wds.pipelinefilter(batch_samples)(settings.batch_size),

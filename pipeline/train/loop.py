@@ -8,6 +8,9 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,8 @@ from pipeline.train.loader import (
     ClassMaps,
     LoaderSettings,
     ShardFormatError,
+    ShardScan,
+    check_shards,
     class_maps_from_taxa,
     discover_shards,
     load_exclusions,
@@ -28,7 +33,7 @@ from pipeline.train.loader import (
     scan_shards,
 )
 from pipeline.train.model import TaxonomicClassifier, TopKCounter, taxonomic_loss
-from schemas import make_rejects
+from schemas import Reason, make_rejects
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +85,30 @@ def save_checkpoint(state: dict, path: Path) -> None:
     _fsync_replace(tmp, path)
 
 
+def _not_a_checkpoint(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a biocorpus training checkpoint ({why}): point --resume at a checkpoints/last.pt "
+        "written by `biocorpus train`, or train from the start with --resume never"
+    )
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain containers only)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain containers only); a file
+    that is not one raises ValueError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, which would run whatever code the file holds:
+        # only its diagnosis is repeated
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+        why = f"not a torch.save file: {found.group(1).strip()}" if found else "not a torch.save file"
+        raise _not_a_checkpoint(path, why) from None
+    except EOFError:
+        raise _not_a_checkpoint(path, "the file is empty or cut short") from None
+    except RuntimeError as exc:  # not a zip archive, or one cut short: "PytorchStreamReader failed ..."
+        raise _not_a_checkpoint(path, str(exc).splitlines()[0] if str(exc) else "unreadable") from None
+    if not isinstance(state, dict) or "version" not in state:
+        raise _not_a_checkpoint(path, "it holds no biocorpus checkpoint version")
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
     return state
@@ -104,6 +130,19 @@ def _write_rejects(rejects: dict[str, tuple[str, str]], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     _fsync_replace(tmp, path)
+
+
+def _say(message: str) -> None:
+    print(f"train: {message}", file=sys.stderr)
+
+
+def _saved_metrics(path: Path, step: int) -> dict | None:
+    """The metrics.json of the run that reached ``step``, or None when it is missing or of another step."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("step") == step else None
 
 
 def _checkpoint_to_resume(out_dir: Path, resume: str) -> Path | None:
@@ -187,6 +226,35 @@ def shards_fingerprint(urls: list[str], exclude: frozenset[str]) -> str:
     return h.hexdigest()
 
 
+def _check_usable(scan: ShardScan, split: str, shards_dir: Path, out_dir: Path) -> None:
+    """Stop before training when the ``split`` shards give nothing to learn from, saying why; warn
+    about unlabelled samples among labelled ones (they become rejects)."""
+    samples, used = scan.samples[split], scan.used[split]
+    rejected = scan.rejected[split]
+    if samples == 0:
+        raise ShardFormatError(f"the {split} shards in {shards_dir} hold no samples")
+    unlabelled = rejected.get(Reason.LINEAGE_DEPTH, 0)
+    if used == 0 and unlabelled:
+        raise ShardFormatError(
+            f"the {split} shards in {shards_dir} carry no labels: their samples' .json members name no taxon at any "
+            f"rank (kingdom to species; {unlabelled:,} samples), as shards downloaded from a URL list (`biocorpus "
+            "download --urls`) are. The trainer needs shards downloaded from curated/ (`biocorpus curate`, then "
+            "`biocorpus download`), whose .json members carry each record's lineage"
+        )
+    if used == 0:
+        raise ShardFormatError(
+            f"none of the {samples:,} samples of the {split} shards in {shards_dir} can be trained on "
+            f"(excluded as duplicates: {scan.excluded[split]:,}; rejected: {dict(rejected) or 'none'})"
+        )
+    for name, counts in scan.rejected.items():
+        if counts.get(Reason.LINEAGE_DEPTH):
+            log.warning(
+                "%d of the %d %s samples in %s name no taxon at any rank (unlabelled, as from a URL-list "
+                "download): not used, listed in %s as lineage_depth",
+                counts[Reason.LINEAGE_DEPTH], scan.samples[name], name, shards_dir, out_dir / "rejects.parquet",
+            )
+
+
 def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.device) -> dict:
     shards = discover_shards(shards_dir)
     train_urls = shards.get(options.train_split)
@@ -217,35 +285,41 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
     checkpoint_path = out_dir / "checkpoints" / "last.pt"
     resume_from = _checkpoint_to_resume(out_dir, options.resume)
     state = load_checkpoint(resume_from) if resume_from else None
-    trained_on = shards_fingerprint([*train_urls, *(u for urls in eval_urls.values() for u in urls)],
-                                    settings.exclude)
+    all_urls = [*train_urls, *(u for urls in eval_urls.values() for u in urls)]
+    trained_on = shards_fingerprint(all_urls, settings.exclude)
+    initial_rejects: dict[str, tuple[str, str]] = {}
 
     if state is not None:
+        # a shard cut short since would otherwise be reported as "other shards" below
+        check_shards(all_urls)
         # the class maps and the epoch's sample count come from the checkpoint: on other shards,
         # new taxa would be ignored and epochs cut at the old length, with nothing said
         if state.get("shards", trained_on) != trained_on:
             raise ValueError(
                 f"checkpoint {resume_from} was trained on other shards than {shards_dir} holds now (downloaded "
-                "or curated again since): train from the start (--resume never) or into another folder, or "
-                "point --resume at a checkpoint of these shards")
+                f"or curated again since): train from the start with --resume never (it replaces {out_dir}; "
+                f"move that folder aside first to keep the old run), or point --resume at a checkpoint of "
+                "these shards")
         for name in ARCHITECTURE_FIELDS:
             if state["config"][name] != getattr(options, name):
                 raise ValueError(
                     f"checkpoint {resume_from} was trained with {name}={state['config'][name]}, not "
-                    f"{getattr(options, name)}: use the same value or resume='never'"
+                    f"{getattr(options, name)}: use the same value, or train from the start with --resume never"
                 )
         class_maps = ClassMaps.from_dict(state["class_maps"])
         train_samples = state["train_samples"]
+        sample_counts = state.get("samples", {})
     else:
         # classes come from every split read, so a val-only taxon is a class the model must get wrong
         # rather than a silently ignored label
-        scan = scan_shards({options.train_split: train_urls, **eval_urls})
+        scan = scan_shards({options.train_split: train_urls, **eval_urls}, settings.exclude)
+        _check_usable(scan, options.train_split, shards_dir, out_dir)
         class_maps = (
             class_maps_from_taxa(options.taxa) if options.taxa else ClassMaps.from_lineages(scan.lineages)
         )
-        train_samples = scan.samples[options.train_split]
-        if train_samples == 0:
-            raise ShardFormatError(f"the {options.train_split} shards in {shards_dir} hold no samples")
+        train_samples = scan.used[options.train_split]
+        sample_counts = {split: scan.counts(split) for split in scan.samples}
+        initial_rejects = dict(scan.rejects)
 
     steps_per_epoch = math.ceil(train_samples / options.batch_size)
     total_steps = options.epochs * steps_per_epoch
@@ -259,7 +333,7 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
     epoch, batch_in_epoch, step = 0, 0, 0
     running = {"loss": 0.0, "batches": 0, "images": 0, "seconds": 0.0}
     history: list[dict] = []
-    rejects: dict[str, tuple[str, str]] = {}
+    rejects: dict[str, tuple[str, str]] = initial_rejects
     last_eval: dict = {}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -288,6 +362,7 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
             "steps_per_epoch": steps_per_epoch,
             "epochs": options.epochs,
             "train_samples": train_samples,
+            "samples": sample_counts,
             "num_classes": class_maps.num_classes(),
             "completed": epoch >= options.epochs,
             "stopped": stopped,
@@ -317,6 +392,7 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
                 ],
                 "class_maps": class_maps.to_dict(),
                 "train_samples": train_samples,
+                "samples": sample_counts,
                 "config": options.model_dump(mode="json"),
                 "shards": trained_on,
             },
@@ -324,18 +400,28 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
         )
 
     def finish(stopped: str | None) -> dict:
+        """Write metrics.json and the rejects of this run (an earlier run's file goes when it has none)."""
         result = metrics(stopped)
         write_json(result, out_dir / "metrics.json")
         if rejects:
             _write_rejects(rejects, out_dir / "rejects.parquet")
+        else:
+            (out_dir / "rejects.parquet").unlink(missing_ok=True)
         return result
 
     def note_skipped(skipped) -> None:
         for item in skipped:
             rejects.setdefault(item.key, (str(item.reason), item.detail))
 
-    if options.max_steps and step >= options.max_steps:
-        return finish("max_steps")
+    if state is not None and (epoch >= options.epochs or (options.max_steps and step >= options.max_steps)):
+        if epoch >= options.epochs:
+            _say(f"{out_dir} already complete (epoch {epoch}/{options.epochs}, step {step}); nothing to do "
+                 "(a higher --epochs continues it, --resume never trains again from the start)")
+        else:
+            _say(f"{out_dir} already at step {step} of --max-steps {options.max_steps}; nothing to do (raise "
+                 "--max-steps or leave it out to continue)")
+        stopped = None if epoch >= options.epochs else "max_steps"
+        return _saved_metrics(out_dir / "metrics.json", step) or finish(stopped)
     model.train()
     while epoch < options.epochs:
         loader = make_train_loader(train_urls, class_maps, settings, epoch, steps_per_epoch)
@@ -401,5 +487,6 @@ def _train(shards_dir: Path, out_dir: Path, options: Options, device: torch.devi
         batch_in_epoch = 0
         running = {"loss": 0.0, "batches": 0, "images": 0, "seconds": 0.0}
         checkpoint()
-        write_json(metrics(None), out_dir / "metrics.json")
+        if epoch < options.epochs:
+            finish(None)  # the metrics and rejects so far, should the run stop before the next epoch ends
     return finish(None)

@@ -152,6 +152,9 @@ def test_two_inputs_of_one_name_do_not_replace_each_other(tmp_path):
     assert read_dataset(raw / "dataset=export").num_rows == 9 and read_dataset(raw / "dataset=b").num_rows == 2
     forced = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "b" / "export.tsv"), "--force", *common])
     assert forced.exit_code == 0 and read_dataset(raw / "dataset=export").num_rows == 2
+    (tmp_path / "b").rename(tmp_path / "moved")  # the input moved: the same one, not a second
+    moved = cli.invoke(app, ["ingest", "ecotaxa", "--input", str(tmp_path / "moved" / "export.tsv"), *common])
+    assert moved.exit_code == 0 and read_dataset(raw / "dataset=export").num_rows == 2, _err(moved)
 
 
 def test_a_url_for_a_source_that_reads_files_says_so_and_file_urls_are_paths(tmp_path):

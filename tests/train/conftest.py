@@ -19,7 +19,7 @@ SHARED = TESTS.parents[0] / ".." / "shared" / "data"
 IFCB_PARTS = Path("plankton") / "ifcb_labeled"
 
 # the accepted lineage of each label (GBIF backbone / WoRMS); None where the label stops above that
-# rank; "vehicle" is a non-organism negative that every head ignores
+# rank; "vehicle" is a non-organism negative that knows no rank: the trainer rejects it (lineage_depth)
 LINEAGES = json.loads((DATA / "images" / "lineages.json").read_text())
 CAMERA_TRAPS = {k: tuple(v) for k, v in LINEAGES["camera_traps"].items()}
 IFCB_LABELS = {k: tuple(v) for k, v in LINEAGES["ifcb"].items()}
@@ -83,12 +83,13 @@ def _sample(key: str, path: Path, lineage, source: str) -> dict:
 
 
 def write_shard(path: Path, samples: list[dict], extra_members: dict[str, bytes] | None = None) -> None:
-    """A webdataset tar: ``{key}.cls|jpg|json|txt`` members grouped by key, fixed mtime."""
+    """A webdataset tar: ``{key}.cls|jpg|json|txt`` members grouped by key, fixed mtime (no ``.cls``
+    for a record without ranks, as in the shards of a URL list)."""
     with tarfile.open(path, "w") as tar:
         for sample in samples:
             record = sample["record"]
             name = record.get("species") or next(
-                (v for v in reversed([record[r] for r in RANKS]) if v), "unknown"
+                (v for v in reversed([record.get(r) for r in RANKS]) if v), "unknown"
             )
             members = {
                 "cls": b"-1",
@@ -96,6 +97,8 @@ def write_shard(path: Path, samples: list[dict], extra_members: dict[str, bytes]
                 "json": json.dumps(record).encode(),
                 "txt": f"a photo of {name}.".encode(),
             }
+            if not any(r in record for r in RANKS):
+                del members["cls"]
             for suffix, data in members.items():
                 _add(tar, f"{sample['key']}.{suffix}", data)
         for name, data in (extra_members or {}).items():
@@ -107,6 +110,26 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size = len(data)
     info.mtime = 0
     tar.addfile(info, io.BytesIO(data))
+
+
+def url_list_samples(samples: list[dict], prefix: str = "url") -> list[dict]:
+    """The samples as a URL-list download shards them: the ``.json`` holds caption, key and url, no taxon."""
+    out = []
+    for sample in samples:
+        key = f"{prefix}_{sample['key']}"
+        record = {"caption": sample["key"], "key": key, "url": f"file:///images/{sample['key']}.jpg"}
+        out.append({"key": key, "jpg": sample["jpg"], "record": record})
+    return out
+
+
+def write_sidecar(tar_path: Path, ok_keys: list[str], failed_keys: tuple[str, ...] = ()) -> None:
+    """The download stage's sidecar of a shard (``key`` and ``status`` columns are what the trainer reads)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = [*ok_keys, *failed_keys]
+    statuses = ["ok"] * len(ok_keys) + ["failed"] * len(failed_keys)
+    pq.write_table(pa.table({"key": keys, "status": statuses}), tar_path.with_suffix(".parquet"))
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from pipeline.train.loader import (  # noqa: E402
     train_transform,
 )
 from schemas import RANKS  # noqa: E402
+from tests.train.conftest import write_sidecar  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -200,7 +201,9 @@ def test_eval_loader_yields_every_sample_once(shards_dir, class_maps, workers):
     settings = LoaderSettings(batch_size=4, image_size=32, workers=workers)
     batches = list(make_eval_loader(shards["train"], class_maps, settings))
     keys = [k for b in batches for k in b["keys"]]
-    assert sorted(keys) == sorted(s for s in _all_keys(shards_dir))
+    # the vehicle knows no rank: it would teach nothing, so it is skipped with a reason
+    assert sorted(keys) == sorted(k for k in _all_keys(shards_dir) if k != "cameratrap_vehicle")
+    assert [(s.key, s.reason) for b in batches for s in b["skipped"]] == [("cameratrap_vehicle", "lineage_depth")]
     first = batches[0]
     assert first["images"].shape[1:] == (32, 32, 3) and first["images"].dtype == torch.uint8
     assert first["targets"].shape == (len(first["keys"]), 7) and first["targets"].dtype == torch.int64
@@ -226,3 +229,64 @@ def test_train_loader_resamples_reproducibly(shards_dir, class_maps):
     seen = collections.Counter(epoch0 + epoch1 + _keys(make_train_loader(urls, class_maps, settings, 2, 6)))
     assert set(seen) <= set(_all_keys(shards_dir))
     assert len(seen) >= len(set(_all_keys(shards_dir))) - 2
+
+
+def test_scan_accounts_for_every_sample(shards_dir, samples):
+    """samples = used + excluded + rejected, per split; unlabelled samples are rejects, not samples to train on."""
+    shards = discover_shards(shards_dir)
+    scan = scan_shards(shards, exclude=frozenset({"cameratrap_ocelot"}))
+    for split in shards:
+        counts = scan.counts(split)
+        assert counts["samples"] == len(samples)
+        assert counts["used"] + counts["excluded_duplicates"] + sum(counts["rejected"].values()) == counts["samples"]
+        assert counts == {"samples": len(samples), "used": len(samples) - 2, "excluded_duplicates": 1,
+                          "rejected": {"lineage_depth": 1}}
+    assert scan.rejects["cameratrap_vehicle"][0] == "lineage_depth"
+    assert "Leopardus pardalis" not in {lineage[-1] for lineage in scan.lineages}  # only the excluded ocelot has it
+
+
+def _member_offsets(path) -> list[tuple[int, int, int]]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return [(m.offset, m.offset_data, m.size) for m in tar.getmembers()]
+
+
+def _cut(shards_dir, tmp_path, where: str):
+    """A copy of the camera-trap shard cut short: inside a header, inside a member's data, or
+    exactly between two members (no end-of-archive block)."""
+    import shutil
+
+    shard = tmp_path / "train-000000.tar"
+    shutil.copy(shards_dir / "train-000000.tar", shard)
+    offsets = _member_offsets(shard)
+    header, data, size = offsets[len(offsets) // 2]
+    size_at = {"in-a-header": header + 100, "in-member-data": data + size // 2, "between-members": header}[where]
+    with open(shard, "r+b") as fh:
+        fh.truncate(size_at)
+    return shard
+
+
+@pytest.mark.parametrize("where", ["in-a-header", "in-member-data", "between-members"])
+def test_a_truncated_shard_is_an_error_not_a_shorter_shard(shards_dir, tmp_path, class_maps, where):
+    """tarfile, and webdataset's reader over it, end quietly at a header they cannot read: a shard
+    cut short read as half a shard, and training went on with the other half missing."""
+    shard = _cut(shards_dir, tmp_path, where)
+    with pytest.raises(ShardFormatError, match=r"train-000000\.tar is truncated or damaged.*biocorpus download"):
+        scan_shards({"train": [str(shard)]})
+    settings = LoaderSettings(batch_size=2, image_size=32, workers=0)
+    with pytest.raises(ShardFormatError, match="truncated or damaged"):
+        list(make_eval_loader([str(shard)], class_maps, settings))
+    with pytest.raises(ShardFormatError, match="truncated or damaged"):
+        _keys(make_train_loader([str(shard)], class_maps, settings, epoch=0, batches=50))
+
+
+def test_a_shard_missing_images_its_sidecar_lists_is_an_error(tmp_path, samples, shard_writer):
+    cameras = [s for s in samples if s["key"].startswith("cameratrap_")]
+    shard = tmp_path / "train-000000.tar"
+    shard_writer(shard, cameras[:-1])  # a whole tar, one sample short of what the download wrote
+    write_sidecar(shard, [s["key"] for s in cameras], failed_keys=("cameratrap_failed",))
+    with pytest.raises(ShardFormatError, match=rf"holds {len(cameras) - 1} of the {len(cameras)} images its sidecar"):
+        scan_shards({"train": [str(shard)]})
+    write_sidecar(shard, [s["key"] for s in cameras[:-1]], failed_keys=(cameras[-1]["key"],))
+    assert scan_shards({"train": [str(shard)]}).samples["train"] == len(cameras) - 1
