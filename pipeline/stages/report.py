@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.io import atomic_write_bytes
 from pipeline.query import VIEWS
 from pipeline.stages import report_svg as svg
-from pipeline.stages.report_data import collect, sample_images
+from pipeline.stages.report_data import CORPUS_SHARDS, collect, sample_images
 from schemas import RANKS, SCHEMA_VERSION
 
 CROISSANT_CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
@@ -45,6 +45,16 @@ class Options(BaseModel):
         4 << 30, ge=0,
         description="shards totalling at most this many bytes are listed one by one with sha256 in croissant.json "
                     "(what mlcroissant needs to open them); larger corpora get only the FileSet of tars",
+    )
+    version: str = Field(
+        "1.0.0", pattern=r"^\d+\.\d+\.\d+$",
+        description="the dataset's version in croissant.json and the card (MAJOR.MINOR.PATCH, as Croissant "
+                    "recommends); raise it when a changed corpus is published",
+    )
+    url: str | None = Field(
+        None, min_length=1,
+        description="the web page where the dataset is published, for croissant.json's url and the card; unset, "
+                    "croissant.json's url is ./ (the data root, where its copy of croissant.json lies)",
     )
 
 
@@ -129,18 +139,53 @@ def _figure(fig_id: str, chart: str, caption: str = "") -> str:
     return f"<figure id='{fig_id}'>{chart}{cap}</figure>"
 
 
-def _overview_html(data: dict) -> str:
-    labels = {
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def overview_labels(data: dict) -> dict[str, str]:
+    """What each overview count counts, for the page and the card: the download counts are of
+    ``shards/`` alone (the folder the query views, the trainer and croissant.json read), the
+    rejects of every stage and every shards folder."""
+    rej = data.get("rejects") or {}
+    rejected = "rejected records (every stage and shards folder" + (", training included)" if rej.get("train_included")
+                                                                    else ")")
+    return {
         "raw": "raw records (ingested)", "resolved": "resolved records", "curated": "curated records",
-        "rejected": "rejected records (all stages)", "taxa": "resolved taxa (with a taxon id)", "download_attempts": "download attempts",
-        "images_ok": "images in shards", "images_failed": "failed downloads", "shards": "shards", "runs": "stage runs",
+        "rejected": rejected, "taxa": "resolved taxa (with a taxon id)",
+        "download_attempts": f"download attempts ({CORPUS_SHARDS}/)", "images_ok": f"images in {CORPUS_SHARDS}/",
+        "images_failed": f"failed downloads ({CORPUS_SHARDS}/)", "shards": f"shards in {CORPUS_SHARDS}/",
+        "runs": "stage runs",
     }
+
+
+def _other_folders(data: dict) -> list[dict]:
+    return [f for f in data["shards_folders"]["folders"] if not f["in_counts"]]
+
+
+def other_folders_note(data: dict) -> str:
+    """One sentence naming the shards folders that the download counts leave out; empty when none."""
+    others = _other_folders(data)
+    if not others:
+        return ""
+    named = "; ".join(
+        f"{f['folder']}/ ({_plural(f['ok'], 'image')} in {_plural(f['shards'], 'shard')}"
+        + (f", whose {_plural(sum(r[2] for r in f['rejects']), 'reject')} are among the rejected records"
+           if f["rejects"] else "")
+        + ")" for f in others)
+    return (f"The download counts are of {CORPUS_SHARDS}/, the folder that the query views, the trainer and "
+            f"croissant.json read. Other shards folders of this data root, not in those counts: {named}.")
+
+
+def _overview_html(data: dict) -> str:
     rows = []
-    for key, label in labels.items():
+    for key, label in overview_labels(data).items():
         v = data["overview"][key]
         cell = f"<td class='n' data-count='{v}'>{v:,}</td>" if v is not None else "<td class='not-run'>not run yet</td>"
         rows.append(f"<tr data-key='{key}'><td>{escape(label)}</td>{cell}</tr>")
-    return "<table id='overview-table'><tbody>" + "".join(rows) + "</tbody></table>"
+    note = other_folders_note(data)
+    note = f"<p class='note' id='other-shards'>{escape(note)} See Downloads.</p>" if note else ""
+    return "<table id='overview-table'><tbody>" + "".join(rows) + "</tbody></table>" + note
 
 
 def _bars(fig_id: str, pairs: list[list], title: str, log: bool = False, caption: str = "", color: str = svg.PALETTE[0]) -> str:
@@ -178,24 +223,67 @@ def _records_sections(rec: dict | None) -> dict[str, str]:
     return out
 
 
-def _rejects_html(rej: dict | None) -> str:
+def folder_reject_rows(data: dict) -> list[list]:
+    """[shards folder, stage, reason, records] of the per-folder rejects stages (download,
+    curate_dedup_bytes), when some of them are not of ``shards/``; else []."""
+    sf = data["shards_folders"]
+    rows = [[f"{f['folder']}/", *r] for f in sf["folders"] for r in f["rejects"]]
+    rows += [[f"elsewhere ({part})", stage, reason, n] for part, stage, reason, n in sf["rejects_elsewhere"]]
+    return rows if any(r[0] != f"{CORPUS_SHARDS}/" for r in rows) else []
+
+
+def _rejects_html(data: dict) -> str:
+    rej = data["rejects"]
     if rej is None:
         return "<p class='note'>No rejects dataset yet (no stage has rejected a record, or none has run).</p>"
     labelled = [[f"{s}: {r}", n] for s, r, n in rej["by_stage_reason"]]
-    return (
-        _bars("fig-rejects-stage", rej["by_stage"], "Rejected records per stage", color=svg.PALETTE[1])
-        + _bars("fig-rejects-reason", labelled, "Rejected records per stage and reason", color=svg.PALETTE[1])
-        + _table(["stage", "reason", "records"], rej["by_stage_reason"], {2}, "rejects-table")
-    )
+    parts = [
+        _bars("fig-rejects-stage", rej["by_stage"], "Rejected records per stage", color=svg.PALETTE[1]),
+        _bars("fig-rejects-reason", labelled, "Rejected records per stage and reason", color=svg.PALETTE[1]),
+        _table(["stage", "reason", "records"], rej["by_stage_reason"], {2}, "rejects-table"),
+    ]
+    notes = []
+    if rej.get("train_included"):
+        notes.append("The train rows are the trainer's rejects (train/rejects.parquet), which the rejects query view "
+                     "does not read.")
+    if data.get("train_rejects_note"):
+        notes.append(data["train_rejects_note"] + ".")
+    parts += [f"<p class='note'>{escape(n)}</p>" for n in notes]
+    by_folder = folder_reject_rows(data)
+    if by_folder:
+        parts.append(f"<p class='note'>The download and byte-level dedup rejects by the shards folder they are of "
+                     f"(the Downloads counts are of {CORPUS_SHARDS}/ only):</p>")
+        parts.append(_table(["shards folder", "stage", "reason", "records"], by_folder, {3}, "rejects-folders-table"))
+    return "".join(parts)
 
 
-def _downloads_html(dl: dict | None) -> str:
+FOLDER_HEADERS = ["shards folder", "shards", "attempted", "ok", "failed", "stored as", "ok with no curated record",
+                  "rejects", "in the download counts"]
+
+
+def folder_rows(data: dict) -> list[list]:
+    """One row per shards folder of the data root (``FOLDER_HEADERS``)."""
+    return [[f"{f['folder']}/", f["shards"], f["attempted"], f["ok"], f["failed"],
+             ", ".join(f"{n:,} {ext}" for ext, n in f["formats"]) or "-", f["without_curated"],
+             sum(r[2] for r in f["rejects"]), "yes" if f["in_counts"] else "no"]
+            for f in data["shards_folders"]["folders"]]
+
+
+def _folders_html(data: dict) -> str:
+    if not _other_folders(data):
+        return ""
+    return (f"<p class='note'>{escape(other_folders_note(data))}</p>"
+            + _table(FOLDER_HEADERS, folder_rows(data), {1, 2, 3, 4, 6, 7}, "shards-folders-table"))
+
+
+def _downloads_html(data: dict) -> str:
+    dl = data["downloads"]
     if dl is None:
-        return _not_run("download", "biocorpus download")
+        return _not_run("download", "biocorpus download") + _folders_html(data)
     hosts = [(h, {"ok": ok, "failed": failed}) for h, ok, failed in dl["by_host"]]
     parts = [
-        f"<p>{dl['attempted']:,} attempted, {dl['ok']:,} stored ({dl['stored_bytes'] / 1e6:,.1f} MB) "
-        f"from {dl['hosts']:,} hosts.</p>",
+        f"<p>In {CORPUS_SHARDS}/: {dl['attempted']:,} attempted, {dl['ok']:,} stored "
+        f"({dl['stored_bytes'] / 1e6:,.1f} MB) from {_plural(dl['hosts'], 'host')}.</p>",
         _figure("fig-downloads-host", svg.stacked_bar_chart(hosts, ["ok", "failed"], "Download outcomes per host",
                                                             colors=(svg.PALETTE[3], svg.PALETTE[1]))),
     ]
@@ -205,6 +293,7 @@ def _downloads_html(dl: dict | None) -> str:
     else:
         parts.append("<p class='note'>No download failed.</p>")
     parts.append(_table(["shard", "attempted", "ok", "failed"], dl["shards"], {1, 2, 3}, "shards-table"))
+    parts.append(_folders_html(data))
     return "".join(parts)
 
 
@@ -251,8 +340,8 @@ def render_html(data: dict, samples: dict, options: Options, root: Path, generat
     """The whole page as one string: inline CSS, inline SVG, base64 thumbnails, a JSON blob of the numbers."""
     bodies = {"overview": _overview_html(data)}
     bodies.update(_records_sections(data["records"]))
-    bodies["rejects"] = _rejects_html(data["rejects"])
-    bodies["downloads"] = _downloads_html(data["downloads"])
+    bodies["rejects"] = _rejects_html(data)
+    bodies["downloads"] = _downloads_html(data)
     bodies["splits"] = (_bars("fig-splits", data["splits"], "Curated records per split", color=svg.PALETTE[3])
                         if data["splits"] else _not_run("curate", "biocorpus curate"))
     bodies["samples"] = _samples_html(samples)
@@ -265,8 +354,9 @@ def render_html(data: dict, samples: dict, options: Options, root: Path, generat
         f"<title>{escape(options.name)} report</title><meta name='viewport' content='width=device-width'>"
         f"<style>{CSS}</style></head><body>"
         f"<h1>{escape(options.name)} report</h1>"
-        f"<p class='note'>Data root <code>{escape(str(root))}</code>; generated {escape(generated)} by biocorpus "
-        f"(schema {SCHEMA_VERSION}). Record plots count the <code>records</code> view (here: {escape(scope)}).</p>"
+        f"<p class='note'>Data root <code>{escape(str(root))}</code>; dataset version {escape(options.version)}, "
+        f"generated {escape(generated)} by biocorpus (record schema {SCHEMA_VERSION}). Record plots count the "
+        f"<code>records</code> view (here: {escape(scope)}).</p>"
         f"<nav>{nav}</nav>{sections}"
         f"<script type='application/json' id='report-data'>{_page_data(data, samples)}</script>"
         f"<script>{IMAGES_SCRIPT}</script></body></html>"
@@ -294,6 +384,32 @@ def _size_category(n: int) -> str:
     return "n>100M"
 
 
+def corpus_folder(data: dict) -> dict | None:
+    """The counts of ``shards/`` (see ``report_data.shards_folders``), or None when it holds no shards."""
+    return next((f for f in data["shards_folders"]["folders"] if f["in_counts"]), None)
+
+
+def image_exts(data: dict) -> list[str]:
+    """The extensions of the images stored in ``shards/``, most frequent first."""
+    folder = corpus_folder(data)
+    return [ext for ext, _ in folder["formats"]] if folder else []
+
+
+def json_members_sentence(data: dict) -> str:
+    """What a sample's ``.json`` member holds: the curated record for an image downloaded from
+    curated/, only a URL list's columns for one downloaded from a list (``download --urls``)."""
+    text = ("An image downloaded from the curated records has that record as its `.json` member, with its licence "
+            "and rights holder.")
+    folder = corpus_folder(data)
+    if folder and folder["without_curated"]:
+        n, ok = folder["without_curated"], folder["ok"]
+        text += (f" {n:,} of the {_plural(ok, 'image')} in `{CORPUS_SHARDS}/` have no curated record (downloaded "
+                 "from a URL list, `biocorpus download --urls`, or curated again since): a URL list's `.json` holds "
+                 "only the list's columns (key, URL, caption), with a licence or rights holder only where the list "
+                 "gives one.")
+    return text
+
+
 def render_card(data: dict, config: dict, options: Options, root: Path, generated: str) -> str:
     """The dataset card (Markdown with a YAML header): counts, sources, licences, attribution,
     provenance (stages, versions, run ids) and the config."""
@@ -313,13 +429,18 @@ def render_card(data: dict, config: dict, options: Options, root: Path, generate
         "",
         options.description,
         "",
-        f"Generated {generated} by biocorpus (record schema {SCHEMA_VERSION}) from the data root `{root}`.",
+        f"Version {options.version}, generated {generated} by biocorpus (record schema {SCHEMA_VERSION})."
+        + (f" Published at <{options.url}>." if options.url else "")
+        + " Paths are relative to the data root, the folder holding `shards/` and `croissant.json`.",
         "",
         "## Counts",
         "",
-        _md_table(["what", "count"], [[k.replace("_", " "), "not run yet" if v is None else v] for k, v in ov.items()]),
+        _md_table(["what", "count"], [[label, "not run yet" if ov[k] is None else ov[k]]
+                                      for k, label in overview_labels(data).items()]),
         "",
     ]
+    if _other_folders(data):
+        lines += [other_folders_note(data), "", _md_table(FOLDER_HEADERS, folder_rows(data)), ""]
     if data["splits"]:
         lines += ["Curated records per split:", "", _md_table(["split", "records"], data["splits"]), ""]
     if rec is not None:
@@ -347,11 +468,13 @@ def render_card(data: dict, config: dict, options: Options, root: Path, generate
         rows = [[a["holder"] or f"not stated: see {a['dataset']}", a["licenses"], a["count"]] for a in corpus["attribution"]]
         lines += [
             f"Rights holder (or creator) of the {scope}, as the sources state it; where none is stated the "
-            "source dataset is named. Each sample's `.json` member carries its own licence and rights holder.",
+            f"source dataset is named. {json_members_sentence(data)}",
             "", _md_table(["rights holder", "licences", "images"], rows), "",
         ]
         if corpus["attribution_groups"] > len(rows):
             lines += [f"... and {corpus['attribution_groups'] - len(rows):,} more (query `records` for all).", ""]
+    elif (corpus_folder(data) or {}).get("ok"):
+        lines += [f"No image in `{CORPUS_SHARDS}/` is a record of this data root. {json_members_sentence(data)}", ""]
     else:
         lines += ["No records yet.", ""]
     lines += ["## How it was built", "",
@@ -371,19 +494,28 @@ def render_card(data: dict, config: dict, options: Options, root: Path, generate
     else:
         lines += ["No run records (`runs/*/run.json`) yet.", ""]
     if data["rejects"]:
-        lines += ["Rejected records per stage and reason:", "",
+        train = " (train: the trainer's rejects, `train/rejects.parquet`)" if data["rejects"].get("train_included") else ""
+        lines += [f"Rejected records per stage and reason{train}:", "",
                   _md_table(["stage", "reason", "records"], data["rejects"]["by_stage_reason"]), ""]
+        if data.get("train_rejects_note"):
+            lines += [data["train_rejects_note"] + ".", ""]
+        by_folder = folder_reject_rows(data)
+        if by_folder:
+            lines += ["Download and byte-level dedup rejects by shards folder:", "",
+                      _md_table(["shards folder", "stage", "reason", "records"], by_folder), ""]
     dl = data["downloads"]
     if dl:
-        lines += [f"Downloads: {dl['attempted']:,} attempted, {dl['ok']:,} stored, {dl['attempted'] - dl['ok']:,} failed.", ""]
+        lines += [f"Downloads into `{CORPUS_SHARDS}/`: {dl['attempted']:,} attempted, {dl['ok']:,} stored, "
+                  f"{dl['attempted'] - dl['ok']:,} failed, from {_plural(dl['hosts'], 'host')}.", ""]
         if dl["by_reason"]:
             lines += [_md_table(["failure reason", "images"], dl["by_reason"]), ""]
+    exts = " or ".join(f"`{{key}}.{ext}`" for ext in image_exts(data)) or "`{key}.jpg` or `{key}.png`"
     lines += [
         "## Files", "",
-        "- `shards/{split}-{n:06d}.tar`: webdataset shards, per sample `{key}.jpg` (image), `{key}.json` (record "
-        "with licence and attribution), `{key}.txt` (caption), `{key}.cls` (class index when given), and for curated "
-        "records BioCLIP's text types `{key}.sci.txt`, `{key}.taxonTag_com.txt`, `{key}.common_name.txt`... "
-        "(`download.text_members`).",
+        f"- `shards/{{split}}-{{n:06d}}.tar`: webdataset shards, per sample {exts} (image), `{{key}}.json` (the "
+        "curated record with licence and attribution, or a URL list's columns), `{key}.txt` (caption), `{key}.cls` "
+        "(class index when given), and for curated records BioCLIP's text types `{key}.sci.txt`, "
+        "`{key}.taxonTag_com.txt`, `{key}.common_name.txt`... (`download.text_members`).",
         "- `shards/{split}-{n:06d}.parquet`: one row per attempted image (status, reason, host, sha256, sizes).",
         "- `raw/`, `resolved/`, `curated/`, `rejects/`: Parquet tables; query them with `biocorpus query \"SQL\"`.",
         "- `croissant.json` (also in `report/`): MLCommons Croissant 1.0 metadata; its paths are relative to the data root.",
@@ -447,17 +579,45 @@ RECORD_FIELDS = (
 )
 DOWNLOAD_FIELDS = ("key", "url", "split", "shard", "status", "reason", "http_status", "host", "sha256",
                    "width", "height", "stored_width", "stored_height")
-_CC_URLS = {"cc0-1.0": "https://creativecommons.org/publicdomain/zero/1.0/"}
+# the licence documents of the codes of sources.licenses that are not a versioned cc-by* code
+_LICENSE_URLS = {
+    "cc0-1.0": "https://creativecommons.org/publicdomain/zero/1.0/",
+    # what the sources mean by it (a Public Domain Mark, "no known copyright restrictions")
+    "public-domain": "https://creativecommons.org/publicdomain/mark/1.0/",
+}
+_LICENSE_NOTES = {
+    "public-domain": "no known copyright restrictions (Public Domain Mark 1.0)",
+    "all-rights-reserved": "all rights reserved by the rights holder: no licence to reuse",
+    "unknown": "no licence stated, or one not recognised: see each record's license_raw",
+}
+# the extension of a stored image -> its MIME type (only JPEG and PNG are stored, see shards.image)
+IMAGE_MIME = {"jpg": "image/jpeg", "png": "image/png"}
 
 
-def _license_url(code: str) -> str:
-    """A Creative Commons URL for a versioned ``cc-by*`` code; other codes stay as text."""
-    if code in _CC_URLS:
-        return _CC_URLS[code]
+def _license_url(code: str) -> str | None:
+    """The licence document of a licence code (``sources.licenses``), or None when it has none:
+    all rights reserved, unknown, or a Creative Commons code whose version the source did not give."""
+    if code in _LICENSE_URLS:
+        return _LICENSE_URLS[code]
     parts = code.split("-")
     if code.startswith("cc-by") and parts[-1].replace(".", "").isdigit():
         return f"https://creativecommons.org/licenses/{'-'.join(parts[1:-1])}/{parts[-1]}/"
-    return code
+    return None
+
+
+def license_entry(code: str) -> dict:
+    """One entry of croissant.json's ``license``: a schema.org CreativeWork named by the records'
+    licence code, with the licence's URL where it has one (schema.org's license is a URL or a
+    CreativeWork; a bare code like ``public-domain`` is neither, and some codes have no URL)."""
+    entry: dict[str, str] = {"@type": "sc:CreativeWork", "name": code}
+    url = _license_url(code)
+    if url:
+        entry["url"] = url
+    note = _LICENSE_NOTES.get(code) or (None if url else "a Creative Commons licence whose version the source "
+                                                               "does not state")
+    if note:
+        entry["description"] = note
+    return entry
 
 
 def _data_type(arrow_type) -> str:
@@ -480,7 +640,8 @@ def _file_schema(root: Path, pattern: str):
 
 
 def _table_record_set(rs_id: str, fileset_id: str, schema, wanted: tuple[str, ...], description: str,
-                      key: str | None = None, hive: tuple[str, ...] = (), references: dict | None = None) -> dict:
+                      key: str | None = None, hive: tuple[str, ...] = (), references: dict | None = None,
+                      descriptions: dict | None = None) -> dict:
     fields = []
     for name in wanted:
         if schema is not None and name in schema.names:
@@ -494,6 +655,8 @@ def _table_record_set(rs_id: str, fileset_id: str, schema, wanted: tuple[str, ..
         else:
             continue
         field = {"@type": "cr:Field", "@id": f"{rs_id}/{name}", "name": name, "dataType": dtype, "source": source}
+        if descriptions and name in descriptions:
+            field["description"] = descriptions[name]
         if references and name in references:
             field["references"] = {"field": {"@id": references[name]}}
         fields.append(field)
@@ -514,9 +677,10 @@ def _tar_object(root: Path, tar: Path) -> dict:
 
 
 def build_croissant(root: Path, data: dict, options: Options, generated: str) -> dict:
-    """Croissant 1.0 JSON-LD: FileSets for the shards (tar, and the images/records/captions inside
-    them) and the Parquet tables, with a RecordSet of the main columns of each. Paths are relative
-    to the data root."""
+    """Croissant 1.0 JSON-LD: FileSets for the shards of ``shards/`` (tar, and the images, records
+    and captions inside them: one FileSet and RecordSet of images per format they are stored in)
+    and the Parquet tables, with a RecordSet of the main columns of each. Paths are relative to the
+    data root."""
     root = Path(root)
     views = set(data["views"])
     licenses = [lic for lic, _ in data["corpus"].get("per_license", [])]
@@ -536,9 +700,11 @@ def build_croissant(root: Path, data: dict, options: Options, generated: str) ->
         distribution.append({"@type": "cr:FileSet", "@id": "curated-parquet", "name": "curated-parquet",
                              "encodingFormat": PARQUET, "includes": INCLUDES["curated"],
                              "description": "the curated training tables, partitioned by split"})
-        record_sets.append(_table_record_set("curated", "curated-parquet", schema, (*RECORD_FIELDS, "split", *extra),
-                                             "curated records with split and captions", key="record_id",
-                                             hive=("split",)))
+        record_sets.append(_table_record_set(
+            "curated", "curated-parquet", schema, (*RECORD_FIELDS, "split", "cls", *extra),
+            "curated records with split, class index and captions", key="record_id", hive=("split",),
+            descriptions={"cls": "class index: the position of taxon_id in curated/_classes.json "
+                                 "(the {key}.cls member of the shards)"}))
     if "downloads" in views:
         distribution.append({"@type": "cr:FileSet", "@id": "downloads-parquet", "name": "downloads-parquet",
                              "encodingFormat": PARQUET, "includes": INCLUDES["downloads"],
@@ -557,27 +723,37 @@ def build_croissant(root: Path, data: dict, options: Options, generated: str) ->
             objects = [_tar_object(root, t) for t in tars]
             distribution += objects
             containers = [{"@id": o["@id"]} for o in objects]
+        # a FileSet has one encodingFormat and a Field one source: one of each per stored format
+        exts = image_exts(data)
+        image_sets = [("shard-images", "images", exts[0])] if len(exts) == 1 else \
+            [(f"shard-images-{ext}", f"images-{ext}", ext) for ext in sorted(exts)]
         distribution += [
-            {"@type": "cr:FileSet", "@id": "shard-images", "name": "shard-images", "containedIn": containers,
-             "encodingFormat": "image/jpeg", "includes": "*.jpg", "description": "the images, {key}.jpg"},
+            {"@type": "cr:FileSet", "@id": fs_id, "name": fs_id, "containedIn": containers,
+             "encodingFormat": IMAGE_MIME[ext], "includes": f"*.{ext}", "description": f"the images, {{key}}.{ext}"}
+            for fs_id, _, ext in image_sets
+        ]
+        distribution += [
             {"@type": "cr:FileSet", "@id": "shard-records", "name": "shard-records", "containedIn": containers,
              "encodingFormat": "application/json", "includes": "*.json",
-             "description": "each image's record with licence and attribution, {key}.json"},
+             "description": "each image's {key}.json: its curated record (licence, rights holder, lineage) and "
+                            "download details, or for an image of a URL list the list's columns"},
             {"@type": "cr:FileSet", "@id": "shard-captions", "name": "shard-captions", "containedIn": containers,
              "encodingFormat": "text/plain", "includes": "*.txt",
              "description": "each image's caption, {key}.txt, and BioCLIP's text types, {key}.<type>.txt"},
         ]
         key_regex = {"regex": "^(?:.*/)?([A-Za-z0-9_-]+)\\.[a-z]+$"}
-        image_fields = [
-            {"@type": "cr:Field", "@id": "images/key", "name": "key", "dataType": "sc:Text",
-             "source": {"fileSet": {"@id": "shard-images"}, "extract": {"fileProperty": "filename"},
-                        "transform": key_regex}},
-            {"@type": "cr:Field", "@id": "images/image", "name": "image", "dataType": "sc:ImageObject",
-             "source": {"fileSet": {"@id": "shard-images"}, "extract": {"fileProperty": "content"}}},
-        ]
-        record_sets.append({"@type": "cr:RecordSet", "@id": "images", "name": "images", "key": {"@id": "images/key"},
-                            "description": "the images in the shards; key = records/record_id = downloads/key",
-                            "field": image_fields})
+        for fs_id, rs_id, ext in image_sets:
+            image_fields = [
+                {"@type": "cr:Field", "@id": f"{rs_id}/key", "name": "key", "dataType": "sc:Text",
+                 "source": {"fileSet": {"@id": fs_id}, "extract": {"fileProperty": "filename"},
+                            "transform": key_regex}},
+                {"@type": "cr:Field", "@id": f"{rs_id}/image", "name": "image", "dataType": "sc:ImageObject",
+                 "source": {"fileSet": {"@id": fs_id}, "extract": {"fileProperty": "content"}}},
+            ]
+            which = "the images" if len(image_sets) == 1 else f"the {ext} images"
+            record_sets.append({"@type": "cr:RecordSet", "@id": rs_id, "name": rs_id, "key": {"@id": f"{rs_id}/key"},
+                                "description": f"{which} in the shards; key = records/record_id = downloads/key",
+                                "field": image_fields})
         record_sets.append({
             "@type": "cr:RecordSet", "@id": "captions", "name": "captions",
             "key": [{"@id": "captions/key"}, {"@id": "captions/member"}],
@@ -594,17 +770,24 @@ def build_croissant(root: Path, data: dict, options: Options, generated: str) ->
                  "source": {"fileSet": {"@id": "shard-captions"}, "extract": {"fileProperty": "content"}}},
             ],
         })
+    others = ", ".join(f"{f['folder']}/" for f in data["shards_folders"]["folders"] if not f["in_counts"])
+    description = (options.description + f" Records follow the biocorpus record schema {SCHEMA_VERSION}. Its paths "
+                   f"are relative to the data root, the folder holding {CORPUS_SHARDS}/ and the root copy of this file"
+                   + ("" if options.url else " (its url, ./, names that folder)") + f"; it describes the shards of "
+                   f"{CORPUS_SHARDS}/" + (f" (not those of {others})" if others else "") + ".")
     return {
         "@context": _CONTEXT,
         "@type": "sc:Dataset",
         "conformsTo": CROISSANT_CONFORMS_TO,
         "name": options.name,
-        "description": options.description + " Paths are relative to the data root (the folder holding shards/).",
-        "url": root.resolve().as_uri(),
-        "version": SCHEMA_VERSION,
+        "description": description,
+        # where it is published when the config says; else the data root, which a relative URL
+        # names wherever the folder is copied or served (an absolute file:// path would not)
+        "url": options.url or "./",
+        "version": options.version,
         "datePublished": generated[:10],
         "creator": {"@type": "sc:Organization", "name": "biocorpus"},
-        "license": [_license_url(code) for code in licenses] or ["unknown"],
+        "license": [license_entry(code) for code in licenses] or [license_entry("unknown")],
         "keywords": ["biodiversity", "taxonomy", "images", "webdataset"],
         "citeAs": f"{options.name}, built with biocorpus on {generated[:10]}.",
         "distribution": distribution,

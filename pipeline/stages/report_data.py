@@ -1,4 +1,6 @@
-"""The report's numbers: every count comes from DuckDB over the data root's views (``pipeline.query``).
+"""The report's numbers: every count comes from DuckDB over the data root's views (``pipeline.query``)
+and over what they do not read: the sidecars of every shards folder (the views read ``shards/``),
+which folder each per-folder rejects part is of, and the trainer's ``train/rejects.parquet``.
 
 ``collect`` returns one JSON-serialisable dict; a section whose view is absent is ``None`` so the
 page and the card can say "not run yet" instead of failing. ``sample_images`` picks a few
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import tarfile
 from collections import OrderedDict
 from pathlib import Path
@@ -19,6 +22,18 @@ from schemas import RANKS
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 NO_TAXON = "(no resolved taxon)"
+# the shards folder the views (pipeline.query), the trainer and croissant.json read: the corpus
+CORPUS_SHARDS = "shards"
+# rejects stages written one part per shards folder (pipeline.jobs._write_shard_rejects)
+SHARD_REJECT_STAGES = ("download", "curate-dedup-bytes")
+# a part of such a stage: part-<folder name>-<hash of its path>.parquet, or part-<folder name>.parquet
+# as earlier versions named it
+_SHARD_PART = re.compile(r"part-(.+?)(?:-[0-9a-f]{10})?\.parquet")
+# The extension of a stored image, from its sidecar row: only JPEG and PNG originals are kept as
+# they came (shards.image), and a kept original's stored bytes and size are its downloaded ones;
+# every other image is stored re-encoded as JPEG.
+STORED_EXT_SQL = ("CASE WHEN format = 'png' AND stored_bytes = bytes AND stored_width = width "
+                  "AND stored_height = height THEN 'png' ELSE 'jpg' END")
 
 
 def _taxon_label_sql() -> str:
@@ -70,7 +85,7 @@ def corpus_scope(views: set[str]) -> tuple[str | None, str]:
     return None, "nothing yet"
 
 
-def _overview(con, views: set[str]) -> dict[str, int | None]:
+def _overview(con, views: set[str], rejected: int | None) -> dict[str, int | None]:
     def count(view: str, where: str = "") -> int | None:
         return int(_scalar(con, f"SELECT count(*) FROM {view} {where}")) if view in views else None
 
@@ -78,7 +93,7 @@ def _overview(con, views: set[str]) -> dict[str, int | None]:
         "raw": count("raw"),
         "resolved": count("resolved"),
         "curated": count("curated"),
-        "rejected": count("rejects"),
+        "rejected": rejected,
         "taxa": count("taxa"),
         "download_attempts": count("downloads"),
         "images_ok": count("downloads", "WHERE status = 'ok'"),
@@ -127,14 +142,128 @@ def _records(con, options) -> dict[str, Any]:
     return out
 
 
-def _rejects(con) -> dict[str, Any]:
-    rows = _fetch(con, "SELECT stage, reason, count(*) AS count FROM rejects GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2")
-    by_stage = _fetch(con, "SELECT stage AS label, count(*) AS count FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1")
+def _rejects(con, has_view: bool, train: Path | None) -> dict[str, Any]:
+    """Rejected records per stage and reason: the ``rejects`` view, plus the trainer's rejects
+    (``train/rejects.parquet``, which the view does not read) when ``train`` names them."""
+    counts: dict[tuple[str, str], int] = {}
+    parts = ["SELECT stage, reason FROM rejects"] if has_view else []
+    params = []
+    if train is not None:
+        parts.append("SELECT stage, reason FROM read_parquet(?, hive_partitioning = false)")
+        params.append(str(train))
+    rows = _fetch(con, f"SELECT stage, reason, count(*) AS count FROM ({' UNION ALL '.join(parts)}) GROUP BY 1, 2",
+                  params)
+    for r in rows:
+        counts[(r["stage"], r["reason"])] = int(r["count"])
+    by_stage_reason = sorted(([s, r, n] for (s, r), n in counts.items()), key=lambda x: (-x[2], x[0], x[1]))
+    by_stage: dict[str, int] = {}
+    for stage, _, n in by_stage_reason:
+        by_stage[stage] = by_stage.get(stage, 0) + n
     return {
-        "total": sum(r["count"] for r in rows),
-        "by_stage": _pairs(by_stage),
-        "by_stage_reason": [[r["stage"], r["reason"], int(r["count"])] for r in rows],
+        "total": sum(counts.values()),
+        "by_stage": sorted(([s, n] for s, n in by_stage.items()), key=lambda x: (-x[1], x[0])),
+        "by_stage_reason": by_stage_reason,
+        "train_included": train is not None,
     }
+
+
+def train_rejects(root: Path) -> tuple[Path | None, str | None]:
+    """``train/rejects.parquet`` when it belongs to the last training (its rows are the
+    ``rejected_samples`` of ``train/metrics.json``), else None and, for a file left over from an
+    earlier run, a note saying why it is not counted."""
+    import pyarrow.parquet as pq
+
+    path = Path(root) / "train" / "rejects.parquet"
+    if not path.is_file():
+        return None, None
+    rows = pq.read_metadata(path).num_rows
+    claimed = None
+    metrics = path.with_name("metrics.json")
+    if metrics.is_file():
+        try:
+            claimed = json.loads(metrics.read_text()).get("rejected_samples")
+        except (ValueError, AttributeError):
+            claimed = None
+    if isinstance(claimed, int) and claimed != rows:
+        return None, (f"train/rejects.parquet holds {rows:,} rows but train/metrics.json reports {claimed:,} rejected "
+                      "samples, so it is left from an earlier training and not counted")
+    return path, None
+
+
+def shards_folders(root: Path) -> list[Path]:
+    """The data root's shards folders (its subfolders holding webdataset tars with their sidecar
+    Parquet), ``shards/`` first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.is_dir() and any(d.glob("*.tar")) and any(d.glob("*.parquet"))]
+    return sorted(found, key=lambda d: (d.name != CORPUS_SHARDS, d.name))
+
+
+def shard_reject_parts(root: Path, folders: list[Path]) -> dict[Path, str | None]:
+    """Each part file of the per-folder rejects stages -> the name of the shards folder of this
+    data root it holds the rejects of, or None for a folder elsewhere. A part named for a folder's
+    own path is that folder's; one named by a folder's base name alone (earlier versions) or with
+    the path hash of another place (a data root moved or copied) is that folder's too, unless the
+    folder's own part is beside it."""
+    exact: dict[str, str] = {}
+    if folders:
+        from pipeline.stages.download import rejects_part_name  # the name the download stage gives a part
+
+        exact = {rejects_part_name(f): f.name for f in folders}
+    names = {f.name for f in folders}
+    out: dict[Path, str | None] = {}
+    for stage in SHARD_REJECT_STAGES:
+        parts = sorted((Path(root) / "rejects" / f"stage={stage}").glob("part-*.parquet"))
+        claimed = {exact[p.name] for p in parts if p.name in exact}
+        for part in parts:
+            if part.name in exact:
+                out[part] = exact[part.name]
+                continue
+            m = _SHARD_PART.fullmatch(part.name)
+            base = m.group(1) if m else None
+            out[part] = base if base in names and base not in claimed else None
+    return out
+
+
+def _shards_folder(con, folder: Path, curated: bool) -> dict[str, Any]:
+    """Counts of one shards folder from its sidecars: shards, attempted, ok, failed, the stored
+    image formats and the images that are no curated record (a URL list's)."""
+    sides = [str(p) for p in sorted(folder.glob("*.parquet"))]
+    src = "read_parquet(?, filename = true, union_by_name = true, hive_partitioning = false)"
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}", [sides]).fetchall()}
+    ok = "status = 'ok'"
+    listed = f"count(*) FILTER (WHERE {ok} AND key NOT IN (SELECT record_id FROM curated))" if curated \
+        else f"count(*) FILTER (WHERE {ok})"
+    totals = _fetch(con, f"SELECT count(DISTINCT filename) AS shards, count(*) AS attempted, "
+                         f"count(*) FILTER (WHERE {ok}) AS ok, count(*) FILTER (WHERE NOT {ok}) AS failed, "
+                         f"{listed} AS without_curated FROM {src}", [sides])[0]
+    ext = STORED_EXT_SQL if {"format", "bytes", "stored_bytes", "stored_width", "stored_height"} <= cols else "'jpg'"
+    formats = _fetch(con, f"SELECT {ext} AS label, count(*) AS count FROM {src} WHERE {ok} GROUP BY 1 ORDER BY 2 DESC, 1",
+                     [sides])
+    return {"folder": folder.name, "in_counts": folder.name == CORPUS_SHARDS,
+            **{k: int(v) for k, v in totals.items()}, "formats": _pairs(formats), "rejects": []}
+
+
+def _shards_folders(con, root: Path, views: set[str]) -> dict[str, Any]:
+    """Every shards folder of the data root with its counts and the rejects of its part files, and
+    the rejects of shards folders elsewhere (parts that name no folder here)."""
+    folders = shards_folders(root)
+    stats = {f.name: _shards_folder(con, f, "curated" in views) for f in folders}
+    parts = shard_reject_parts(root, folders)
+    elsewhere: list[list] = []
+    if parts:
+        rows = _fetch(con, "SELECT filename, stage, reason, count(*) AS count FROM read_parquet(?, filename = true, "
+                           "union_by_name = true, hive_partitioning = false) GROUP BY ALL ORDER BY 4 DESC, 2, 3, 1",
+                      [[str(p) for p in parts]])
+        by_file = {str(p): name for p, name in parts.items()}
+        for r in rows:
+            name = by_file.get(r["filename"])
+            if name is None:
+                elsewhere.append([Path(r["filename"]).name, r["stage"], r["reason"], int(r["count"])])
+            else:
+                stats[name]["rejects"].append([r["stage"], r["reason"], int(r["count"])])
+    return {"folders": list(stats.values()), "rejects_elsewhere": elsewhere}
 
 
 def _downloads(con, options) -> dict[str, Any]:
@@ -253,12 +382,16 @@ def collect(root: Path, options) -> dict[str, Any]:
     try:
         views = view_names(con)
         scope_sql, scope_name = corpus_scope(views)
+        train, train_note = train_rejects(root)
+        rejects = _rejects(con, "rejects" in views, train) if "rejects" in views or train is not None else None
         return {
             "views": sorted(views),
-            "overview": _overview(con, views),
+            "overview": _overview(con, views, rejects["total"] if rejects else None),
             "records": _records(con, options) if "records" in views else None,
             "records_view": "resolved" if "resolved" in views else "raw" if "raw" in views else None,
-            "rejects": _rejects(con) if "rejects" in views else None,
+            "rejects": rejects,
+            "train_rejects_note": train_note,
+            "shards_folders": _shards_folders(con, root, views),
             "downloads": _downloads(con, options) if "downloads" in views else None,
             "splits": _splits(con) if "curated" in views else None,
             "corpus": {"scope": scope_name,

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from pipeline.io import atomic_write_parquet, write_run_record
+from pipeline.io import atomic_write_json, atomic_write_parquet, write_run_record
 from schemas import RANKS, Reason, make_rejects
 from schemas.record import conform, from_rows, make_record_id
 from shards.writer import write_shard
@@ -191,8 +191,14 @@ def build_root(root: Path, stages: tuple[str, ...] = ("ingest", "resolve", "cura
         splits = {"train": [], "val": []}
         for i, r in enumerate(kept):
             splits["val" if i % 5 == 4 else "train"].append(r)
+        # cls as curate writes it: the index of the record's taxon_id in curated/_classes.json
+        classes = sorted({r["taxon_id"] for r in kept if r["taxon_id"]})
+        atomic_write_json(root / "curated" / "_classes.json", {"classes": classes})
         for split, part in splits.items():
-            atomic_write_parquet(conform(from_rows(part), "curate")[0], root / "curated" / f"split={split}" / "part-00000.parquet")
+            table = conform(from_rows(part), "curate")[0]
+            cls = [classes.index(r["taxon_id"]) if r["taxon_id"] else None for r in part]
+            atomic_write_parquet(table.append_column("cls", pa.array(cls, pa.int64())),
+                                 root / "curated" / f"split={split}" / "part-00000.parquet")
         expected["splits"] = {k: len(v) for k, v in splits.items()}
         write_run_record(root, RUN_IDS["curate"], {"stage": "curate", "runner": "local",
                                                    "counts": {"in": len(rows), "out": len(kept),
@@ -279,3 +285,36 @@ def raw_only_root(tmp_path_factory) -> dict:
 @pytest.fixture()
 def empty_root(tmp_path) -> Path:
     return tmp_path / "nothing"
+
+
+IFCB_PNGS = DATA / "plankton" / "ifcb_labeled" / "png"
+
+
+def write_url_list_shard(tar: Path, reencoded: int = 0, host: str | None = "ifcb.example.org") -> list[str]:
+    """A shard of the real IFCB ROI PNGs as a URL-list download writes it: keys that are no record,
+    a ``.json`` of the list's columns only (caption, key, url, download) and originals kept as PNG,
+    except the first ``reencoded`` images, stored as JPEG as a PNG too large to keep would be.
+    Returns the image member names."""
+    import json
+
+    samples, rows, members = {}, [], []
+    for i, path in enumerate(sorted(IFCB_PNGS.glob("*.png"))):
+        key = f"urls-{i:016x}"
+        data = path.read_bytes()
+        width, height = Image.open(path).size
+        if i < reencoded:
+            stored, ext = _jpeg(path), "jpg"
+            stored_w, stored_h = Image.open(io.BytesIO(stored)).size
+        else:
+            stored, ext = data, "png"
+            stored_w, stored_h = width, height
+        url = f"https://{host}/{path.name}" if host else path.resolve().as_uri()
+        caption = path.stem.rsplit("_", 1)[-1]
+        record = {"caption": caption, "key": key, "url": url, "download": {"width": stored_w, "height": stored_h}}
+        samples[key] = {ext: stored, "json": json.dumps(record, sort_keys=True).encode(), "txt": caption.encode()}
+        rows.append({"key": key, "url": url, "split": "train", "shard": tar.stem, "status": "ok", "host": host,
+                     "attempts": 1, "width": width, "height": height, "stored_width": stored_w,
+                     "stored_height": stored_h, "bytes": len(data), "stored_bytes": len(stored), "format": "png"})
+        members.append(f"{key}.{ext}")
+    write_shard(str(tar), samples, rows)
+    return members
