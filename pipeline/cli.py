@@ -26,7 +26,6 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML con
 DataOpt = Annotated[str | None, typer.Option("--data", help="data root (overrides the config's `data`)")]
 RunnerOpt = Annotated[str | None, typer.Option("--runner", help="local (default) or beam")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="redo the stage even if it is already complete")]
-URL_SOURCES = {"gbif", "inaturalist", "ifcb_dashboard"}  # the sources whose --input may be a URL
 BEAM_HELP = "Arguments after `--` go to Beam, e.g. `-- --runner=DataflowRunner --project=P --region=R`."
 
 
@@ -112,22 +111,13 @@ def ingest(
 ):
     """Read a source into records: raw/source=<name>/dataset=<input>/."""
     from pipeline import jobs
-    from sources import get_connector
+    from sources import checked_input
 
     cfg = _config(config, data, runner, _beam_args(ctx))
     try:
-        get_connector(source)
-    except KeyError as exc:
-        _fail(str(exc.args[0]))
-    if input and input.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        input = unquote(urlparse(input).path)
-    if input and "://" in input and source not in URL_SOURCES:
-        hint = "; for an IFCB dashboard use the ifcb_dashboard source" if source == "ifcb" else ""
-        _fail(f"the {source} source reads local files only: download {input} and pass its path with --input{hint}")
-    if input and "://" not in input and not Path(input).exists():
-        _fail(f"input {input} does not exist")
+        input = checked_input(source, input)
+    except ValueError as exc:
+        _fail(str(exc))
     options = getattr(cfg.sources, source)
     from sources.http import HttpError
 

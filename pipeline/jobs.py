@@ -246,14 +246,24 @@ def load_plan(path: Path) -> list[dict]:
         plan = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"plan {path}: {exc}") from exc
+    from sources import checked_input
+
     items = plan.get("ingest", [])
-    for i, item in enumerate(items):
+    if not items:
+        raise ValueError(f"plan {path}: no [[ingest]] entry; list the inputs as [[ingest]] tables with "
+                         "`source` and `input`")
+    checked = []
+    for i, item in enumerate(items):  # every entry checked before the first one is ingested
         if "source" not in item:
             raise ValueError(f"plan {path}: [[ingest]] entry {i + 1} has no `source`")
         unknown = set(item) - {"source", "input", "dataset"}
         if unknown:
             raise ValueError(f"plan {path}: [[ingest]] entry {i + 1} has unknown keys {sorted(unknown)}")
-    return items
+        try:
+            checked.append({**item, "input": checked_input(item["source"], item.get("input"))})
+        except ValueError as exc:
+            raise ValueError(f"plan {path}: [[ingest]] entry {i + 1}: {exc}") from None
+    return checked
 
 
 def everything(cfg, runner, plan: list[dict], skip_train: bool = False) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import schemas.memory  # noqa: F401  (before pyarrow loads: see schemas/memory.py)
 
@@ -17,6 +18,31 @@ REGISTRY: dict[str, str] = {
     "ifcb_dashboard": "sources.ifcb_dashboard:CONNECTOR",
     "folders": "sources.folders:CONNECTOR",
 }
+
+
+URL_SOURCES = {"gbif", "inaturalist", "ifcb_dashboard"}  # the sources whose input may be a URL
+
+
+def checked_input(source: str, input: str | None) -> str | None:
+    """``input`` as the ``source`` connector takes it (a ``file://`` URL as its path), or a
+    ``ValueError`` saying what is wrong: an unknown source, a URL for a source that reads local
+    files only, a local path that does not exist."""
+    if source not in REGISTRY:
+        raise ValueError(f"unknown source {source!r}; known sources: {', '.join(sorted(REGISTRY))}")
+    if not input:
+        return input
+    if input.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        input = unquote(urlparse(input).path)
+    if "://" in input:
+        if source not in URL_SOURCES:
+            hint = "; for an IFCB dashboard use the ifcb_dashboard source" if source == "ifcb" else ""
+            raise ValueError(f"the {source} source reads local files only: download {input} and pass its path "
+                             f"with --input{hint}")
+    elif not Path(input).exists():
+        raise ValueError(f"input {input} does not exist")
+    return input
 
 
 def get_connector(name: str):

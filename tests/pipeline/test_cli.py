@@ -232,3 +232,17 @@ def test_other_runtime_errors_are_not_taken_for_an_interrupt(monkeypatch):
     monkeypatch.setattr(cli_mod, "app", broken)
     with pytest.raises(RuntimeError, match="a real failure"):
         cli_mod.main()
+
+
+@pytest.mark.parametrize("second, says", [
+    ('source = "inat"\ninput = "x"', "entry 2: unknown source 'inat'"),
+    ('source = "eol"\ninput = "nope.json"', "entry 2: input nope.json does not exist"),
+    ('source = "ecotaxa"\ninput = "https://example.org/export.tsv"', "entry 2: the ecotaxa source reads local files"),
+])
+def test_a_plan_is_checked_whole_before_anything_is_ingested(tmp_path, second, says):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f'[[ingest]]\nsource = "ecotaxa"\ninput = "{ECOTAXA / "example_table_ifcb.tsv"}"\n'
+                    f"[[ingest]]\n{second}\n")
+    res = cli.invoke(app, ["run", "--plan", str(plan), "--data", str(tmp_path / "d")])
+    assert res.exit_code == 2 and says in _err(res)
+    assert not (tmp_path / "d" / "raw").exists()
