@@ -72,6 +72,9 @@ class FetchOptions:
     total_concurrency: int = 256
     min_rate: float = 0.5
     seed: int | None = None
+    # a host name that did not resolve for this many URLs in a row is given up on for the run: its
+    # other URLs fail at once (host_unresolved) instead of each being tried and retried
+    unresolved_per_host: int = 3
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ class _HostState:
         self.stamp = time.monotonic()
         self.blocked_until = 0.0
         self.lock = asyncio.Lock()
+        self.unresolved = 0  # URLs in a row whose host name did not resolve
 
     async def take_token(self) -> None:
         # The lock makes waiters queue in order instead of all waking on the same refill.
@@ -305,19 +309,28 @@ class Fetcher:
             return FetchResult(None, status.INVALID_URL, attempts=0)
         if parts.scheme.lower() not in ("http", "https") or not host:
             return FetchResult(None, status.INVALID_URL, attempts=0, host=host or None)
+        state = self.host_state(host)
+        if self.opts.unresolved_per_host and state.unresolved >= self.opts.unresolved_per_host:
+            return FetchResult(None, status.HOST_UNRESOLVED, attempts=0, host=host)
         reason, http_status = status.CONNECTION_ERROR, None
-        for attempt in range(1, self.opts.retries + 2):
+        attempts = self.opts.retries + 1
+        for attempt in range(1, attempts + 1):
             try:
                 result = await self._attempt(url, host)
             except _Retry as retry:
                 reason, http_status = retry.reason, retry.http_status
+                if reason == status.HOST_UNRESOLVED and attempt >= 2:  # not transient: one retry, no more
+                    attempts = attempt
+                    break
                 if attempt <= self.opts.retries:
                     await asyncio.sleep(self._backoff(attempt, retry.retry_after))
                 continue
+            state.unresolved = 0
             if result.ok:
-                self.host_state(host).speed_up()
+                state.speed_up()
             return replace(result, attempts=attempt, host=host)
-        return FetchResult(None, reason, http_status, attempts=self.opts.retries + 1, host=host)
+        state.unresolved = state.unresolved + 1 if reason == status.HOST_UNRESOLVED else 0
+        return FetchResult(None, reason, http_status, attempts=attempts, host=host)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         delay = min(self.opts.backoff_max, self.opts.backoff_base * 2 ** (attempt - 1))
@@ -369,7 +382,7 @@ class Fetcher:
                 except aiohttp.ClientConnectorDNSError as exc:
                     if isinstance(exc.os_error, PrivateAddressError):
                         return FetchResult(None, status.PRIVATE_ADDRESS)
-                    raise _Retry(status.CONNECTION_ERROR) from exc
+                    raise _Retry(status.HOST_UNRESOLVED) from exc
                 except TimeoutError as exc:
                     raise _Retry(status.TIMEOUT) from exc
                 except aiohttp.ClientPayloadError as exc:

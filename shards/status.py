@@ -15,6 +15,7 @@ HTTP_5XX = "http_5xx"
 HTTP_429_EXHAUSTED = "http_429_exhausted"
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
+HOST_UNRESOLVED = "host_unresolved"  # the host name does not resolve (DNS), tried and given up on
 BODY_TRUNCATED = "body_truncated"
 NOT_AN_IMAGE = "not_an_image"
 TRUNCATED_IMAGE = "truncated_image"
@@ -35,6 +36,7 @@ REASONS: tuple[str, ...] = (
     HTTP_429_EXHAUSTED,
     TIMEOUT,
     CONNECTION_ERROR,
+    HOST_UNRESOLVED,
     BODY_TRUNCATED,
     NOT_AN_IMAGE,
     TRUNCATED_IMAGE,

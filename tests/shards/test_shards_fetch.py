@@ -154,3 +154,29 @@ def test_robots_tag_never_raises(value):
                                          ("::1", True), ("2001:4860:4860::8888", False), ("garbage", True)])
 def test_address_policy(ip, refused):
     assert is_refused_address(ip) is refused
+
+
+def test_a_host_that_does_not_resolve_is_retried_once_then_given_up_on():
+    """``.invalid`` never resolves (RFC 6761): each of the first URLs of such a host is tried twice
+    (a name that does not resolve is not transient), then the host's other URLs fail at once."""
+    opts = FetchOptions(retries=3, backoff_base=0.01, backoff_max=0.02, unresolved_per_host=3)
+
+    async def go():
+        async with Fetcher(opts) as f:
+            first = [await f.fetch(f"http://nowhere.invalid/{i}.jpg") for i in range(3)]
+            rest = await asyncio.gather(*(f.fetch(f"http://nowhere.invalid/more/{i}.jpg") for i in range(20)))
+            other = await f.fetch("http://elsewhere.invalid/a.jpg")
+            return first, rest, other
+
+    first, rest, other = asyncio.run(go())
+    assert [(r.reason, r.attempts) for r in first] == [(status.HOST_UNRESOLVED, 2)] * 3
+    assert {(r.reason, r.attempts) for r in rest} == {(status.HOST_UNRESOLVED, 0)}
+    assert (other.reason, other.attempts) == (status.HOST_UNRESOLVED, 2)  # another host is tried on its own
+
+
+def test_a_resolving_host_keeps_its_retries(server):
+    """Connection failures of a host that resolves are retried as configured, never given up on."""
+    opts = FetchOptions(allow_loopback=True, timeout=1.0, retries=2, backoff_base=0.01, backoff_max=0.02,
+                        unresolved_per_host=1)
+    results = [fetch(server.url("/reset"), opts) for _ in range(3)]
+    assert [(r.reason, r.attempts) for r in results] == [(status.CONNECTION_ERROR, 3)] * 3
