@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-DATA    ?= data
+DATA    ?=
 RUNNER  ?= local
 CONFIG  ?=
 SOURCE  ?=
@@ -12,7 +12,8 @@ SQL     ?= SELECT source, count(*) AS records FROM records GROUP BY 1 ORDER BY 2
 PYTEST  ?= -q
 
 CFG_FLAG   = $(if $(CONFIG),--config "$(CONFIG)",)
-COMMON     = --data "$(DATA)" $(CFG_FLAG)
+# without DATA= the data root is the config's `data` (default data/)
+COMMON     = $(if $(DATA),--data "$(DATA)",) $(CFG_FLAG)
 RUN_FLAGS  = $(COMMON) --runner $(RUNNER)
 BIOCORPUS  = $(BIN)/biocorpus
 
@@ -38,8 +39,8 @@ install: $(VENV)/.installed ## create .venv with the pipeline and test tools
 
 install-train: $(VENV)/.installed-train ## add torch (CPU wheel, pinned) for the training stage
 
-demo: $(VENV)/.installed-train ## run every stage on the bundled real samples into $(DATA)/
-	$(BIN)/python -m pipeline.demo --data "$(DATA)" --runner $(RUNNER)
+demo: $(VENV)/.installed-train ## run every stage on the bundled real samples into DATA (default data/)
+	$(BIN)/python -m pipeline.demo --data "$(or $(DATA),data)" --runner $(RUNNER)
 
 test: $(VENV)/.installed-train chromium ## the default test suite (offline, < 10 min)
 	$(BIN)/python -m pytest $(PYTEST) -m "not slow"
@@ -116,4 +117,4 @@ bench-loader: $(VENV)/.installed-train ## training loader vs a plain PIL loop
 bench: bench-ingest bench-ingest-inat bench-ingest-eol bench-ifcb bench-resolve bench-curate bench-curate-dedup bench-download bench-loader ## every benchmark
 
 clean: ## remove the data root and caches (not .venv)
-	rm -rf "$(DATA)" .pytest_cache .ruff_cache .hypothesis
+	rm -rf "$(or $(DATA),data)" .pytest_cache .ruff_cache .hypothesis

@@ -44,6 +44,16 @@ class StageCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
+def _http_advice(status: int | None) -> str:
+    """What to do after an API request failed for good, by its HTTP status."""
+    if status in (401, 403):
+        return "check the credentials (for GBIF: GBIF_USER, GBIF_PWD, GBIF_EMAIL) and that the account may do this"
+    if status == 404:
+        return "the API has no such resource: check the query options and api_base_url"
+    return ("check the network (or api_base_url), or ingest a downloaded file with --input PATH; run the same "
+            "command again to go on from what was already committed")
+
+
 def _beam_args(ctx: typer.Context) -> list[str]:
     return list(ctx.meta.get("beam_args", ()))
 
@@ -126,11 +136,13 @@ def ingest(
             slug = jobs.dataset_slug(dataset, options) if dataset else jobs.dataset_slug(input, options)
             result = jobs.ingest(cfg, _runner(cfg), source, input, slug, force)
     except HttpError as exc:
-        _fail(f"{source}: {exc}; check the network, or ingest a downloaded file with --input PATH "
-              "(a rerun resumes where this one stopped)")
-    if input and not result.skipped and result.stats.get("in", 0) == 0:
-        typer.secho(f"warning: {input} gave no records and no rejects; check that {source} is the source for it "
-                    f"(`biocorpus ingest --help` lists what each source reads)", fg=typer.colors.YELLOW, err=True)
+        _fail(f"{source}: {exc}; {_http_advice(getattr(exc, 'status', None))}")
+    if not result.skipped and result.stats.get("in", 0) == 0:
+        what = (f"{input} gave no records and no rejects; check that {source} is the source for it (`biocorpus "
+                "ingest --help` lists what each source reads)" if input else
+                f"the {source} query gave no records; check its options ([sources.{source}] in the config, "
+                "`biocorpus config` lists them)")
+        typer.secho(f"warning: {what}", fg=typer.colors.YELLOW, err=True)
     _print_stats(result)
 
 

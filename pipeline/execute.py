@@ -150,7 +150,8 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
     where = _input_identity(input)
     if not force:
         _check_same_input(out_dir, where, connector.name, dataset)
-    if (done := _already_done(staged, f"ingest {connector.name}: already complete for {input}", force)):
+    what = input or f"the query (dataset {dataset})"
+    if (done := _already_done(staged, f"ingest {connector.name}: already complete for {what}", force)):
         return done
     started = time.time()
     staged.open()

@@ -246,3 +246,22 @@ def test_a_plan_is_checked_whole_before_anything_is_ingested(tmp_path, second, s
     res = cli.invoke(app, ["run", "--plan", str(plan), "--data", str(tmp_path / "d")])
     assert res.exit_code == 2 and says in _err(res)
     assert not (tmp_path / "d" / "raw").exists()
+
+
+@pytest.mark.parametrize("status, says", [(401, "check the credentials"), (403, "GBIF_USER"),
+                                          (404, "no such resource"), (500, "check the network"),
+                                          (None, "check the network")])
+def test_an_api_failure_says_what_to_do_by_its_status(status, says):
+    from pipeline.cli import _http_advice
+
+    assert says in _http_advice(status)
+
+
+def test_a_query_that_gives_nothing_is_warned_about(tmp_path, monkeypatch):
+    from pipeline import jobs
+    from pipeline.execute import StageResult
+
+    monkeypatch.setattr(jobs, "ingest", lambda *a, **k: StageResult("ingest-gbif", {"in": 0, "out": 0}, False,
+                                                                    tmp_path, "r"))
+    res = cli.invoke(app, ["ingest", "gbif", "--data", str(tmp_path)])
+    assert res.exit_code == 0 and "the gbif query gave no records; check its options ([sources.gbif]" in _err(res)
