@@ -7,7 +7,10 @@ ranks materialised for every accepted taxon by walking parents level by level (o
 for all taxa at once, never a per-row recursion), synonyms given their accepted taxon's lineage,
 and the English vernacular name of the most specific rank that has one.
 
-On disk: ``<data>/backbones/<name>/<version>/backbone.parquet`` + ``manifest.json``.
+On disk: ``<data>/backbones/<name>/<version>/backbone.parquet`` + ``manifest.json``. A source
+that is not of the kind asked for (its required columns missing), a damaged zip, or one that
+gives no usable name is an error, and nothing is written: a good backbone of the same version
+is never replaced by an empty one.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,9 +78,74 @@ _NOT_A_TAXON = r"(?i)^(?:not assigned|incertae sedis|unassigned|unknown)$"
 # reading sources
 
 
+class BackboneSourceError(ValueError):
+    """A backbone source that cannot be built from: wrong kind, damaged archive, no usable names."""
+
+
+# the columns each kind's main file needs (matched case-insensitively, prefixes such as ``dwc:``
+# dropped; each inner tuple is "one of these"), and the separator the file uses
+_REQUIRED: dict[str, tuple[tuple[tuple[str, ...], ...], str]] = {
+    "gbif": ((("taxonID",), ("scientificName", "canonicalName"), ("taxonRank",)), "\t"),
+    "coldp": ((("ID",), ("parentID",), ("scientificName",), ("rank",)), "\t"),
+    "inat": ((("taxon_id", "id"), ("ancestry", "parent_id"), ("name",), ("rank",)), "auto"),
+    "inat-dwca": ((("taxonID",), ("parentNameUsageID",), ("scientificName",), ("taxonRank",)), ","),
+}
+_DESCRIBED = {
+    "gbif": "a GBIF Backbone DwC-A Taxon file (tab-separated)",
+    "coldp": "a Catalogue of Life ColDP NameUsage file",
+    "inat": "an iNaturalist taxa table (open-data taxa or id,parent_id,name,rank)",
+    "inat-dwca": "an iNaturalist taxonomy DwC-A taxa.csv (comma-separated)",
+}
+
+
+def _header(path: Path, separator: str) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        line = f.readline(1 << 20).lstrip("\ufeff").rstrip("\r\n")
+    if separator == "auto":
+        separator = "\t" if "\t" in line else ","
+    return [c.strip().strip('"').lower().split(":")[-1] for c in line.split(separator)] if line else []
+
+
+def _missing(path: Path, kind: str, separator: str | None = None) -> list[str]:
+    """The required columns of ``kind`` that ``path``'s header lacks (each as its first spelling)."""
+    groups, default = _REQUIRED[kind]
+    have = set(_header(path, separator or default))
+    return [g[0] for g in groups if not have.intersection(c.lower() for c in g)]
+
+
+def _check_kind(path: Path, kind: str, source: Path, separator: str | None = None) -> None:
+    """Fail, naming the kind ``path`` looks like, when it lacks the columns of ``kind``."""
+    missing = _missing(path, kind, separator)
+    if not missing:
+        return
+    alike = [k for k in KINDS if k != kind and not _missing(path, k, "auto" if k == "coldp" else None)]
+    where = str(source) if Path(source) == Path(path) else f"{source} ({Path(path).name})"
+    if not _header(path, "auto"):
+        raise BackboneSourceError(f"{where}: empty file, not {_DESCRIBED[kind]}")
+    hint = (f"it looks like {_DESCRIBED[alike[0]]}: `biocorpus backbone {alike[0]} --input {source}`"
+            if alike else f"its header starts {', '.join(_header(path, 'auto')[:6])!r}")
+    raise BackboneSourceError(f"{where} is not {_DESCRIBED[kind]}: it has no {', '.join(missing)} column"
+                              f"{'' if len(missing) == 1 else 's'}; {hint}")
+
+
+def _damaged_zip(source: Path) -> BackboneSourceError:
+    return BackboneSourceError(f"{source} is not a complete zip archive (truncated or damaged download?); "
+                               "fetch it again")
+
+
+def _zip_magic(path: Path) -> bool:
+    """A zip whatever its name (a download saved without ``.zip``), damaged or not."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 @contextmanager
-def _member(source: Path, names: tuple[str, ...]) -> Iterator[Path | None]:
-    """A path to the first of ``names`` in a folder or a zip (streamed to a temp file, never unpacked whole)."""
+def _member(source: Path, names: tuple[str, ...], main: bool = True) -> Iterator[Path | None]:
+    """A path to the first of ``names`` in a folder or a zip (streamed to a temp file, never unpacked
+    whole). A single file is the source's ``main`` file whatever its name, and no other member."""
     source = Path(source)
     if source.is_dir():
         for n in names:
@@ -85,20 +155,22 @@ def _member(source: Path, names: tuple[str, ...]) -> Iterator[Path | None]:
                     return
         yield None
         return
-    if source.suffix == ".zip":
-        with zipfile.ZipFile(source) as zf:
-            members = {Path(m).name: m for m in zf.namelist() if not m.startswith("__MACOSX")}
-            hit = next((members[n] for n in names if n in members), None)
-            if hit is None:
-                yield None
-                return
-            with tempfile.TemporaryDirectory(prefix="biocorpus-backbone-") as tmp:
-                out = Path(tmp) / Path(hit).name
-                with zf.open(hit) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                yield out
+    if source.suffix.lower() == ".zip" or _zip_magic(source):
+        with tempfile.TemporaryDirectory(prefix="biocorpus-backbone-") as tmp:
+            out = None
+            try:
+                with zipfile.ZipFile(source) as zf:
+                    members = {Path(m).name: m for m in zf.namelist() if not m.startswith("__MACOSX")}
+                    hit = next((members[n] for n in names if n in members), None)
+                    if hit is not None:
+                        out = Path(tmp) / Path(hit).name
+                        with zf.open(hit) as src, open(out, "wb") as dst:
+                            shutil.copyfileobj(src, dst, 1 << 20)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise _damaged_zip(source) from exc
+            yield out
         return
-    yield source if source.name in names or not names else source
+    yield source if main else None
 
 
 def _read_tsv(path: Path, separator: str = "\t") -> pl.DataFrame:
@@ -128,6 +200,7 @@ def read_gbif(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     with _member(source, ("Taxon.tsv", "taxon.txt", "Taxon.txt")) as taxon:
         if taxon is None:
             raise FileNotFoundError(f"{source}: no Taxon.tsv (GBIF backbone DwC-A expected)")
+        _check_kind(taxon, "gbif", source)
         df = _read_tsv(taxon)
     usages = df.select(
         _col(df, "taxonID").alias("taxon_id"),
@@ -139,7 +212,7 @@ def read_gbif(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         _col(df, "taxonRank").alias("rank"),
         _col(df, "taxonomicStatus").alias("status"),
     )
-    with _member(source, ("VernacularName.tsv", "vernacularname.txt", "VernacularName.txt")) as vern:
+    with _member(source, ("VernacularName.tsv", "vernacularname.txt", "VernacularName.txt"), main=False) as vern:
         vdf = _read_tsv(vern) if vern is not None else None
     return _empty_to_null(usages), _vernaculars(vdf, "taxonID", "vernacularName", "language")
 
@@ -149,7 +222,9 @@ def read_coldp(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     with _member(source, ("NameUsage.tsv", "NameUsage.txt", "NameUsage.csv")) as nu:
         if nu is None:
             raise FileNotFoundError(f"{source}: no NameUsage.tsv (ColDP expected)")
-        df = _read_tsv(nu, "," if nu.suffix == ".csv" else "\t")
+        separator = "," if nu.suffix == ".csv" else "\t"
+        _check_kind(nu, "coldp", source, separator)
+        df = _read_tsv(nu, separator)
     status = _col(df, "status").str.to_lowercase()
     is_syn = status.str.contains("synonym") | (status == "misapplied")
     parent = _col(df, "parentID")
@@ -163,7 +238,7 @@ def read_coldp(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         _col(df, "rank").alias("rank"),
         status.alias("status"),
     )
-    with _member(source, ("VernacularName.tsv", "VernacularName.txt")) as vern:
+    with _member(source, ("VernacularName.tsv", "VernacularName.txt"), main=False) as vern:
         vdf = _read_tsv(vern) if vern is not None else None
     return _empty_to_null(usages), _vernaculars(vdf, "taxonID", "name", "language")
 
@@ -174,7 +249,9 @@ def read_inat(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     with _member(source, ("taxa.csv", "taxa.tsv", "taxa.txt", "taxonomy.csv")) as path:
         if path is None:
             raise FileNotFoundError(f"{source}: no iNaturalist taxa file")
-        head = path.open(encoding="utf-8", errors="replace").readline()
+        _check_kind(path, "inat", source)
+        with path.open(encoding="utf-8", errors="replace") as f:
+            head = f.readline()
         df = _read_tsv(path, "\t" if "\t" in head else ",")
     if "ancestry" in df.columns:
         parent = _col(df, "ancestry").str.split("/").list.last()
@@ -208,6 +285,7 @@ def read_inat_dwca(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     with _member(source, ("taxa.csv",)) as path:
         if path is None:
             raise FileNotFoundError(f"{source}: no taxa.csv (iNaturalist taxonomy DwC-A expected)")
+        _check_kind(path, "inat-dwca", source)
         df = _read_tsv(path, ",")
     last = r"([^/]+)$"
     usages = df.select(
@@ -220,7 +298,7 @@ def read_inat_dwca(source: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         _col(df, "taxonRank").alias("rank"),
         pl.lit("accepted").alias("status"),
     )
-    with _member(source, ("VernacularNames-english.csv", "VernacularNames.csv")) as vern:
+    with _member(source, ("VernacularNames-english.csv", "VernacularNames.csv"), main=False) as vern:
         vdf = _read_tsv(vern, ",") if vern is not None else None
     if vdf is not None:
         vdf = vdf.with_columns(_col(vdf, "id", "taxonID").str.extract(last).alias("id"))
@@ -405,7 +483,12 @@ def _sha256(path: Path) -> str | None:
 
 def write_backbone(table: pl.DataFrame, data_root: Path, name: str, version: str, kind: str,
                    source: str | None = None, extra: dict | None = None) -> Path:
-    """Write ``table`` atomically under ``<data_root>/backbones/<name>/<version>/``; returns the folder."""
+    """Write ``table`` atomically under ``<data_root>/backbones/<name>/<version>/``; returns the folder.
+    A table without a single usable name is refused (:class:`BackboneSourceError`), so that it
+    never replaces a stored version."""
+    if table.height == 0 or table["key"].null_count() == table.height:
+        raise BackboneSourceError(f"backbone {name} {version}: no usable names in {source or 'the table'} "
+                                  f"({table.height} usages); nothing written")
     dest = Path(data_root) / "backbones" / name / version
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=dest.parent))
@@ -420,7 +503,7 @@ def write_backbone(table: pl.DataFrame, data_root: Path, name: str, version: str
         "source_sha256": _sha256(Path(source)) if source else None,
         "rows": table.height,
         "by_status": dict(zip(counts["status"].to_list(), counts["len"].to_list(), strict=True)),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         **(extra or {}),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -441,26 +524,65 @@ def build_backbone(kind: str, source: Path, data_root: Path, version: str | None
     t0 = time.perf_counter()
     usages, vern = READERS[kind](source)
     table = build_table(usages, vern)
+    named = table.height - table["key"].null_count()
+    if named == 0:
+        raise BackboneSourceError(
+            f"{source}: no usable names for a {kind} backbone ({table.height} usages, none with a name); "
+            f"is it {_DESCRIBED[kind]}? nothing written")
     version = version or dt.date.today().isoformat()
     return write_backbone(table, data_root, name or kind, version, kind, str(source),
                           {"build_seconds": round(time.perf_counter() - t0, 3)})
 
 
-def find_backbone(path_or_name: str | Path, data_root: Path | None = None) -> Path:
+def _built_at(folder: Path) -> tuple[bool, dt.datetime | None, str]:
+    """Sort key of a version folder: its manifest's build time (``created``), then its name;
+    versions whose manifest has no readable time (older builds) come first, by name."""
+    created = None
+    try:
+        stamp = backbone_manifest(folder).get("created")
+        created = dt.datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+        if created is not None and created.tzinfo is None:
+            created = created.replace(tzinfo=dt.UTC)
+    except (ValueError, OSError):
+        created = None
+    return (created is not None, created, folder.name)
+
+
+def newest_version(root: Path) -> tuple[Path, str | None]:
+    """The newest version folder under ``root`` (``<data>/backbones/<name>``) by build time, and a
+    line saying which was picked when there are several (None for one)."""
+    versions = sorted((d for d in root.glob("*") if (d / "backbone.parquet").is_file()), key=_built_at)
+    if not versions:
+        raise FileNotFoundError(root)
+    pick = versions[-1]
+    if len(versions) == 1:
+        return pick, None
+    created = _built_at(pick)[1]
+    when = f"built {created.isoformat(timespec='seconds')}" if created else "no build time recorded: by name"
+    others = ", ".join(d.name for d in reversed(versions[:-1]))
+    return pick, (f"backbone {root.name}: {len(versions)} versions, using the newest, {pick.name} ({when}; "
+                  f"also: {others}); name a version folder to choose another")
+
+
+def find_backbone(path_or_name: str | Path, data_root: Path | None = None, announce: bool = True) -> Path:
     """The version folder of a stored backbone: a folder, a ``backbone.parquet`` file, or a name
-    under ``<data_root>/backbones/`` (its newest version, by name order of the version folders)."""
+    under ``<data_root>/backbones/`` (its newest version by the build time in its manifest; with
+    ``announce``, which one is said on stderr when there are several)."""
     p = Path(path_or_name)
     if p.is_file() and p.suffix == ".parquet":
         return p.parent
     if (p / "backbone.parquet").is_file():
         return p
     root = Path(data_root or "data") / "backbones" / str(path_or_name)
-    versions = sorted(d for d in root.glob("*") if (d / "backbone.parquet").is_file()) if root.is_dir() else []
-    if not versions:
+    try:
+        folder, note = newest_version(root)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"no backbone {path_or_name!r}: not a backbone folder and nothing under {root}; "
-            "build one with `biocorpus backbone KIND --input PATH` (KIND: gbif, coldp, inat, inat-dwca)")
-    return versions[-1]
+            "build one with `biocorpus backbone KIND --input PATH` (KIND: gbif, coldp, inat, inat-dwca)") from None
+    if note and announce:
+        print(note, file=sys.stderr)
+    return folder
 
 
 def backbone_manifest(folder: Path) -> dict:
@@ -469,10 +591,11 @@ def backbone_manifest(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def load_backbone(path_or_name: str | Path, data_root: Path | None = None) -> Backbone:
+def load_backbone(path_or_name: str | Path, data_root: Path | None = None, announce: bool = False) -> Backbone:
     """Load a stored backbone: a version folder, a ``backbone.parquet`` file, or a name under
-    ``<data_root>/backbones/`` (its newest version, by name order of the version folders)."""
-    folder = find_backbone(path_or_name, data_root)
+    ``<data_root>/backbones/`` (its newest version, as :func:`find_backbone`; quiet by default,
+    as workers load it once each)."""
+    folder = find_backbone(path_or_name, data_root, announce)
     manifest = backbone_manifest(folder)
     table = pl.read_parquet(folder / "backbone.parquet")
     return Backbone(manifest.get("name", folder.parent.name), manifest.get("version", folder.name),

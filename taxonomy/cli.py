@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import polars as pl
 import typer
 
 from schemas import RANKS
-from taxonomy.backbone import KINDS, build_backbone, load_backbone
+from taxonomy.backbone import KINDS, build_backbone, find_backbone, load_backbone
 from taxonomy.names import parse_names
 from taxonomy.resolver import ResolveSettings, resolve_names
 
@@ -18,11 +19,34 @@ names_app = typer.Typer(help="Parse and resolve scientific names (one per line, 
 
 
 def _read_lines(source: Path | None) -> list[str]:
-    if source is None or str(source) == "-":
-        text = sys.stdin.read()
+    """The non-blank lines of ``source`` (a file, or stdin for None / ``-``), read as UTF-8 the same
+    way from either: undecodable bytes become U+FFFD, said once on stderr with the first such line."""
+    stdin = source is None or str(source) == "-"
+    if stdin:
+        buffer = getattr(sys.stdin, "buffer", None)
+        # a text-only stdin (embedding, tests) has already decoded: surrogates stand for bad bytes
+        data = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
     else:
-        text = Path(source).read_text(encoding="utf-8", errors="replace")
-    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            typer.echo(f"error: cannot read {source}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from exc
+    lines: list[str] = []
+    bad: list[int] = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            bad.append(number)
+        if line.strip():
+            lines.append(line.rstrip("\r"))
+    if bad:
+        where = "stdin" if stdin else str(source)
+        typer.echo(f"warning: {where} is not valid UTF-8: undecodable bytes on {len(bad)} line"
+                   f"{'' if len(bad) == 1 else 's'} (first: line {bad[0]}) were replaced with U+FFFD", err=True)
+    return lines
 
 
 def _tsv(value) -> str:
@@ -58,7 +82,7 @@ def resolve_cmd(
 ) -> None:
     """TSV: input, canonical, authorship, rank, the 7 ranks, taxon_id, match_type, score, note."""
     try:
-        bb = load_backbone(backbone, data_root)
+        bb = load_backbone(find_backbone(backbone, data_root))
     except FileNotFoundError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -78,7 +102,10 @@ def build_backbone_cli(kind: str, input: Path, data_root: Path = Path("data"), v
     """What ``biocorpus backbone`` calls: build, store and print a one-line summary; returns the folder."""
     if kind not in KINDS:
         raise typer.BadParameter(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    version = version or dt.date.today().isoformat()
+    existed = (Path(data_root) / "backbones" / (name or kind) / version / "backbone.parquet").is_file()
     folder = build_backbone(kind, Path(input), Path(data_root), version, name)
     bb = load_backbone(folder)
-    typer.echo(f"backbone {bb.name} {bb.version}: {bb.table.height} usages -> {folder}")
+    replaced = " (replacing the earlier build of that version)" if existed else ""
+    typer.echo(f"backbone {bb.name} {bb.version}: {bb.table.height} usages -> {folder}{replaced}")
     return folder

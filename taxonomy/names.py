@@ -4,9 +4,12 @@ A pure-Python parser tuned on real strings (GBIF occurrence names, ZOBODAT/CoL, 
 EcoTaxa and IFCB labels). It returns the *simple canonical* form used for matching (genus,
 epithets, no rank markers, no authorship: ``Alchornea villosa lanceolata``), and keeps what it
 removed: the authorship of the terminal epithet, the rank implied by markers or suffixes,
-qualifiers (``cf.``, ``aff.``, ``sp.``, cultivars, parts and life stages) and the parent hint of
-EcoTaxa ``name<parent`` labels. Epithets follow ICN Art. 60 spelling: diacritics are removed
-(``ü`` -> ``ue``), so ``Würschmittia`` and ``Wuerschmittia`` meet.
+qualifiers (``cf.``, ``aff.``, ``sp.``, ``?``, cultivars, parts and life stages) and the parent
+hint of EcoTaxa ``name<parent`` labels. Epithets follow ICN Art. 60 spelling: diacritics are
+removed (``ü`` -> ``ue``), so ``Würschmittia`` and ``Wuerschmittia`` meet. Names of several taxa
+(hybrid formulas ``A x B``, alternatives ``A or B`` and ``A a/b``) keep every part in their
+canonical form (``Vespula germanica or Vespula vulgaris``) and a kind of their own, so that the
+resolver never takes the first part for the whole.
 
 :func:`parse_names` is the vectorised entry point: it parses each *unique* string once and joins
 the result back, so a million records with 50 000 distinct names cost 50 000 parses.
@@ -37,9 +40,15 @@ PARSED_COLUMNS: dict[str, pl.DataType] = {
 }
 
 # kind values
-SCIENTIFIC, PLACEHOLDER, OTU, VIRUS, HYBRID_FORMULA, NON_LIVING, EMPTY = (
-    "scientific", "placeholder", "otu", "virus", "hybrid_formula", "non_living", "empty",
+SCIENTIFIC, PLACEHOLDER, OTU, VIRUS, HYBRID_FORMULA, ALTERNATIVES, NON_LIVING, EMPTY = (
+    "scientific", "placeholder", "otu", "virus", "hybrid_formula", "alternatives", "non_living", "empty",
 )
+# how the parts of a several-taxa name are joined in its canonical form
+PART_SEPARATORS: dict[str, str] = {HYBRID_FORMULA: " × ", ALTERNATIVES: " or "}
+# the part of a hybrid formula whose parent is not given ("Salix alba x", "Salix alba x ?")
+UNKNOWN_PARENT = "?"
+# qualifier of a binomial whose epithet is no epithet (``crabr\ufffdo``, ``crabro2``): matched no lower than the genus
+MALFORMED_EPITHET = "malformed epithet"
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,9 @@ INFRA_MARKERS: dict[str, str] = {
 }
 # what follows the genus and means "not identified further"
 _UNDETERMINED = {"sp", "spp", "ssp.", "sp.", "spp.", "indet", "indet.", "indeterminate", "undet",
-                 "undet.", "gen", "gen.", "sp.nov.", "sp.n.", "spec", "species"}
+                 "undet.", "gen", "gen.", "sp.nov.", "sp.n.", "spec", "spec.", "species"}
+# numbered morphospecies glued to the marker: "sp1", "sp.2", "spp3", "spec.4"
+_NUMBERED_SP = re.compile(r"^(?:sp|spp|spec)\.?\d+$")
 _QUALIFIER_WORDS = {"cf": "cf.", "cf.": "cf.", "aff": "aff.", "aff.": "aff.", "nr": "nr.",
                     "nr.": "nr.", "near": "nr.", "prope": "nr.", "?": "?", "cfr.": "cf."}
 # lower-case words that belong to author strings, never epithets
@@ -79,6 +90,7 @@ _AUTHOR_PARTICLES = {"ex", "ex.", "in", "et", "&", "y", "van", "von", "de", "du"
 # a token after which nothing more is part of the name
 _STOP_WORDS = {"sensu", "auct", "auct.", "non", "nec", "vel", "or", "emend", "emend.", "s.l.",
                "s.str.", "sensu_lato", "p.p."}
+_HYBRID_SIGNS = {"×", "x", "X"}
 _DROP_ANNOTATIONS = re.compile(
     r"\((?:[^()]*?(?:nom\.|ined|sched|\"|comb\.|sp\. nov|publ)[^()]*?)\)"  # (nom. nud.), (ined.), ("x")
     r"|\"[^\"]*\"|\"|\s!+"
@@ -104,7 +116,8 @@ _PLACEHOLDER = re.compile(
     re.IGNORECASE,
 )
 _GENUS = re.compile(r"^[A-Z][a-z]+(?:-[A-Za-z][a-z]+)?$")
-_EPITHET = re.compile(r"^[a-z][a-z]+(?:-[a-z]+)*$")
+# ICZN Art. 32.5.2.4.3: a hyphen follows a single letter that stands for a mark (c-album, w-scripta)
+_EPITHET = re.compile(r"^(?:[a-z]-[a-z]{2,}|[a-z][a-z]+)(?:-[a-z]+)*$")
 _GLUED_AUTHOR = re.compile(r"^([a-z]{3,})([A-Z][A-Za-z.\-]*.*)$")
 _MOJIBAKE_HINT = re.compile("[\u00c2\u00c3\u00c5\u00c4\u00e2\u00c2][\u0080-\u00bf\u2018-\u203a\u0152-\u0192]")
 _WS = re.compile(r"\s+")
@@ -284,12 +297,17 @@ def _parse_scientific(text: str) -> ParsedName:
     if two:
         text = text[: two.start()]
     text = text.replace("×", " × ").replace(",", ", ")
-    tokens = [t for t in _WS.split(text.strip()) if t and t not in {",", "?", "?.", "!"}]
+    words = [t for t in _WS.split(text.strip()) if t and t not in {",", "!"}]
+    tokens = [t for t in words if t not in {"?", "?."}]
     if not tokens:
         return ParsedName(None, kind=PLACEHOLDER)
     tokens = _normalise_case(tokens)
     out = _walk(tokens)
-    qual = _join_q(out.qualifier, like, "incertae sedis" if incertae else None)
+    # "Glossopholis ? jollyana": a doubt on the epithet, as "crabro?" or "cf." (a "?" after the
+    # epithet is the author's or the year's: "Turritella rigida Sowerby ? 1829")
+    doubt = len(words) > 2 and words[1] in {"?", "?."} and out.epithet is not None \
+        and out.kind == SCIENTIFIC and "?" not in (out.qualifier or "").split("; ")
+    qual = _join_q("?" if doubt else None, out.qualifier, like, "incertae sedis" if incertae else None)
     return _replace(out, qualifier=qual)
 
 
@@ -324,24 +342,29 @@ def _walk(tokens: list[str]) -> ParsedName:
     rank = None
     kind = SCIENTIFIC
     formula_rest: list[str] | None = None
+    several: ParsedName | None = None
     cultivar = None
     while i < n:
         raw_tok = tokens[i]
         tok = raw_tok.rstrip(",;") or raw_tok
         low = tok.lower()
-        if tok in {"×", "x", "X"}:
+        if tok in _HYBRID_SIGNS:
             if epithet is None and i + 1 < n and _EPITHET.match(fold_epithet(tokens[i + 1])):
                 hybrid = True
                 i += 1
                 continue
-            formula_rest = tokens[i + 1:]
+            formula_rest = tokens[i:]
+            break
+        if tok == "or" and i + 1 < n:
+            formula_rest = tokens[i:]
             break
         if epithet is None and infra is None:
             if low in _QUALIFIER_WORDS:
                 qualifiers.append(_QUALIFIER_WORDS[low])
                 i += 1
                 continue
-            if low in _UNDETERMINED or low.rstrip(".") in {"sp", "spp", "indet", "undet"}:
+            if low in _UNDETERMINED or low.rstrip(".") in {"sp", "spp", "indet", "undet"} \
+                    or _NUMBERED_SP.match(low):
                 qualifiers.append("spp." if low.startswith("spp") else
                                   ("indet." if low.startswith(("indet", "undet")) else "sp."))
                 # anything after "sp." (a number, a cultivar, an author) is not part of the name
@@ -379,6 +402,28 @@ def _walk(tokens: list[str]) -> ParsedName:
             # marker without an epithet ("var.", "var. b", "var. ß"): nothing more to name
             i = nxt + 1 if nxt < n and len(tokens[nxt]) <= 2 else nxt
             continue
+        if infra is None and not author_tokens:
+            # the place of an epithet (or of an unmarked infraspecific one) holds a word that is
+            # not one: "crabro?", "germanica/vulgaris", "crabr\ufffdo" (not an author: those start
+            # upper case, or are particles, abbreviations or bracketed)
+            odd, value = _odd_epithet(tok)
+            if odd == "doubt":
+                if "?" not in qualifiers:
+                    qualifiers.append("?")
+            elif odd == "alternatives":
+                stem = f"{genus} {epithet}" if epithet is not None else genus
+                several = _several(ALTERNATIVES, [f"{stem} {v}" for v in value], [" or "] * (len(value) - 1),
+                                   qualifiers)
+                break
+            elif odd == MALFORMED_EPITHET and MALFORMED_EPITHET not in qualifiers:
+                qualifiers.append(MALFORMED_EPITHET)
+            if odd in ("doubt", MALFORMED_EPITHET):
+                if epithet is None:
+                    epithet = value
+                else:
+                    infra, infra_rank = value, "subspecies"
+                i += 1
+                continue
         folded = fold_epithet(tok)
         glued = _GLUED_AUTHOR.match(folded) if i > 0 else None
         if glued and epithet is None and not author_tokens:
@@ -399,6 +444,8 @@ def _walk(tokens: list[str]) -> ParsedName:
                 continue
         author_tokens.append(raw_tok)
         i += 1
+    if several is not None:
+        return several
     authorship = _clean_author(author_tokens)
     if epithet is None:
         canonical = genus
@@ -407,10 +454,14 @@ def _walk(tokens: list[str]) -> ParsedName:
         canonical = f"{genus} {epithet}" + (f" {infra}" if infra else "")
         rank = infra_rank if infra else "species"
     if formula_rest is not None:
-        other = _formula_side(formula_rest, genus)
-        if other:
-            return ParsedName(f"{canonical} × {other}", None, "hybrid formula", HYBRID_FORMULA,
-                              _join_q(*qualifiers), genus=genus, epithet=epithet)
+        seps, others = _sides(formula_rest, genus)
+        if others:
+            kind = HYBRID_FORMULA if seps[0] == PART_SEPARATORS[HYBRID_FORMULA] else ALTERNATIVES
+            return _several(kind, [canonical, *others], seps, qualifiers)
+        if epithet is not None and formula_rest[0] in _HYBRID_SIGNS:
+            # "Salix alba x" / "x ?": a hybrid of this species and an unknown parent, not the species
+            return _several(HYBRID_FORMULA, [canonical, UNKNOWN_PARENT], [PART_SEPARATORS[HYBRID_FORMULA]],
+                            qualifiers)
     if hybrid:
         qualifiers.append("×")
     if cultivar:
@@ -431,15 +482,66 @@ def _cultivar(tokens: list[str], start: int) -> str | None:
     return f"cv. '{m.group(1)}'" if m else None
 
 
-def _formula_side(tokens: list[str], genus: str) -> str | None:
-    """The second parent of ``A x B`` hybrid formulas, as a canonical (epithet-only sides take the genus)."""
-    toks = [t for t in tokens if t not in {"×", "x", "X"}]
-    if not toks:
-        return None
-    if toks[0][:1].islower():
-        toks = [genus] + toks
-    sub = _walk(toks)
-    return sub.canonical if sub.canonical else None
+def _odd_epithet(tok: str) -> tuple[str | None, object]:
+    """What a word in an epithet's place is when it is no plain epithet: ``("doubt", "crabro")``
+    for ``crabro?`` / ``?crabro``, ``("alternatives", ["germanica", "vulgaris"])`` for
+    ``germanica/vulgaris``, ``(MALFORMED_EPITHET, tok)`` for a lower-case word with a character
+    no epithet has (``crabr\ufffdo``, ``crabro2``, a homoglyph), ``(None, None)`` otherwise."""
+    if "?" in tok:
+        bare = tok.strip("?")
+        folded = fold_epithet(bare)
+        if bare and "?" not in bare and _EPITHET.match(folded) and folded not in _AUTHOR_PARTICLES:
+            return "doubt", folded
+    if "/" in tok:
+        parts = [fold_epithet(x) for x in tok.split("/")]
+        if all(_EPITHET.match(x) and x not in _AUTHOR_PARTICLES for x in parts):
+            return "alternatives", parts
+    # abbreviations ("hort."), brackets and apostrophes ("d'Orbigny") belong to author strings
+    if (tok[:1].islower() or tok[:1] in "?\ufffd") and tok == tok.lower() and not any(c in tok for c in ".()[]'&") \
+            and sum(c.isalpha() for c in tok) >= 2:
+        folded = fold_epithet(tok)
+        if not _EPITHET.match(folded) and (not folded.isascii() or any(not (c.isalpha() or c == "-") for c in tok)):
+            return MALFORMED_EPITHET, tok
+    return None, None
+
+
+def _sides(tokens: list[str], genus: str) -> tuple[list[str], list[str]]:
+    """The other parts of ``A x B [x C]`` formulas and ``A or B`` alternatives: ``tokens`` starts
+    with a separator; returns the separators (as in :data:`PART_SEPARATORS`) and the parts'
+    canonical forms (epithet-only parts take the genus), or two empty lists."""
+    seps: list[str] = []
+    groups: list[list[str]] = []
+    for j, t in enumerate(tokens):
+        sep = PART_SEPARATORS[HYBRID_FORMULA] if t in _HYBRID_SIGNS else (
+            PART_SEPARATORS[ALTERNATIVES] if t == "or" else None)
+        # "Mentha ×piperita" inside a formula: the sign after a bare genus makes a nothospecies
+        if sep and sep.strip() == "×" and groups and len(groups[-1]) == 1 and groups[-1][0][:1].isupper() \
+                and j + 1 < len(tokens) and _EPITHET.match(fold_epithet(tokens[j + 1])):
+            continue
+        if sep:
+            seps.append(sep)
+            groups.append([])
+        else:
+            groups[-1].append(t)
+    parts: list[str] = []
+    for g in groups:
+        if not g:
+            return [], []
+        toks = [genus, *g] if g[0][:1].islower() else g
+        sub = _walk(toks)
+        if sub.canonical is None or sub.kind not in (SCIENTIFIC, ALTERNATIVES):
+            return [], []
+        parts.append(sub.canonical)
+    return seps, parts
+
+
+def _several(kind: str, parts: list[str], seps: list[str], qualifiers: list[str]) -> ParsedName:
+    """A name of several taxa: its parts joined by their separators; the genus only when they share it."""
+    canonical = parts[0] + "".join(sep + part for sep, part in zip(seps, parts[1:], strict=True))
+    genera = {p.split(" ")[0] for p in parts if p != UNKNOWN_PARENT}
+    rank = "hybrid formula" if kind == HYBRID_FORMULA else "alternatives"
+    return ParsedName(canonical, None, rank, kind, _join_q(*qualifiers),
+                      genus=genera.pop() if len(genera) == 1 and UNKNOWN_PARENT not in parts else None)
 
 
 def _clean_author(tokens: list[str]) -> str | None:

@@ -16,7 +16,11 @@ records or names in Python (the parser runs once per unique string). The steps:
    by rapidfuzz over pairs blocked by genus (or first three letters of an unknown genus) and
    length, bounded per word and overall, with a score and a threshold;
 5. higher-rank fallback: the species of a trinomial, the genus of a binomial, then the source's own
-   hints from the most specific up (``higher_rank``).
+   hints from the most specific up (``higher_rank``). A name of several taxa (hybrid formula
+   ``A x B``, alternatives ``A or B``) is never its first part: it resolves to the species its
+   parts share, else to the deepest taxon that the genera of all its parts share (each genus
+   settled on its own, so a homonym among them is never guessed). A binomial whose epithet is
+   malformed (``crabr\ufffdo``) skips the exact and fuzzy steps and resolves above it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import pyarrow as pa
 from schemas import RANKS
 from taxonomy.backbone import Backbone
 from taxonomy.names import (
+    ALTERNATIVES,
     HYBRID_FORMULA,
+    MALFORMED_EPITHET,
     NON_LIVING,
     OTU,
     SCIENTIFIC,
@@ -50,6 +56,10 @@ RESULT_COLUMNS: tuple[str, ...] = (
 REASONS = ("empty_name", "placeholder", "otu", "virus", "ambiguous_homonym", "not_in_backbone")
 _STATUS_PREF = {"accepted": 0, "doubtful": 1, "synonym": 2, "misapplied": 3}
 _MAIN_RANKS = set(RANKS) | {"subspecies", "variety", "form", "infraspecific name", "infraspecies"}
+_SEVERAL = [HYBRID_FORMULA, ALTERNATIVES]  # names of several taxa
+# fallback priorities: 0 the species of a trinomial (or the one all parts share), 1 the genus (or
+# the taxon the parts' genera share), then the source's hints
+_GENUS_PRIO = 1
 
 
 @dataclass(frozen=True)
@@ -348,6 +358,7 @@ def resolve_names(names: pl.DataFrame, backbone: Backbone, settings: ResolveSett
     matchable = pl.col("kind").is_in([SCIENTIFIC, OTU, VIRUS]) & pl.col("key").is_not_null()
     aff = pl.col("qualifier").fill_null("").str.contains(r"aff\.|nr\.") & pl.lit(s.aff_to_genus) \
         & pl.col("name_epithet").is_not_null()
+    aff = aff | pl.col("qualifier").fill_null("").str.contains(MALFORMED_EPITHET, literal=True)
     keyed = q.filter(matchable & ~aff).select("qid", "key")
 
     # 2-3: exact
@@ -380,27 +391,117 @@ def resolve_names(names: pl.DataFrame, backbone: Backbone, settings: ResolveSett
 
     # 5: higher-rank fallback from the most specific candidate name up
     words = pl.col("canonical").str.split(" ")
+    several = pl.col("kind").is_in(_SEVERAL)
     no_list = pl.lit([], dtype=pl.List(pl.String))
     fb_lists = pl.concat_list(
-        pl.when(words.list.len() > 2).then(words.list.slice(0, 2).list.join(" ")).otherwise(None),
-        pl.when((words.list.len() > 1) | pl.col("kind").eq(HYBRID_FORMULA)).then(pl.col("name_genus")).otherwise(None),
+        pl.when(~several & (words.list.len() > 2)).then(words.list.slice(0, 2).list.join(" ")).otherwise(None),
+        pl.when(~several & (words.list.len() > 1)).then(pl.col("name_genus")).otherwise(None),
         pl.col("parent_hint").str.split("|").list.reverse().fill_null(no_list),
         *[pl.col(f"verbatim_{r}") for r in reversed(HINT_RANKS)],
         pl.col("verbatim_lineage").str.split("|").list.reverse().fill_null(no_list),
     )
-    fallback = q.filter(pl.col("kind").is_in([SCIENTIFIC, HYBRID_FORMULA]) | pl.col("kind").eq(OTU)).join(
-        resolved_or_ambiguous, on="qid", how="anti").select("qid", fb_lists.alias("fb"))
-    fallback = fallback.explode("fb").with_columns(pl.int_range(pl.len()).over("qid").alias("prio")).filter(
+    pending = q.filter(pl.col("kind").is_in([SCIENTIFIC, OTU, *_SEVERAL])).join(resolved_or_ambiguous, on="qid",
+                                                                               how="anti")
+    fallback = pending.select("qid", fb_lists.alias("fb"))
+    fallback = fallback.explode("fb").with_columns(pl.int_range(pl.len()).over("qid").alias("prio"))
+    fallback = pl.concat([fallback, _shared_species(pending)], how="vertical_relaxed").filter(
         pl.col("fb").is_not_null() & (pl.col("fb").str.strip_chars() != ""))
     fallback = fallback.with_columns(pl.col("fb").str.strip_chars().str.to_lowercase().alias("fkey"))
-    if fallback.height:
-        fallback = fallback.with_columns((pl.col("qid") * 1000 + pl.col("prio")).alias("gid"))
-        hc = fallback.join(idx.match.select("bid", "key"), left_on="fkey", right_on="key").select("gid", "qid", "bid")
-        hs = _settle(hc, q, idx)
-        hs = hs.filter(pl.col("target_bid").is_not_null()).sort("gid").unique("qid", keep="first")
-        hs = hs.with_columns(pl.lit(2).alias("stage"), pl.lit(None, dtype=pl.Float64).alias("fscore"))
+    fallback = fallback.with_columns((pl.col("qid") * 1000 + pl.col("prio")).alias("gid"))
+    hc = fallback.join(idx.match.select("bid", "key"), left_on="fkey", right_on="key").select("gid", "qid", "bid")
+    hs = _settle(hc, q, idx)
+    fb_notes = _ambiguous_fallbacks(hs, fallback, q)
+    shared, shared_notes = _shared_genus(pending, q, idx)
+    hs = pl.concat([hs.filter(pl.col("target_bid").is_not_null()), shared], how="diagonal_relaxed")
+    if hs.height:
+        hs = hs.sort("gid").unique("qid", keep="first").with_columns(
+            pl.lit(2).alias("stage"), pl.lit(None, dtype=pl.Float64).alias("fscore"))
         settled = pl.concat([settled, hs], how="diagonal_relaxed")
+    # the most specific fallback that was an ambiguous homonym says why a name stays unresolved
+    # (the parts' genera come before the hints)
+    fb_notes = pl.concat([shared_notes, fb_notes]).unique("qid", keep="first", maintain_order=True)
+    q = q.join(fb_notes, on="qid", how="left")
     return _assemble(q, settled, idx, backbone)
+
+
+def _parts(pending: pl.DataFrame) -> pl.DataFrame:
+    """One row per part of every name of several taxa: qid, part (canonical), its genus."""
+    several = pending.filter(pl.col("kind").is_in(_SEVERAL))
+    split = pl.col("canonical").str.replace_all(" or ", " × ", literal=True).str.split(" × ")
+    parts = several.select("qid", split.alias("part")).explode("part")
+    return parts.with_columns(pl.col("part").str.split(" ").list.first().alias("part_genus"))
+
+
+def _shared_species(pending: pl.DataFrame) -> pl.DataFrame:
+    """Fallback rows (qid, fb, prio 0) for names of several taxa whose parts all lie in one species
+    (``Vespa crabro crabro or Vespa crabro gribodoi``)."""
+    parts = _parts(pending).with_columns(pl.col("part").str.split(" ").alias("_w"))
+    per = parts.group_by("qid").agg(
+        (pl.col("_w").list.len() >= 2).all().alias("_two"),
+        pl.col("_w").list.slice(0, 2).list.join(" ").n_unique().alias("_n"),
+        pl.col("_w").list.slice(0, 2).list.join(" ").first().alias("fb"),
+    )
+    return per.filter(pl.col("_two") & (pl.col("_n") == 1)).select(
+        "qid", "fb", pl.lit(0, dtype=pl.Int64).alias("prio"))
+
+
+def _shared_genus(pending: pl.DataFrame, q: pl.DataFrame, idx: _Index) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The taxon that the genera of every part of a name of several taxa share, each genus settled
+    on its own with the record's hints: (gid, qid, target_bid, kind, note) rows at the genus
+    priority, and (qid, fb_note) for the names where a genus was an ambiguous homonym."""
+    empty = pl.DataFrame(schema={"gid": pl.Int64, "qid": pl.Int64, "target_bid": pl.Int64, "kind": pl.String,
+                                 "note": pl.String})
+    no_notes = pl.DataFrame(schema={"qid": pl.Int64, "fb_note": pl.String})
+    genera = _parts(pending).select("qid", pl.col("part_genus").alias("fb")).unique(maintain_order=True)
+    if genera.height == 0:
+        return empty, no_notes
+    genera = genera.with_columns(pl.col("fb").str.to_lowercase().alias("fkey"),
+                                 pl.int_range(pl.len()).alias("gid").cast(pl.Int64))
+    cands = genera.join(idx.match.select("bid", "key"), left_on="fkey", right_on="key").select("gid", "qid", "bid")
+    each = _settle(cands, q, idx)
+    notes = _ambiguous_fallbacks(each, genera, q)
+    found = genera.join(each.filter(pl.col("target_bid").is_not_null()).select("gid", "target_bid"), on="gid",
+                        how="left")
+    # every part's genus must be known, else the taxon they share is unknown too
+    complete = found.group_by("qid").agg(pl.col("target_bid").null_count().alias("_missing"))
+    found = found.join(complete.filter(pl.col("_missing") == 0).select("qid"), on="qid")
+    if found.height == 0:
+        return empty, notes
+    ids = idx.rows.select("bid", *[f"{r}_id" for r in RANKS])
+    lin = found.join(ids, left_on="target_bid", right_on="bid", how="left")
+    per = lin.group_by("qid").agg(
+        *[((pl.col(f"{r}_id").n_unique() == 1) & (pl.col(f"{r}_id").null_count() == 0)).alias(f"_same_{r}")
+          for r in RANKS],
+        *[pl.col(f"{r}_id").first().alias(f"_id_{r}") for r in RANKS],
+        pl.col("fb").unique(maintain_order=True).alias("_genera"),
+    )
+    depth, agree = pl.lit(-1), pl.lit(True)
+    for i, r in enumerate(RANKS):
+        agree = agree & pl.col(f"_same_{r}")
+        depth = pl.when(agree).then(pl.lit(i)).otherwise(depth)
+    shared_id, shared_rank = pl.lit(None, dtype=pl.String), pl.lit(None, dtype=pl.String)
+    for i, r in enumerate(RANKS):
+        shared_id = pl.when(depth == i).then(pl.col(f"_id_{r}")).otherwise(shared_id)
+        shared_rank = pl.when(depth == i).then(pl.lit(r)).otherwise(shared_rank)
+    per = per.with_columns(shared_id.alias("_sid"), shared_rank.alias("_srank")).filter(pl.col("_sid").is_not_null())
+    per = per.join(idx.by_id, left_on="_sid", right_on="taxon_id", how="inner")
+    return per.select(
+        (pl.col("qid") * 1000 + _GENUS_PRIO).alias("gid"), "qid", pl.col("bid").alias("target_bid"),
+        pl.lit("exact").alias("kind"),
+        pl.when(pl.col("_genera").list.len() > 1).then(
+            pl.format("the genera {} share the {}", pl.col("_genera").list.join(", "), pl.col("_srank")))
+        .otherwise(None).alias("note"),
+    ), notes
+
+
+def _ambiguous_fallbacks(settled: pl.DataFrame, fallback: pl.DataFrame, q: pl.DataFrame) -> pl.DataFrame:
+    """(qid, fb_note) for the fallback names that were ambiguous homonyms, the most specific first:
+    the reason a name that resolves nowhere else stays unresolved."""
+    amb = settled.filter(pl.col("target_bid").is_null() & pl.col("note").str.starts_with("ambiguous_homonym"))
+    amb = amb.join(fallback.select("gid", "fb"), on="gid", how="left").join(q.select("qid", "canonical"), on="qid")
+    return amb.sort("gid").unique("qid", keep="first").select("qid", pl.format(
+        "ambiguous_homonym: '{}' not matched and '{}' names {}", pl.col("canonical"), pl.col("fb"),
+        pl.col("note").str.strip_prefix("ambiguous_homonym: ")).alias("fb_note"))
 
 
 def _assemble(q: pl.DataFrame, settled: pl.DataFrame, idx: _Index, backbone: Backbone) -> pl.DataFrame:
@@ -433,7 +534,15 @@ def _assemble(q: pl.DataFrame, settled: pl.DataFrame, idx: _Index, backbone: Bac
         .when(pl.col("kind") == OTU).then(pl.lit("otu: an OTU/BIN code the backbone does not hold"))
         .when(pl.col("kind") == VIRUS).then(pl.lit("virus: not in the backbone"))
         .when(pl.col("note").str.starts_with("ambiguous_homonym")).then(pl.col("note"))
+        .when(pl.col("fb_note").is_not_null()).then(pl.col("fb_note"))
         .otherwise(pl.format("not_in_backbone: '{}'", pl.coalesce(pl.col("canonical"), pl.col("verbatim_name"))))
+    )
+    qualifiers = pl.col("qualifier").fill_null("").str.split("; ")
+    several_note = (
+        pl.when(pl.col("kind") == HYBRID_FORMULA)
+        .then(pl.lit("hybrid formula: never one of its parents, resolved no lower than the rank they share"))
+        .when(pl.col("kind") == ALTERNATIVES)
+        .then(pl.lit("alternatives: one of several taxa, resolved no lower than the rank they share"))
     )
     synonym_note = pl.format("synonym '{}' -> accepted '{}'", pl.col("canonical"), pl.col("accepted_name"))
     conflicts = [
@@ -453,6 +562,11 @@ def _assemble(q: pl.DataFrame, settled: pl.DataFrame, idx: _Index, backbone: Bac
         pl.when(has).then(pl.col("note")),
         pl.when(~has).then(pl.col("tie")),
         pl.when(pl.col("qualifier").fill_null("").str.contains(r"aff\.|nr\.") & has).then(pl.lit("aff./nr.: resolved to the genus")),
+        pl.when(qualifiers.list.contains("cf.") | qualifiers.list.contains("?")).then(
+            pl.lit("cf./?: an uncertain identification, resolved as named")),
+        pl.when(qualifiers.list.contains(MALFORMED_EPITHET)).then(
+            pl.lit("malformed epithet: not a well-formed name, resolved no lower than the rank above it")),
+        pl.when(has).then(several_note),
         *[pl.when(has).then(c) for c in conflicts],
     ]
     r = r.with_columns(

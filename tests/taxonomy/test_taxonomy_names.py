@@ -237,3 +237,108 @@ def test_authorship_is_split_off(name, author):
     p = parse_name(f"{name} {author}")
     assert p.canonical == name
     assert p.authorship == author
+
+
+# --- hyphenated epithets, uncertain epithets, names of several taxa -------------------------------
+
+# real names with a one-letter first element (ICZN Art. 32.5.2.4.3): the GBIF DwC-A sample's
+# Andrena w-scripta, and the classic Lepidoptera c-album / c-nigrum / l-album
+@pytest.mark.parametrize("raw,canonical,authorship", [
+    ("Andrena w-scripta Viereck, 1904", "Andrena w-scripta", "Viereck, 1904"),
+    ("Polygonia c-album (Linnaeus, 1758)", "Polygonia c-album", "(Linnaeus, 1758)"),
+    ("Agrotis c-nigrum", "Agrotis c-nigrum", None),
+    ("Mythimna l-album (Linnaeus, 1767)", "Mythimna l-album", "(Linnaeus, 1767)"),
+    ("POLYGONIA C-ALBUM", "Polygonia c-album", None),
+])
+def test_one_letter_hyphenated_epithets_are_epithets(raw, canonical, authorship):
+    p = parse_name(raw)
+    assert (p.canonical, p.authorship, p.rank, p.epithet) == (canonical, authorship, "species", canonical.split()[1])
+
+
+letter_epithet = st.builds(lambda a, b: f"{a}-{b}", st.sampled_from("abcdefghijklmnopqrstuvwxyz"),
+                           st.from_regex(r"[a-z]{3,10}", fullmatch=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(genus, letter_epithet, st.sampled_from(["", " L.", " (Linnaeus, 1758)", " Viereck, 1904", " Müll.Arg."]))
+def test_hyphenated_epithet_property(g, ep, author):
+    p = parse_name(f"{g} {ep}{author}")
+    assert p.canonical == f"{g} {ep}" and p.rank == "species"
+    assert p.authorship == (author.strip() or None)
+
+
+@pytest.mark.parametrize("raw,canonical,qualifier,kind", [
+    # a doubt on the epithet: kept, and said, as "cf." is
+    ("Vespa crabro?", "Vespa crabro", "?", "scientific"),
+    ("Vespa ?crabro", "Vespa crabro", "?", "scientific"),
+    ("Glossopholis ? jollyana Pierre", "Glossopholis jollyana", "?", "scientific"),
+    # "spec." and numbered morphospecies are "sp."
+    ("Vespa spec.", "Vespa", "sp.", "scientific"),
+    ("Vespa sp1", "Vespa", "sp.", "scientific"),
+    # a slash between epithets is a choice, as "or" is
+    ("Vespula germanica/vulgaris", "Vespula germanica or Vespula vulgaris", None, "alternatives"),
+    ("Vespula germanica or vulgaris", "Vespula germanica or Vespula vulgaris", None, "alternatives"),
+    # a character no epithet has (U+FFFD from a non-UTF-8 file, a digit, a Cyrillic homoglyph)
+    ("Quercus d\ufffdouglasii", "Quercus d\ufffdouglasii", "malformed epithet", "scientific"),
+    ("Vespa crabro2", "Vespa crabro2", "malformed epithet", "scientific"),
+    ("Vespa crabr\u043e", "Vespa crabr\u043e", "malformed epithet", "scientific"),
+])
+def test_uncertain_epithets_are_never_authorship(raw, canonical, qualifier, kind):
+    p = parse_name(raw)
+    assert (p.canonical, p.qualifier, p.kind) == (canonical, qualifier, kind)
+    assert p.authorship is None or raw.split()[1] not in p.authorship
+
+
+def test_authors_in_the_epithets_place_stay_authors():
+    """What the uncertain-epithet rule must not take: author strings that start lower case."""
+    assert parse_name("Globigerina d'Orbigny, 1826").canonical == "Globigerina"
+    assert parse_name("Globigerina d'Orbigny, 1826").authorship == "d'Orbigny, 1826"
+    assert parse_name("Gemmata Franzmann & Skerman, 1985").qualifier is None
+    assert parse_name("Turritella rigida Sowerby ? 1829").qualifier is None  # the year's doubt, not the name's
+
+
+@settings(max_examples=200, deadline=None)
+@given(bare_names.filter(lambda n: " " in n), st.sampled_from(["{}?", "?{}", "{}/{}", "{}2", "{}\ufffd"]))
+def test_a_damaged_epithet_never_leaves_the_genus_alone(name, form):
+    """Whatever decorates the epithet, the parser never reports the bare genus with the epithet as
+    its author: the name keeps the epithet (with a '?' qualifier), becomes alternatives, or is
+    marked malformed."""
+    g, *eps = name.split(" ")
+    damaged = form.format(eps[0], eps[0])
+    p = parse_name(" ".join([g, damaged, *eps[1:]]))
+    assert p.canonical != g
+    assert p.authorship is None or damaged not in p.authorship
+    assert p.kind == "alternatives" or p.qualifier in {"?", "malformed epithet"}
+
+
+def test_three_parent_formula_from_the_real_file_keeps_three_parents():
+    line = next(ln for ln in _lines("hybrids.txt") if ln.count(" x ") == 2)
+    p = parse_name(line)
+    assert p.kind == "hybrid_formula"
+    assert p.canonical.split(" × ") == ["Symphoricarpos albus laevigatus", "Symphoricarpos microphyllus",
+                                        "Symphoricarpos orbiculatus"]
+    assert p.epithet is None and p.genus == "Symphoricarpos"
+
+
+def test_named_hybrids_are_one_taxon_not_a_formula():
+    for raw in ("Mentha ×piperita", "Mentha × piperita L.", "Mentha x piperita"):
+        p = parse_name(raw)
+        assert (p.canonical, p.kind, p.qualifier) == ("Mentha piperita", "scientific", "×"), raw
+
+
+@settings(max_examples=200, deadline=None)
+@given(genus, st.lists(epithet, min_size=2, max_size=4, unique=True), st.sampled_from([" x ", " × ", " or ", "/"]),
+       st.booleans())
+def test_several_taxa_keep_every_part(g, eps, sep, repeat_genus):
+    """``G a x b x c`` (or ``G a or b``, ``G a/b``): one part per taxon, each a full binomial, the
+    genus set only because they share it, and the canonical form parses to itself."""
+    if sep == "/":
+        raw = f"{g} {'/'.join(eps)}"
+    else:
+        raw = f"{g} {eps[0]}" + "".join(sep + (f"{g} {e}" if repeat_genus else e) for e in eps[1:])
+    p = parse_name(raw)
+    joiner = " × " if sep.strip() in {"x", "×"} else " or "
+    assert p.kind == ("hybrid_formula" if joiner == " × " else "alternatives")
+    assert p.canonical == joiner.join(f"{g} {e}" for e in eps)
+    assert (p.genus, p.epithet) == (g, None)
+    assert parse_name(p.canonical) == p

@@ -296,3 +296,109 @@ def test_gbif_dwca_from_real_api_lineage(tmp_path):
     assert (a["taxon_id"], a["kingdom"], a["family"], a["species"]) == ("2878266", "Plantae", "Fagaceae", "Quercus douglasii")
     assert (a["vernacular_name"], a["vernacular_rank"]) == ("blue oak", "species")
     assert (b["match_type"], b["taxon_id"]) == ("synonym", "2878266")
+
+
+# --- names of several taxa, uncertain epithets, homonyms met on the way up ---------------------
+
+
+@pytest.fixture(scope="module")
+def inat_plus() -> Backbone:
+    """The real iNaturalist tree plus two made-up usages on real parents: a plant genus ``Apis``
+    (a cross-kingdom homonym of the bee genus) and the named hybrid oak ``Quercus ×macdonaldii``
+    under the real genus Quercus (47851)."""
+    u, v = read_inat(INAT_TREE)
+    plant_family = u.filter(pl.col("rank") == "family").join(
+        build_table(u, v).filter(pl.col("kingdom") == "Plantae").select("taxon_id"), on="taxon_id").row(0, named=True)
+    extra = pl.DataFrame([
+        {"taxon_id": "900001", "parent_id": plant_family["taxon_id"], "accepted_id": None, "scientific_name": "Apis",
+         "canonical": None, "authorship": None, "rank": "genus", "status": "accepted"},
+        {"taxon_id": "900002", "parent_id": "47851", "accepted_id": None,
+         "scientific_name": "Quercus ×macdonaldii Greene", "canonical": None, "authorship": None, "rank": "species",
+         "status": "accepted"},
+    ], schema=u.schema)
+    return Backbone("inat+", "test", build_table(pl.concat([u, extra]), v))
+
+
+def test_hybrid_formulas_resolve_to_what_the_parents_share_never_the_first_parent(col, inat_plus):
+    res = _resolve(col, ["Dolichovespula media x saxonica", "Dolichovespula media x Dolichovespula saxonica",
+                         "Dolichovespula media", "Dolichovespula saxonica x Vespa crabro"])
+    got = {r["verbatim_name"]: r for r in res.iter_rows(named=True)}
+    media = got["Dolichovespula media"]
+    assert media["match_type"] == "exact" and media["taxon_rank"] == "species"
+    genus_id = col.table.filter(pl.col("taxon_id") == media["taxon_id"])["genus_id"].item()
+    for name in ("Dolichovespula media x saxonica", "Dolichovespula media x Dolichovespula saxonica"):
+        r = got[name]
+        assert (r["match_type"], r["taxon_rank"], r["taxon_id"], r["species"]) == ("higher_rank", "genus", genus_id, None)
+        assert "hybrid formula" in r["match_note"]
+    # a parent not given ("A b x"): not the species it names
+    dangling = _resolve(col, ["Dolichovespula media x"]).row(0, named=True)
+    assert dangling["species"] is None and dangling["match_type"] != "exact"
+    # parents in two genera: the family both genera are in
+    cross = got["Dolichovespula saxonica x Vespa crabro"]
+    assert (cross["match_type"], cross["taxon_rank"], cross["family"], cross["genus"]) == (
+        "higher_rank", "family", "Vespidae", None)
+    # on the iNaturalist tree: a real oak's formula stops at Quercus; the named hybrid still matches
+    res = _resolve(inat_plus, ["Quercus agrifolia x Quercus wislizeni", "Quercus ×macdonaldii", "Quercus x macdonaldii",
+                               "Quercus × macdonaldii Greene"])
+    got = {r["verbatim_name"]: r for r in res.iter_rows(named=True)}
+    assert (got["Quercus agrifolia x Quercus wislizeni"]["taxon_id"], got["Quercus agrifolia x Quercus wislizeni"][
+        "match_type"]) == ("47851", "higher_rank")
+    for name in ("Quercus ×macdonaldii", "Quercus x macdonaldii", "Quercus × macdonaldii Greene"):
+        assert (got[name]["taxon_id"], got[name]["match_type"], got[name]["match_score"]) == ("900002", "exact", 1.0)
+
+
+def test_a_formula_with_an_unknown_or_ambiguous_parent_genus_is_not_guessed(col, inat_plus):
+    r = _resolve(col, ["Vespa crabro x Nonexistigenus foo"]).row(0, named=True)
+    assert r["match_type"] == "none" and r["taxon_id"] is None
+    r = _resolve(inat_plus, ["Quercus agrifolia x Apis foo"]).row(0, named=True)
+    assert r["match_type"] == "none" and r["match_note"].startswith("ambiguous_homonym")
+    plant = _resolve(inat_plus, ["Quercus agrifolia x Apis foo"], verbatim_kingdom=["Plantae"]).row(0, named=True)
+    assert plant["match_type"] == "higher_rank" and plant["kingdom"] == "Plantae" and plant["genus"] is None
+
+
+def test_alternatives_resolve_to_the_genus_with_a_note(col):
+    res = _resolve(col, ["Vespula germanica or vulgaris", "Vespula germanica/vulgaris", "Vespula germanica",
+                         "Vespa crabro crabro/gribodoi"])
+    got = {r["verbatim_name"]: r for r in res.iter_rows(named=True)}
+    assert got["Vespula germanica"]["match_type"] == "exact"
+    for name in ("Vespula germanica or vulgaris", "Vespula germanica/vulgaris"):
+        r = got[name]
+        assert (r["match_type"], r["taxon_rank"], r["genus"], r["species"]) == ("higher_rank", "genus", "Vespula", None)
+        assert r["match_score"] is None and "alternatives" in r["match_note"]
+    # two subspecies of one species: that species
+    sub = got["Vespa crabro crabro/gribodoi"]
+    assert (sub["match_type"], sub["taxon_rank"], sub["species"]) == ("higher_rank", "species", "Vespa crabro")
+
+
+def test_uncertain_epithets_are_never_an_exact_genus_match(col):
+    res = _resolve(col, ["Vespa crabro?", "Vespa ?crabro", "Vespa cf. crabro", "Vespa crabr\ufffdo",
+                         "Vespula germanica/vulgaris", "Vespa spec.", "Vespa sp."])
+    got = {r["verbatim_name"]: r for r in res.iter_rows(named=True)}
+    # a '?' is a doubt on the identification, as cf. is: the species, marked and noted
+    for name in ("Vespa crabro?", "Vespa ?crabro", "Vespa cf. crabro"):
+        r = got[name]
+        assert r["species"] == "Vespa crabro" and r["qualifier"] in {"?", "cf."}
+        assert "uncertain identification" in r["match_note"]
+    bad = got["Vespa crabr\ufffdo"]
+    assert (bad["match_type"], bad["taxon_rank"], bad["match_score"]) == ("higher_rank", "genus", None)
+    assert "malformed epithet" in bad["match_note"]
+    assert got["Vespula germanica/vulgaris"]["match_type"] == "higher_rank"
+    # "spec." is "sp.": a genus named as such, as before
+    assert {k: got["Vespa spec."][k] for k in ("match_type", "taxon_rank", "taxon_id", "qualifier")} == {
+        k: got["Vespa sp."][k] for k in ("match_type", "taxon_rank", "taxon_id", "qualifier")}
+
+
+def test_hyphenated_epithet_is_kept_for_the_fallback(inat):
+    """The demo's ``Andrena w-scripta`` (not in this slice): matched on the whole binomial, so the
+    note names it, not the genus alone."""
+    r = _resolve(inat, ["Andrena w-scripta Viereck, 1904"], verbatim_order=["Hymenoptera"]).row(0, named=True)
+    assert r["match_type"] == "higher_rank" and r["order"] == "Hymenoptera"
+    assert "'Andrena w-scripta' not matched" in r["match_note"]
+
+
+def test_genus_fallback_on_an_ambiguous_homonym_says_so(inat_plus):
+    res = _resolve(inat_plus, ["Apis nonexistens", "Apis nonexistens"], verbatim_kingdom=[None, "Plantae"])
+    bare, plant = res.row(0, named=True), res.row(1, named=True)
+    assert bare["match_type"] == "none"
+    assert bare["match_note"].startswith("ambiguous_homonym: 'Apis nonexistens' not matched and 'Apis' names 2")
+    assert (plant["match_type"], plant["taxon_id"]) == ("higher_rank", "900001")

@@ -177,3 +177,161 @@ def test_resolve_job_reports_the_unresolved_names_of_every_part(data_root, tmp_p
     assert written.equals(expected) and result.stats["unresolved_names"] == 3
     assert {r["reason"]: r["records"] for r in written.to_pylist()} == {
         "ambiguous_homonym": 3, "not_in_backbone": 3, "empty_name": 3}
+
+
+# --- backbone inputs of the wrong kind, damaged zips, versions, non-UTF-8 name lists -----------
+
+TAXONOMY = COL.parent
+SINGLE_FILES = {  # each real slice as the single file a user passes
+    "coldp": TAXONOMY / "col_coldp_vespoidea" / "NameUsage.tsv",
+    "inat": TAXONOMY / "inat_taxonomy_tree" / "taxonomy.csv",
+    "inat-open-data": TAXONOMY / "inat_open_data" / "taxa.csv",
+}
+WRONG = [(kind, name) for kind in ("gbif", "coldp", "inat", "inat-dwca") for name in SINGLE_FILES
+         if kind != name.split("-open")[0]]
+
+
+@pytest.mark.parametrize("kind,name", WRONG, ids=[f"{k}<-{n}" for k, n in WRONG])
+def test_a_single_file_of_another_kind_is_refused_naming_its_kind(tmp_path, kind, name):
+    from taxonomy.backbone import BackboneSourceError
+
+    path = SINGLE_FILES[name]
+    looks = name.split("-open")[0]
+    with pytest.raises(BackboneSourceError, match=rf"is not .*it looks like .*`biocorpus backbone {looks} --input"):
+        build_backbone(kind, path, tmp_path, version="v1")
+    assert not (tmp_path / "backbones").exists() or not any((tmp_path / "backbones").rglob("backbone.parquet"))
+
+
+def test_a_wrong_kind_never_replaces_a_good_version(tmp_path):
+    """The QA reproduction: a good build, then the wrong kind for the same (default) version."""
+    from pipeline.cli import app
+
+    good = build_backbone("coldp", COL, tmp_path, version="2026-01-01")
+    before = (good / "backbone.parquet").read_bytes()
+    res = CliRunner().invoke(app, ["backbone", "coldp", "--input", str(SINGLE_FILES["inat"]), "--data", str(tmp_path),
+                                   "--version", "2026-01-01"])
+    assert res.exit_code == 2, res.output
+    assert "looks like an iNaturalist taxa table" in res.output and "Traceback" not in res.output
+    assert (good / "backbone.parquet").read_bytes() == before
+
+
+def test_a_backbone_without_usable_names_is_not_written(tmp_path):
+    import polars as pl
+
+    from taxonomy.backbone import BackboneSourceError, write_backbone
+
+    # the real slice's header with its rows' names emptied: right kind, nothing to match on
+    lines = (COL / "NameUsage.tsv").read_text(encoding="utf-8").splitlines()
+    head = lines[0].split("\t")
+    col = head.index("scientificName")
+    rows = [r.split("\t") for r in lines[1:50]]
+    for r in rows:
+        r[col] = ""
+    path = tmp_path / "NameUsage.tsv"
+    path.write_text("\n".join("\t".join(r) for r in [head, *rows]) + "\n", encoding="utf-8")
+    with pytest.raises(BackboneSourceError, match="no usable names"):
+        build_backbone("coldp", path, tmp_path, version="v1")
+    assert not (tmp_path / "backbones" / "coldp" / "v1").exists()
+    with pytest.raises(BackboneSourceError, match="no usable names"):
+        write_backbone(pl.DataFrame(schema={"key": pl.String, "status": pl.String}), tmp_path, "x", "v1", "coldp")
+
+
+def test_a_truncated_backbone_zip_is_one_line(tmp_path):
+    import zipfile
+
+    from pipeline.cli import app
+
+    whole = tmp_path / "col.zip"
+    with zipfile.ZipFile(whole, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(COL / "NameUsage.tsv", "NameUsage.tsv")
+    cut = tmp_path / "col-trunc.zip"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert build_backbone("coldp", whole, tmp_path, version="whole").is_dir()
+    res = CliRunner().invoke(app, ["backbone", "coldp", "--input", str(cut), "--data", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "not a complete zip archive" in res.output and "fetch it again" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def _set_created(folder: Path, created: str | None) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if created is None:
+        manifest.pop("created")
+    else:
+        manifest["created"] = created
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_newest_version_is_the_latest_build_not_the_last_name(tmp_path, capsys):
+    from taxonomy.backbone import find_backbone, load_backbone
+
+    inat = SINGLE_FILES["inat"]
+    for version in ("demo", "2026-12-08", "v10", "v9"):
+        build_backbone("inat", inat, tmp_path, version=version)
+    root = tmp_path / "backbones" / "inat"
+    _set_created(root / "demo", "2026-12-01T10:00:00+00:00")
+    _set_created(root / "2026-12-08", "2026-12-08T10:00:00+00:00")
+    _set_created(root / "v9", "2026-12-02T10:00:00+00:00")
+    _set_created(root / "v10", "2026-12-03T10:00:00+00:00")
+    capsys.readouterr()
+    assert find_backbone("inat", tmp_path) == root / "2026-12-08"
+    said = capsys.readouterr().err
+    assert "4 versions, using the newest, 2026-12-08 (built 2026-12-08T10:00:00+00:00" in said
+    # workers load it quietly; the same choice
+    assert load_backbone("inat", tmp_path).version == "2026-12-08" and capsys.readouterr().err == ""
+    _set_created(root / "v10", "2026-12-09T00:00:00+00:00")
+    assert find_backbone("inat", tmp_path, announce=False) == root / "v10"
+    # manifests without a build time (older builds) come first, ordered by name among themselves
+    for version in ("demo", "2026-12-08", "v10", "v9"):
+        _set_created(root / version, None)
+    assert find_backbone("inat", tmp_path, announce=False) == root / "v9"
+    _set_created(root / "2026-12-08", "2026-12-08T10:00:00+00:00")
+    assert find_backbone("inat", tmp_path, announce=False) == root / "2026-12-08"
+
+
+def test_resolve_job_uses_and_says_the_newest_build(data_root, tmp_path, capsys):
+    import shutil
+
+    from pipeline import jobs
+    from pipeline.config import load_config
+    from pipeline.io import atomic_write_parquet, read_dataset
+    from pipeline.runners import make_runner
+
+    root = tmp_path / "root"
+    shutil.copytree(data_root / "backbones", root / "backbones")  # col/4.1, built first
+    build_backbone("coldp", COL, root, version="2019", name="col")  # "2019" < "4.1" by name
+    atomic_write_parquet(_batch(), root / "raw" / "source=test" / "part-0.parquet")
+    cfg = load_config(overrides={"data": str(root), "resolve.backbone": "col"})
+    capsys.readouterr()
+    jobs.resolve(cfg, make_runner("local", workers=1, progress=False))
+    assert "backbone col: 2 versions, using the newest, 2019" in capsys.readouterr().err
+    assert set(read_dataset(root / "resolved").column("backbone_version").to_pylist()) == {"2019"}
+
+
+BAD_UTF8 = b"Vespa crabro\nVespa \xe9crabro\n"
+
+
+@pytest.mark.parametrize("command", [["parse"], ["resolve", "--backbone", "col"]])
+def test_names_read_non_utf8_stdin_as_a_file_is_read(data_root, tmp_path, command):
+    """The same undecodable bytes from stdin and from a file: the same output, one warning line, no
+    traceback (stdin crashed with UnicodeEncodeError)."""
+    import subprocess
+    import sys
+
+    if command[0] == "resolve":
+        command = [*command, "--data-root", str(data_root)]
+    path = tmp_path / "names.txt"
+    path.write_bytes(BAD_UTF8)
+    run = [sys.executable, "-c", "from pipeline.cli import main; main()", "names", *command]
+    repo = Path(__file__).resolve().parents[2]
+    piped = subprocess.run(run, input=BAD_UTF8, capture_output=True, cwd=repo, timeout=120)
+    filed = subprocess.run([*run[:-len(command)], *command[:1], str(path), *command[1:]], capture_output=True,
+                           cwd=repo, timeout=120)
+    for proc, where in ((piped, "stdin"), (filed, str(path))):
+        err = proc.stderr.decode()
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert err.count("warning:") == 1 and f"{where} is not valid UTF-8" in err and "line 2" in err
+    assert piped.stdout == filed.stdout
+    rows = piped.stdout.decode("utf-8").splitlines()
+    assert rows[2].startswith("Vespa \ufffdcrabro\t")
