@@ -44,6 +44,12 @@ class StageCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
+def _http_failure(source: str, exc) -> str:
+    """The one line for an API request that failed for good: what happened and what to do."""
+    advice = exc.advice if getattr(exc, "advice", None) is not None else _http_advice(getattr(exc, "status", None))
+    return f"{source}: {exc}" + (f"; {advice}" if advice else "")
+
+
 def _http_advice(status: int | None) -> str:
     """What to do after an API request failed for good, by its HTTP status."""
     if status in (401, 403):
@@ -136,7 +142,7 @@ def ingest(
             slug = jobs.dataset_slug(dataset, options) if dataset else jobs.dataset_slug(input, options)
             result = jobs.ingest(cfg, _runner(cfg), source, input, slug, force)
     except HttpError as exc:
-        _fail(f"{source}: {exc}; {_http_advice(getattr(exc, 'status', None))}")
+        _fail(_http_failure(source, exc))
     if not result.skipped and result.stats.get("in", 0) == 0:
         what = (f"{input} gave no records and no rejects; check that {source} is the source for it (`biocorpus "
                 "ingest --help` lists what each source reads)" if input else
@@ -273,8 +279,13 @@ def run_all(
     cfg = _config(config, data, runner, _beam_args(ctx))
     if plan is None:
         _fail("--plan PATH is required: a TOML file of [[ingest]] entries with `source` and `input`")
-    with _user_errors():
-        summary = jobs.everything(cfg, _runner(cfg), jobs.load_plan(plan), skip_train=skip_train)
+    from sources.http import HttpError
+
+    try:
+        with _user_errors():
+            summary = jobs.everything(cfg, _runner(cfg), jobs.load_plan(plan), skip_train=skip_train)
+    except HttpError as exc:
+        _fail(_http_failure("run", exc))
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -133,8 +134,22 @@ def _task_identity(task: str) -> object:
 
 def run_ingest(connector, options: Any, input: str | None, root: Path, runner, dataset: str,
                config: Any = None, force: bool = False) -> StageResult:
-    """Ingest one source input into ``raw/source=<name>/dataset=<dataset>/``."""
-    task_list = connector.tasks(input, options)
+    """Ingest one source input into ``raw/source=<name>/dataset=<dataset>/``.
+
+    A query whose pull continues (``connector.continues``, see ``sources.base.Connector``) is kept
+    there as pulls, ``pull-<n>/``: each the output of one run of its own (one task, whose cursor is
+    committed in the pull's ``_SUCCESS`` with its records). A rerun pulls after the last committed
+    pull's cursor and adds a pull; a killed one leaves no pull and is pulled again whole; one that
+    finds nothing new keeps nothing and says so; ``--force`` pulls the last one again in its place.
+    """
+    dataset_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"
+    rejects_dir = root / "rejects" / "stage=ingest" / f"source={connector.name}" / f"dataset={dataset}"
+    continues = getattr(connector, "continues", None)
+    pull = _next_pull(dataset_dir, connector.name, force) if continues and continues(input, options) else None
+    task_list = connector.tasks(input, options, after=pull.after) if pull else connector.tasks(input, options)
+    if pull and len(task_list) != 1:  # (one cursor to commit: the task's)
+        raise RuntimeError(f"ingest {connector.name}: a pull that continues is one task, not {len(task_list)}; "
+                           "this is a bug in the connector, please report it")
     if not task_list and input and "://" not in input:
         # a folder without a single file of the source's kind is a wrong INPUT, not an empty dataset
         # (a query or a dashboard whose window holds nothing new is: it runs to 0 records)
@@ -143,10 +158,9 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
     ident = [_task_identity(t) for t in task_list]
     # the record schema's version: records made under another one (other record ids) are redone
     fp = fingerprint("ingest", connector.name, config_hash(options), ident, SCHEMA_VERSION)
-    key = f"ingest-{connector.name}-{dataset}"
-    out_dir = root / "raw" / f"source={connector.name}" / f"dataset={dataset}"
-    staged = StagedOutput(root, key, out_dir,
-                          root / "rejects" / "stage=ingest" / f"source={connector.name}" / f"dataset={dataset}", fp)
+    key = f"ingest-{connector.name}-{dataset}" + (f"-{pull.name}" if pull else "")
+    out_dir = dataset_dir / pull.name if pull else dataset_dir
+    staged = StagedOutput(root, key, out_dir, rejects_dir / pull.name if pull else rejects_dir, fp)
     where = _input_identity(input)
     if not force:
         _check_same_input(out_dir, where, connector.name, dataset)
@@ -154,12 +168,72 @@ def run_ingest(connector, options: Any, input: str | None, root: Path, runner, d
     if (done := _already_done(staged, f"ingest {connector.name}: already complete for {what}", force)):
         return done
     started = time.time()
+    if pull:
+        _say(f"ingest {connector.name}: dataset {dataset}, {pull.name}: "
+             + (f"the pages after {pull.after}" if pull.after is not None else "from the start of the query"))
     staged.open()
     counts = runner.run_ingest(connector, options, task_list, staged)
     if len(counts) != len(task_list):
         raise RuntimeError(f"ingest {connector.name}: {len(counts)} of {len(task_list)} tasks finished")
-    return _finish(staged, runner, f"ingest-{connector.name}", counts, None, started, config,
-                   task_list, {"source": connector.name, "dataset": dataset, "input": where})
+    extra = {"source": connector.name, "dataset": dataset, "input": where}
+    if pull:
+        if not sum(c["in"] for c in counts):
+            return _nothing_pulled(staged, pull, connector.name, dataset, counts)
+        cursor = next((c["cursor"] for c in reversed(counts) if c.get("cursor") is not None), None)
+        if cursor is None:  # the next pull would start over and ingest these records again
+            raise RuntimeError(f"ingest {connector.name}: {pull.name} read records but gave no cursor to continue "
+                               "from; this is a bug in the connector, please report it")
+        extra.update({"pull": pull.name, "after": pull.after, "cursor": cursor})
+    return _finish(staged, runner, f"ingest-{connector.name}", counts, None, started, config, task_list, extra)
+
+
+PULL = "pull-"  # the folders of a dataset whose pull continues: pull-00000, pull-00001...
+
+
+@dataclass(frozen=True)
+class _Pull:
+    """The pull an ingest run makes: its folder's name, the cursor it starts after (None: the start
+    of the query), and the last pull committed before it (None: none)."""
+
+    name: str
+    after: Any
+    last: str | None
+
+
+def _next_pull(dataset_dir: Path, source: str, force: bool) -> _Pull:
+    """The pull after the last committed one (whose ``_SUCCESS`` holds the cursor it ended at), or
+    with ``force`` the last one again, from where it started."""
+    if (dataset_dir / SUCCESS).is_file():
+        raise ValueError(f"ingest {source}: {dataset_dir} holds the records of one whole earlier ingest, not the "
+                         "pulls of a query that continues; move it aside, or give this query a dataset of its own "
+                         "with --dataset NAME")
+    done = sorted((int(m.parent.name.removeprefix(PULL)), m) for m in dataset_dir.glob(f"{PULL}*/{SUCCESS}")
+                  if m.parent.name.removeprefix(PULL).isdigit())
+    if not done:
+        return _Pull(f"{PULL}00000", None, None)
+    n, marker = done[-1]
+    last = json.loads(marker.read_text())
+    if force:
+        before = done[-2][1].parent.name if len(done) > 1 else None
+        return _Pull(marker.parent.name, last.get("after"), before)
+    return _Pull(f"{PULL}{n + 1:05d}", last.get("cursor"), marker.parent.name)
+
+
+def _nothing_pulled(staged: StagedOutput, pull: _Pull, source: str, dataset: str, counts: list[dict]) -> StageResult:
+    """A pull that read nothing keeps nothing (no empty pull, so the next run asks again from the
+    same cursor); after earlier pulls that is nothing new, and the run is skipped."""
+    shutil.rmtree(staged.staging, ignore_errors=True)
+    stats = {"stage": f"ingest-{source}", "in": 0, "out": 0, "rejected": 0, "rejected_by_reason": {},
+             "tasks": len(counts), "source": source, "dataset": dataset, "after": pull.after, "last_pull": pull.last}
+    if (staged.out_dir / SUCCESS).is_file():  # --force of a pull whose pages are gone now
+        _say(f"ingest {source}: {pull.name} of dataset {dataset} gave nothing this time; it is kept as it was")
+        return StageResult(stats["stage"], stats, True, staged.out_dir)
+    if pull.last is None:
+        _say(f"ingest {source}: the query gave nothing; no pull kept in dataset {dataset}")
+        return StageResult(stats["stage"], stats, False, staged.out_dir)
+    _say(f"ingest {source}: nothing new after {pull.after} (the end of {pull.last} of dataset {dataset}); "
+         "nothing added, run it again later for what is new by then")
+    return StageResult(stats["stage"], stats, True, staged.out_dir.parent)
 
 
 def _input_identity(input: str | None) -> str | None:

@@ -17,14 +17,24 @@ def _root(cfg) -> Path:
 
 
 def dataset_slug(input: str | None, options) -> str:
-    """The ``dataset=`` folder of an ingest: the input's base name, or a hash of the API query."""
+    """The ``dataset=`` folder of an ingest: the input's base name, or a hash of the API query.
+
+    The query's hash is the source's ``query_fingerprint()`` (the options that choose its records:
+    taxon, filters, page ids...), not of how they are fetched, so a rerun with a politer rate or
+    another timeout is the same dataset, not a second copy of its records; a source without one
+    falls back to the hash of all its options.
+    """
     if input:
         name = Path(input.rstrip("/")).name or "input"
         name = re.sub(r"\.(zip|tsv|csv|gz|json|txt)$", "", name, flags=re.I)
         return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:60] or "input"
-    from pipeline.config import config_hash
+    query = getattr(options, "query_fingerprint", None)
+    name = query() if callable(query) else None
+    if name is None:
+        from pipeline.config import config_hash
 
-    return f"query-{config_hash(options)[:10]}"
+        name = config_hash(options)[:10]
+    return f"query-{name}"
 
 
 def ingest(cfg, runner, source: str, input: str | None, dataset: str, force: bool = False) -> StageResult:

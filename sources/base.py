@@ -6,7 +6,7 @@ import codecs
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
@@ -28,15 +28,32 @@ class IngestBatch:
     conforms it). ``rejects`` follows ``schemas.REJECT_SCHEMA``. Every candidate record read is in
     exactly one of the two. ``skipped`` counts units that are not records at all (an IFCB trigger
     with no image, a __MACOSX member), by reason, so nothing disappears without a count.
+
+    ``cursor`` (a connector whose pull continues, see :class:`Connector`): where the next pull
+    starts once this batch is in, JSON-serialisable (iNaturalist: the last observation id). The
+    runner commits the last one with the task's records, and with nothing else.
     """
 
     records: pa.Table
     rejects: pa.Table = field(default_factory=empty_rejects)
     skipped: dict[str, int] = field(default_factory=dict)
+    cursor: Any = None
+
+
+class SourceConfigError(ValueError):
+    """A source that cannot run as configured (a query without its credentials in the
+    environment); the message says what to set."""
 
 
 class Connector(Protocol):
-    """One source. ``tasks`` must be deterministic; each task is read independently (resume unit)."""
+    """One source. ``tasks`` must be deterministic; each task is read independently (resume unit).
+
+    A connector whose pull continues (an API paged by a cursor, pulled a few pages a run) also has
+    ``continues(input, options) -> bool``; when it answers True, ingest keeps each run as a pull of
+    its own in the dataset, calls ``tasks(input, options, after=cursor)`` with the cursor committed
+    with the last pull (None for the first) for one task that reads from there, and commits the
+    ``cursor`` of the task's last batch with its records (``pipeline.execute.run_ingest``).
+    """
 
     name: str
     Options: type[SourceOptions]

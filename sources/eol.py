@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import html
 import io
 import itertools
@@ -30,7 +31,7 @@ from schemas.record import extra_json, from_columns, from_rows, record_id_column
 from schemas.rejects import REJECT_SCHEMA
 from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
 from sources.columns import per_distinct
-from sources.http import ApiConnector, ApiOptions
+from sources.http import ApiConnector, ApiOptions, HttpError
 from sources.licenses import normalise_license, normalise_license_column, unknown_license_detail
 from sources.photokey import photo_key_of, photo_keys
 
@@ -63,6 +64,12 @@ class Options(ApiOptions):
     batch_rows: int = Field(100_000, ge=1, description="records per batch (manifests)")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
 
+    def query_fingerprint(self) -> str | None:
+        if self.input or not self.page_ids:
+            return None
+        q = {"page_ids": sorted(set(self.page_ids)), "images_per_page": self.images_per_page}
+        return hashlib.blake2b(json.dumps(q, sort_keys=True).encode(), digest_size=6).hexdigest()
+
 
 class EOLConnector(ApiConnector):
     """``eol`` source: one task per file, or per page id for the API."""
@@ -85,9 +92,19 @@ class EOLConnector(ApiConnector):
     def read(self, task: str, options: Options) -> Iterator[IngestBatch]:
         if task.startswith("page:"):
             pid = task.split(":", 1)[1]
-            doc = self.client(options).get_json(f"pages/1.0/{pid}.json", params={
-                "images_per_page": options.images_per_page, "videos_per_page": 0, "sounds_per_page": 0,
-                "texts_per_page": 0, "licenses": "all", "details": "true", "taxonomy": "true"})
+            try:
+                doc = self.client(options).get_json(f"pages/1.0/{pid}.json", params={
+                    "images_per_page": options.images_per_page, "videos_per_page": 0, "sounds_per_page": 0,
+                    "texts_per_page": 0, "licenses": "all", "details": "true", "taxonomy": "true"})
+            except HttpError as exc:
+                if exc.status != 404:
+                    raise
+                # one page id EOL does not know (a typo, a page merged away) is that page's reject:
+                # the other pages are still read, and a rerun does not fail on it again
+                yield IngestBatch(records=pa.table({}), rejects=make_rejects(
+                    [make_record_id(SOURCE, f"page/{pid}")], STAGE, Reason.NO_IMAGE,
+                    f"EOL has no page {pid} ({exc}); check the id in [sources.eol] page_ids"))
+                return
             yield read_json(doc, options, page_hint=pid)
             return
         path = Path(task)

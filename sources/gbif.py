@@ -2,8 +2,8 @@
 
 A DwC-A's occurrence core is joined with its Multimedia extension (one record per image) batch by
 batch against the media sorted by key (partitioned to spill files when the media is large), so an
-archive larger than memory works; the search API (pygbif,
-300 per page up to GBIF's offset cap) and a finished download request feed the same adapter.
+archive larger than memory works; the search API (pygbif, 300 per page up to GBIF's offset cap)
+and a finished download request feed the same adapter.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,15 +28,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import requests
 from pydantic import Field
 
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, record_id_column, value_bytes
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
+from sources.base import SHAPE_ERRORS, IngestBatch, SourceConfigError, item_key, shape_detail
 from sources.columns import per_distinct
 from sources.dwca import DwcaError, NoMetaError, Prefetch, open_archive, read_ahead, read_file
-from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
+from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, NotJson, page_results
 from sources.licenses import normalise_license_column, unknown_license_detail
 from sources.photokey import photo_keys
 
@@ -89,6 +91,10 @@ class Options(ApiOptions):
                                         "(16 to 512), so that one partition holds about a sixth of the budget")
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
 
+    def query_fingerprint(self) -> str | None:
+        api = self.mode in ("search", "download") or (self.mode == "auto" and not self.input)
+        return query_fingerprint(self) if api and (self.taxon_key is not None or self.filters) else None
+
 
 class GBIFConnector(ApiConnector):
     """``gbif`` source: tasks are archives, or one search / download task for a query."""
@@ -107,6 +113,8 @@ class GBIFConnector(ApiConnector):
             return [target]
         if options.taxon_key is None and not options.filters:
             raise ValueError("gbif: give an input archive, or a taxon_key / filters for the API")
+        if mode == "download" and not _request_state(options).exists():
+            credentials()  # (before anything runs: a new request needs them; a recorded one does not)
         return [f"{mode}:{query_fingerprint(options)}"]
 
     def read(self, task: str, options: Options) -> Iterator[IngestBatch]:
@@ -1048,7 +1056,8 @@ def _search_params(options: Options) -> dict[str, Any]:
 
 
 def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
-    """Every occurrence of the query, paging occurrence/search up to the offset cap, via pygbif."""
+    """Every occurrence of the query, paging occurrence/search up to the offset cap, via pygbif
+    under the shared client's rate, retries and Retry-After, with the configured user agent."""
     import importlib
 
     from pygbif import occurrences as gbif_occ
@@ -1058,12 +1067,17 @@ def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
     search_module = importlib.import_module("pygbif.occurrences.search")
     search_module.gbif_baseurl = options.api_base_url.rstrip("/") + "/"
     params = _search_params(options)
+    url = f"{options.api_base_url.rstrip('/')}/occurrence/search"
     offset = 0
     limit_total = min(options.max_records, OFFSET_CAP)
     while offset < limit_total:
         limit = min(options.page_size, limit_total - offset)
-        page = client.call(lambda limit=limit, offset=offset: gbif_occ.search(limit=limit, offset=offset, timeout=options.timeout_s, **params),
-                           what=f"occurrence/search offset={offset}")
+
+        def page_of(limit=limit, offset=offset):
+            return client.call(lambda: _pygbif(options.user_agent, lambda: gbif_occ.search(
+                limit=limit, offset=offset, timeout=options.timeout_s, **params)), what=f"GET {url} offset={offset}")
+
+        page = client.json_call(page_of, f"GET {url}")
         results = page_results(page, f"gbif: occurrence/search offset={offset} at {options.api_base_url}")
         yield from results
         offset += len(results)
@@ -1072,6 +1086,29 @@ def search_occurrences(options: Options, client: HttpClient) -> Iterator[dict]:
         if offset >= OFFSET_CAP:
             log.warning("gbif: search stopped at GBIF's offset cap (%d); use the download API for more",
                         OFFSET_CAP)
+
+
+_PYGBIF_LOCK = threading.Lock()
+
+
+def _pygbif(user_agent: str, request: Callable[[], Any]) -> Any:
+    """One pygbif request with the configured user agent (pygbif 0.7 sends its own ``make_ua()``
+    headers and refuses a ``headers`` argument, so it is swapped for the call), its refusal of a
+    non-JSON answer (``NoResultException``: the content type) and a body that does not parse as
+    :class:`sources.http.NotJson`, which the client retries."""
+    from pygbif import gbifutils
+
+    with _PYGBIF_LOCK:
+        made = gbifutils.make_ua
+        gbifutils.make_ua = lambda: {"User-Agent": user_agent}
+        try:
+            return request()
+        except gbifutils.NoResultException as exc:
+            raise NotJson(f"{exc}", 200) from exc
+        except requests.exceptions.JSONDecodeError as exc:
+            raise NotJson(f"the body does not parse: {exc}", 200) from exc
+        finally:
+            gbifutils.make_ua = made
 
 
 def api_rows(occ: dict) -> list[dict]:
@@ -1126,12 +1163,18 @@ def build_predicate(options: Options) -> dict:
 
 
 def credentials() -> tuple[str, str, str]:
-    """GBIF_USER / GBIF_PWD / GBIF_EMAIL from the environment (the only place they come from)."""
+    """GBIF_USER / GBIF_PWD / GBIF_EMAIL from the environment (the only place they come from);
+    a :class:`SourceConfigError` naming those that are missing."""
     user, pwd, email = os.environ.get("GBIF_USER"), os.environ.get("GBIF_PWD"), os.environ.get("GBIF_EMAIL")
     missing = [k for k, v in (("GBIF_USER", user), ("GBIF_PWD", pwd), ("GBIF_EMAIL", email)) if not v]
     if missing:
-        raise RuntimeError(f"gbif download API: set {', '.join(missing)} in the environment")
+        raise SourceConfigError(f"gbif download API: set {', '.join(missing)} in the environment")
     return user, pwd, email  # type: ignore[return-value]
+
+
+def _request_state(options: Options) -> Path:
+    """Where the query's download request is recorded (its key), so a rerun polls it again."""
+    return Path(options.cache_dir) / f"download-{query_fingerprint(options)}.json"
 
 
 def request_download(options: Options, client: HttpClient, sleep: Callable[[float], None] = time.sleep,
@@ -1139,7 +1182,7 @@ def request_download(options: Options, client: HttpClient, sleep: Callable[[floa
     """Request (or reuse the recorded request of) a download for the query, poll it, fetch the zip."""
     cache = Path(options.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    state_path = cache / f"download-{query_fingerprint(options)}.json"
+    state_path = _request_state(options)
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     key = state.get("key")
     if not key:
@@ -1162,7 +1205,9 @@ def request_download(options: Options, client: HttpClient, sleep: Callable[[floa
             break
         if status in ("FAILED", "KILLED", "CANCELLED", "FILE_ERASED"):
             state_path.unlink(missing_ok=True)  # a new request on the next run
-            raise HttpError(f"gbif download {key} ended {status}")
+            raise HttpError(f"gbif download {key} ended {status}; GBIF made no archive of it (see "
+                            f"https://www.gbif.org/occurrence/download/{key})",
+                            advice="run the same command again to request a new download of the query")
         if clock() - started > options.poll_timeout_s:
             raise TimeoutError(f"gbif download {key} still {status} after {options.poll_timeout_s:.0f}s; "
                                f"rerun to keep waiting")

@@ -1,15 +1,18 @@
 """A small polite HTTP client shared by the API connectors: rate limit, retries, resumable fetch.
 
-Transient failures (HTTP 429 and 5xx, timeouts, dropped connections) are retried here with
-exponential backoff and full jitter, honouring ``Retry-After``; a host name that does not resolve
-is retried once only (a resolver's hiccup passes in a second; a name that does not exist, or no
-network at all, does not pass in a minute of backoff); anything else is raised at once.
+Transient failures (HTTP 429 and 5xx, timeouts, dropped connections, a JSON answer cut short or
+replaced by an HTML page) are retried here with exponential backoff and full jitter, never sooner
+than a ``Retry-After`` allows (one longer than the client will wait stops at once, saying when to
+come back); a host name that does not resolve is retried once only (a resolver's hiccup passes in
+a second; a name that does not exist, or no network at all, does not pass in a minute of backoff);
+anything else is raised at once.
 The clock, the sleep and the random source are injectable so tests run without waiting.
 """
 
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import random
 import socket
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 USER_AGENT = "biocorpus/0.1 (biodiversity image corpus builder; +https://github.com/biocorpus/biocorpus)"
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 NAME_RESOLUTION_RETRIES = 1  # retries of a host name that does not resolve (see the module's docstring)
+# retries of an answer that is not JSON: a body cut short or a proxy's page passes in a minute; an
+# api_base_url that is no JSON API does not, so a few tries only
+NOT_JSON_RETRIES = 2
 T = TypeVar("T")
 
 
@@ -44,6 +50,15 @@ class ApiOptions(SourceOptions):
     max_retries: int = Field(5, ge=0, description="retries of a transient HTTP failure")
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request")
     user_agent: str = Field(USER_AGENT, description="User-Agent sent with every request")
+    retry_after_max_s: float = Field(300.0, ge=0, description="longest Retry-After waited for; a server asking "
+                                     "for a longer pause stops the ingest at once, saying when to rerun")
+
+    def query_fingerprint(self) -> str | None:
+        """A short stable hash of the options that choose the query's records, none of those that
+        say how they are fetched (api_base_url, rate, retries, timeout, user agent, cache, page
+        size): it names the query's dataset, so a politer rerun is the same dataset. None when the
+        source has no query of its own."""
+        return None
 
 
 class ApiConnector:
@@ -56,15 +71,27 @@ class ApiConnector:
         """The polite client of the source's API (``options.api_base_url``), with this connector's clock."""
         return HttpClient(options.api_base_url, rate=options.rate, max_retries=options.max_retries,
                           timeout_s=options.timeout_s, user_agent=options.user_agent,
-                          sleep=self.sleep, clock=self.clock)
+                          retry_after_max_s=options.retry_after_max_s, sleep=self.sleep, clock=self.clock)
 
 
 class HttpError(RuntimeError):
-    """A request that failed for good (a non-retryable status, or retries exhausted)."""
+    """A request that failed for good (a non-retryable status, or retries exhausted).
 
-    def __init__(self, message: str, status: int | None = None):
+    ``status`` is the HTTP status of the last answer (None when there was none: a timeout, a
+    dropped connection, an answer of the wrong shape), so that the caller can word its advice by
+    it (401/403: credentials, 404: no such resource); ``advice``, when not None, replaces that
+    usual advice (a GBIF download that ended FAILED: a rerun requests a new one; ``""``: the
+    message says it all). Both survive pickling, so an error raised in a worker process reaches
+    the CLI whole.
+    """
+
+    def __init__(self, message: str, status: int | None = None, advice: str | None = None):
         super().__init__(message)
         self.status = status
+        self.advice = advice
+
+    def __reduce__(self):
+        return type(self), (str(self), self.status, self.advice)
 
 
 def page_results(page: Any, what: str) -> list:
@@ -102,6 +129,33 @@ class TokenBucket:
         self.stamp = self.clock()
         self.tokens = 0.0
         return wait
+
+
+class NotJson(ValueError):
+    """An answer that should be JSON and is not (what it is instead, and its HTTP status)."""
+
+    def __init__(self, problem: str, status: int | None = None):
+        super().__init__(problem)
+        self.status = status
+
+
+def not_json(resp: requests.Response, exc: BaseException) -> str:
+    """What an answer that should be JSON was instead: its type, size and start, and the parser's error."""
+    kind = resp.headers.get("Content-Type") or "no Content-Type"
+    head = resp.content[:60].decode("utf-8", "replace")
+    more = "..." if len(resp.content) > 60 else ""
+    # where the parser stopped says something of a body that claims to be JSON (cut short), not of a page
+    why = f": {exc}" if "json" in kind.lower() or not resp.content else ""
+    return f"{kind}, {len(resp.content)} bytes: {head!r}{more}{why}"
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a person says it: 45 s, 12 min, 2.5 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def unresolved_host(exc: BaseException) -> str | None:
@@ -152,6 +206,7 @@ class HttpClient:
         backoff_max_s: float = 60.0,
         timeout_s: float = 30.0,
         user_agent: str = USER_AGENT,
+        retry_after_max_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -161,6 +216,7 @@ class HttpClient:
         self.bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
         self.max_retries, self.backoff_s, self.backoff_max_s = max_retries, backoff_s, backoff_max_s
         self.timeout_s = timeout_s
+        self.retry_after_max_s = retry_after_max_s
         self.sleep = sleep
         self.rng = rng or random.Random()
         self.session = session or requests.Session()
@@ -173,9 +229,10 @@ class HttpClient:
         return self.base_url + path_or_url.lstrip("/")
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Delay before retry ``attempt`` (0-based): Retry-After if given, else full jitter."""
+        """Delay before retry ``attempt`` (0-based): Retry-After if given (whole: a retry sooner
+        than the server allows is refused again), else full jitter."""
         if retry_after is not None:
-            return min(retry_after, self.backoff_max_s)
+            return retry_after
         cap = min(self.backoff_max_s, self.backoff_s * (2 ** attempt))
         return self.rng.uniform(0, cap)
 
@@ -183,12 +240,13 @@ class HttpClient:
         """Run ``fn`` (which does one HTTP exchange) under the rate limit, retrying transient errors.
 
         ``fn`` may return a ``requests.Response`` (a retryable status is retried, another error
-        status raises :class:`HttpError`) or raise ``requests`` exceptions (as pygbif does).
+        status raises :class:`HttpError`) or raise ``requests`` exceptions (``raise_for_status``).
         """
         attempt = 0
         while True:
             self.bucket.acquire()
             retry_after: float | None = None
+            status: int | None = None
             retries = self.max_retries
             try:
                 result = fn()
@@ -212,11 +270,18 @@ class HttpClient:
                     return result  # type: ignore[return-value]
                 if result.status_code not in RETRY_STATUS:
                     raise HttpError(f"{what}: HTTP {result.status_code}", result.status_code)
-                reason = f"HTTP {result.status_code}"
+                status = result.status_code
+                reason = f"HTTP {status}"
                 retry_after = parse_retry_after(result.headers.get("Retry-After"))
                 result.close()
+            if retry_after is not None and retry_after > self.retry_after_max_s:
+                # retrying sooner only earns another refusal; waiting that long here holds the run
+                raise HttpError(f"{what}: {reason}: the server asked to wait {retry_after:.0f} s before the next "
+                                f"request (Retry-After), longer than retry_after_max_s = {self.retry_after_max_s:.0f} "
+                                f"s; run the same command again in {_duration(retry_after)} or later", status,
+                                advice="")
             if attempt >= retries:
-                raise HttpError(f"{what}: gave up after {attempt + 1} attempts ({reason})")
+                raise HttpError(f"{what}: gave up after {attempt + 1} attempts ({reason})", status)
             delay = self.backoff(attempt, retry_after)
             log.info("%s: %s, retry %d in %.1fs", what, reason, attempt + 1, delay)
             self.retries += 1
@@ -235,7 +300,34 @@ class HttpClient:
         return self.request("POST", path_or_url, **kw)
 
     def get_json(self, path_or_url: str, **kw: Any) -> Any:
-        return self.get(path_or_url, **kw).json()
+        """The JSON of a GET, through :meth:`json_call`."""
+        def once() -> Any:
+            resp = self.get(path_or_url, **kw)
+            try:
+                return resp.json()
+            except ValueError as exc:  # requests' JSONDecodeError (a ValueError), or a body not UTF-8
+                raise NotJson(not_json(resp, exc), resp.status_code) from exc
+
+        return self.json_call(once, f"GET {self.url(path_or_url).split('?')[0]}")
+
+    def json_call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()``, a request (through :meth:`call`) that returns its answer's JSON. An answer that
+        is not JSON (``fn`` raises :class:`NotJson`: a body cut short, an HTML maintenance or proxy
+        page) is retried as transient a few times, then raised as an :class:`HttpError` naming the
+        URL and what came instead."""
+        for attempt in itertools.count():
+            try:
+                return fn()
+            except NotJson as exc:
+                problem, status = str(exc), exc.status
+            if attempt >= min(self.max_retries, NOT_JSON_RETRIES):
+                raise HttpError(f"{what}: the answer is not JSON ({problem}; {attempt + 1} attempts); if it "
+                                "persists, check that api_base_url is the API's root", status)
+            delay = self.backoff(attempt, None)
+            log.info("%s: the answer is not JSON (%s), retry %d in %.1fs", what, problem, attempt + 1, delay)
+            self.retries += 1
+            self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def fetch(self, path_or_url: str, dest: Path, chunk_bytes: int = 1 << 16, **kw: Any) -> Path:
         """Download to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request.

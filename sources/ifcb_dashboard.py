@@ -18,7 +18,9 @@ ROI read from a dashboard and from its raw bin is recognised as one record by de
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import zipfile
 from collections import Counter
@@ -60,6 +62,15 @@ class IfcbDashboardOptions(SourceOptions):
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
     max_retries: int = Field(5, ge=0, description="retries of a transient failure (429, 5xx, timeout)")
     user_agent: str = Field(USER_AGENT, description="User-Agent sent with every request to the dashboard")
+
+    def query_fingerprint(self) -> str | None:
+        """A short stable hash of the bins the options choose (dashboard, dataset, dates, skipped
+        bins), none of how they are fetched: names the dataset of an ingest without INPUT."""
+        if not (self.base_url and self.dataset):
+            return None
+        q = {"base_url": self.base_url.rstrip("/"), "dataset": self.dataset, "start_date": self.start_date,
+             "end_date": self.end_date, "include_skipped": self.include_skipped}
+        return hashlib.blake2b(json.dumps(q, sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
 def split_dashboard_input(input: str | None, options: IfcbDashboardOptions) -> tuple[str, str]:

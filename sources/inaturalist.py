@@ -2,14 +2,17 @@
 
 The dump's four tab-separated, unquoted files (plain or gzip, local or fetched from a URL) are
 joined by DuckDB into one record per photo, with the taxon's ancestry resolved to names from the
-same taxa file. The API v1 ``/observations`` endpoint is paged by an id cursor at 1 request/s,
-and the cursor is saved after each page is consumed, so a rerun continues where the last stopped.
+same taxa file. The API v1 ``/observations`` endpoint is paged by an id cursor at 1 request/s; a
+run pulls at most ``max_pages`` pages after the cursor its task names, and each batch carries the
+cursor after it, which ingest commits with the run's records (a pull of the dataset of its own):
+a rerun continues after the last committed pull, and a killed one is pulled again whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +38,8 @@ from sources.licenses import (
     unknown_license_detail,
 )
 from sources.photokey import photo_key, photo_keys
+
+log = logging.getLogger(__name__)
 
 SOURCE = "inaturalist"
 STAGE = "ingest"
@@ -71,8 +76,11 @@ class Options(ApiOptions):
     api_filters: dict[str, Any] = Field(default_factory=dict,
                                         description="extra /observations parameters, e.g. {taxon_id = 47158}")
     per_page: int = Field(200, ge=1, le=200, description="observations per API page (maximum 200)")
-    max_pages: int = Field(50, ge=1, description="API pages per run; a rerun continues from the cursor")
-    state_path: str | None = Field(None, description="cursor file (default: under cache_dir, per query)")
+    max_pages: int = Field(50, ge=1, description="API pages per run; a rerun continues after the last "
+                           "observation it committed, adding the next pages to the dataset")
+
+    def query_fingerprint(self) -> str | None:
+        return api_fingerprint(self) if _mode(None, self) == "api" else None
 
 
 class INaturalistConnector(ApiConnector):
@@ -81,21 +89,31 @@ class INaturalistConnector(ApiConnector):
     name = SOURCE
     Options = Options
 
-    def tasks(self, input: str | None, options: Options) -> list[str]:
+    def continues(self, input: str | None, options: Options) -> bool:
+        """An API pull continues: each run pulls the pages after the last committed one."""
+        return _mode(input, options) == "api"
+
+    def tasks(self, input: str | None, options: Options, after: int | None = None) -> list[str]:
+        """The dump, or one API task: the pages after observation id ``after`` (the cursor
+        committed with the last pull; None: from the first observation)."""
         target = input or options.input
-        mode = options.mode if options.mode != "auto" else ("dump" if target else "api")
-        if mode == "dump":
+        if _mode(input, options) == "dump":
             if not target:
                 raise ValueError("inaturalist: mode 'dump' needs an input folder or URL prefix")
             return [target]
-        return [f"api:{api_fingerprint(options)}"]
+        return [f"api:{api_fingerprint(options)}:after={int(after or 0)}"]
 
     def read(self, task: str, options: Options) -> Iterator[IngestBatch]:
         if task.startswith("api:"):
-            yield from read_api(options, self.client(options))
+            _, _, after = task.rpartition(":after=")
+            yield from read_api(options, self.client(options), int(after) if after.isdigit() else 0)
         else:
             files = locate_dump(task, options, self.client(options))
             yield from read_dump(files, options)
+
+
+def _mode(input: str | None, options: Options) -> str:
+    return options.mode if options.mode != "auto" else ("dump" if input or options.input else "api")
 
 
 # ---------------------------------------------------------------- open-data dump
@@ -563,32 +581,19 @@ def _records(rows: list[dict]) -> pa.Table:
 
 
 def api_fingerprint(options: Options) -> str:
+    """A short stable hash of the API query (its filters and grade): names the task and the dataset."""
     q = {"filters": options.api_filters, "research_only": options.research_only}
     return hashlib.blake2b(json.dumps(q, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
-def _state_path(options: Options) -> Path:
-    if options.state_path:
-        return Path(options.state_path)
-    return Path(options.cache_dir) / f"api-cursor-{api_fingerprint(options)}.json"
+def read_api(options: Options, client: HttpClient, after: int = 0) -> Iterator[IngestBatch]:
+    """Up to ``max_pages`` pages of ``/observations`` after observation id ``after``, in id order;
+    each batch's ``cursor`` is the last id of its page.
 
-
-def load_cursor(options: Options) -> int:
-    path = _state_path(options)
-    return int(json.loads(path.read_text()).get("id_above", 0)) if path.exists() else 0
-
-
-def save_cursor(options: Options, id_above: int) -> None:
-    path = _state_path(options)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"id_above": id_above}))
-    tmp.replace(path)  # atomic: a crash leaves the old cursor, never a torn file
-
-
-def read_api(options: Options, client: HttpClient) -> Iterator[IngestBatch]:
-    """Pages of ``/observations`` after the saved cursor; the cursor advances once a page is consumed."""
-    cursor = load_cursor(options)
+    Nothing is saved here: the runner commits the cursor with the records, so an interrupted
+    pull leaves the cursor where the last committed one ended and its rerun pulls the same pages.
+    """
+    cursor = after
     for _ in range(options.max_pages):
         params = {"order_by": "id", "order": "asc", "id_above": cursor, "per_page": options.per_page,
                   "photos": "true", **options.api_filters}
@@ -602,10 +607,13 @@ def read_api(options: Options, client: HttpClient) -> Iterator[IngestBatch]:
         if not ids:
             raise HttpError(f"inaturalist: an observations page after id {cursor} has no integer observation "
                             "ids, so the cursor cannot move on; is api_base_url iNaturalist's API v1?")
-        yield adapt_api(results, options)
-        # saved only after the consumer took the batch, so a crash re-reads the page, never skips it
         cursor = max(ids)
-        save_cursor(options, cursor)
+        batch = adapt_api(results, options)
+        batch.cursor = cursor
+        yield batch
+    if len(results) >= options.per_page:  # (a short last page was the end: nothing to continue)
+        log.warning("inaturalist: stopped after max_pages = %d pages, at observation id %d; run the same "
+                    "command again to pull the next pages into the same dataset", options.max_pages, cursor)
 
 
 def _api_lineage(obs: dict) -> tuple[str | None, dict[str, str]]:

@@ -121,12 +121,15 @@ def ingest_task(connector, options, task_index: int, task: str, staged: StagedOu
     Records and rejects go to part files while the connector reads (``StagedOutput.task_parts``),
     so a task's memory does not grow with its input: a GBIF archive larger than memory works.
     ``progress``: a bar of the rows read so far (for a task run in the CLI's own process).
+    The ``cursor`` of the last batch that has one (a pull that continues) is committed in the
+    task's counts, with its records.
     """
     from tqdm import tqdm
 
     task_id = f"{task_index:05d}"
     skipped: Counter = Counter()
     n_in = 0
+    cursor = None
     with staged.task_parts(task_id) as parts, \
             tqdm(desc=f"ingest {connector.name}", unit=" rows", unit_scale=True, disable=not progress) as bar:
         for batch in connector.read(task, options):
@@ -136,10 +139,13 @@ def ingest_task(connector, options, task_index: int, task: str, staged: StagedOu
             parts.add(good, _rejects(batch.rejects))
             parts.add(None, bad)
             skipped.update(batch.skipped)
+            cursor = batch.cursor if getattr(batch, "cursor", None) is not None else cursor
             bar.update(rows)
     check_accounting(f"ingest[{connector.name}:{task}]", n_in, parts.rows, parts.rejected)
     counts = {"task_id": task_id, "in": n_in, "out": parts.rows, "rejected": parts.rejected,
               "rejected_by_reason": dict(sorted(parts.reasons.items())), "task": task, "skipped": dict(skipped)}
+    if cursor is not None:
+        counts["cursor"] = cursor
     staged.commit_counts(task_id, counts, parts)
     return counts
 

@@ -265,3 +265,15 @@ def test_a_query_that_gives_nothing_is_warned_about(tmp_path, monkeypatch):
                                                                     tmp_path, "r"))
     res = cli.invoke(app, ["ingest", "gbif", "--data", str(tmp_path)])
     assert res.exit_code == 0 and "the gbif query gave no records; check its options ([sources.gbif]" in _err(res)
+
+
+def test_an_api_failure_with_its_own_advice_says_that_instead():
+    from pipeline.cli import _http_failure
+    from sources.http import HttpError
+
+    failed = HttpError("gbif download 1 ended FAILED", advice="run the same command again to request a new one")
+    assert _http_failure("gbif", failed) == "gbif: gbif download 1 ended FAILED; run the same command again to " \
+                                           "request a new one"
+    assert _http_failure("inaturalist", HttpError("asked to wait 3600 s", 429, advice="")) == \
+        "inaturalist: asked to wait 3600 s"
+    assert "check the credentials" in _http_failure("gbif", HttpError("POST x: HTTP 401", 401))

@@ -463,3 +463,40 @@ def test_column_wise_manifest_on_the_real_media_rows(tmp_path, delim, batch_rows
     # 6 'broken' rows, 5 blank lines, and the row whose source URL has a comma (CSV only)
     assert reasons["malformed_row"] == 6 + 5 + (delim == ",") and reasons["unknown_license"] >= 1
     assert records.num_rows + rejects.num_rows == len(lines) - 1
+
+
+def test_a_page_id_eol_does_not_know_is_a_reject_and_the_others_are_read(loopback, clock, tmp_path):
+    """QA: one unknown page id (404) failed the whole ingest, on every rerun, saying 'check the network'."""
+    from pipeline.execute import run_ingest
+    from pipeline.io import read_dataset
+    from pipeline.runners import make_runner
+
+    body = json.dumps(_api_doc_with_media()).encode()
+    server = loopback(lambda req: Reply(200, body) if req.path == "/pages/1.0/46578889.json"
+                      else Reply(404, b'{"error": "Page not found"}'))
+    conn = EOLConnector(sleep=clock.sleep, clock=clock)
+    opts = Options(page_ids=[46578889, 999999999], api_base_url=server.url, rate=100)
+    result = run_ingest(conn, opts, None, tmp_path, make_runner("local", 1, progress=False), "pages")
+    assert result.stats["in"] == 7 and result.stats["out"] == 5
+    assert result.stats["rejected_by_reason"] == {"no_image": 1, "not_still_image": 1}
+    missing = [r for r in read_dataset(tmp_path / "rejects").to_pylist() if r["reason"] == "no_image"]
+    assert len(missing) == 1 and missing[0]["detail"].startswith(
+        f"EOL has no page 999999999 (GET {server.url}pages/1.0/999999999.json: HTTP 404); check the id in "
+        "[sources.eol] page_ids")
+    assert sum(r.path.endswith("999999999.json") for r in server.seen) == 1  # a 404 is not retried
+
+
+def test_a_pages_answer_that_is_not_json_is_retried_then_a_clear_error(loopback, clock):
+    from sources.http import HttpError
+
+    body = json.dumps(_api_doc_with_media()).encode()
+    replies = [Reply(200, b'{"taxonConcept": {"identifier": 46578889,'), Reply(200, body)]
+    server = loopback(lambda req: replies.pop(0) if replies else Reply(200, b"<html>Bad Gateway</html>",
+                                                                         {"Content-Type": "text/html"}))
+    conn = EOLConnector(sleep=clock.sleep, clock=clock)
+    opts = Options(page_ids=[46578889], api_base_url=server.url, rate=100)
+    records, _, _ = ingest(conn, "page:46578889", opts)
+    assert records.num_rows == 5
+    with pytest.raises(HttpError, match=rf"GET {server.url}pages/1.0/46578889.json: the answer is not JSON "
+                                        r"\(text/html, 24 bytes: '<html>Bad Gateway</html>'"):
+        ingest(conn, "page:46578889", opts)

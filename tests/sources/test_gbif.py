@@ -11,6 +11,7 @@ import pytest
 
 from schemas import conform, make_record_id
 from sources.gbif import CONNECTOR, GBIFConnector, Options, build_predicate
+from sources.http import HttpError
 from tests.sources.conftest import DATA, Reply
 from tests.sources.test_dwca import _edit_lines, rewrite
 
@@ -243,8 +244,12 @@ def test_download_api_needs_credentials(monkeypatch, tmp_path):
     for k in ("GBIF_USER", "GBIF_PWD", "GBIF_EMAIL"):
         monkeypatch.delenv(k, raising=False)
     opts = Options(mode="download", taxon_key=1, cache_dir=str(tmp_path))
-    with pytest.raises(RuntimeError, match="GBIF_USER, GBIF_PWD, GBIF_EMAIL"):
-        list(CONNECTOR.read(CONNECTOR.tasks(None, opts)[0], opts))
+    # QA: a RuntimeError, which the CLI shows as a traceback; a ValueError is its one-line error,
+    # and it comes before anything runs
+    with pytest.raises(ValueError, match="gbif download API: set GBIF_USER, GBIF_PWD, GBIF_EMAIL in the environment"):
+        CONNECTOR.tasks(None, opts)
+    with pytest.raises(ValueError, match="set GBIF_USER, GBIF_PWD, GBIF_EMAIL"):
+        list(CONNECTOR.read("download:x", opts))
 
 
 def test_search_results_of_the_wrong_shape_are_rejects_of_their_own(loopback, clock):
@@ -325,3 +330,79 @@ def test_a_zip_without_meta_xml_says_to_request_a_dwca_download(tmp_path, sample
     with pytest.raises(ValueError, match="no meta.xml in the archive, so it is not a Darwin Core Archive .*"
                                          "request the download in DWCA format .*SIMPLE_CSV"):
         ingest(CONNECTOR, str(z), Options())
+
+
+# ---- the search and download APIs answering what they should not -------------------------------
+
+
+@pytest.mark.parametrize("bad", [
+    Reply(200, b"<html><body>maintenance</body></html>", {"Content-Type": "text/html"}),
+    Reply(200, b'{"offset": 0, "results": [{"key": 1,', {"Content-Type": "application/json"}),
+], ids=["html-page", "cut-json"])
+def test_a_search_answer_that_is_not_json_is_retried_then_a_clear_error(loopback, clock, bad):
+    """QA: an HTML page ended in pygbif's NoResultException traceback, a cut body in a bare
+    'Expecting property name'; neither was retried nor named the URL."""
+    body = SEARCH.read_bytes()
+    replies = [bad]
+    server = loopback(lambda req: replies.pop(0) if replies else Reply(200, body))
+    opts = Options(taxon_key=3329049, api_base_url=server.url, max_records=300, rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    records, rejects, _ = ingest(conn, conn.tasks(None, opts)[0], opts)  # once: transient
+    assert records.num_rows + rejects.num_rows == 500 and len(server.seen) == 2
+    server = loopback(lambda req: bad)
+    opts = Options(taxon_key=3329049, api_base_url=server.url, rate=50)
+    # (pygbif reads the answer, so the message says what it found: the content type, or the parser's error)
+    with pytest.raises(HttpError, match=rf"GET {server.url}occurrence/search: the answer is not JSON "
+                                        r"\((content-type did not equal application/json|the body does not parse: "
+                                        r"Expecting .*); 3 attempts\).*api_base_url") as err:
+        ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert len(server.seen) == 3 and err.value.status == 200
+
+
+def test_the_search_sends_the_configured_user_agent(loopback, clock):
+    """QA: pygbif sent its own User-Agent (python-requests/...,pygbif/...) whatever the config said;
+    the search still goes through pygbif (the issue asks for it), with the configured one."""
+    body = json.loads(SEARCH.read_text())
+    body["endOfRecords"] = True
+    server = loopback(lambda req: Reply(200, json.dumps(body).encode()))
+    opts = Options(taxon_key=3329049, filters={"hasCoordinate": True, "country": ["DK", "SE"]},
+                   api_base_url=server.url, rate=50, user_agent="my-corpus/1.0 (me@example.org)")
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    records, _, _ = ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert records.num_rows == 487
+    (req,) = server.seen
+    assert req.headers["User-Agent"] == "my-corpus/1.0 (me@example.org)"
+    assert req.query["hasCoordinate"] == ["true"] and req.query["country"] == ["DK", "SE"]  # as pygbif sent them
+    assert req.query["taxonKey"] == ["3329049"] and req.query["limit"] == ["300"]
+
+
+def test_a_download_that_ended_failed_says_a_rerun_requests_a_new_one(loopback, clock, tmp_path, monkeypatch):
+    """QA: 'ended FAILED; ... (a rerun resumes where this one stopped)', but a rerun makes a new request."""
+    for k, v in (("GBIF_USER", "tester"), ("GBIF_PWD", "pw"), ("GBIF_EMAIL", "t@example.org")):
+        monkeypatch.setenv(k, v)
+    key = "0000066-140928181241064"
+
+    def route(req):
+        if req.method == "POST":
+            return Reply(201, key.encode(), {"Content-Type": "text/plain"})
+        return Reply(200, json.dumps({"key": key, "status": "FAILED"}).encode())
+
+    server = loopback(route)
+    opts = Options(mode="download", taxon_key=1, api_base_url=server.url, cache_dir=str(tmp_path), rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    with pytest.raises(HttpError, match=f"gbif download {key} ended FAILED; GBIF made no archive of it") as err:
+        ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert err.value.advice == "run the same command again to request a new download of the query"
+    assert not list(tmp_path.glob("download-*.json"))  # so the rerun does request a new one
+
+
+def test_an_unauthorised_download_request_keeps_its_status(loopback, clock, tmp_path, monkeypatch):
+    """The CLI words its advice by the status (401/403: the credentials), so the error must keep it."""
+    for k, v in (("GBIF_USER", "tester"), ("GBIF_PWD", "wrong"), ("GBIF_EMAIL", "t@example.org")):
+        monkeypatch.setenv(k, v)
+    server = loopback(lambda req: Reply(401, b"Unauthorized", {"Content-Type": "text/plain"}))
+    opts = Options(mode="download", taxon_key=1, api_base_url=server.url, cache_dir=str(tmp_path), rate=50)
+    conn = GBIFConnector(sleep=clock.sleep, clock=clock)
+    with pytest.raises(HttpError, match="POST .*/occurrence/download/request: HTTP 401") as err:
+        ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert err.value.status == 401 and "wrong" not in str(err.value)

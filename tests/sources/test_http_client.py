@@ -1,11 +1,14 @@
 """The shared HTTP client against loopback servers: rate, retries, Retry-After, timeouts, resume."""
 
+import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sources.http import HttpClient, HttpError, TokenBucket, parse_retry_after
-from tests.sources.conftest import Reply
+from tests.sources.conftest import FakeClock, Reply
 
 
 def client(server, clock, **kw):
@@ -143,3 +146,100 @@ def test_a_resolver_failure_is_told_apart_from_other_connection_errors(monkeypat
         requests.get(refused.url("x"), timeout=5)
     assert unresolved_host(err.value) is None
 
+
+
+# ---- Retry-After, answers that are not JSON, what an HttpError keeps ----------------------------
+
+
+def test_a_retry_after_longer_than_the_backoff_cap_is_waited_for_whole(loopback, clock):
+    """QA: Retry-After: 120 was cut to 60 s, so the client asked again before the server allowed."""
+    replies = iter([Reply(429, b"{}", {"Retry-After": "120"}), Reply(200, b'{"ok": true}')])
+    server = loopback(lambda req: next(replies))
+    c = client(server, clock, backoff_max_s=60.0)
+    assert c.get_json("thing") == {"ok": True}
+    assert clock.sleeps.count(120.0) == 1 and max(clock.sleeps) == 120.0
+
+
+def test_a_retry_after_longer_than_the_client_waits_stops_at_once(loopback, clock):
+    """QA: Retry-After: 3600 got six requests in five minutes, then 'check the network'."""
+    server = loopback(lambda req: Reply(429, b"{}", {"Retry-After": "3600"}))
+    c = client(server, clock, retry_after_max_s=300)
+    with pytest.raises(HttpError, match=r"GET http://127\.0\.0\.1:\d+/thing: HTTP 429: the server asked to wait "
+                                        r"3600 s .*longer than retry_after_max_s = 300 s; run the same command "
+                                        r"again in 60 min or later") as err:
+        c.get_json("thing")
+    assert len(server.seen) == 1 and sum(clock.sleeps) < 1  # no retry sooner than the server allows
+    assert err.value.status == 429 and err.value.advice == ""
+
+
+@pytest.mark.parametrize("body, ctype", [
+    (b'{"results": [{"id": 1,', "application/json"),                      # cut short
+    (b"<html><body>maintenance</body></html>", "text/html"),              # a maintenance page
+    (b"", "application/json"),                                            # empty
+], ids=["cut", "html", "empty"])
+def test_an_answer_that_is_not_json_is_retried_then_a_clear_error(loopback, clock, body, ctype):
+    """QA: a bare 'Expecting value: line 1 column 1 (char 0)', not retried, naming neither URL nor source."""
+    replies = iter([Reply(200, body, {"Content-Type": ctype}), Reply(200, b'{"ok": 1}')])
+    server = loopback(lambda req: next(replies))
+    c = client(server, clock)
+    assert c.get_json("once") == {"ok": 1} and c.retries == 1
+    server = loopback(lambda req: Reply(200, body, {"Content-Type": ctype}))
+    c = client(server, clock)
+    with pytest.raises(HttpError, match=rf"GET {server.url}always: the answer is not JSON \({ctype}, "
+                                        rf"{len(body)} bytes: .*3 attempts\); if it persists, check that "
+                                        "api_base_url is the API's root") as err:
+        c.get_json("always")
+    assert len(server.seen) == 3 and err.value.status == 200
+
+
+def test_an_http_error_keeps_its_status_and_advice_across_processes(loopback, clock):
+    """An error raised in a worker of the process pool reaches the CLI pickled: its status (the
+    CLI's advice by status: credentials, not found) used to be lost there."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(HttpError("GET x: HTTP 401", 401, advice="check GBIF_USER")))
+    assert (str(err), err.status, err.advice) == ("GET x: HTTP 401", 401, "check GBIF_USER")
+    server = loopback(lambda req: Reply(503, b"{}"))
+    with pytest.raises(HttpError, match="gave up after 2 attempts") as gave_up:
+        client(server, clock, max_retries=1).get("x")
+    assert gave_up.value.status == 503  # the status of the last answer
+
+
+class _Canned:
+    """A ``requests.Session`` stand-in answering every request with one body (no socket)."""
+
+    def __init__(self, body: bytes, ctype: str):
+        self.body, self.ctype, self.headers = body, ctype, {}
+
+    def request(self, method, url, **kw):
+        import requests
+
+        resp = requests.Response()
+        resp.status_code, resp._content, resp.url = 200, self.body, url
+        resp.headers["Content-Type"] = self.ctype
+        return resp
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+                     max_leaves=8)
+
+
+@given(body=st.one_of(_JSON.map(lambda v: json.dumps(v).encode()),
+                      _JSON.flatmap(lambda v: st.integers(0, len(json.dumps(v))).map(
+                          lambda n, v=v: json.dumps(v).encode()[:n])),
+                      st.binary(max_size=40)),
+       ctype=st.sampled_from(["application/json", "text/html; charset=utf-8", "application/json; charset=utf-8"]))
+def test_get_json_gives_the_json_or_an_http_error_never_a_parser_error(body, ctype):
+    """Whatever the body (JSON, JSON cut anywhere, bytes), ``get_json`` returns what it holds or
+    raises an ``HttpError`` saying the answer is not JSON."""
+    clock = FakeClock()
+    c = HttpClient("http://api.test/", rate=100.0, clock=clock, sleep=clock.sleep, rng=random.Random(0),
+                   session=_Canned(body, ctype))
+    try:
+        want = json.loads(body)
+    except ValueError:
+        with pytest.raises(HttpError, match="the answer is not JSON"):
+            c.get_json("x")
+    else:
+        assert json.dumps(c.get_json("x"), sort_keys=True) == json.dumps(want, sort_keys=True)

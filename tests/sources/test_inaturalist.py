@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from schemas import conform
-from sources.inaturalist import CONNECTOR, INaturalistConnector, Options, load_cursor
+from sources.inaturalist import CONNECTOR, INaturalistConnector, Options
 from tests.sources.conftest import DATA, Reply
 from tests.sources.test_gbif import ingest
 
@@ -117,7 +117,7 @@ def test_a_quote_in_the_folder_name(tmp_path):
     records, _, _ = ingest(CONNECTOR, str(d), Options())
     assert records.num_rows == 39
 
-def test_api_pull_continues_from_the_saved_cursor(loopback, tmp_path, clock):
+def test_api_pull_pages_by_the_id_cursor_its_task_names(loopback, tmp_path, clock):
     page = (API / "get_observations_page1.json").read_bytes()
     detail = (API / "get_observation.json").read_bytes()
     replies = {"0": [Reply(429, b"{}", {"Retry-After": "3"}), Reply(200, page)],
@@ -129,21 +129,26 @@ def test_api_pull_continues_from_the_saved_cursor(loopback, tmp_path, clock):
     server = loopback(route)
     conn = INaturalistConnector(sleep=clock.sleep, clock=clock)
     opts = Options(api_base_url=server.url, cache_dir=str(tmp_path))
+    assert conn.continues(None, opts) and not conn.continues(str(DUMP), opts)
     task = conn.tasks(None, opts)[0]
-    records, _, _ = ingest(conn, task, opts)
+    batches = list(conn.read(task, opts))
+    records = batches[0].records
     assert records.num_rows == 1 and records.column("photo_key").to_pylist() == ["inat-photo-92152429"]
     assert records.column("verbatim_genus").to_pylist() == ["Danaus"]
-    assert load_cursor(opts) == 57754375
+    assert [b.cursor for b in batches] == [57754375]  # committed by the runner with the page's records
+    assert not list(tmp_path.iterdir())  # and saved nowhere else: a killed pull must not move it
     q = server.seen[0].query
     assert q["order_by"] == ["id"] and q["quality_grade"] == ["research"] and q["per_page"] == ["200"]
     assert 3.0 in clock.sleeps
     assert all(s >= 0 for s in clock.sleeps) and len(clock.sleeps) >= 2  # 1 req/s spacing plus backoff
-    # a rerun starts after the cursor and gets the next (here: the second recorded) page
+    # the next pull's task starts after the committed cursor and gets the next (recorded) page
     replies["57754375"] = [Reply(200, detail)]
     replies["16227955"] = [Reply(200, json.dumps({"results": []}).encode())]
-    records2, _, _ = ingest(conn, task, opts)
+    task2 = conn.tasks(None, opts, after=57754375)[0]
+    assert task2 != task
+    records2, _, _ = ingest(conn, task2, opts)
     assert server.seen[-2].query["id_above"] == ["57754375"]
-    assert records2.num_rows == 2 and load_cursor(opts) == 16227955
+    assert records2.num_rows == 2
 
 
 def test_api_non_research_observations_are_rejected():
@@ -222,7 +227,6 @@ def test_api_page_without_integer_ids_is_a_clear_error(loopback, tmp_path, clock
     opts = Options(api_base_url=server.url, cache_dir=str(tmp_path))
     with pytest.raises(Exception, match="no integer observation ids, so the cursor cannot move on"):
         ingest(conn, conn.tasks(None, opts)[0], opts)
-    assert load_cursor(opts) == 0
 
 
 def _orphans(rejects: pa.Table) -> list[str]:
@@ -534,3 +538,21 @@ _OPTIONS = st.builds(
 @given(joined_batches(), _OPTIONS)
 def test_dump_adapter_equals_the_row_loop(t, options):
     assert_same_as_reference(t, options)
+
+
+def test_an_api_answer_that_is_not_json_is_retried_then_a_clear_error(loopback, tmp_path, clock):
+    """QA: 'error: Expecting property name enclosed in double quotes: line 1 column 23 (char 22)'."""
+    from sources.http import HttpError
+
+    page = (API / "get_observations_page1.json").read_bytes()
+    empty = json.dumps({"results": []}).encode()
+    replies = [Reply(200, b'{"results": [{"id": 1,'), Reply(200, page), Reply(200, empty)]
+    server = loopback(lambda req: replies.pop(0) if replies else
+                      Reply(200, b"<html><body>maintenance</body></html>", {"Content-Type": "text/html"}))
+    conn = INaturalistConnector(sleep=clock.sleep, clock=clock)
+    opts = Options(api_base_url=server.url, cache_dir=str(tmp_path))
+    records, _, _ = ingest(conn, conn.tasks(None, opts)[0], opts)
+    assert records.num_rows == 1
+    with pytest.raises(HttpError, match=rf"GET {server.url}observations: the answer is not JSON \(text/html, "
+                                        r"37 bytes: '<html><body>maintenance</body></html>'"):
+        ingest(conn, conn.tasks(None, opts)[0], opts)
