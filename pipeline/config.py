@@ -138,8 +138,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def config_hash(section: BaseModel | None) -> str:
-    """Stable short hash of an options section (part of a stage's fingerprint)."""
-    payload = json.dumps(section.model_dump(mode="json") if section is not None else None, sort_keys=True)
+    """Stable short hash of an options section (part of a stage's fingerprint), without the fields
+    marked ``json_schema_extra={"fingerprint": False}`` (where to find an input that the
+    fingerprint pins otherwise, such as resolve's ``data_root``)."""
+    data = section.model_dump(mode="json") if section is not None else None
+    if data is not None:
+        for name, field in type(section).model_fields.items():
+            if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("fingerprint") is False:
+                data.pop(name, None)
+    payload = json.dumps(data, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

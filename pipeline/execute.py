@@ -99,7 +99,7 @@ def run_table_stage(stage: MapStage | GlobalStage, options: Any, root: Path, inp
         raise FileNotFoundError(f"{stage.name}: input {input_dir} does not exist; run "
                                 + (f"`{before}` first" if before else "the previous stage first"))
     key = key or stage.name
-    identity = [key, config_hash(options), files_identity(inputs), type(stage).__name__, depends_on]
+    identity = [key, config_hash(options), files_identity(inputs, input_dir), type(stage).__name__, depends_on]
     rows = tasks.expected_rows(inputs)
     if isinstance(stage, GlobalStage) and global_buckets(stage, rows) != stage.buckets:
         stage = replace(stage, buckets=global_buckets(stage, rows))

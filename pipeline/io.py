@@ -114,11 +114,15 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:20]
 
 
-def files_identity(files: list[Path]) -> list[tuple[str, int, int]]:
+def files_identity(files: list[Path], base: Path | None = None) -> list[tuple[str, int, int]]:
+    """Each file's name, size and modification time, for a fingerprint. ``base``: names relative
+    to that folder (a stage's input dataset), so a data root moved or copied with its times kept
+    (``mv``, ``cp -a``, ``rsync -a``) still holds finished stages."""
     out = []
     for f in files:
         st = f.stat()
-        out.append((str(f), st.st_size, st.st_mtime_ns))
+        name = str(f.relative_to(base)) if base is not None and f.is_relative_to(base) else str(f)
+        out.append((name, st.st_size, st.st_mtime_ns))
     return out
 
 

@@ -61,7 +61,9 @@ def resolve(cfg, runner, force: bool = False) -> StageResult:
 
     folder = find_backbone(options.backbone, Path(options.data_root))
     manifest = backbone_manifest(folder)
-    backbone = {"backbone": {"folder": str(folder), "name": manifest.get("name"),
+    # (the folder relative to the data root when it is in it: a moved root still holds a finished resolve)
+    where = folder.relative_to(root) if folder.is_relative_to(root) else folder
+    backbone = {"backbone": {"folder": str(where), "name": manifest.get("name"),
                              "version": manifest.get("version"), "source_sha256": manifest.get("source_sha256"),
                              "rows": manifest.get("rows")}}
     result = run_table_stage(STAGE, options, root, root / "raw", root / "resolved", runner, cfg, force=force,

@@ -381,7 +381,7 @@ def curate_fused(input_dir: Path, root: Path, options: Options, force: bool = Fa
     if not files and not input_dir.exists():
         raise FileNotFoundError(f"curate: input {input_dir} does not exist; run `biocorpus resolve` first")
     curated = root / "curated"
-    fp = fingerprint("curate-fused", config_hash(options), files_identity(files), HASH_VERSION)
+    fp = fingerprint("curate-fused", config_hash(options), files_identity(files, input_dir), HASH_VERSION)
     marker = curated / SUCCESS
     if marker.exists() and not force:
         import json

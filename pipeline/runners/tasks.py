@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import config_hash
 from pipeline.io import StagedOutput, atomic_write_parquet, count_rows
 from pipeline.stage import GlobalStage, MapStage, StageContext, check_accounting
 from schemas import REJECT_SCHEMA, conform, empty_rejects
@@ -27,7 +26,8 @@ def resources_for(stage: MapStage | GlobalStage, ctx: StageContext) -> StageCont
     """``ctx`` with the stage's resources loaded, once per process (a backbone, a model)."""
     if stage.setup is None or ctx.resources:
         return ctx
-    key = (stage.name, config_hash(ctx.options) if hasattr(ctx.options, "model_dump") else repr(ctx.options))
+    # every option, not the fingerprint's hash: that leaves out where inputs are found (a data root)
+    key = (stage.name, ctx.options.model_dump_json() if hasattr(ctx.options, "model_dump_json") else repr(ctx.options))
     if key not in _RESOURCES:
         _RESOURCES[key] = stage.setup(ctx)
     return StageContext(stage=ctx.stage, options=ctx.options, resources=_RESOURCES[key])

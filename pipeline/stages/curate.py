@@ -275,7 +275,7 @@ def write_splits(src, dst, options: Options | None = None, force: bool = False, 
     options = options or Options()
     src, dst = Path(src), Path(dst)
     inputs = parquet_files(src)
-    fp = fingerprint("curate-split", config_hash(options), files_identity(inputs), HASH_VERSION)
+    fp = fingerprint("curate-split", config_hash(options), files_identity(inputs, src), HASH_VERSION)
     # this step rejects nothing: its staged rejects folder is removed before the move
     staged = StagedOutput(dst.parent, f"{dst.name}-split", dst, dst.parent / "rejects" / "stage=curate-split", fp)
     done = staged.finished()

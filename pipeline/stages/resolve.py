@@ -27,7 +27,9 @@ class Options(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     backbone: str = Field("gbif", description="backbone folder, backbone.parquet, or a name under <data>/backbones/")
-    data_root: str = Field("data", description="data root used to find a backbone given by name")
+    # (not in the fingerprint: the backbone found there is, by name, version and checksum)
+    data_root: str = Field("data", description="data root used to find a backbone given by name",
+                           json_schema_extra={"fingerprint": False})
     fuzzy: bool = Field(True, description="try fuzzy matching for names without an exact match")
     fuzzy_threshold: float = Field(0.85, ge=0.0, le=1.0,
                                    description="minimum similarity 1 - edits/length for a fuzzy match")

@@ -165,3 +165,49 @@ def test_parquet_output_is_queryable_by_duckdb(tmp_path):
     con = duckdb.connect()
     n = con.execute(f"SELECT count(*) FROM read_parquet('{res.out_dir}/*.parquet')").fetchone()[0]
     assert n == res.stats["out"] == sum(pq.read_metadata(f).num_rows for f in parquet_files(res.out_dir))
+
+
+def test_a_moved_data_root_still_holds_its_finished_stages(tmp_path):
+    """A fingerprint names its input files relative to the input dataset: ``mv`` or ``cp -a`` of a
+    data root (times kept) does not redo its stages; a changed file still does."""
+    import shutil
+
+    first = tmp_path / "first"
+    _inputs(first)
+    run = lambda root: run_table_stage(TOY_MAP, None, root, root / "in", root / "out",  # noqa: E731
+                                       make_runner("local", workers=1), key="toymap")
+    assert not run(first).skipped
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    assert run(moved).skipped
+    copied = tmp_path / "copied"
+    shutil.copytree(moved, copied, copy_function=shutil.copy2)  # as cp -a: times kept
+    assert run(copied).skipped
+    part = sorted((copied / "in").glob("*.parquet"))[0]
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 1_000_000_000))
+    assert not run(copied).skipped
+
+
+def test_fields_marked_out_of_the_fingerprint_do_not_change_it():
+    from pipeline.config import config_hash
+    from pipeline.stages.resolve import Options as ResolveOptions
+
+    base = ResolveOptions()
+    assert config_hash(base.model_copy(update={"data_root": "/somewhere/else"})) == config_hash(base)
+    assert config_hash(base.model_copy(update={"backbone": "col"})) != config_hash(base)
+
+
+def test_stage_resources_are_not_shared_across_options_the_fingerprint_leaves_out():
+    """Two data roots with otherwise equal options have a backbone each, in one process."""
+    from pipeline.runners.tasks import resources_for
+    from pipeline.stage import StageContext
+    from pipeline.stages.resolve import Options as ResolveOptions
+
+    loaded = []
+    stage = MapStage("toy-resources", lambda batch, ctx: StageOutput(batch, None),
+                     setup=lambda ctx: loaded.append(ctx.options.data_root) or {"root": ctx.options.data_root})
+    for root in ("/a", "/b", "/a"):
+        ctx = resources_for(stage, StageContext("toy-resources", ResolveOptions(data_root=root)))
+        assert ctx.resources["root"] == root
+    assert loaded == ["/a", "/b"]
