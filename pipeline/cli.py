@@ -321,8 +321,7 @@ def backbone(
             from taxonomy.backbone import DEFAULT_GBIF_URL, fetch_backbone
 
             input = str(fetch_backbone(url or DEFAULT_GBIF_URL, Path(cfg.data) / "downloads" / f"backbone-{kind}.zip"))
-        out = build_backbone_cli(kind, Path(input), Path(cfg.data), version)
-    typer.echo(f"backbone written to {out}")
+        build_backbone_cli(kind, Path(input), Path(cfg.data), version)  # (it says where it wrote the backbone)
 
 
 def _mount_names() -> None:
