@@ -44,7 +44,7 @@ class StageCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-def _http_failure(source: str, exc) -> str:
+def _http_failure(source: str, exc: Exception) -> str:
     """The one line for an API request that failed for good: what happened and what to do."""
     advice = exc.advice if getattr(exc, "advice", None) is not None else _http_advice(getattr(exc, "status", None))
     return f"{source}: {exc}" + (f"; {advice}" if advice else "")
@@ -85,10 +85,19 @@ def _fail(msg: str, code: int = 2):
 
 
 @contextmanager
-def _user_errors(*more: type[Exception]):
-    """Errors caused by the input or the data root end the command with their message, not a traceback."""
+def _user_errors(*more: type[Exception], api: str | None = None):
+    """Errors caused by the input or the data root end the command with their message, not a
+    traceback; with ``api`` (the source, or the command, that called an API) so does an API
+    request that failed for good, with what to do."""
+    api_errors: tuple[type[Exception], ...] = ()
+    if api is not None:
+        from sources.http import HttpError
+
+        api_errors = (HttpError,)
     try:
         yield
+    except api_errors as exc:
+        _fail(_http_failure(api, exc))
     except (FileNotFoundError, ValueError, *more) as exc:
         _fail(str(exc))
     except OSError as exc:  # a data root that cannot be written, a full disk...
@@ -135,14 +144,9 @@ def ingest(
     except ValueError as exc:
         _fail(str(exc))
     options = getattr(cfg.sources, source)
-    from sources.http import HttpError
-
-    try:
-        with _user_errors():
-            slug = jobs.dataset_slug(dataset, options) if dataset else jobs.dataset_slug(input, options)
-            result = jobs.ingest(cfg, _runner(cfg), source, input, slug, force)
-    except HttpError as exc:
-        _fail(_http_failure(source, exc))
+    with _user_errors(api=source):
+        slug = jobs.dataset_slug(dataset, options) if dataset else jobs.dataset_slug(input, options)
+        result = jobs.ingest(cfg, _runner(cfg), source, input, slug, force)
     if not result.skipped and result.stats.get("in", 0) == 0:
         what = (f"{input} gave no records and no rejects; check that {source} is the source for it (`biocorpus "
                 "ingest --help` lists what each source reads)" if input else
@@ -279,13 +283,8 @@ def run_all(
     cfg = _config(config, data, runner, _beam_args(ctx))
     if plan is None:
         _fail("--plan PATH is required: a TOML file of [[ingest]] entries with `source` and `input`")
-    from sources.http import HttpError
-
-    try:
-        with _user_errors():
-            summary = jobs.everything(cfg, _runner(cfg), jobs.load_plan(plan), skip_train=skip_train)
-    except HttpError as exc:
-        _fail(_http_failure("run", exc))
+    with _user_errors(api="run"):
+        summary = jobs.everything(cfg, _runner(cfg), jobs.load_plan(plan), skip_train=skip_train)
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 

@@ -28,8 +28,7 @@ def dataset_slug(input: str | None, options) -> str:
         name = Path(input.rstrip("/")).name or "input"
         name = re.sub(r"\.(zip|tsv|csv|gz|json|txt)$", "", name, flags=re.I)
         return re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:60] or "input"
-    query = getattr(options, "query_fingerprint", None)
-    name = query() if callable(query) else None
+    name = options.query_fingerprint() if options is not None else None
     if name is None:
         from pipeline.config import config_hash
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +20,18 @@ class SourceOptions(BaseModel):
     """Base of every source's options (the ``[sources.<name>]`` table of the config)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def query_fingerprint(self) -> str | None:
+        """A short stable hash (:func:`query_hash`) of the options that choose a query's records,
+        none of those that say how they are fetched (base URL, rate, retries, timeout, user agent,
+        cache, page size): it names the query's dataset, so a politer rerun is the same dataset.
+        None when these options make no query of their own (an input is read)."""
+        return None
+
+
+def query_hash(query: dict) -> str:
+    """A short stable hash of a query's options (it names the query's task, request or dataset)."""
+    return hashlib.blake2b(json.dumps(query, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import html
 import io
 import itertools
@@ -29,7 +28,7 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_columns, from_rows, record_id_column, row_problem
 from schemas.rejects import REJECT_SCHEMA
-from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
+from sources.base import SHAPE_ERRORS, IngestBatch, item_key, query_hash, shape_detail
 from sources.columns import per_distinct
 from sources.http import ApiConnector, ApiOptions, HttpError
 from sources.licenses import normalise_license, normalise_license_column, unknown_license_detail
@@ -68,7 +67,7 @@ class Options(ApiOptions):
         if self.input or not self.page_ids:
             return None
         q = {"page_ids": sorted(set(self.page_ids)), "images_per_page": self.images_per_page}
-        return hashlib.blake2b(json.dumps(q, sort_keys=True).encode(), digest_size=6).hexdigest()
+        return query_hash(q)
 
 
 class EOLConnector(ApiConnector):

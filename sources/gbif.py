@@ -34,7 +34,7 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, record_id_column, value_bytes
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import SHAPE_ERRORS, IngestBatch, SourceConfigError, item_key, shape_detail
+from sources.base import SHAPE_ERRORS, IngestBatch, SourceConfigError, item_key, query_hash, shape_detail
 from sources.columns import per_distinct
 from sources.dwca import DwcaError, NoMetaError, Prefetch, open_archive, read_ahead, read_file
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, NotJson, page_results
@@ -92,8 +92,13 @@ class Options(ApiOptions):
     keep_unknown_license: bool = Field(False, description="keep records whose licence is unknown")
 
     def query_fingerprint(self) -> str | None:
-        api = self.mode in ("search", "download") or (self.mode == "auto" and not self.input)
+        api = _mode(None, self) != "dwca"
         return query_fingerprint(self) if api and (self.taxon_key is not None or self.filters) else None
+
+
+def _mode(input: str | None, options: Options) -> str:
+    """dwca, search or download: ``auto`` reads an archive when one is given, else searches."""
+    return options.mode if options.mode != "auto" else ("dwca" if input or options.input else "search")
 
 
 class GBIFConnector(ApiConnector):
@@ -104,7 +109,7 @@ class GBIFConnector(ApiConnector):
 
     def tasks(self, input: str | None, options: Options) -> list[str]:
         target = input or options.input
-        mode = options.mode if options.mode != "auto" else ("dwca" if target else "search")
+        mode = _mode(input, options)
         if mode == "dwca":
             if not target:
                 raise ValueError("gbif: mode 'dwca' needs an input archive (path or URL)")
@@ -1043,7 +1048,7 @@ def _join_present(parts: list[pa.Array], sep: str) -> pa.Array:
 def query_fingerprint(options: Options) -> str:
     """A short stable hash of the query (names the task and the download request state)."""
     q = {"taxon_key": options.taxon_key, "filters": options.filters, "media_type": options.media_type}
-    return hashlib.blake2b(json.dumps(q, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+    return query_hash(q)
 
 
 def _search_params(options: Options) -> dict[str, Any]:

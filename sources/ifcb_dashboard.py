@@ -18,9 +18,7 @@ ROI read from a dashboard and from its raw bin is recognised as one record by de
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import math
 import zipfile
 from collections import Counter
@@ -35,7 +33,7 @@ from pydantic import Field
 
 from schemas import Reason, empty_rejects, make_record_id, make_rejects
 from schemas.record import extra_json
-from sources.base import SHAPE_ERRORS, IngestBatch, SourceOptions, shape_detail
+from sources.base import SHAPE_ERRORS, IngestBatch, SourceOptions, query_hash, shape_detail
 from sources.http import USER_AGENT, HttpClient, HttpError
 from sources.ifcb import parse_adc, parse_bin_name
 from sources.localuri import zip_uri
@@ -70,7 +68,7 @@ class IfcbDashboardOptions(SourceOptions):
             return None
         q = {"base_url": self.base_url.rstrip("/"), "dataset": self.dataset, "start_date": self.start_date,
              "end_date": self.end_date, "include_skipped": self.include_skipped}
-        return hashlib.blake2b(json.dumps(q, sort_keys=True).encode(), digest_size=6).hexdigest()
+        return query_hash(q)
 
 
 def split_dashboard_input(input: str | None, options: IfcbDashboardOptions) -> tuple[str, str]:

@@ -11,7 +11,6 @@ a rerun continues after the last committed pull, and a killed one is pulled agai
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tarfile
 import tempfile
@@ -27,7 +26,7 @@ from pydantic import Field
 from schemas import Reason, make_record_id, make_rejects
 from schemas.record import extra_json, from_columns, from_rows, record_id_column, row_problem
 from schemas.rejects import REJECT_SCHEMA, empty_rejects
-from sources.base import SHAPE_ERRORS, IngestBatch, item_key, shape_detail
+from sources.base import SHAPE_ERRORS, IngestBatch, item_key, query_hash, shape_detail
 from sources.columns import distinct, per_distinct
 from sources.dates import iso_date
 from sources.http import ApiConnector, ApiOptions, HttpClient, HttpError, page_results
@@ -583,7 +582,7 @@ def _records(rows: list[dict]) -> pa.Table:
 def api_fingerprint(options: Options) -> str:
     """A short stable hash of the API query (its filters and grade): names the task and the dataset."""
     q = {"filters": options.api_filters, "research_only": options.research_only}
-    return hashlib.blake2b(json.dumps(q, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+    return query_hash(q)
 
 
 def read_api(options: Options, client: HttpClient, after: int = 0) -> Iterator[IngestBatch]:

@@ -402,10 +402,12 @@ def _walk(tokens: list[str]) -> ParsedName:
             # marker without an epithet ("var.", "var. b", "var. ß"): nothing more to name
             i = nxt + 1 if nxt < n and len(tokens[nxt]) <= 2 else nxt
             continue
-        if infra is None and not author_tokens:
+        folded = fold_epithet(tok)
+        if infra is None and not author_tokens and ("?" in tok or "/" in tok or not _EPITHET.match(folded)):
             # the place of an epithet (or of an unmarked infraspecific one) holds a word that is
             # not one: "crabro?", "germanica/vulgaris", "crabr\ufffdo" (not an author: those start
-            # upper case, or are particles, abbreviations or bracketed)
+            # upper case, or are particles, abbreviations or bracketed); a plain epithet is none
+            # of these, and is not looked at twice
             odd, value = _odd_epithet(tok)
             if odd == "doubt":
                 if "?" not in qualifiers:
@@ -424,7 +426,6 @@ def _walk(tokens: list[str]) -> ParsedName:
                     infra, infra_rank = value, "subspecies"
                 i += 1
                 continue
-        folded = fold_epithet(tok)
         glued = _GLUED_AUTHOR.match(folded) if i > 0 else None
         if glued and epithet is None and not author_tokens:
             epithet = glued.group(1)

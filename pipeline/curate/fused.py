@@ -52,7 +52,7 @@ DECISION_COLUMNS = tuple(dict.fromkeys((
 # the image-type filter reads the URL only of rows without a format: the longest column of all is
 # read for the files that have such rows (elsewhere it stays null until the survivors are read)
 URL_COLUMN = "identifier"
-BALANCE_COLUMNS = ("record_id", "taxon_id", "living", "non_living_class", *RANKS)
+BALANCE_COLUMNS = ("record_id", *balance_mod.TAXON_KEY_COLUMNS)
 # what the decisions after the filters read (dedup keys, balance): the filters' other columns are
 # let go once they are applied (~30% of the decision columns' memory) and read again for the survivors
 KEPT_AFTER_FILTERS = ("record_id", "photo_key", *BALANCE_COLUMNS[1:])

@@ -35,8 +35,6 @@ def quiet_beam_logging() -> None:
             logger.addFilter(_DropBeamNoise())
 
 
-quiet_beam_logging()
-
 
 def _options(args: tuple[str, ...] | list[str]):
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -66,6 +64,7 @@ class BeamRunner:
 
     def __init__(self, beam_args: tuple[str, ...] | list[str] = DEFAULT_ARGS):
         self.beam_args = tuple(beam_args)
+        quiet_beam_logging()
 
     def run_map(self, stage: MapStage, ctx: StageContext, inputs: list[Path], staged: StagedOutput) -> list[dict]:
         import apache_beam as beam

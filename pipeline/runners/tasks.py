@@ -139,7 +139,7 @@ def ingest_task(connector, options, task_index: int, task: str, staged: StagedOu
             parts.add(good, _rejects(batch.rejects))
             parts.add(None, bad)
             skipped.update(batch.skipped)
-            cursor = batch.cursor if getattr(batch, "cursor", None) is not None else cursor
+            cursor = batch.cursor if batch.cursor is not None else cursor
             bar.update(rows)
     check_accounting(f"ingest[{connector.name}:{task}]", n_in, parts.rows, parts.rejected)
     counts = {"task_id": task_id, "in": n_in, "out": parts.rows, "rejected": parts.rejected,

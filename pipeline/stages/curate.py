@@ -87,11 +87,12 @@ class Options(BaseModel):
         "auto", description="the local runner's plan: fused (decision columns first, fastest; ~400 bytes of "
         "memory per input row), staged (the table stages Beam runs, on disk between steps: bounded memory, "
         "several times slower), or auto: fused when it fits in 80% of the machine's memory; the chunks and "
-        "rejects are the same")
+        "rejects are the same", json_schema_extra={"fingerprint": False})
     chunk_bucket_rows: int = Field(
         4_000_000, ge=1, description="more curated rows than this are labelled and shuffled into chunks in "
         "buckets of about this many (spilled to disk by the shuffle's hash, under the data root's .staging), so "
-        "memory holds one bucket instead of every row; the chunks are the same")
+        "memory holds one bucket instead of every row; the chunks are the same",
+        json_schema_extra={"fingerprint": False})
     # captions
     caption_type: CaptionType = Field(
         "taxonomic+common", description=f"the text type written to 'caption', one of {list(CAPTION_TYPES)}")

@@ -717,13 +717,10 @@ def keys_digest(keys: pa.Array | list[str]) -> str:
                           [("", 0, len(keys))])[""]
 
 
-def pairs_digest(keys: pa.Array | list[str], urls: pa.Array | list[str]) -> str:
+def pairs_digest(keys: pa.Array, urls: pa.Array) -> str:
     """:func:`keys_digest` of the (key, URL) pairs: equal when two shards hold the same keys with
     the same URLs."""
-    def text(values):
-        return pa.array(values, pa.string()) if isinstance(values, list) else values
-
-    return keys_digest(_pairs(text(keys), text(urls)))
+    return keys_digest(_pairs(keys, urls))
 
 
 def _pairs(keys, urls) -> pa.Array:
@@ -911,8 +908,7 @@ class _Reuse:
     the plan's order makes neighbouring items come from the same shards)."""
 
     def __init__(self, folder: str, options: Options, out_dir: str):
-        check_reuse(folder, options, out_dir)
-        fs, path = fsspec.core.url_to_fs(folder)
+        fs, path = fsspec.core.url_to_fs(folder)  # (run_download checked the folder: check_reuse)
         path = path.rstrip("/")
         self.tars: list[str] = []
         hashes, shard_of = [], []

@@ -222,6 +222,7 @@ def test_a_spill_left_by_a_killed_run_is_not_read_again(tmp_path, table):
     old.close()
     stale.write_bytes((tmp_path / "old" / "split=train" / "bucket-00000.arrow").read_bytes())
     spill = ChunkSpill(tmp_path / "spill", 16, opts.seed)
+    assert not stale.exists()  # removed at the start, not only left unread
     spill.add("train", rows)
     written = spill.write(tmp_path / "out", opts)
     spill.remove()

@@ -196,6 +196,12 @@ def test_fields_marked_out_of_the_fingerprint_do_not_change_it():
     base = ResolveOptions()
     assert config_hash(base.model_copy(update={"data_root": "/somewhere/else"})) == config_hash(base)
     assert config_hash(base.model_copy(update={"backbone": "col"})) != config_hash(base)
+    from pipeline.stages.curate import Options as CurateOptions
+
+    curate = CurateOptions()  # the plan and the spill's buckets give the same chunks
+    assert config_hash(curate.model_copy(update={"local_plan": "staged", "chunk_bucket_rows": 30})) == \
+        config_hash(curate)
+    assert config_hash(curate.model_copy(update={"chunk_size": 30})) != config_hash(curate)
 
 
 def test_stage_resources_are_not_shared_across_options_the_fingerprint_leaves_out():

@@ -39,8 +39,26 @@ def test_every_real_date_and_time_is_kept_as_written(when, form):
     assert iso_date(f"{text}/{text}") == f"{text}/{text}"
 
 
+@st.composite
+def date_shaped(draw) -> str:
+    """ISO-shaped text whose fields are mostly in range and sometimes not (month 0 or 13, day 0 or
+    32, hour 24, an offset of +24:00...), with stray spaces: most examples reach the checks below."""
+    text = f"{draw(st.integers(0, 9999)):04d}"
+    for width, low, high in ((2, 0, 13), (2, 0, 32)):
+        if not draw(st.booleans()):
+            break
+        text += f"-{draw(st.integers(low, high)):0{width}d}"
+    else:
+        if draw(st.booleans()):
+            text += f"{draw(st.sampled_from('T '))}{draw(st.integers(0, 24)):02d}:{draw(st.integers(0, 60)):02d}"
+            if draw(st.booleans()):
+                text += f":{draw(st.integers(0, 60)):02d}"
+            text += draw(st.sampled_from(["", "Z", "+05:30", "-0800", "+24:00", "+01:60"]))
+    return draw(st.sampled_from(["", " "])) + text + draw(st.sampled_from(["", " ", "\t"]))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30))
+@given(st.one_of(date_shaped(), st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)))
 def test_whatever_is_kept_is_a_real_date(text):
     kept = iso_date(text)
     if kept is None:
